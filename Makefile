@@ -1,0 +1,42 @@
+# nas-cli developer tasks. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SMOKE  := outputs/smoke
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast smoke bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/nas-cli: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/nas-cli  ## create .venv and install nas-cli with its dev extras
+
+test: install  ## the whole test suite (CPU, includes slow tests)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## the suite without the slow tests
+	$(BIN)/python -m pytest -m "not slow"
+
+smoke: install  ## one tiny run of every command
+	rm -rf $(SMOKE)
+	$(BIN)/nas-cli train -m data=synthetic data.shape=[1,12,12] model.width=4,8 trainer.epochs=1 \
+		hydra.sweep.dir=$(SMOKE)/train
+	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width --cols optim.weight_decay --plot
+
+bench: install  ## side-by-side benchmarks (print ratios)
+	$(BIN)/python bench/train_overhead.py
+
+lint: install  ## ruff
+	$(BIN)/ruff check nas_cli tests bench
+
+clean:  ## remove the venv, caches and run outputs
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from nas_cli.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""The ``nas-cli`` command line: thin Typer commands that hand over to one module each.
+
+Hydra commands take Hydra's own syntax after the command name: overrides
+(``key=value``, ``group=option``), ``-m`` for sweeps, ``--cfg job``, ``--help``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nas_cli import __version__
+
+app = typer.Typer(
+    name="nas-cli",
+    help="Experiment runner for deep-learning research: training recipes, NAS, RL and tools, "
+         "configured with Hydra. Run `nas-cli COMMAND --help` for a command's config groups and options.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Hand every token to Hydra untouched, --help included.
+HYDRA_COMMAND = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+                 "add_help_option": False}
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"nas-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+@app.command(**HYDRA_COMMAND)
+def train(ctx: typer.Context):
+    """Train a network: model, data, optimizer, schedule and trainer from Hydra configs."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import train as command
+
+    hydra_bridge.run("train", command.task, "train", ctx.args)
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A run folder or a multirun folder (searched recursively)."),
+    rows: str = typer.Option(None, "--rows", help="Pivot: override key for the table's rows, e.g. model.width."),
+    cols: str = typer.Option(None, "--cols", help="Pivot: override key for the columns, e.g. optim.weight_decay."),
+    value: str = typer.Option("val_acc", "--value", help="Pivot: summary metric in the cells."),
+    plot: bool = typer.Option(False, "--plot", help="Also write learning curves of every job as PNG."),
+    group: bool = typer.Option(True, "--group/--no-group", help="Average jobs that differ only by seed."),
+):
+    """Tabulate runs: every summary.json below PATH as a table (report.md, report.csv, plots)."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import report as command
+
+    with hydra_bridge.exit_on_error("report"):
+        command.main(path, rows=rows, cols=cols, value=value, plot=plot, group=group)
+
+
+def main() -> None:
+    app()

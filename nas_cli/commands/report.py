@@ -1,0 +1,64 @@
+"""``nas-cli report PATH``: every job below PATH as one table, printed and written beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich import get_console
+from rich.table import Table
+
+from nas_cli.record import atomic_write
+from nas_cli.report.collect import collect
+from nas_cli.report.plots import learning_curves
+from nas_cli.report.tables import long_table, pivot_table, varying
+
+
+def main(path: Path, rows: str | None = None, cols: str | None = None, value: str = "val_acc",
+         plot: bool = False, group: bool = True) -> pd.DataFrame:
+    from nas_cli.errors import UserError
+
+    if (rows is None) != (cols is None):
+        raise UserError("a pivot needs both --rows KEY and --cols KEY")
+    frame, keys = collect(path)
+    out_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    if rows:
+        table, title = pivot_table(frame, keys, rows, cols, value), f"{value}: {rows} x {cols}"
+    else:
+        table, title = long_table(frame, keys, group=group), f"{len(frame)} jobs under {path}"
+    atomic_write(out_dir / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(to_markdown(table) + "\n"))
+    console = get_console()
+    console.print(to_rich(table, title, caption=_cost(frame)))
+    written = [out_dir / "report.md", out_dir / "report.csv"]
+    if plot:
+        shown = varying(frame, keys)
+        labels = [", ".join(f"{k}={job[k]}" for k in shown) or job["job"] for _, job in frame.iterrows()]
+        png = learning_curves(frame, labels, out_dir / "curves.png")
+        written += [png] if png else []
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    return table
+
+
+def _cost(frame: pd.DataFrame) -> str:
+    if "device_hours" not in frame:
+        return ""
+    gpu = frame["gpu_hours"].sum() if "gpu_hours" in frame else 0.0
+    text = f"total {frame['device_hours'].sum():.4f} device-hours"
+    return text + (f" ({gpu:.4f} GPU-hours)" if gpu else "")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def to_rich(table: pd.DataFrame, title: str, caption: str = "") -> Table:
+    out = Table(title=title, caption=caption or None)
+    for col in table.columns:
+        out.add_column(str(col), justify="left" if table[col].dtype == object else "right")
+    for row in table.itertuples(index=False):
+        out.add_row(*(str(v) for v in row))
+    return out

@@ -1,0 +1,1 @@
+"""The one training engine: device and precision, the epoch loop, checkpoints, the run record."""

@@ -1,0 +1,177 @@
+"""Run a Hydra task from Typer: pass every token through, report errors in one line.
+
+Typer hands over the raw tokens (overrides, ``-m``, ``--cfg job``, ``--help``);
+``hydra.main`` parses ``sys.argv`` itself, so argv is swapped around the call.
+Hydra is asked to raise instead of printing (``HYDRA_FULL_ERROR=1`` inside this
+process) so that every failure, Hydra's or ours, becomes one line and an exit code.
+Set ``HYDRA_FULL_ERROR=1`` yourself to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from nas_cli.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "provider=")
+_STOP = "Config search path"  # Hydra appends its search path: never what the user needs
+
+
+def config_dir() -> Path:
+    """The configs: ``nas_cli/conf`` in an installed wheel, ``conf/`` in a source checkout."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
+
+
+@contextmanager
+def _argv(argv: list[str]):
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+class _DropHydraJobError:
+    """stderr that drops Hydra's 'Error executing job with overrides' line: the error line says it all."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return 0 if text.startswith("Error executing job with overrides") else self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _quiet_single_run_errors(args: list[str]):
+    multirun = any(a in ("-m", "--multirun") for a in args)  # there the line tells which job failed
+    saved = sys.stderr
+    if not multirun:
+        sys.stderr = _DropHydraJobError(saved)
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+
+
+@contextmanager
+def _hydra_raises():
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def one_line(ex: BaseException) -> str:
+    """Condense an exception (and what caused it) into one readable line."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    chain, cur = [], ex
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        if isinstance(e, UserError):  # our own message says it best
+            return str(e)
+        if isinstance(e, MissingMandatoryValue) and getattr(e, "full_key", None):
+            return f"{e.full_key} has no default and must be given: add {e.full_key}=..."
+    parts: list[str] = []
+    for e in chain[:2]:
+        lines = [ln.strip() for ln in (str(e) or type(e).__name__).splitlines()]
+        if lines and lines[0].startswith("Error in call to target"):
+            # Hydra's wrapper around a constructor's error: keep where, then the cause below
+            where = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+            parts.append(f"bad value in {where or lines[0].split(' ')[-1].strip(':')}")
+            continue
+        kept: list[str] = []
+        for ln in lines:
+            if ln.startswith(_STOP):
+                break
+            if ln and not ln.startswith(_NOISE):
+                kept.append(ln)
+        joined = " ".join(_options_joined(kept))
+        if joined and joined not in parts:
+            parts.append(joined)
+    return ": ".join(parts) if parts else type(ex).__name__
+
+
+def _options_joined(lines: list[str]) -> list[str]:
+    """Hydra lists 'Available options in X:' one per line; fold them into one phrase."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("Available options"):
+            opts = []
+            j = i + 1
+            while j < len(lines) and " " not in lines[j]:
+                opts.append(lines[j])
+                j += 1
+            out.append(f"({lines[i]} {', '.join(opts)})")
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
+
+
+@contextmanager
+def exit_on_error(command: str):
+    """Turn any failure into one line on stderr and a non-zero exit (a traceback only on request)."""
+    console = Console(stderr=True, highlight=False)
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(Text.assemble(("interrupted", "yellow"), f": resume with `nas-cli {command} resume=true`"))
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as ex:
+        if user_wants_traceback:
+            raise
+        console.print(Text.assemble(("error", "bold red"), f": {one_line(ex)}"), soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR if _is_user_error(ex) else EXIT_FAILURE)
+
+
+def run(command: str, task: Callable, config_name: str, args: list[str]) -> None:
+    """Run ``task`` under Hydra with the user's tokens; exit non-zero on any error."""
+    import hydra
+
+    from nas_cli.engine.resume import resolve_resume
+
+    with exit_on_error(command):
+        args = resolve_resume(command, args)
+        main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
+        with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
+            main()
+
+
+def _is_user_error(ex: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cur = ex
+    while cur is not None:
+        if isinstance(cur, (UserError, HydraException, OmegaConfBaseException)):
+            return True
+        cur = cur.__cause__
+    return False

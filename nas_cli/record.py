@@ -1,0 +1,82 @@
+"""The run record every command writes: ``metrics.csv`` and ``summary.json``.
+
+``report`` reads only these files (plus Hydra's ``.hydra/``), so any command's
+runs become one table. Both files are rewritten whole and atomically (temporary
+name, then rename): a crash never leaves a half-written table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from nas_cli import __version__
+
+    return {"nas_cli": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+class RunRecord:
+    """Rows of per-epoch (or per-step) metrics plus a final summary, kept in a run folder."""
+
+    def __init__(self, run_dir: str | Path, rows: list[dict] | None = None):
+        self.dir = Path(run_dir)
+        self.rows: list[dict] = list(rows or [])
+
+    def log(self, row: dict) -> None:
+        self.rows.append(dict(row))
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        frame = pd.DataFrame(self.rows)
+        atomic_write(self.dir / METRICS, lambda tmp: frame.to_csv(tmp, index=False))
+
+    def write_summary(self, summary: dict) -> None:
+        clean = {k: _finite_or_none(v) for k, v in summary.items()}
+        text = json.dumps(clean, indent=2, sort_keys=False)
+        atomic_write(self.dir / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+    def last_n_means(self, keys: list[str], n: int) -> dict[str, float]:
+        """Mean of each key over the last ``n`` rows (the figure sweep tables report)."""
+        tail = pd.DataFrame(self.rows[-n:]) if self.rows else pd.DataFrame()
+        return {k: float(tail[k].mean()) for k in keys if k in tail}
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

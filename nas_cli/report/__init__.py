@@ -1,0 +1,1 @@
+"""Turn run folders into tables and plots, reading only the run record (summary.json, metrics.csv, .hydra/)."""

@@ -1,0 +1,100 @@
+"""Report tables: long form (a row per job or seed group) and pivots, as frames ready to print."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from nas_cli.errors import UserError
+
+HEADLINE = {"train_loss": "Training Loss", "train_acc": "Training Accuracy", "val_acc": "Validation Accuracy"}
+SEED = "seed"
+
+
+def varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Override keys whose value differs between jobs (all keys when there is one job)."""
+    if len(frame) <= 1:
+        return [k for k in keys if k in frame]
+    return [k for k in keys if frame[k].astype(str).nunique(dropna=False) > 1]
+
+
+def pretty(keys: list[str]) -> dict[str, str]:
+    """``model.width`` -> ``Width``; the full key where two last parts would clash."""
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (p.replace("_", " ").title() if last.count(p) == 1 else k) for k, p in zip(keys, last)}
+
+
+def fmt(metric: str, value) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.5f}" if "loss" in metric else f"{value:.4f}"
+    return str(value)
+
+
+def _status(series: pd.Series) -> str:
+    counts = series.fillna("failed").value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{status} {n}/{len(series)}" for status, n in counts.items())
+
+
+def _mean_std(metric: str, values: pd.Series) -> str:
+    """``mean ± std`` over the seeds that produced a number (one value: just the value)."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if len(values) == 0:
+        return "-"
+    if len(values) == 1:
+        return fmt(metric, float(values.iloc[0]))
+    return f"{fmt(metric, values.mean())} ± {fmt(metric, values.std(ddof=1))}"
+
+
+def long_table(frame: pd.DataFrame, keys: list[str], group: bool = True) -> pd.DataFrame:
+    """Rows: jobs (or seed groups, with mean ± std and n). Columns: varying keys, headline metrics, status."""
+    shown = varying(frame, keys)
+    metrics = [m for m in HEADLINE if m in frame]
+    if group and SEED in shown and len(frame) > 1:
+        by = [k for k in shown if k != SEED]
+        grouped = frame.groupby(by, dropna=False, sort=False) if by else [((), frame)]
+        out = []
+        for values, part in grouped:
+            values = values if isinstance(values, tuple) else (values,)
+            row = {pretty(by)[k]: v for k, v in zip(by, values)}
+            for m in metrics:
+                row[HEADLINE[m]] = _mean_std(m, part[m])
+            row["n"] = len(part)
+            row["Status"] = _status(part["status"])
+            out.append(row)
+        table = pd.DataFrame(out)
+        names = [pretty(by)[k] for k in by]
+    else:
+        names = [pretty(shown)[k] for k in shown]
+        table = pd.DataFrame({pretty(shown)[k]: frame[k] for k in shown})
+        for m in metrics:
+            table[HEADLINE[m]] = [fmt(m, v) for v in frame[m]]
+        table["Status"] = frame["status"].fillna("failed").values
+    if names:
+        table = table.sort_values(names, kind="stable", key=_sort_key).reset_index(drop=True)
+    if (table["Status"] == "ok").all():
+        table = table.drop(columns="Status")
+    return table
+
+
+def _sort_key(column):
+    """Numeric order where every value is a number (8 < 16, 1e-4 < 5e-4), text order otherwise."""
+    column = pd.Series(column)
+    numeric = pd.to_numeric(column, errors="coerce")
+    return numeric if numeric.notna().all() else column.astype(str)
+
+
+def pivot_table(frame: pd.DataFrame, keys: list[str], rows: str, cols: str, value: str) -> pd.DataFrame:
+    """``rows`` x ``cols`` grid of ``value`` (mean over jobs sharing a cell, e.g. seeds)."""
+    for key in (rows, cols):
+        if key not in keys:
+            raise UserError(f"'{key}' is not an override key of these runs; use one of: {', '.join(keys) or 'none'}")
+    numeric = [c for c in frame.columns if c not in keys and pd.api.types.is_numeric_dtype(frame[c])]
+    if value not in numeric:
+        raise UserError(f"--value {value} is not a summary figure of these runs; use one of: {', '.join(numeric)}")
+    grid = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean", dropna=False)
+    grid = grid.sort_index(axis=0, key=_sort_key).sort_index(axis=1, key=_sort_key)
+    grid.index.name, grid.columns.name = pretty([rows])[rows], None
+    return grid.map(lambda v: fmt(value, v)).reset_index().rename(columns=str)

@@ -1,0 +1,81 @@
+"""Shared helpers: compose-and-call the train task, run the real CLI, write fake run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from nas_cli.hydra_bridge import config_dir
+
+# A tiny, fast recipe: synthetic 1x12x12 data, a small CNN, 3 epochs.
+TINY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_val=64", "data.batch_size=32",
+        "data.noise=0.5", "model.width=8", "model.hidden=32", "trainer.epochs=3", "progress=false"]
+TIMING = ["epoch_time_s", "samples_per_s"]
+
+
+def compose_train(run_dir: Path, overrides: list[str]):
+    """The composed ``train`` config, with Hydra's runtime pointed at ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = "train"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def train_task():
+    """Call the train task in-process: ``train_task(run_dir, *overrides) -> summary``."""
+    from nas_cli.commands import train
+
+    def run(run_dir: Path, *overrides: str) -> dict:
+        cfg = compose_train(run_dir, [*TINY, *overrides])
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return train.task(cfg)
+
+    yield run
+    GlobalHydra.instance().clear()
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``nas-cli`` for real, in a subprocess, from ``cwd``."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    if "HYDRA_FULL_ERROR" not in (env or {}):
+        full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "nas_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def fake_job(folder: Path, overrides: dict, summary_: dict | None, curve: list[float] | None = None) -> Path:
+    """A run folder as a command would leave it: .hydra/overrides.yaml, summary.json, metrics.csv."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+    if summary_ is not None:
+        (folder / "summary.json").write_text(json.dumps(summary_))
+    if curve:
+        pd.DataFrame({"epoch": range(1, len(curve) + 1), "train_loss": curve, "val_loss": curve,
+                      "train_acc": [1 - c / 10 for c in curve], "val_acc": [1 - c / 10 for c in curve]}
+                     ).to_csv(folder / "metrics.csv", index=False)
+    return folder

@@ -1,0 +1,143 @@
+"""The real command line, in subprocesses: help, run folders, sweeps + report, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import TINY, cli, summary
+
+SMALL = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=2"]
+
+
+def test_top_level_help_lists_every_command(tmp_path):
+    out = cli("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for command in ("train", "report"):
+        assert command in out.stdout
+
+
+def test_train_help_is_hydras_and_lists_config_groups(tmp_path):
+    out = cli("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "model: cnn, mlp, resnet18" in out.stdout
+    assert "optim: adagrad, adam, adamw, nesterov, rmsprop, sgd" in out.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    out = cli("train", "--cfg", "job", "model=resnet18", "model.width=8", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "_target_: nas_cli.models.resnet.resnet18" in out.stdout and "width: 8" in out.stdout
+
+
+def test_single_run_writes_its_record_under_outputs_train_runs(tmp_path):
+    out = cli("train", *SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    for name in ("metrics.csv", "summary.json", "checkpoints/last.pt", "model.pt", ".hydra/config.yaml",
+                 "train.log"):
+        assert (run / name).exists(), name
+    assert summary(run)["status"] == "ok"
+    assert "epoch 2/2" in (run / "train.log").read_text()
+
+
+def test_multirun_then_report_gives_the_sweep_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = cli("train", "-m", *SMALL, "model.width=4,8", "optim.weight_decay=0,1e-4", f"hydra.sweep.dir={sweep}",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+
+    out = cli("report", str(sweep), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(sweep / "report.csv", dtype=str)
+    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy",
+                                   "Validation Accuracy"]
+    assert len(table) == 4
+    for job in jobs:  # every cell is that job's own last-N mean, read independently
+        record = json.loads((job / "summary.json").read_text())
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        width = "4" if "model.width=4" in overrides else "8"
+        wd = "0" if "optim.weight_decay=0\n" in overrides else "0.0001"
+        row = table[(table["Width"] == width) & (table["Weight Decay"] == wd)]
+        assert len(row) == 1
+        assert float(row["Validation Accuracy"].iloc[0]) == pytest.approx(record["val_acc"], abs=5e-5)
+        assert float(row["Training Loss"].iloc[0]) == pytest.approx(record["train_loss"], abs=5e-6)
+    assert (sweep / "report.md").read_text().startswith("| Width | Weight Decay | Training Loss |")
+
+    out = cli("report", str(sweep), "--rows", "model.width", "--cols", "optim.weight_decay", "--value", "val_acc",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    grid = pd.read_csv(sweep / "report.csv", dtype=str)
+    assert list(grid.columns) == ["Width", "0", "0.0001"] and grid["Width"].tolist() == ["4", "8"]
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "seed=0,1",
+              f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert {summary(sweep / j)["seed"] for j in ("0", "1")} == {0, 1}
+
+
+ERRORS = {
+    "unknown key": (["train", "foo=1"], "Could not override 'foo'"),
+    "unknown group option": (["train", "model=transformer"], "Could not find 'model/transformer'"),
+    "missing cifar folder": (["train", "data=cifar10", "data.root=nowhere"], "CIFAR-10 not found under 'nowhere'"),
+    "missing image folder": (["train", "data=imagefolder", "data.root=nowhere"], "nowhere/train' not found"),
+    "root not given": (["train", "data=imagefolder"], "data.root has no default"),
+    "bad value": (["train", "trainer.epochs=many"], "bad value in trainer"),
+    "no gpu": (["train", "device=cuda"], "no CUDA GPU"),
+    "nothing to resume": (["train", "resume=true"], "no interrupted run"),
+    "report of nothing": (["report", "nowhere"], "no such folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_user_errors_are_one_line_with_nonzero_exit(tmp_path, case):
+    args, message = ERRORS[case]
+    out = cli(*args, cwd=tmp_path)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_corrupt_checkpoint_is_one_line_and_left_in_place(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    out = cli("train", *SMALL, f"resume={run}", cwd=tmp_path)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1
+    assert "damaged or not a checkpoint" in lines[0]
+    assert (run / "checkpoints" / "last.pt").read_bytes() == b"not a checkpoint"
+    assert not (run / "metrics.csv").exists() and not (run / "summary.json").exists()
+
+
+def test_full_error_env_shows_the_traceback(tmp_path):
+    out = cli("train", "data=cifar10", "data.root=nowhere", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_resume_true_continues_the_latest_interrupted_run_with_its_overrides(tmp_path):
+    out = cli("train", *SMALL, "trainer.epochs=3", "seed=7", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    full = pd.read_csv(run / "metrics.csv")
+    # make it look interrupted after epoch 3 of 5: status not ok, then ask for more epochs
+    record = summary(run)
+    record["status"] = "interrupted"
+    (run / "summary.json").write_text(json.dumps(record))
+    out = cli("train", "resume=true", "trainer.epochs=5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in (tmp_path / "outputs" / "train" / "runs").iterdir()] == [run.name]
+    resumed = pd.read_csv(run / "metrics.csv")
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4, 5]
+    pd.testing.assert_frame_equal(resumed.head(3), full)
+    assert summary(run)["seed"] == 7 and summary(run)["status"] == "ok"
