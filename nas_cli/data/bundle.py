@@ -1,0 +1,97 @@
+"""What every data builder returns, and the fast loader for data that fits in memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+
+class TensorLoader:
+    """Batches sliced from in-memory tensors, reshuffled every epoch by ``generator``.
+
+    Much cheaper than a ``DataLoader`` over a ``TensorDataset`` (one gather per batch
+    instead of one index per sample). ``uint8`` images are scaled to [0, 1] and
+    normalized per batch, so a large set stays compact in memory.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                 generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.x, self.y = x, y.long()
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.generator = generator
+        self.drop_last = drop_last
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(shape)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(shape)
+
+    def __len__(self) -> int:
+        n = len(self.x) / self.batch_size
+        return math.floor(n) if self.drop_last else math.ceil(n)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self._prepare(self.x[idx]), self.y[idx]
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+@dataclass
+class DataBundle:
+    """Training and validation loaders plus what a model needs to know about the inputs."""
+
+    name: str
+    train: Iterable
+    val: Iterable
+    in_shape: tuple[int, ...]  # (channels, height, width) or (features,)
+    num_classes: int
+    generator: torch.Generator | None = None  # orders the training data; saved in checkpoints
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_shape[0]
+
+
+def split_indices(labels, val_fraction: float, seed: int, subset: int | None = None):
+    """Seeded stratified train/val split; ``subset`` keeps at most that many of each (stratified)."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+    return stratified_cap(train_idx, labels, subset, seed), stratified_cap(val_idx, labels, subset, seed)
+
+
+def stratified_cap(idx, labels, cap: int | None, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    if cap is None or cap >= len(idx):
+        return idx
+    if cap < len(set(labels[idx].tolist())):
+        raise ValueError(f"data.subset={cap} is smaller than the number of classes")
+    kept, _ = train_test_split(idx, train_size=cap, stratify=labels[idx], random_state=seed)
+    return kept
+
+
+def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_idx, num_classes: int, *,
+                  batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None) -> DataBundle:
+    """Bundle in-memory data: a shuffled training loader and a fixed-order validation loader."""
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, mean=mean, std=std)
+    val = TensorLoader(x[val_idx], y[val_idx], eval_batch_size or max(batch_size, 512), mean=mean, std=std)
+    return DataBundle(name, train, val, tuple(x.shape[1:]), num_classes, generator)
