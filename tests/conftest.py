@@ -24,6 +24,13 @@ TINY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_va
 TIMING = ["epoch_time_s", "samples_per_s"]
 
 
+def tiny_except(overrides) -> list[str]:
+    """TINY without what ``overrides`` replace (a new ``data=`` group drops all of TINY's ``data.*``)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    groups = {k for k in keys if "." not in k}
+    return [t for t in TINY if t.split("=", 1)[0] not in keys and t.split(".", 1)[0] not in groups]
+
+
 def compose_train(run_dir: Path, overrides: list[str]):
     """The composed ``train`` config, with Hydra's runtime pointed at ``run_dir``."""
     GlobalHydra.instance().clear()
@@ -42,7 +49,7 @@ def train_task():
     from nas_cli.commands import train
 
     def run(run_dir: Path, *overrides: str) -> dict:
-        cfg = compose_train(run_dir, [*TINY, *overrides])
+        cfg = compose_train(run_dir, [*tiny_except(overrides), *overrides])
         with open_dict(cfg):
             del cfg["hydra"]
         return train.task(cfg)

@@ -17,7 +17,8 @@ def test_run_record_is_complete_and_consistent(tmp_path, train_task):
     result = train_task(tmp_path, "trainer.epochs=4", "trainer.last_n=3")
     rows = metrics(tmp_path)
     assert list(rows.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "iterations",
-                                  "samples_seen", "epoch_time_s", "samples_per_s"]
+                                  "samples_seen", "train_loss_sma", "train_loss_cma", "train_loss_ema",
+                                  "epoch_time_s", "samples_per_s"]
     assert rows["epoch"].tolist() == [1, 2, 3, 4]
     # 256 samples in batches of 32: 8 iterations an epoch
     assert rows["iterations"].tolist() == [8, 16, 24, 32]

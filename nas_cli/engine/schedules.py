@@ -33,6 +33,19 @@ class Schedule:
 
         return LambdaLR(optimizer, multiplier)
 
+    def epoch_end(self, metrics: dict) -> None:
+        """Called with the epoch's metrics; schedules that react to them (Plateau) override this."""
+
+    def cycle_ends(self, epoch: int, epochs: int) -> bool:
+        """Whether a cycle of a cyclic schedule ends after ``epoch`` completed epochs (snapshot time)."""
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 @dataclass
 class Step(Schedule):
@@ -66,3 +79,62 @@ class Cosine(Schedule):
         span = max(epochs - self.warmup_epochs, 1e-9)
         progress = min(1.0, max(0.0, (epoch - self.warmup_epochs) / span))
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class CyclicCosine(Schedule):
+    """Cosine decay restarted ``cycles`` times over the run (SGDR without warm restarts' growth).
+
+    Each cycle ends at a low lr: the model there is a snapshot worth keeping, and
+    averaging the snapshots' softmax outputs gives a snapshot ensemble for free.
+    """
+
+    cycles: int = 4
+    min_factor: float = 0.0
+
+    def cycle_length(self, epochs: int) -> float:
+        return epochs / max(1, self.cycles)
+
+    def factor(self, epoch: float, epochs: int) -> float:
+        length = self.cycle_length(epochs)
+        progress = (epoch % length) / length
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def cycle_ends(self, epoch: int, epochs: int) -> bool:
+        """True after the last epoch of a cycle (``epoch`` counts completed epochs)."""
+        length = self.cycle_length(epochs)
+        return math.isclose(epoch / length, round(epoch / length)) and epoch > 0
+
+
+class Plateau(Schedule):
+    """Multiply the lr by ``factor`` when ``monitor`` has not improved for ``patience`` epochs.
+
+    Improvement means falling below ``best * (1 - threshold)`` (for a loss). The lr
+    never drops below ``min_factor`` x base lr.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 5, threshold: float = 1e-4,
+                 min_factor: float = 0.0, warmup_epochs: float = 0.0):
+        # a plain class: a dataclass field named `factor` would shadow the method
+        self.monitor, self.decay, self.patience = monitor, factor, patience
+        self.threshold, self.min_factor, self.warmup_epochs = threshold, min_factor, warmup_epochs
+        self.scale, self.best, self.bad_epochs = 1.0, math.inf, 0
+
+    def factor(self, epoch: float, epochs: int) -> float:
+        return self.scale
+
+    def epoch_end(self, metrics: dict) -> None:
+        value = metrics[self.monitor]
+        if value < self.best * (1 - self.threshold):
+            self.best, self.bad_epochs = value, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.scale = max(self.min_factor, self.scale * self.decay)
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]

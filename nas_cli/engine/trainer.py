@@ -1,18 +1,21 @@
 """The training engine: one epoch loop for every command that trains a network.
 
 ``Trainer.fit`` owns device placement, mixed precision, the per-iteration lr
-schedule, evaluation, the run record (``metrics.csv`` / ``summary.json``),
+schedule, explicit penalties, weight averaging (EMA), snapshot ensembles,
+evaluation, the run record (``metrics.csv``, ``steps.csv``, ``summary.json``),
 atomic checkpoints every epoch, exact resume and divergence detection. Commands
 whose step differs (a bilevel NAS step, say) pass their own ``loss_fn``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -21,23 +24,45 @@ from rich.table import Table
 from torch import nn
 
 from nas_cli.engine import checkpoint
+from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast
+from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
+from nas_cli.engine.regularizers import Regularizer
 from nas_cli.engine.schedules import Schedule
-from nas_cli.record import RunRecord, versions
+from nas_cli.engine.smoothing import smooth
+from nas_cli.errors import UserError
+from nas_cli.record import RunRecord, atomic_write, versions
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc"]
+AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
 CHECKPOINT = Path("checkpoints") / "last.pt"
-WEIGHTS = "model.pt"
+WEIGHTS, EMA_WEIGHTS, STEPS, SNAPSHOTS = "model.pt", "model_ema.pt", "steps.csv", "snapshots"
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The supervised step's loss: returns (loss, logits)."""
     logits = model(x)
     return F.cross_entropy(logits, y), logits
+
+
+@dataclass
+class _Fit:
+    """Everything one ``fit`` call trains and keeps, saved whole in each checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator | None
+    regularizer: Regularizer | None
+    ema: EMA | None
+    record: RunRecord
+    step_losses: list[float] = field(default_factory=list)
+    snapshots: list[nn.Module] = field(default_factory=list)
 
 
 class Trainer:
@@ -51,6 +76,8 @@ class Trainer:
         checkpoint: write ``checkpoints/last.pt`` after every epoch (needed to resume).
         channels_last: NHWC memory format, faster for convolutions on recent GPUs.
         compile: run the model through ``torch.compile``.
+        loss_window: window (iterations) of the simple moving average of the training loss.
+        loss_ema: weight of the newest iteration in the exponential moving average of the loss.
         device: where to train (from ``nas_cli.engine.device.resolve_device``).
         run_dir: the run folder.
         progress: draw a progress bar when stdout is a terminal.
@@ -65,6 +92,8 @@ class Trainer:
         checkpoint: bool = True,
         channels_last: bool = False,
         compile: bool = False,
+        loss_window: int = 50,
+        loss_ema: float = 0.02,
         *,
         device: torch.device,
         run_dir: str | Path,
@@ -77,6 +106,8 @@ class Trainer:
         self.checkpoint = checkpoint
         self.channels_last = channels_last
         self.compile = compile
+        self.loss_window = int(loss_window)
+        self.loss_ema = float(loss_ema)
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -89,43 +120,82 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def train_epoch(self, model, optimizer, loader, *, scheduler=None, scaler=None, loss_fn: LossFn = cross_entropy,
+    def _backward_step(self, total: torch.Tensor, fit: _Fit, params) -> None:
+        optimizer, scaler = fit.optimizer, fit.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.scale(total).backward()
+            if self.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, self.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(params, self.grad_clip)
+            optimizer.step()
+
+    def _lbfgs_step(self, net, fit: _Fit, x, y, loss_fn: LossFn):
+        """One L-BFGS step; returns the loss, logits and penalty at the parameters it started from."""
+        first: list = []
+
+        def closure():
+            fit.optimizer.zero_grad(set_to_none=True)
+            loss, logits = loss_fn(net, x, y)
+            penalty = fit.regularizer.penalty(fit.model) if fit.regularizer else None
+            total = loss + penalty if penalty is not None else loss
+            total.backward()
+            if not first:
+                first.extend([loss.detach(), logits.detach(), penalty])
+            return total
+
+        fit.optimizer.step(closure)
+        return first[0], first[1], first[2]
+
+    def train_epoch(self, net: nn.Module, fit: _Fit, loader, loss_fn: LossFn = cross_entropy,
                     on_batch: Callable[[], None] | None = None) -> dict:
-        """One pass over ``loader``; returns mean loss, accuracy, samples and iterations."""
-        model.train()
+        """One pass over ``loader``; returns mean loss, penalty, accuracy, samples and iterations."""
+        net.train()
         loss_sum = torch.zeros((), device=self.device)
+        penalty_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = iterations = 0
-        scaled = scaler is not None and scaler.is_enabled()
+        batch_losses: list[torch.Tensor] = []
+        seen = 0
+        params = [p for p in fit.model.parameters() if p.requires_grad]
+        lbfgs = isinstance(fit.optimizer, LBFGS)
+        lr = None
         for x, y in loader:
             x, y = self._to_device(x, y)
-            with autocast(self.device, self.amp):
-                loss, logits = loss_fn(model, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaled:
-                scaler.scale(loss).backward()
-                if self.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+            if lbfgs:
+                loss, logits, penalty = self._lbfgs_step(net, fit, x, y, loss_fn)
             else:
-                loss.backward()
-                if self.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+                with autocast(self.device, self.amp):
+                    loss, logits = loss_fn(net, x, y)
+                penalty = fit.regularizer.penalty(fit.model) if fit.regularizer else None
+                self._backward_step(loss + penalty if penalty is not None else loss, fit, params)
+            lr = fit.optimizer.param_groups[0]["lr"]  # the lr this step used
+            if fit.scheduler is not None:
+                fit.scheduler.step()
+            if fit.ema is not None:
+                fit.ema.update(fit.model)
             # accumulate on the device: no host sync per batch
-            loss_sum += loss.detach().float() * y.shape[0]
+            loss = loss.detach().float()
+            batch_losses.append(loss)
+            loss_sum += loss * y.shape[0]
+            if penalty is not None:
+                penalty_sum += penalty.detach().float() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
-            iterations += 1
             if on_batch is not None:
                 on_batch()
-        seen = max(seen, 1)
-        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                "samples": seen, "iterations": iterations}
+        fit.step_losses += torch.stack(batch_losses).tolist() if batch_losses else []
+        n = max(seen, 1)
+        stats = {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+        if fit.regularizer:
+            stats["train_penalty"] = penalty_sum.item() / n
+        return {**stats, "lr": lr if batch_losses else fit.optimizer.param_groups[0]["lr"],
+                "samples": seen, "iterations": len(batch_losses)}
 
     @torch.inference_mode()
     def evaluate(self, model, loader, loss_fn: LossFn = cross_entropy) -> dict:
@@ -157,26 +227,35 @@ class Trainer:
         resume_from: str | Path | None = None,
         loss_fn: LossFn = cross_entropy,
         seed: int | None = None,
+        regularizer: Regularizer | None = None,
+        ema_decay: float | str | None = None,
     ) -> dict:
         """Train, evaluate every epoch, checkpoint, and return the summary (also written to disk)."""
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        scheduler = schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        record = RunRecord(self.run_dir)
+        if isinstance(optimizer, LBFGS):
+            if self.amp != "none" or self.grad_clip:
+                raise UserError("optim=lbfgs cannot be combined with trainer.amp or trainer.grad_clip")
+            train_loader = closure_batches(optimizer, train_loader, model)
+        fit = _Fit(
+            model=model, optimizer=optimizer, schedule=schedule,
+            scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"), generator=generator,
+            regularizer=regularizer if regularizer is not None and regularizer.active else None,
+            ema=EMA(model, ema_decay) if ema_decay is not None else None, record=RunRecord(self.run_dir),
+        )
         start_epoch, wall_before = 0, 0.0
         if resume_from is not None:
-            state = checkpoint.load(resume_from, map_location=self.device)
-            start_epoch, wall_before = self._restore(state, model, optimizer, scheduler, scaler, generator)
-            record.rows = list(state["history"])
-            record.write_metrics()  # the checkpoint is the truth: drop rows written after it
+            start_epoch, wall_before = self._restore(checkpoint.load(resume_from, map_location=self.device), fit)
+            fit.record.write_metrics()  # the checkpoint is the truth: drop rows written after it
             log.info(f"resumed from {resume_from} after epoch {start_epoch}")
         net = torch.compile(model) if self.compile else model
 
         status, error, t0 = "ok", None, time.perf_counter()
-        iterations = record.rows[-1]["iterations"] if record.rows else 0
-        samples = record.rows[-1]["samples_seen"] if record.rows else 0
+        rows = fit.record.rows
+        iterations = rows[-1]["iterations"] if rows else 0
+        samples = rows[-1]["samples_seen"] if rows else 0
         progress = TrainingProgress(self.progress)
         try:
             with progress:
@@ -185,28 +264,34 @@ class Trainer:
                 for epoch in range(start_epoch, self.epochs):
                     progress.reset(batches_bar, total=len(train_loader))
                     tick = time.perf_counter()
-                    stats = self.train_epoch(net, optimizer, train_loader, scheduler=scheduler, scaler=scaler,
-                                             loss_fn=loss_fn, on_batch=lambda: progress.tick(batches_bar))
+                    stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar))
                     train_time = time.perf_counter() - tick
                     stats.update(self.evaluate(net, val_loader, loss_fn))
+                    if fit.ema is not None:
+                        stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader,
+                                                                               loss_fn).items()})
+                    if schedule is not None and schedule.cycle_ends(epoch + 1, self.epochs):
+                        stats["val_acc_snapshots"] = self._snapshot(fit, epoch + 1, val_loader)
                     iterations += stats.pop("iterations")
                     epoch_samples = stats.pop("samples")
                     samples += epoch_samples
-                    row = {"epoch": epoch + 1, **stats, "lr": optimizer.param_groups[0]["lr"],
+                    row = {"epoch": epoch + 1, **stats,
                            "iterations": iterations, "samples_seen": samples,
+                           **self._smoothed(fit),
                            "epoch_time_s": time.perf_counter() - tick,
                            "samples_per_s": epoch_samples / max(train_time, 1e-9)}
-                    record.log(row)
+                    fit.record.log(row)
                     log.info(_epoch_line(row, self.epochs))
                     progress.update(epochs_bar, advance=1, info=f"val_acc {row['val_acc']:.4f}", refresh=True)
                     if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
                         status = "diverged"
                         log.warning(f"loss is {row['train_loss']} at epoch {epoch + 1}: run diverged, stopping")
                         break
+                    if schedule is not None:
+                        schedule.epoch_end(row)
                     if self.checkpoint:
-                        checkpoint.save(self.run_dir / CHECKPOINT, self._state(
-                            epoch + 1, model, optimizer, scheduler, scaler, generator, record,
-                            wall_before + time.perf_counter() - t0))
+                        checkpoint.save(self.run_dir / CHECKPOINT,
+                                        self._state(epoch + 1, fit, wall_before + time.perf_counter() - t0))
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -214,55 +299,91 @@ class Trainer:
             status, error = "failed", f"{type(ex).__name__}: {ex}"
             raise
         finally:
-            summary = self._summary(record, status, error, wall_before + time.perf_counter() - t0, seed)
-            record.write_summary(summary)
+            summary = self._summary(fit, status, error, wall_before + time.perf_counter() - t0, seed)
+            fit.record.write_summary(summary)
         if status == "ok":
             checkpoint.save(self.run_dir / WEIGHTS, {"model": model.state_dict()})
+            if fit.ema is not None:
+                checkpoint.save(self.run_dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
         self.print_summary(summary)
         return summary
 
+    # -- extras recorded each epoch --------------------------------------------------------
+    def _smoothed(self, fit: _Fit) -> dict:
+        """Smoothed training loss at the epoch's last iteration; every iteration goes to steps.csv."""
+        if not fit.step_losses:
+            return {}
+        import pandas as pd
+
+        curves = smooth(pd.Series(fit.step_losses), self.loss_window, self.loss_ema)
+        atomic_write(self.run_dir / STEPS, lambda tmp: curves.to_csv(tmp, index=False))
+        last = curves.iloc[-1]
+        # plain floats: checkpoints load with weights_only=True, which refuses numpy scalars
+        return {f"train_{k}": float(last[k]) for k in ("loss_sma", "loss_cma", "loss_ema")}
+
+    def _snapshot(self, fit: _Fit, epoch: int, val_loader) -> float:
+        """Keep the model at a cycle's end; return the accuracy of all snapshots' averaged softmax."""
+        checkpoint.save(self.run_dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
+        fit.snapshots.append(copy.deepcopy(fit.model).eval())
+        return ensemble_accuracy(fit.snapshots, val_loader, self.device)
+
     # -- state -----------------------------------------------------------------------------
-    def _state(self, epoch, model, optimizer, scheduler, scaler, generator, record, wall) -> dict:
+    def _state(self, epoch: int, fit: _Fit, wall: float) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        if generator is not None:
-            rng["loader"] = generator.get_state()
-        return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "scaler": scaler.state_dict(), "rng": rng, "history": record.rows, "wall_time_s": wall}
+        if fit.generator is not None:
+            rng["loader"] = fit.generator.get_state()
+        return {"epoch": epoch, "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
+                "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
+                "schedule": fit.schedule.state_dict() if fit.schedule else {},
+                "scaler": fit.scaler.state_dict(), "ema": fit.ema.state_dict() if fit.ema else None,
+                "snapshots": [m.state_dict() for m in fit.snapshots],
+                "rng": rng, "history": fit.record.rows, "steps": fit.step_losses, "wall_time_s": wall}
 
-    def _restore(self, state, model, optimizer, scheduler, scaler, generator) -> tuple[int, float]:
-        from nas_cli.errors import UserError
-
+    def _restore(self, state: dict, fit: _Fit) -> tuple[int, float]:
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as ex:
+            fit.model.load_state_dict(state["model"])
+            fit.optimizer.load_state_dict(state["optimizer"])
+            if fit.ema is not None:
+                fit.ema.load_state_dict(state["ema"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as ex:
             first = str(ex).strip().splitlines()[0]
             raise UserError(f"checkpoint does not match this model/optimizer config: {first}") from ex
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+        if fit.scheduler is not None and state.get("scheduler"):
+            fit.scheduler.load_state_dict(state["scheduler"])
+        if fit.schedule is not None:
+            fit.schedule.load_state_dict(state.get("schedule") or fit.schedule.state_dict())
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            fit.scaler.load_state_dict(state["scaler"])
+        for weights in state.get("snapshots", []):
+            snapshot = copy.deepcopy(fit.model)
+            snapshot.load_state_dict(weights)
+            fit.snapshots.append(snapshot.eval())
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        if generator is not None and "loader" in rng:
-            generator.set_state(rng["loader"].cpu())
+        if fit.generator is not None and "loader" in rng:
+            fit.generator.set_state(rng["loader"].cpu())
+        fit.record.rows = list(state["history"])
+        fit.step_losses = list(state.get("steps", []))
         return int(state["epoch"]), float(state.get("wall_time_s", 0.0))
 
-    def _summary(self, record: RunRecord, status: str, error: str | None, wall: float, seed) -> dict:
-        rows = record.rows
+    def _summary(self, fit: _Fit, status: str, error: str | None, wall: float, seed) -> dict:
+        rows = fit.record.rows
         last = rows[-1] if rows else {}
         n = min(self.last_n, len(rows)) or 0
         summary = {"status": status, "epochs": len(rows), "last_n": n}
-        summary.update(record.last_n_means(AVERAGED, n) if n else {})
+        summary.update(fit.record.last_n_means(AVERAGED + ["train_penalty"], n) if n else {})
         summary.update({f"final_{k}": last[k] for k in AVERAGED if k in last})
         if rows:
             summary["best_val_acc"] = max(r["val_acc"] for r in rows)
+        snapshot_accs = [r["val_acc_snapshots"] for r in rows if "val_acc_snapshots" in r]
+        if snapshot_accs:
+            summary["snapshots"] = len(snapshot_accs)
+            summary["snapshot_ensemble_val_acc"] = snapshot_accs[-1]
         summary.update({
             "iterations": last.get("iterations", 0), "samples_seen": last.get("samples_seen", 0),
             "wall_time_s": wall, "device": str(self.device),
@@ -283,11 +404,16 @@ class Trainer:
         for key in AVERAGED:
             if key in summary:
                 table.add_row(key, f"{summary[key]:.4f}", f"{summary.get('final_' + key, float('nan')):.4f}")
+        for key in ("snapshot_ensemble_val_acc", "ensemble_val_acc"):
+            if key in summary:
+                table.add_row(key, "", f"{summary[key]:.4f}")
         table.caption = f"{summary['epochs']} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
         get_console().print(table)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
+    extra = "".join(f"  {k} {row[k]:.4f}" for k in ("val_acc_ema", "val_acc_snapshots", "train_penalty")
+                    if k in row)
     return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}{extra}  lr {row['lr']:.3g}  "
             f"{row['epoch_time_s']:.1f}s  {row['samples_per_s']:.0f} samples/s")

@@ -14,9 +14,13 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 
 
 def job_dirs(root: Path) -> list[Path]:
-    """Folders holding a run record or Hydra's job files (a job that died early has only the latter)."""
+    """Folders holding a run record or Hydra's job files (a job that died early has only the latter).
+
+    A record inside another job's folder (an ensemble member) belongs to that job, not to the table.
+    """
     found = {p.parent for p in root.rglob(SUMMARY)} | {p.parent.parent for p in root.rglob(str(OVERRIDES))}
-    return sorted(found, key=lambda d: [_natural(part) for part in d.relative_to(root).parts])
+    jobs = [d for d in found if not any(parent in found for parent in d.parents)]
+    return sorted(jobs, key=lambda d: [_natural(part) for part in d.relative_to(root).parts])
 
 
 def _natural(text: str):
