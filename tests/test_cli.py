@@ -141,3 +141,19 @@ def test_resume_true_continues_the_latest_interrupted_run_with_its_overrides(tmp
     assert resumed["epoch"].tolist() == [1, 2, 3, 4, 5]
     pd.testing.assert_frame_equal(resumed.head(3), full)
     assert summary(run)["seed"] == 7 and summary(run)["status"] == "ok"
+
+
+def test_a_sweep_over_recipe_options_is_tabulated(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = cli("train", "-m", *SMALL, "ema.decay=0.5,0.9", "regularizer.l2=0,1e-3", f"hydra.sweep.dir={sweep}",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = cli("report", str(sweep), "--rows", "ema.decay", "--cols", "regularizer.l2", "--value", "val_acc_ema",
+              "--plot", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    grid = pd.read_csv(sweep / "report.csv", dtype=str)
+    assert list(grid.columns) == ["Decay", "0", "0.001"] and grid["Decay"].tolist() == ["0.5", "0.9"]
+    job = next(j for j in sweep.iterdir() if j.is_dir() and "ema.decay=0.9\n- regularizer.l2=0.001"
+               in (j / ".hydra" / "overrides.yaml").read_text())
+    assert float(grid.loc[1, "0.001"]) == pytest.approx(summary(job)["val_acc_ema"], abs=5e-5)
+    assert (sweep / "curves.png").is_file()
