@@ -22,7 +22,7 @@ def test_train_help_is_hydras_and_lists_config_groups(tmp_path):
     out = cli("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
     assert "model: cnn, mlp, resnet18" in out.stdout
-    assert "optim: adagrad, adam, adamw, nesterov, rmsprop, sgd" in out.stdout
+    assert "optim: adagrad, adam, adamw, lbfgs, nesterov, rmsprop, sgd" in out.stdout
     assert not (tmp_path / "outputs").exists()
 
 
