@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -15,10 +15,15 @@ class TensorLoader:
     Much cheaper than a ``DataLoader`` over a ``TensorDataset`` (one gather per batch
     instead of one index per sample). ``uint8`` images are scaled to [0, 1] and
     normalized per batch, so a large set stays compact in memory.
+
+    ``augment`` (training loaders only) transforms each image of a batch with its own
+    random parameters, on the float image in [0, 1] before normalization. An object with
+    a ``batch`` method (``nas_cli.data.augment.Augment``) does the whole batch in one call.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False):
+                 generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
         self.x, self.y = x, y.long()
@@ -26,6 +31,7 @@ class TensorLoader:
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
+        self.augment = augment
         shape = (1, -1) + (1,) * (x.dim() - 2)
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(shape)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(shape)
@@ -44,6 +50,9 @@ class TensorLoader:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
+        if self.augment is not None:
+            batch = getattr(self.augment, "batch", None)
+            x = batch(x) if batch is not None else torch.stack([self.augment(image) for image in x])
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
@@ -88,10 +97,12 @@ def stratified_cap(idx, labels, cap: int | None, seed: int):
 
 
 def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_idx, num_classes: int, *,
-                  batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None) -> DataBundle:
-    """Bundle in-memory data: a shuffled training loader and a fixed-order validation loader."""
+                  batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None,
+                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DataBundle:
+    """Bundle in-memory data: a shuffled (optionally augmented) training loader and a fixed-order validation loader."""
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, mean=mean, std=std)
+    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, mean=mean, std=std,
+                         augment=augment)
     val = TensorLoader(x[val_idx], y[val_idx], eval_batch_size or max(batch_size, 512), mean=mean, std=std)
     return DataBundle(name, train, val, tuple(x.shape[1:]), num_classes, generator)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas_cli.data.augment import build_augment
 from nas_cli.data.bundle import DataBundle, TensorLoader, stratified_cap
 from nas_cli.errors import UserError
 
@@ -18,10 +19,12 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def cifar10(root: str = "data/cifar10", batch_size: int = 128, subset: int | None = None, *,
-            seed: int = 0) -> DataBundle:
-    """CIFAR-10 from ``root`` (train: 50,000 images, val: the 10,000 test images)."""
+def cifar10(root: str = "data/cifar10", batch_size: int = 128, subset: int | None = None,
+            augment: dict | None = None, *, seed: int = 0) -> DataBundle:
+    """CIFAR-10 from ``root`` (train: 50,000 images, val: the 10,000 test images); ``augment``: training only."""
     from torchvision.datasets import CIFAR10
+
+    transform = build_augment(augment, (3, 32, 32))
 
     try:
         train = CIFAR10(root, train=True, download=False)
@@ -38,28 +41,39 @@ def cifar10(root: str = "data/cifar10", batch_size: int = 128, subset: int | Non
     vi = stratified_cap(np.arange(len(yv)), yv.numpy(), subset, seed=0)
     generator = torch.Generator().manual_seed(seed)
     train_loader = TensorLoader(xt[ti], yt[ti], batch_size, shuffle=True, generator=generator,
-                                mean=CIFAR_MEAN, std=CIFAR_STD)
+                                mean=CIFAR_MEAN, std=CIFAR_STD, augment=transform)
     val_loader = TensorLoader(xv[vi], yv[vi], max(batch_size, 512), mean=CIFAR_MEAN, std=CIFAR_STD)
     return DataBundle("cifar10", train_loader, val_loader, (3, 32, 32), 10, generator)
 
 
 def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_workers: int = 2,
-                subset: int | None = None, *, seed: int = 0) -> DataBundle:
-    """Images under ``root/train`` and ``root/val`` (one folder per class), resized and center-cropped."""
+                subset: int | None = None, augment: dict | None = None, *, seed: int = 0) -> DataBundle:
+    """Images under ``root/train`` and ``root/val`` (one folder per class), resized and center-cropped.
+
+    ``augment`` changes the training images only; with ``resized_crop_scale`` a random resized
+    crop of the whole image replaces the resize and center crop.
+    """
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
+    image_size = int(image_size)
+    augmentation = build_augment(augment, image_size)
     root_path = Path(root)
     for split in ("train", "val"):
         if not (root_path / split).is_dir():
             raise UserError(f"image folder '{root_path / split}' not found: data.root must hold train/ and val/ "
                             f"with one sub-folder per class (nas-cli prep-imagenet writes this layout)")
-    transform = v2.Compose([
-        v2.ToImage(), v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    train_ds, val_ds = (ImageFolder(str(root_path / s), transform=transform) for s in ("train", "val"))
+    resize = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    val_transform = v2.Compose([v2.ToImage(), *resize, *to_float])
+    train_transform = val_transform
+    if augmentation is not None:
+        # augmented while still uint8 (cheaper to crop and resize); the random resized crop sizes it itself
+        own_size = augmentation.resized_crop_scale is not None
+        train_transform = v2.Compose([v2.ToImage(), *([] if own_size else resize), augmentation.pipeline, *to_float])
+    train_ds = ImageFolder(str(root_path / "train"), transform=train_transform)
+    val_ds = ImageFolder(str(root_path / "val"), transform=val_transform)
     if train_ds.classes != val_ds.classes:
         raise UserError(f"train/ and val/ under '{root}' hold different class folders")
     if subset:

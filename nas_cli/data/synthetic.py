@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import torch
 
+from nas_cli.data.augment import build_augment
 from nas_cli.data.bundle import DataBundle, tensor_bundle
 
 
 def synthetic(shape: list[int] = (1, 28, 28), num_classes: int = 10, n_train: int = 1000, n_val: int = 200,
               noise: float = 1.0, batch_size: int = 64, data_seed: int = 0, subset: int | None = None,
-              *, seed: int = 0) -> DataBundle:
-    """``x = prototype[y] + noise * N(0, 1)``: learnable, any input ``shape``, no files needed."""
+              augment: dict | None = None, *, seed: int = 0) -> DataBundle:
+    """``x = prototype[y] + noise * N(0, 1)``: learnable, any input ``shape``, no files needed.
+
+    ``augment`` (training batches only) needs an image ``shape`` (channels, height, width).
+    """
     g = torch.Generator().manual_seed(data_seed)
     shape = tuple(int(s) for s in shape)
+    transform = build_augment(augment, shape)  # first: a bad block fails before any data is made
     n_train = min(n_train, subset) if subset else n_train
     n_val = min(n_val, subset) if subset else n_val
     prototypes = torch.randn(num_classes, *shape, generator=g)
@@ -21,4 +26,4 @@ def synthetic(shape: list[int] = (1, 28, 28), num_classes: int = 10, n_train: in
     y = y[torch.randperm(n, generator=g)]
     x = prototypes[y] + noise * torch.randn(n, *shape, generator=g)
     return tensor_bundle("synthetic", x, y, torch.arange(n_train), torch.arange(n_train, n), num_classes,
-                         batch_size=batch_size, seed=seed)
+                         batch_size=batch_size, seed=seed, augment=transform)

@@ -77,7 +77,7 @@ def freeze(model: nn.Module, prefixes: list[str] | str | None) -> list[str]:
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and all(not p.requires_grad for p in m.parameters()):
             m.momentum = 0.0  # running stats stay as loaded
     return frozen

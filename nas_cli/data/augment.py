@@ -1,0 +1,203 @@
+"""Training-time data augmentation from ``torchvision.transforms.v2``, configured by ``data.augment``.
+
+Only training batches are augmented; validation data never is. Randomness comes from
+torch's global RNG, so a seeded run is reproducible and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nas_cli.errors import UserError
+
+# every key of ``data.augment`` with its "off" value
+DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0}
+
+
+class Augment:
+    """Augments one (C, H, W) image with :meth:`__call__`, or a whole batch with :meth:`batch`.
+
+    Steps, in order: random resized crop, shift by a zero-padded random crop, horizontal
+    flip, color jitter. Each image gets its own random parameters.
+    """
+
+    def __init__(self, size: tuple[int, int], channels: int, *, hflip: bool, crop_padding: int,
+                 resized_crop_scale: tuple[float, float] | None, color_jitter: float):
+        from torchvision.transforms import v2  # imported here: torchvision is slow to import
+
+        self.hflip, self.crop_padding = hflip, crop_padding
+        self.resized_crop_scale, self.color_jitter = resized_crop_scale, color_jitter
+        # saturation needs color: grey images get brightness and contrast only
+        self.jitter_ops = 3 if channels == 3 else 2
+        strength = (color_jitter, color_jitter, color_jitter if channels == 3 else 0.0)
+        steps = [
+            None if resized_crop_scale is None else v2.RandomResizedCrop(size, scale=resized_crop_scale, antialias=True),
+            v2.RandomCrop(size, padding=crop_padding) if crop_padding else None,
+            v2.RandomHorizontalFlip() if hflip else None,
+            v2.ColorJitter(*strength) if color_jitter else None,
+        ]
+        self.pipeline = v2.Compose([s for s in steps if s is not None])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """One image (a tensor or a ``tv_tensors.Image``, uint8 or float in [0, 1])."""
+        return self.pipeline(image)
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A float batch (N, C, H, W) in [0, 1]: what :meth:`__call__` does to each image, vectorized.
+
+        Same distributions as the v2 transforms (one Python call per image would cost
+        more than a training step of a small network); random draws from torch's global RNG.
+        """
+        n, _, h, w = x.shape
+        if self.resized_crop_scale is not None:
+            x = resized_crops(x, random_boxes(n, h, w, self.resized_crop_scale))
+        if self.crop_padding:
+            x = random_shift(x, self.crop_padding)
+        if self.hflip:
+            x = torch.where(torch.rand(n, 1, 1, 1) < 0.5, x.flip(-1), x)
+        if self.color_jitter:
+            low, high = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
+            factors = torch.empty(n, self.jitter_ops).uniform_(low, high)
+            x = jitter(x, factors, order=torch.rand(n, self.jitter_ops).argsort(1))
+        return x
+
+
+def random_shift(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """``v2.RandomCrop(size, padding)`` for a batch: zero-pad, then crop each image at its own offset."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (padding,) * 4)
+    # plain slices: several times faster on CPU than one advanced-indexing gather
+    top, left = torch.randint(0, 2 * padding + 1, (2, len(x))).tolist()
+    return torch.stack([image[:, i:i + h, j:j + w] for image, i, j in zip(padded, top, left)])
+
+
+def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+    """``v2.RandomResizedCrop``'s crop boxes (top, left, height, width), one row per image.
+
+    As v2: up to ``tries`` draws of area and log-uniform aspect ratio, the first that fits
+    wins; an image with none gets the center crop.
+    """
+    area = height * width * torch.empty(n, tries).uniform_(*scale).double()
+    aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp().double()
+    w, h = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.long().argmax(1, keepdim=True)  # index of the first fitting try
+    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    top = (torch.rand(n) * (height - h + 1)).long()  # uniform in [0, height - h]
+    left = (torch.rand(n) * (width - w + 1)).long()
+    boxes = torch.stack([top, left, h, w], 1)
+    # v2's fallback: the whole image, cut to the nearest allowed aspect ratio, centered
+    fh, fw = height, width
+    if width / height < ratio[0]:
+        fh = int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        fw = int(round(height * ratio[1]))
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
+    return torch.where(fits.any(1, keepdim=True), boxes, fallback)
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each image's box (top, left, height, width) resized back to the full size, bilinear.
+
+    Boxes never exceed the image, so this only enlarges, where v2's antialiased resize
+    is plain bilinear interpolation (``align_corners=False``): computed one axis at a time.
+    """
+    h, w = x.shape[-2:]
+    x = _interpolate_axis(x, boxes[:, 0], boxes[:, 2], h, dim=2)
+    return _interpolate_axis(x, boxes[:, 1], boxes[:, 3], w, dim=3)
+
+
+def _interpolate_axis(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` from [start, start + length) to ``size`` points, per image."""
+    scale = (length / size).float().unsqueeze(1)
+    position = ((torch.arange(size) + 0.5) * scale - 0.5).clamp(min=0)  # (n, size), inside the box
+    below = position.floor().long()
+    weight = position - below
+    last = (length - 1).unsqueeze(1)
+    below, above = below.minimum(last), (below + 1).minimum(last)  # stay inside the box
+    shape = [len(x), 1, 1, 1]
+    shape[dim] = size
+    expand = list(x.shape)
+    expand[dim] = size
+
+    def take(index: torch.Tensor) -> torch.Tensor:
+        return x.gather(dim, (start.unsqueeze(1) + index).view(shape).expand(expand))
+
+    weight = weight.view(shape)
+    return take(below) * (1 - weight) + take(above) * weight
+
+
+def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """v2's brightness, contrast and (3 channels) saturation adjustments with each image's own factors.
+
+    ``factors[i, k]`` is image i's factor for adjustment k (0 brightness, 1 contrast,
+    2 saturation); ``order[i]`` the order image i gets them in, as v2 draws it per image.
+    """
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    def grey(image: torch.Tensor) -> torch.Tensor:
+        return image if image.shape[1] == 1 else rgb_to_grayscale(image)
+
+    def blend(image: torch.Tensor, other, factor: torch.Tensor) -> torch.Tensor:
+        return (image * factor + other * (1 - factor)).clamp(0, 1)  # v2's _blend on float images
+
+    adjustments = [
+        lambda image, f: blend(image, 0.0, f),
+        lambda image, f: blend(image, grey(image).mean(dim=(1, 2, 3), keepdim=True), f),
+        lambda image, f: blend(image, grey(image), f),
+    ][:factors.shape[1]]
+    x = x.clone()
+    for step in range(order.shape[1]):
+        for kind, adjust in enumerate(adjustments):
+            rows = (order[:, step] == kind).nonzero().squeeze(1)  # the images whose step-th adjustment is this
+            x[rows] = adjust(x[rows], factors[rows, kind].view(-1, 1, 1, 1))
+    return x
+
+
+def build_augment(augment: Mapping | None, image_size: int | Sequence[int]) -> Augment | None:
+    """The augmentation ``augment`` (the ``data.augment`` block) asks for, or None when all is off.
+
+    ``image_size``: the input shape (channels, height, width), or an int for square RGB images.
+    """
+    options = parse(augment)
+    if not any(options.values()):
+        return None
+    shape = (3, int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(map(int, image_size))
+    if len(shape) != 3:
+        raise UserError(f"data.augment works on images (channels, height, width), not on inputs of shape {shape}; "
+                        f"turn it off for this data")
+    if options["color_jitter"] and shape[0] not in (1, 3):
+        raise UserError(f"data.augment.color_jitter needs 1 or 3 channels, not {shape[0]}; set it to 0")
+    return Augment(shape[1:], shape[0], **options)
+
+
+def parse(augment: Mapping | None) -> dict:
+    """``augment`` checked and completed with the defaults; a bad key or value is a ``UserError``."""
+    if augment is not None and not isinstance(augment, Mapping):
+        raise UserError(f"data.augment must be a block of keys ({', '.join(DEFAULTS)}), not {augment!r}")
+    augment = dict(augment or {})
+    unknown = sorted(set(augment) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown data.augment key(s) {', '.join(map(str, unknown))}; "
+                        f"valid keys: {', '.join(DEFAULTS)}")
+    options = {**DEFAULTS, **augment}
+    hflip, padding, scale, strength = (options[k] for k in DEFAULTS)
+    if not isinstance(hflip, bool):
+        raise UserError(f"data.augment.hflip must be true or false, not {hflip!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise UserError(f"data.augment.crop_padding must be a whole number of pixels >= 0, not {padding!r}")
+    if scale is not None:
+        scale = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else (scale,)
+        if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale) \
+                or not 0 < scale[0] <= scale[1] <= 1:
+            raise UserError(f"data.augment.resized_crop_scale must be [low, high] with 0 < low <= high <= 1 "
+                            f"(e.g. [0.5, 1.0]) or null, not {list(scale)}")
+        scale = (float(scale[0]), float(scale[1]))
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
+        raise UserError(f"data.augment.color_jitter must be a number >= 0, not {strength!r}")
+    return {"hflip": hflip, "crop_padding": padding, "resized_crop_scale": scale, "color_jitter": float(strength)}
