@@ -105,3 +105,16 @@ def test_failure_is_recorded_with_status_failed(tmp_path, train_task, monkeypatc
         train_task(tmp_path)
     record = summary(tmp_path)
     assert record["status"] == "failed" and "out of memory" in record["error"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_channels_last_path(tmp_path, train_task):
+    result = train_task(tmp_path, "device=cuda", "trainer.amp=fp16", "trainer.channels_last=true",
+                        "ema.decay=0.9")
+    assert result["status"] == "ok" and result["device"].startswith("cuda") and result["gpu_hours"] > 0
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, train_task):
+    result = train_task(tmp_path, "trainer.amp=bf16", "device=cpu")
+    assert result["status"] == "ok"
+    assert metrics(tmp_path)["train_loss"].iloc[-1] < metrics(tmp_path)["train_loss"].iloc[0]

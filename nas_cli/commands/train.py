@@ -19,7 +19,7 @@ from nas_cli.engine.averaging import ensemble_accuracy
 from nas_cli.engine.device import resolve_device, seed_everything
 from nas_cli.engine.trainer import CHECKPOINT, WEIGHTS, Trainer
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, read_summary
+from nas_cli.record import RunRecord, atomic_write, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def train_ensemble(cfg: DictConfig, run_dir: Path, size: int, device) -> dict:
     record.write_metrics()  # the members' mean curve
     table = pd.DataFrame([{"member": k, "seed": s["seed"], **{m: s.get(m) for m in ("train_loss", "train_acc",
                           "val_loss", "val_acc", "final_val_acc")}} for k, s in enumerate(summaries)])
-    record_table = run_dir / "members.csv"
-    table.to_csv(record_table, index=False)
+    atomic_write(run_dir / "members.csv", lambda tmp: table.to_csv(tmp, index=False))
     headline = {m: float(table[m].mean()) for m in ("train_loss", "train_acc", "val_loss", "val_acc")}
     summary = {
         "status": "ok", "ensemble_size": size, **headline,
