@@ -273,10 +273,10 @@ class Trainer:
                     if schedule is not None and schedule.cycle_ends(epoch + 1, self.epochs):
                         stats["val_acc_snapshots"] = self._snapshot(fit, epoch + 1, val_loader)
                     iterations += stats.pop("iterations")
+                    lr = stats.pop("lr")
                     epoch_samples = stats.pop("samples")
                     samples += epoch_samples
-                    row = {"epoch": epoch + 1, **stats,
-                           "iterations": iterations, "samples_seen": samples,
+                    row = {"epoch": epoch + 1, **stats, "lr": lr, "iterations": iterations, "samples_seen": samples,
                            **self._smoothed(fit),
                            "epoch_time_s": time.perf_counter() - tick,
                            "samples_per_s": epoch_samples / max(train_time, 1e-9)}
