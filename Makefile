@@ -26,8 +26,8 @@ test-fast: install  ## the suite without the slow tests
 
 smoke: install  ## one tiny run of every command
 	rm -rf $(SMOKE)
-	$(BIN)/nas-cli train -m data=synthetic data.shape=[1,12,12] model.width=4,8 trainer.epochs=1 \
-		hydra.sweep.dir=$(SMOKE)/train
+	$(BIN)/nas-cli train -m data=synthetic data.shape=[1,12,12] model.width=4,8 optim.weight_decay=0,1e-4 \
+		trainer.epochs=2 ema.decay=0.9 hydra.sweep.dir=$(SMOKE)/train
 	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width --cols optim.weight_decay --plot
 
 bench: install  ## side-by-side benchmarks (print ratios)
