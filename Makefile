@@ -29,9 +29,11 @@ smoke: install  ## one tiny run of every command
 	$(BIN)/nas-cli train -m data=synthetic data.shape=[1,12,12] model.width=4,8 optim.weight_decay=0,1e-4 \
 		trainer.epochs=2 ema.decay=0.9 hydra.sweep.dir=$(SMOKE)/train
 	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width --cols optim.weight_decay --plot
+	$(BIN)/nas-cli fuse-bn source=$(SMOKE)/train/0 batch_sizes=[1,8] repeats=5 hydra.run.dir=$(SMOKE)/fuse_bn
 
 bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/fuse_bn.py
 
 lint: install  ## ruff
 	$(BIN)/ruff check nas_cli tests bench

@@ -47,6 +47,15 @@ def train(ctx: typer.Context):
     hydra_bridge.run("train", command.task, "train", ctx.args)
 
 
+@app.command("fuse-bn", **HYDRA_COMMAND)
+def fuse_bn(ctx: typer.Context):
+    """Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import fuse_bn as command
+
+    hydra_bridge.run("fuse-bn", command.task, "fuse_bn", ctx.args)
+
+
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="A run folder or a multirun folder (searched recursively)."),

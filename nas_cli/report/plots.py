@@ -22,8 +22,8 @@ def learning_curves(frame: pd.DataFrame, labels: list[str], out: Path) -> Path |
         if not path.is_file():
             continue
         metrics = pd.read_csv(path)
-        if metrics.empty:
-            continue
+        if metrics.empty or "epoch" not in metrics:
+            continue  # not a training run (fuse-bn's rows are batch sizes)
         style = {"marker": "o", "markersize": 3} if len(metrics) <= 30 else {}
         line, = ax_loss.plot(metrics["epoch"], metrics["val_loss"], label=label, **style)
         color = line.get_color()
