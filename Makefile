@@ -30,10 +30,13 @@ smoke: install  ## one tiny run of every command
 		trainer.epochs=2 ema.decay=0.9 hydra.sweep.dir=$(SMOKE)/train
 	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width --cols optim.weight_decay --plot
 	$(BIN)/nas-cli fuse-bn source=$(SMOKE)/train/0 batch_sizes=[1,8] repeats=5 hydra.run.dir=$(SMOKE)/fuse_bn
+	$(BIN)/nas-cli dqn total_steps=2000 eval.every=1000 eval.episodes=2 agent.learning_starts=500 \
+		hydra.run.dir=$(SMOKE)/dqn
 
 bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/fuse_bn.py
+	$(BIN)/python bench/dqn_cartpole.py
 
 lint: install  ## ruff
 	$(BIN)/ruff check nas_cli tests bench

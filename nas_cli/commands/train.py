@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from nas_cli.engine import checkpoint, transfer
 from nas_cli.engine.averaging import ensemble_accuracy
 from nas_cli.engine.device import resolve_device, seed_everything
-from nas_cli.engine.trainer import CHECKPOINT, WEIGHTS, Trainer
+from nas_cli.engine.resume import checkpoint_to_resume
+from nas_cli.engine.trainer import WEIGHTS, Trainer
 from nas_cli.errors import UserError
 from nas_cli.record import RunRecord, atomic_write, read_summary
 
@@ -56,7 +57,7 @@ def train_one(cfg: DictConfig, run_dir: Path, seed: int, device) -> tuple[dict, 
         model.load_state_dict(checkpoint.load(run_dir / WEIGHTS)["model"])  # a finished ensemble member
         return finished, model.to(device), data
     summary = trainer.fit(model, optimizer, data.train, data.val, schedule=instantiate(cfg.sched),
-                          generator=data.generator, resume_from=_checkpoint_to_resume(cfg.resume, run_dir),
+                          generator=data.generator, resume_from=checkpoint_to_resume(cfg.resume, run_dir),
                           seed=seed, regularizer=instantiate(cfg.regularizer), ema_decay=cfg.ema.decay)
     return summary, model, data
 
@@ -92,14 +93,3 @@ def train_ensemble(cfg: DictConfig, run_dir: Path, size: int, device) -> dict:
     log.info(f"ensemble of {size}: val_acc {accuracy:.4f} (members {table['final_val_acc'].mean():.4f} "
              f"± {summary['member_val_acc_std']:.4f})")
     return summary
-
-
-def _checkpoint_to_resume(resume, run_dir: Path) -> Path | None:
-    """The run folder's own checkpoint when resuming (the bridge already moved us into that folder)."""
-    if resume in (False, None, "false"):
-        return None
-    path = run_dir / CHECKPOINT
-    if path.is_file():
-        return path
-    log.info(f"resume: no checkpoint in {run_dir}, starting from scratch")
-    return None

@@ -7,6 +7,7 @@ the resumed run has the same config as the one that was interrupted.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,8 @@ import yaml
 from nas_cli.errors import UserError
 from nas_cli.record import read_summary
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+log = logging.getLogger(__name__)
+CHECKPOINT = Path("checkpoints") / "last.pt"  # every command that resumes keeps its state here
 _TRUE = {"true", "1", "yes", "on"}
 
 
@@ -61,3 +63,14 @@ def resolve_resume(command: str, args: list[str]) -> list[str]:
     replay = [o for o in saved or [] if _key(o) not in given and _key(o) != "resume"]
     rest = [a for a in args if _key(a) != "resume"]
     return [*replay, *rest, "resume=true", f"hydra.run.dir={folder}"]
+
+
+def checkpoint_to_resume(resume, run_dir: Path) -> Path | None:
+    """Inside the task: the run folder's own checkpoint when resuming (the bridge already chose the folder)."""
+    if resume in (False, None, "false"):
+        return None
+    path = Path(run_dir) / CHECKPOINT
+    if path.is_file():
+        return path
+    log.info(f"resume: no checkpoint in {run_dir}, starting from scratch")
+    return None

@@ -1,0 +1,1 @@
+"""Reinforcement learning: replay storage, Q-networks, environments, the DQN family."""

@@ -1,0 +1,62 @@
+"""Gymnasium environments: vectorized training envs, a greedy evaluator, Atari preprocessing."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from nas_cli.errors import UserError
+
+
+def _atari_env(env_id: str, **kwargs) -> gym.Env:
+    try:
+        import ale_py
+    except ImportError as ex:
+        raise UserError("Atari needs the atari extra: pip install 'nas-cli[atari]' (ale-py, opencv)") from ex
+    gym.register_envs(ale_py)
+    # v5 environments skip 4 frames themselves: let AtariPreprocessing do it (with max-pooling)
+    env = gym.make(env_id, frameskip=1, **kwargs)
+    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def make_envs(env_id: str, num_envs: int, atari: bool = False, asynchronous: bool = False) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` (sync or async), autoresetting on the step after an episode ends."""
+    try:
+        gym.spec(env_id) if not atari else None
+        if atari:
+            fns = [lambda: _atari_env(env_id) for _ in range(num_envs)]
+            cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+            return cls(fns)
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="async" if asynchronous else "sync")
+    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
+            gym.error.UnregisteredEnv) as ex:
+        raise UserError(f"unknown environment '{env_id}': {str(ex).splitlines()[0]}") from ex
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The return at which the environment counts as solved (CartPole-v1: 475), if it names one."""
+    try:
+        return gym.spec(env_id).reward_threshold
+    except gym.error.Error:
+        return None
+
+
+@torch.inference_mode()
+def greedy_returns(q_net, env_id: str, episodes: int, seed: int, atari: bool = False,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """Return of one greedy (epsilon = 0) episode in each of ``episodes`` environments run side by side."""
+    envs = make_envs(env_id, episodes, atari)
+    try:
+        obs, _ = envs.reset(seed=seed)
+        returns = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        while running.any():
+            actions = q_net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+            obs, rewards, terminated, truncated, _ = envs.step(actions)
+            returns += rewards * running
+            running &= ~(terminated | truncated)
+        return returns
+    finally:
+        envs.close()
