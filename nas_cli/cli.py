@@ -47,6 +47,15 @@ def train(ctx: typer.Context):
     hydra_bridge.run("train", command.task, "train", ctx.args)
 
 
+@app.command(**HYDRA_COMMAND)
+def dqn(ctx: typer.Context):
+    """Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent)."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import dqn as command
+
+    hydra_bridge.run("dqn", command.task, "dqn", ctx.args)
+
+
 @app.command("fuse-bn", **HYDRA_COMMAND)
 def fuse_bn(ctx: typer.Context):
     """Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain."""
@@ -54,6 +63,15 @@ def fuse_bn(ctx: typer.Context):
     from nas_cli.commands import fuse_bn as command
 
     hydra_bridge.run("fuse-bn", command.task, "fuse_bn", ctx.args)
+
+
+@app.command("prep-imagenet", **HYDRA_COMMAND)
+def prep_imagenet(ctx: typer.Context):
+    """Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import prep_imagenet as command
+
+    hydra_bridge.run("prep-imagenet", command.task, "prep_imagenet", ctx.args)
 
 
 @app.command()
