@@ -159,10 +159,22 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
     from nas_cli.engine.resume import resolve_resume
 
     with exit_on_error(command):
-        args = resolve_resume(command, args)
+        args = _for_this_process(resolve_resume(command, args))
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
             main()
+
+
+def _for_this_process(args: list[str]) -> list[str]:
+    """Under torchrun, processes other than rank 0 get no run folder, log file or config dump of their own."""
+    from nas_cli.engine.distributed import launched_rank
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(a in ("-m", "--multirun") for a in args):
+        raise UserError("torchrun runs one job on several processes: sweep with -m outside torchrun")
+    if launched_rank() == 0:
+        return args
+    return [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+            "hydra.run.dir=."]
 
 
 def _is_user_error(ex: BaseException) -> bool:

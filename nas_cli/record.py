@@ -52,19 +52,24 @@ def versions() -> dict[str, str]:
 class RunRecord:
     """Rows of per-epoch (or per-step) metrics plus a final summary, kept in a run folder."""
 
-    def __init__(self, run_dir: str | Path, rows: list[dict] | None = None):
+    def __init__(self, run_dir: str | Path, rows: list[dict] | None = None, write: bool = True):
         self.dir = Path(run_dir)
         self.rows: list[dict] = list(rows or [])
+        self.write = write  # False on every process but rank 0 of a multi-process run
 
     def log(self, row: dict) -> None:
         self.rows.append(dict(row))
         self.write_metrics()
 
     def write_metrics(self) -> None:
+        if not self.write:
+            return
         frame = pd.DataFrame(self.rows)
         atomic_write(self.dir / METRICS, lambda tmp: frame.to_csv(tmp, index=False))
 
     def write_summary(self, summary: dict) -> None:
+        if not self.write:
+            return
         clean = {k: _finite_or_none(v) for k, v in summary.items()}
         text = json.dumps(clean, indent=2, sort_keys=False)
         atomic_write(self.dir / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))

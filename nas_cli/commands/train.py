@@ -10,13 +10,16 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from nas_cli.engine import checkpoint, transfer
+from nas_cli.data.bundle import shard_bundle
+from nas_cli.engine import checkpoint, distributed, transfer
 from nas_cli.engine.averaging import ensemble_accuracy
 from nas_cli.engine.device import resolve_device, seed_everything
+from nas_cli.engine.distributed import Dist
 from nas_cli.engine.resume import checkpoint_to_resume
 from nas_cli.engine.trainer import WEIGHTS, Trainer
 from nas_cli.errors import UserError
@@ -25,23 +28,36 @@ from nas_cli.record import RunRecord, atomic_write, read_summary
 log = logging.getLogger(__name__)
 
 
-def task(cfg: DictConfig) -> dict:
-    """Hydra task for ``train`` (module-level, so launchers that pickle it work)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def task(cfg: DictConfig) -> dict | float:
+    """Hydra task for ``train`` (module-level, so launchers that pickle it work).
+
+    Returns the summary, or the figure named by ``optimized_metric`` for sweepers that optimize one.
+    """
     device = resolve_device(cfg.device)
+    group = distributed.setup(device)
+    if group.enabled and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+    # under torchrun every process writes into rank 0's run folder (the others have none of their own)
+    run_dir = Path(distributed.broadcast(HydraConfig.get().runtime.output_dir))
     size = int(cfg.ensemble.size)
     if size < 1:
         raise UserError(f"ensemble.size={size}: use 1 (a single model) or more")
-    if size == 1:
-        return train_one(cfg, run_dir, cfg.seed, device)[0]
-    return train_ensemble(cfg, run_dir, size, device)
+    try:
+        summary = (train_one(cfg, run_dir, cfg.seed, device, group)[0] if size == 1
+                   else train_ensemble(cfg, run_dir, size, device))
+    finally:
+        distributed.teardown()
+    metric = cfg.get("optimized_metric")
+    return float(summary[metric]) if metric else summary
 
 
-def train_one(cfg: DictConfig, run_dir: Path, seed: int, device) -> tuple[dict, object, object]:
+def train_one(cfg: DictConfig, run_dir: Path, seed: int, device, group: Dist = Dist()) -> tuple[dict, object, object]:
     """Train one model in ``run_dir``; returns its summary, the model and the data."""
-    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress)
+    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress, dist=group)
     seed_everything(seed)
     data = instantiate(cfg.data, seed=seed)
+    if group.enabled:
+        shard_bundle(data, group.rank, group.world, seed)
     model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
     if cfg.init_from:
         transfer.load_pretrained(model, cfg.init_from)
@@ -65,8 +81,12 @@ def train_one(cfg: DictConfig, run_dir: Path, seed: int, device) -> tuple[dict, 
 def train_ensemble(cfg: DictConfig, run_dir: Path, size: int, device) -> dict:
     """K independently seeded members, then the ensemble of their averaged softmax outputs."""
     members, summaries, frames = [], [], []
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     for k in range(size):
-        summary, model, data = train_one(cfg, run_dir / "members" / str(k), cfg.seed + k, device)
+        # members train one after another; with several GPUs each member gets the next one
+        member_device = torch.device("cuda", k % gpus) if gpus > 1 else device
+        summary, model, data = train_one(cfg, run_dir / "members" / str(k), cfg.seed + k, member_device)
+        model.to(device)
         if summary["status"] != "ok":
             raise UserError(f"ensemble member {k} ended with status {summary['status']}; see {run_dir}/members/{k}")
         members.append(model)

@@ -35,6 +35,16 @@ class TensorLoader:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(shape)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(shape)
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> TensorLoader:
+        """Yield only this process's share of every global batch (multi-process training).
+
+        Every process draws the same permutation (same generator seed), so together they
+        see each global batch exactly once.
+        """
+        self.rank, self.world = rank, world
+        return self
 
     def __len__(self) -> int:
         n = len(self.x) / self.batch_size
@@ -44,7 +54,7 @@ class TensorLoader:
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
             yield self._prepare(self.x[idx]), self.y[idx]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +82,23 @@ class DataBundle:
     @property
     def in_channels(self) -> int:
         return self.in_shape[0]
+
+
+def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBundle:
+    """Give this process its share of both loaders; ``batch_size`` stays the global batch."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    for name, shuffle in (("train", True), ("val", False)):
+        loader = getattr(data, name)
+        if isinstance(loader, TensorLoader):
+            loader.shard(rank, world)
+        elif isinstance(loader, DataLoader):
+            sampler = DistributedSampler(loader.dataset, world, rank, shuffle=shuffle, seed=seed)
+            setattr(data, name, DataLoader(loader.dataset, batch_size=max(1, loader.batch_size // world),
+                                           sampler=sampler, num_workers=loader.num_workers,
+                                           pin_memory=loader.pin_memory,
+                                           persistent_workers=loader.num_workers > 0))
+    return data
 
 
 def split_indices(labels, val_fraction: float, seed: int, subset: int | None = None):

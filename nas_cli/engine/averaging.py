@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from nas_cli.engine.distributed import all_reduce_sum
+
 
 class EMA:
     """An exponential moving average of a model's weights, updated after every optimizer step.
@@ -53,4 +55,5 @@ def ensemble_accuracy(models: Iterable[nn.Module], loader, device: torch.device)
         probs = torch.stack([m(x).softmax(dim=1) for m in models]).mean(0)
         correct += (probs.argmax(1) == y).sum().item()
         seen += len(y)
+    correct, seen = all_reduce_sum([correct, seen], device)  # each process scored its shard
     return correct / max(seen, 1)

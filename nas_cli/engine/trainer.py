@@ -26,6 +26,7 @@ from torch import nn
 from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast
+from nas_cli.engine.distributed import Dist, all_reduce_sum
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.regularizers import Regularizer
@@ -81,6 +82,8 @@ class Trainer:
         device: where to train (from ``nas_cli.engine.device.resolve_device``).
         run_dir: the run folder.
         progress: draw a progress bar when stdout is a terminal.
+        dist: the process group under torchrun: data is sharded by the caller, gradients are
+            averaged by DistributedDataParallel, metrics summed over processes, and only rank 0 writes.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Trainer:
         device: torch.device,
         run_dir: str | Path,
         progress: bool = True,
+        dist: Dist = Dist(),
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
@@ -110,7 +114,8 @@ class Trainer:
         self.loss_ema = float(loss_ema)
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.dist = dist
+        self.progress = progress and dist.main
         autocast(self.device, amp)  # validate the precision now, not after data loading
 
     # -- one epoch -------------------------------------------------------------------------
@@ -161,6 +166,7 @@ class Trainer:
         penalty_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         batch_losses: list[torch.Tensor] = []
+        batch_counts: list[int] = []
         seen = 0
         params = [p for p in fit.model.parameters() if p.requires_grad]
         lbfgs = isinstance(fit.optimizer, LBFGS)
@@ -182,6 +188,7 @@ class Trainer:
             # accumulate on the device: no host sync per batch
             loss = loss.detach().float()
             batch_losses.append(loss)
+            batch_counts.append(y.shape[0])
             loss_sum += loss * y.shape[0]
             if penalty is not None:
                 penalty_sum += penalty.detach().float() * y.shape[0]
@@ -189,13 +196,26 @@ class Trainer:
             seen += y.shape[0]
             if on_batch is not None:
                 on_batch()
-        fit.step_losses += torch.stack(batch_losses).tolist() if batch_losses else []
+        fit.step_losses += self._global_step_losses(batch_losses, batch_counts)
+        loss_total, penalty_total, correct_total, seen = all_reduce_sum(
+            [loss_sum.item(), penalty_sum.item(), correct.item(), seen], self.device)
         n = max(seen, 1)
-        stats = {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+        stats = {"train_loss": loss_total / n, "train_acc": correct_total / n}
         if fit.regularizer:
-            stats["train_penalty"] = penalty_sum.item() / n
+            stats["train_penalty"] = penalty_total / n
         return {**stats, "lr": lr if batch_losses else fit.optimizer.param_groups[0]["lr"],
-                "samples": seen, "iterations": len(batch_losses)}
+                "samples": int(seen), "iterations": len(batch_losses)}
+
+    def _global_step_losses(self, batch_losses: list[torch.Tensor], counts: list[int]) -> list[float]:
+        """Per-iteration training losses; under torchrun the mean over every process's share."""
+        if not batch_losses:
+            return []
+        losses = torch.stack(batch_losses).tolist()
+        if not self.dist.enabled:
+            return losses
+        summed = all_reduce_sum([v * c for v, c in zip(losses, counts)] + counts, self.device)
+        k = len(losses)
+        return [a / b for a, b in zip(summed[:k], summed[k:])]
 
     @torch.inference_mode()
     def evaluate(self, model, loader, loss_fn: LossFn = cross_entropy) -> dict:
@@ -211,8 +231,9 @@ class Trainer:
             loss_sum += loss.float() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
+        loss_total, correct_total, seen = all_reduce_sum([loss_sum.item(), correct.item(), seen], self.device)
         seen = max(seen, 1)
-        return {"val_loss": loss_sum.item() / seen, "val_acc": correct.item() / seen}
+        return {"val_loss": loss_total / seen, "val_acc": correct_total / seen}
 
     # -- the whole run ---------------------------------------------------------------------
     def fit(
@@ -243,14 +264,15 @@ class Trainer:
             scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"), generator=generator,
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
-            ema=EMA(model, ema_decay) if ema_decay is not None else None, record=RunRecord(self.run_dir),
+            ema=EMA(model, ema_decay) if ema_decay is not None else None,
+            record=RunRecord(self.run_dir, write=self.dist.main),
         )
         start_epoch, wall_before = 0, 0.0
         if resume_from is not None:
             start_epoch, wall_before = self._restore(checkpoint.load(resume_from, map_location=self.device), fit)
             fit.record.write_metrics()  # the checkpoint is the truth: drop rows written after it
             log.info(f"resumed from {resume_from} after epoch {start_epoch}")
-        net = torch.compile(model) if self.compile else model
+        net = self._wrap(model)
 
         status, error, t0 = "ok", None, time.perf_counter()
         rows = fit.record.rows
@@ -263,6 +285,8 @@ class Trainer:
                 batches_bar = progress.add_task("batches", total=len(train_loader), info="")
                 for epoch in range(start_epoch, self.epochs):
                     progress.reset(batches_bar, total=len(train_loader))
+                    for loader in (train_loader, val_loader):  # DistributedSampler reshuffles per epoch
+                        getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None)(epoch)
                     tick = time.perf_counter()
                     stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar))
                     train_time = time.perf_counter() - tick
@@ -289,7 +313,7 @@ class Trainer:
                         break
                     if schedule is not None:
                         schedule.epoch_end(row)
-                    if self.checkpoint:
+                    if self.checkpoint and self.dist.main:
                         checkpoint.save(self.run_dir / CHECKPOINT,
                                         self._state(epoch + 1, fit, wall_before + time.perf_counter() - t0))
         except KeyboardInterrupt:
@@ -301,12 +325,23 @@ class Trainer:
         finally:
             summary = self._summary(fit, status, error, wall_before + time.perf_counter() - t0, seed)
             fit.record.write_summary(summary)
-        if status == "ok":
+        if status == "ok" and self.dist.main:
             checkpoint.save(self.run_dir / WEIGHTS, {"model": model.state_dict()})
             if fit.ema is not None:
                 checkpoint.save(self.run_dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
-        self.print_summary(summary)
+        if self.dist.main:
+            self.print_summary(summary)
         return summary
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls: compiled and/or DistributedDataParallel around ``model``."""
+        net = torch.compile(model) if self.compile else model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        return net
 
     # -- extras recorded each epoch --------------------------------------------------------
     def _smoothed(self, fit: _Fit) -> dict:
@@ -316,14 +351,16 @@ class Trainer:
         import pandas as pd
 
         curves = smooth(pd.Series(fit.step_losses), self.loss_window, self.loss_ema)
-        atomic_write(self.run_dir / STEPS, lambda tmp: curves.to_csv(tmp, index=False))
+        if self.dist.main:
+            atomic_write(self.run_dir / STEPS, lambda tmp: curves.to_csv(tmp, index=False))
         last = curves.iloc[-1]
         # plain floats: checkpoints load with weights_only=True, which refuses numpy scalars
         return {f"train_{k}": float(last[k]) for k in ("loss_sma", "loss_cma", "loss_ema")}
 
     def _snapshot(self, fit: _Fit, epoch: int, val_loader) -> float:
         """Keep the model at a cycle's end; return the accuracy of all snapshots' averaged softmax."""
-        checkpoint.save(self.run_dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
+        if self.dist.main:
+            checkpoint.save(self.run_dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
         fit.snapshots.append(copy.deepcopy(fit.model).eval())
         return ensemble_accuracy(fit.snapshots, val_loader, self.device)
 
