@@ -109,12 +109,21 @@ def test_failure_is_recorded_with_status_failed(tmp_path, train_task, monkeypatc
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_channels_last_path(tmp_path, train_task):
-    result = train_task(tmp_path, "device=cuda", "trainer.amp=fp16", "trainer.channels_last=true",
+    result = train_task(tmp_path, "device=cuda", "trainer.precision=fp16", "trainer.channels_last=true",
                         "ema.decay=0.9")
     assert result["status"] == "ok" and result["device"].startswith("cuda") and result["gpu_hours"] > 0
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path, train_task):
-    result = train_task(tmp_path, "trainer.amp=bf16", "device=cpu")
+    result = train_task(tmp_path, "trainer.precision=bf16", "device=cpu")
     assert result["status"] == "ok"
     assert metrics(tmp_path)["train_loss"].iloc[-1] < metrics(tmp_path)["train_loss"].iloc[0]
+
+
+def test_fp16_on_cpu_is_a_noted_no_op_and_deterministic_mode_runs(tmp_path, train_task, caplog):
+    train_task(tmp_path / "fp32", "device=cpu")
+    with caplog.at_level("WARNING"):
+        train_task(tmp_path / "fp16", "device=cpu", "trainer.precision=fp16", "trainer.deterministic=true")
+    assert "running fp32 here" in caplog.text
+    pd.testing.assert_frame_equal(metrics(tmp_path / "fp32").drop(columns=TIMING),
+                                  metrics(tmp_path / "fp16").drop(columns=TIMING), check_exact=True)

@@ -175,7 +175,7 @@ def test_lbfgs_beats_one_epoch_of_sgd_on_logistic_regression(tmp_path, train_tas
 
 @pytest.mark.parametrize("extra, message", [
     (["model.dropout=0.5"], "deterministic loss"),
-    (["trainer.amp=bf16"], "cannot be combined"),
+    (["trainer.precision=bf16"], "cannot be combined"),
     (["optim.weight_decay=0.1"], "regularizer.l2"),
 ])
 def test_lbfgs_refuses_what_it_cannot_do(tmp_path, train_task, extra, message):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 
 import torch
 
 from nas_cli.errors import UserError
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,16 +32,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, amp: str):
-    """Mixed precision context for ``trainer.amp`` (none, bf16, fp16)."""
-    if amp not in AMP_DTYPES:
-        raise UserError(f"trainer.amp={amp} is not one of {', '.join(AMP_DTYPES)}")
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    if dtype is torch.float16 and device.type != "cuda":
-        raise UserError("trainer.amp=fp16 needs a CUDA GPU; on CPU use trainer.amp=bf16 or none")
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def effective_precision(device: torch.device, precision: str) -> str:
+    """``trainer.precision`` as it will run here: fp16 autocast and loss scaling need a GPU.
+
+    On a CPU fp16 is a no-op (fp32, with a note), so the same config runs everywhere.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        log.warning("trainer.precision=fp16 needs a CUDA GPU: running fp32 here (bf16 works on CPUs)")
+        return "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision context for an effective ``trainer.precision`` (fp32: none)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_determinism(device: torch.device, deterministic: bool) -> None:
+    """Deterministic kernels (reproducible, sometimes slower) or cuDNN's autotuner (fastest)."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -25,7 +25,7 @@ from torch import nn
 
 from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
-from nas_cli.engine.device import autocast
+from nas_cli.engine.device import autocast, effective_precision, set_determinism
 from nas_cli.engine.distributed import Dist, all_reduce_sum
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
@@ -72,10 +72,12 @@ class Trainer:
     Args:
         epochs: number of passes over the training data.
         last_n: the summary's headline figures are means over the last ``last_n`` epochs.
-        amp: mixed precision, ``none``, ``bf16`` (CPU or GPU) or ``fp16`` (GPU, with loss scaling).
+        precision: ``fp32``, ``bf16`` autocast (CPU or GPU) or ``fp16`` autocast with loss scaling
+            (GPU; fp32 with a note on a CPU).
         grad_clip: clip the global gradient norm to this value (``null``: off).
         checkpoint: write ``checkpoints/last.pt`` after every epoch (needed to resume).
         channels_last: NHWC memory format, faster for convolutions on recent GPUs.
+        deterministic: deterministic kernels (reproducible) instead of cuDNN's autotuner (fastest).
         compile: run the model through ``torch.compile``.
         loss_window: window (iterations) of the simple moving average of the training loss.
         loss_ema: weight of the newest iteration in the exponential moving average of the loss.
@@ -90,11 +92,12 @@ class Trainer:
         self,
         epochs: int = 10,
         last_n: int = 10,
-        amp: str = "none",
+        precision: str = "fp32",
         grad_clip: float | None = None,
         checkpoint: bool = True,
         channels_last: bool = False,
         compile: bool = False,
+        deterministic: bool = False,
         loss_window: int = 50,
         loss_ema: float = 0.02,
         *,
@@ -105,7 +108,7 @@ class Trainer:
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
-        self.amp = amp
+        self.deterministic = deterministic
         self.grad_clip = grad_clip
         self.checkpoint = checkpoint
         self.channels_last = channels_last
@@ -116,7 +119,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist = dist
         self.progress = progress and dist.main
-        autocast(self.device, amp)  # validate the precision now, not after data loading
+        self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
+        set_determinism(self.device, deterministic)
 
     # -- one epoch -------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +180,7 @@ class Trainer:
             if lbfgs:
                 loss, logits, penalty = self._lbfgs_step(net, fit, x, y, loss_fn)
             else:
-                with autocast(self.device, self.amp):
+                with autocast(self.device, self.precision):
                     loss, logits = loss_fn(net, x, y)
                 penalty = fit.regularizer.penalty(fit.model) if fit.regularizer else None
                 self._backward_step(loss + penalty if penalty is not None else loss, fit, params)
@@ -226,7 +230,7 @@ class Trainer:
         seen = 0
         for x, y in loader:
             x, y = self._to_device(x, y)
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.precision):
                 loss, logits = loss_fn(model, x, y)
             loss_sum += loss.float() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
@@ -256,13 +260,14 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if isinstance(optimizer, LBFGS):
-            if self.amp != "none" or self.grad_clip:
-                raise UserError("optim=lbfgs cannot be combined with trainer.amp or trainer.grad_clip")
+            if self.precision != "fp32" or self.grad_clip:
+                raise UserError("optim=lbfgs cannot be combined with trainer.precision other than fp32 "
+                                "or trainer.grad_clip")
             train_loader = closure_batches(optimizer, train_loader, model)
         fit = _Fit(
             model=model, optimizer=optimizer, schedule=schedule,
             scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"), generator=generator,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"), generator=generator,
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
             ema=EMA(model, ema_decay) if ema_decay is not None else None,
             record=RunRecord(self.run_dir, write=self.dist.main),
