@@ -22,6 +22,7 @@ from nas_cli.hydra_bridge import config_dir
 TINY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_val=64", "data.batch_size=32",
         "data.noise=0.5", "model.width=8", "model.hidden=32", "trainer.epochs=3", "progress=false"]
 TIMING = ["epoch_time_s", "samples_per_s"]
+SMALL_CLI = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=2"]  # CLI runs of seconds
 
 
 def tiny_except(overrides) -> list[str]:

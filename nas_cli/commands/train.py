@@ -53,7 +53,9 @@ def task(cfg: DictConfig) -> dict | float:
 
 def train_one(cfg: DictConfig, run_dir: Path, seed: int, device, group: Dist = Dist()) -> tuple[dict, object, object]:
     """Train one model in ``run_dir``; returns its summary, the model and the data."""
-    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress, dist=group)
+    logger = instantiate(cfg.logger, run_dir=run_dir, hparams=_overrides()) if group.main else None
+    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress, dist=group,
+                                   logger=logger)
     seed_everything(seed)
     data = instantiate(cfg.data, seed=seed)
     if group.enabled:
@@ -76,6 +78,12 @@ def train_one(cfg: DictConfig, run_dir: Path, seed: int, device, group: Dist = D
                           generator=data.generator, resume_from=checkpoint_to_resume(cfg.resume, run_dir),
                           seed=seed, regularizer=instantiate(cfg.regularizer), ema_decay=cfg.ema.decay)
     return summary, model, data
+
+
+def _overrides() -> dict:
+    """The run's command-line overrides as hyper-parameters (what a sweep varies)."""
+    pairs = (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
+    return {k.lstrip("+~"): v for k, v in pairs}
 
 
 def train_ensemble(cfg: DictConfig, run_dir: Path, size: int, device) -> dict:

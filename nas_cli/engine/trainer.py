@@ -27,6 +27,7 @@ from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
 from nas_cli.engine.distributed import Dist, all_reduce_sum
+from nas_cli.engine.loggers import CSVLogger
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.regularizers import Regularizer
@@ -84,6 +85,7 @@ class Trainer:
         device: where to train (from ``nas_cli.engine.device.resolve_device``).
         run_dir: the run folder.
         progress: draw a progress bar when stdout is a terminal.
+        logger: where rows go besides the run record (``logger=tensorboard``).
         dist: the process group under torchrun: data is sharded by the caller, gradients are
             averaged by DistributedDataParallel, metrics summed over processes, and only rank 0 writes.
     """
@@ -105,6 +107,7 @@ class Trainer:
         run_dir: str | Path,
         progress: bool = True,
         dist: Dist = Dist(),
+        logger: CSVLogger | None = None,
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
@@ -118,6 +121,7 @@ class Trainer:
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
         self.dist = dist
+        self.logger = logger if logger is not None and dist.main else CSVLogger()
         self.progress = progress and dist.main
         self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
         set_determinism(self.device, deterministic)
@@ -310,6 +314,7 @@ class Trainer:
                            "epoch_time_s": time.perf_counter() - tick,
                            "samples_per_s": epoch_samples / max(train_time, 1e-9)}
                     fit.record.log(row)
+                    self.logger.log(row, epoch + 1)
                     log.info(_epoch_line(row, self.epochs))
                     progress.update(epochs_bar, advance=1, info=f"val_acc {row['val_acc']:.4f}", refresh=True)
                     if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
@@ -330,6 +335,7 @@ class Trainer:
         finally:
             summary = self._summary(fit, status, error, wall_before + time.perf_counter() - t0, seed)
             fit.record.write_summary(summary)
+            self.logger.finish(summary)
         if status == "ok" and self.dist.main:
             checkpoint.save(self.run_dir / WEIGHTS, {"model": model.state_dict()})
             if fit.ema is not None:
