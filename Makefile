@@ -35,6 +35,8 @@ smoke: install  ## one tiny run of every command
 
 bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/nes_batched.py
 	$(BIN)/python bench/fuse_bn.py
 	$(BIN)/python bench/dqn_cartpole.py
 

@@ -56,6 +56,15 @@ def dqn(ctx: typer.Context):
     hydra_bridge.run("dqn", command.task, "dqn", ctx.args)
 
 
+@app.command("grad-bench", **HYDRA_COMMAND)
+def grad_bench(ctx: typer.Context):
+    """Compare gradient estimators (STE variants, NES, CDG) for a network with binary activations."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import grad_bench as command
+
+    hydra_bridge.run("grad-bench", command.task, "grad_bench", ctx.args)
+
+
 @app.command("fuse-bn", **HYDRA_COMMAND)
 def fuse_bn(ctx: typer.Context):
     """Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain."""

@@ -1,0 +1,119 @@
+"""NES gradient estimate, batched vs a per-sample Python loop, in one process.
+
+    .venv/bin/python bench/nes_batched.py                       # M=50000, num_dim=64, CPU-sized input batch
+    .venv/bin/python bench/nes_batched.py --batch-size 160000 --device cuda
+
+The batched estimate is ``nas_cli.gradients.estimators.nes_gradient`` (population chunks through
+``batched_losses``). The loop draws each perturbation, evaluates that one network with
+``problem.loss`` and accumulates ``f_i eps_i`` (antithetic pairs, as the batched default). The loop runs
+``--loop-samples`` members (all M when 0) and its time is scaled to M, said so in the output. Both
+estimates use the same noise when the loop runs all M, and are compared. Peak memory: the growth of
+ru_maxrss (the loop runs first, so the batched phase's growth is its own) and, on CUDA,
+torch.cuda.max_memory_allocated per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from nas_cli.gradients import estimators as est
+from nas_cli.gradients import problem
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loop_nes(theta, x, y, sigma, pairs, seed, pop_chunk):
+    """The per-sample reference: one network per member, in a Python loop (antithetic pairs)."""
+    grad = torch.zeros_like(theta, dtype=torch.float64)
+    done = 0
+    for c, s in enumerate(range(0, pairs, pop_chunk)):
+        eps_chunk = est._noise(c, min(pop_chunk, pairs - s), theta.numel(), seed, theta.device, theta.dtype)
+        for eps in eps_chunk:
+            if done == pairs:
+                return grad, done
+            f_plus = problem.loss(theta + sigma * eps, x, y)
+            f_minus = problem.loss(theta - sigma * eps, x, y)
+            grad += (f_plus - f_minus).double() * eps.double()
+            done += 1
+    return grad, done
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--population", type=int, default=50000)
+    p.add_argument("--num-dim", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256, help="shared inputs per evaluation (the study: 160000)")
+    p.add_argument("--sigma", type=float, default=0.01)
+    p.add_argument("--chunk-elements", type=int, default=1 << 24)
+    p.add_argument("--loop-samples", type=int, default=2000, help="members the loop times (0: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    d, pairs = a.num_dim, a.population // 2
+    g = torch.Generator(device=device).manual_seed(0)
+    theta = problem.random_weights(d, 1.0, g, device)
+    x = torch.randn(a.batch_size, d, generator=g, device=device)
+    y = problem.forward(problem.random_weights(d, 1.0, g, device), x)
+    pop_chunk = max(1, a.chunk_elements // theta.numel())
+
+    def f(rows):
+        return problem.batched_losses(rows, x, y, a.chunk_elements)
+
+    # warm-up (allocator, kernels)
+    est.nes_gradient(f, theta, a.sigma, 200, seed=1, pop_chunk=pop_chunk)
+    loop_nes(theta, x, y, a.sigma, 20, 1, pop_chunk)
+
+    loop_pairs = pairs if a.loop_samples <= 0 else min(pairs, max(1, a.loop_samples // 2))
+    rss0 = maxrss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    loop_grad, done = loop_nes(theta, x, y, a.sigma, loop_pairs, 7, pop_chunk)
+    sync(device)
+    loop_s = time.perf_counter() - t0
+    loop_rss = maxrss_mib() - rss0
+    loop_cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    loop_full_s = loop_s * pairs / done
+
+    rss1 = maxrss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    batched = est.nes_gradient(f, theta, a.sigma, 2 * pairs, antithetic=True, seed=7, pop_chunk=pop_chunk)
+    sync(device)
+    batched_s = time.perf_counter() - t0
+    batched_rss = maxrss_mib() - rss1
+    batched_cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+    print(f"NES gradient, M={2 * pairs} (antithetic), num_dim={d} ({theta.numel()} weights), "
+          f"{a.batch_size} shared inputs, device={device}, threads={torch.get_num_threads()}")
+    scaled = "" if done == pairs else f" (timed {2 * done} members: {loop_s:.2f} s, scaled to M)"
+    print(f"  per-sample loop : {loop_full_s:9.2f} s{scaled}")
+    print(f"  batched         : {batched_s:9.2f} s  (population chunks of {pop_chunk}, "
+          f"activations <= {a.chunk_elements} numbers)")
+    print(f"  speed-up        : {loop_full_s / batched_s:9.1f}x")
+    print(f"  peak memory     : ru_maxrss growth loop {loop_rss:.0f} MiB, batched {batched_rss:.0f} MiB"
+          + (f"; CUDA max allocated loop {loop_cuda:.0f} MiB, batched {batched_cuda:.0f} MiB" if loop_cuda else ""))
+    if done == pairs:
+        same = est.cosine(loop_grad / (2 * pairs * a.sigma), batched)
+        print(f"  cosine(loop, batched) = {same:.6f} (same noise)")
+
+
+if __name__ == "__main__":
+    main()

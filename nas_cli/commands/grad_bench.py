@@ -1,0 +1,125 @@
+"""``nas-cli grad-bench``: for a network with sign activations, which gradient estimate makes the loss drop
+most after one step?
+
+The problem (``nas_cli.gradients.problem``): ``net(x) = W3 sign(W2 sign(W1 x))``, three ``num_dim x num_dim``
+matrices, MSE to a fixed random teacher of the same form, inputs N(0, 1). Estimators: the four STE
+variants, NES per population size, CDG (the reference). Protocol (``nas_cli.gradients.protocol``): for
+each num_dim x init x batch, every estimator's gradient, one step per lr of the grid, the loss decrease,
+the cosine to CDG. Writes ``metrics.csv`` (one row per num_dim x estimator x lr x init x batch),
+``best.csv`` / ``best.md`` (the summary table), ``curves.csv``, two PNG plots and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich import get_console
+from rich.table import Table
+
+from nas_cli.engine.device import resolve_device, seed_everything
+from nas_cli.errors import UserError
+from nas_cli.gradients import plots, protocol
+from nas_cli.record import RunRecord, versions
+
+log = logging.getLogger(__name__)
+
+
+def settings(cfg: DictConfig) -> protocol.Settings:
+    """The protocol's settings from the config (``lr.grid`` set: that exact grid)."""
+    def as_list(value, key):
+        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if isinstance(value, (int, float, str)):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{key}={value}: expected a list, e.g. {key}=[a,b]")
+        return value
+
+    if cfg.lr.grid is not None:
+        lrs = sorted(float(v) for v in as_list(cfg.lr.grid, "lr.grid"))
+    else:
+        lrs = protocol.lr_grid(int(cfg.lr.coarse), int(cfg.lr.refined), float(cfg.lr.low), float(cfg.lr.high),
+                               float(cfg.lr.refined_low))
+    try:
+        return protocol.Settings(
+            num_dims=[int(d) for d in as_list(cfg.num_dims, "num_dims")],
+            estimators=[str(e) for e in as_list(cfg.estimators, "estimators")],
+            populations=[int(m) for m in as_list(cfg.nes.population, "nes.population")],
+            num_init=int(cfg.num_init), num_batch=int(cfg.num_batch), batch_size=int(cfg.batch_size), lrs=lrs,
+            sigma=float(cfg.nes.sigma), antithetic=bool(cfg.nes.antithetic),
+            fitness_shaping=bool(cfg.nes.fitness_shaping), delta=float(cfg.cdg.delta),
+            k=float(cfg.ste.k), beta=float(cfg.ste.beta), teacher_seed=int(cfg.teacher.seed),
+            teacher_scale=float(cfg.teacher.scale), teacher_noise=float(cfg.teacher.noise),
+            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=int(cfg.seed))
+    except (TypeError, ValueError) as ex:
+        raise UserError(f"bad grad-bench setting: {ex}") from ex
+
+
+def task(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    s = settings(cfg)
+    protocol.validate(s)
+    device = resolve_device(cfg.device)
+    seed_everything(s.seed)
+    start = time.perf_counter()
+    record = RunRecord(run_dir)
+
+    def on_rows(block: list[dict]) -> None:  # metrics.csv rewritten after every block: a crash keeps the rows
+        record.rows.extend(block)
+        record.write_metrics()
+
+    protocol.run(s, device, on_rows=on_rows, on_progress=log.info)
+    curves, best = protocol.summarize(record.rows)
+    curves.to_csv(run_dir / "curves.csv", index=False)
+    best.to_csv(run_dir / "best.csv", index=False)
+    (run_dir / "best.md").write_text(best_markdown(best))
+    pngs = []
+    if cfg.plots:
+        pngs = [plots.loss_decrease_vs_lr(curves, run_dir / plots.LR_PLOT).name,
+                plots.best_decrease_vs_dim(best, run_dir / plots.DIM_PLOT).name]
+    wall = time.perf_counter() - start
+    summary = {
+        "status": "ok", "num_dims": s.num_dims, "estimators": protocol.estimator_names(s),
+        "num_init": s.num_init, "num_batch": s.num_batch, "batch_size": s.batch_size, "num_lrs": len(s.lrs),
+        "rows": len(record.rows),
+        **{f"best_loss_decrease/d{r.num_dim}/{r.estimator}": float(r.best_loss_decrease) for r in best.itertuples()},
+        **{f"best_lr/d{r.num_dim}/{r.estimator}": float(r.best_lr) for r in best.itertuples()},
+        **{f"cosine_to_cdg/d{r.num_dim}/{r.estimator}": float(r.cosine_to_cdg) for r in best.itertuples()},
+        "winner": {str(d): part.loc[part["best_loss_decrease"].idxmax(), "estimator"]
+                   for d, part in best.groupby("num_dim")},
+        "best": best.to_dict(orient="records"), "plots": pngs,
+        "wall_time_s": wall, "device": str(device), "device_hours": wall / 3600,
+        "gpu_hours": wall / 3600 if device.type == "cuda" else 0.0, "seed": s.seed, "versions": versions(),
+    }
+    record.write_summary(summary)
+    print_table(best)
+    return summary
+
+
+def best_markdown(best: pd.DataFrame) -> str:
+    lines = ["| num_dim | estimator | best lr | loss decrease (mean ± std) | relative decrease | cosine to CDG |",
+             "|---|---|---|---|---|---|"]
+    for r in best.itertuples():
+        lines.append(f"| {r.num_dim} | {r.estimator} | {r.best_lr:.3g} | {r.best_loss_decrease:.5g} ± "
+                     f"{r.best_loss_decrease_std:.2g} | {r.best_relative_decrease:.4f} | {r.cosine_to_cdg:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(best: pd.DataFrame) -> None:
+    table = Table(title="best loss decrease after one step (mean over inits x batches)")
+    for col, just in (("num_dim", "right"), ("estimator", "left"), ("best lr", "right"),
+                      ("loss decrease", "right"), ("relative", "right"), ("cos to CDG", "right"),
+                      ("grad time", "right")):
+        table.add_column(col, justify=just)
+    for d, part in best.groupby("num_dim"):
+        top = part["best_loss_decrease"].idxmax()
+        for idx, r in part.iterrows():
+            style = "bold green" if idx == top else None
+            table.add_row(str(d), r.estimator, f"{r.best_lr:.3g}", f"{r.best_loss_decrease:.5g}",
+                          f"{r.best_relative_decrease:.4f}", f"{r.cosine_to_cdg:.4f}", f"{r.grad_time_s:.3g} s",
+                          style=style)
+    get_console().print(table)

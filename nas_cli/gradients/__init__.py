@@ -1,0 +1,7 @@
+"""Gradient estimates for networks with binary (sign) activations: STE, NES, CDG, and the one-step protocol.
+
+``problem``: the 3-layer sign MLP and its teacher, evaluated for one or many weight vectors at once.
+``estimators``: the four STE variants (autograd), NES (batched Gaussian search), CDG (coordinate central differences).
+``protocol``: one step ``w <- w - lr g`` per estimator and learning rate, the best lr, the cosine to CDG.
+``plots``: loss decrease vs lr, best loss decrease vs num_dim.
+"""

@@ -1,0 +1,176 @@
+"""The one-step protocol: for each estimator and each lr, take ``w <- w - lr g`` and measure the loss drop.
+
+Per num_dim, per init (a student), per batch (fresh inputs, the same teacher): compute every
+estimator's gradient on that batch, then the true loss at ``w - lr g`` for all lrs of the grid at once
+(one batched evaluation, together with ``w`` itself), on the same batch. One row per
+num_dim x estimator x lr x init x batch. ``summarize`` then averages over inits and batches and picks
+each estimator's best lr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nas_cli.errors import UserError
+from nas_cli.gradients import estimators as est
+from nas_cli.gradients import problem
+from nas_cli.models.binary import STE_VARIANTS
+
+COLUMNS = ["num_dim", "estimator", "lr", "init", "batch", "loss_before", "loss_after", "loss_decrease",
+           "relative_decrease", "cosine_to_cdg", "grad_norm", "grad_time_s"]
+
+
+def lr_grid(coarse: int = 11, refined: int = 9, low: float = 1e-5, high: float = 1.0,
+            refined_low: float = 1e-2) -> list[float]:
+    """``coarse`` log-spaced lrs on [low, high] joined with ``refined`` log-spaced on [refined_low, high]."""
+    points = np.concatenate([np.logspace(np.log10(low), np.log10(high), coarse) if coarse > 0 else [],
+                             np.logspace(np.log10(refined_low), np.log10(high), refined) if refined > 0 else []])
+    if len(points) == 0:
+        raise UserError("lr.coarse and lr.refined are both 0: no learning rate to try")
+    return sorted({float(f"{p:.6g}") for p in points})
+
+
+@dataclass
+class Settings:
+    num_dims: list[int]
+    estimators: list[str]
+    populations: list[int] = field(default_factory=lambda: [500])
+    num_init: int = 3
+    num_batch: int = 10
+    batch_size: int = 160000
+    lrs: list[float] = field(default_factory=lr_grid)
+    sigma: float = 0.01
+    antithetic: bool = True
+    fitness_shaping: bool = False
+    delta: float = 0.01
+    k: float = 2.0
+    beta: float = 5.0
+    teacher_seed: int = 1234
+    teacher_scale: float = 1.0
+    teacher_noise: float = 0.0
+    init_scale: float = 1.0
+    chunk_elements: int = 1 << 24
+    seed: int = 0
+
+
+KNOWN = (*STE_VARIANTS, "nes", "cdg")
+
+
+def estimator_names(s: Settings) -> list[str]:
+    """The row labels: ``ste_<variant>``, ``nes_<M>`` per population, ``cdg``."""
+    names = []
+    for e in s.estimators:
+        if e not in KNOWN:
+            raise UserError(f"estimators: '{e}' is not one of {', '.join(KNOWN)}")
+        if e == "nes":
+            names += [f"nes_{m}" for m in s.populations]
+        else:
+            names.append("cdg" if e == "cdg" else f"ste_{e}")
+    return names
+
+
+def validate(s: Settings) -> None:
+    bad_dims = [d for d in s.num_dims if int(d) < 1]
+    if not s.num_dims or bad_dims:
+        raise UserError(f"num_dims={list(s.num_dims)}: give positive integers, e.g. [2,4,8,16,32,64]")
+    for key in ("num_init", "num_batch", "batch_size", "chunk_elements"):
+        if getattr(s, key) < 1:
+            raise UserError(f"{key}={getattr(s, key)} must be >= 1")
+    if "nes" in s.estimators and (not s.populations or min(s.populations) < 2):
+        raise UserError(f"nes.population={list(s.populations)}: give population sizes >= 2, e.g. [500,5000]")
+    if any(lr <= 0 for lr in s.lrs):
+        raise UserError("every learning rate must be > 0")
+    estimator_names(s)
+
+
+def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+              noise_seed: int) -> dict[str, tuple[torch.Tensor, float]]:
+    """Every estimator's gradient at ``theta`` on ``(x, y)``, with the seconds it took."""
+    def f(rows: torch.Tensor) -> torch.Tensor:
+        return problem.batched_losses(rows, x, y, s.chunk_elements)
+
+    pop_chunk = max(1, s.chunk_elements // theta.numel())
+    out: dict[str, tuple[torch.Tensor, float]] = {}
+    for e in s.estimators:
+        runs: Iterable[tuple[str, Callable[[], torch.Tensor]]]
+        if e == "nes":
+            runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.sigma, m, s.antithetic, s.fitness_shaping,
+                                                                seed=noise_seed, pop_chunk=pop_chunk))
+                    for m in s.populations]
+        elif e == "cdg":
+            runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.delta, coord_chunk=pop_chunk))]
+        else:
+            runs = [(f"ste_{e}", lambda e=e: est.ste_gradient(theta, x, y, e, s.k, s.beta))]
+        for name, compute in runs:
+            _sync(theta.device)
+            start = time.perf_counter()
+            g = compute()
+            _sync(theta.device)
+            out[name] = (g, time.perf_counter() - start)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None] | None = None,
+        on_progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Every row of the protocol; ``on_rows`` sees each (num_dim, init, batch) block as it is done."""
+    validate(s)
+    rows: list[dict] = []
+    lrs = torch.tensor(s.lrs, device=device, dtype=torch.float32)
+    for d in s.num_dims:
+        prob = problem.Problem(int(d), s.batch_size, s.seed, s.teacher_seed, s.teacher_scale, s.teacher_noise,
+                               s.init_scale, device)
+        for i in range(s.num_init):
+            theta = prob.init(i)
+            for b in range(s.num_batch):
+                x, y = prob.batch(b)
+                grads = gradients(s, theta, x, y, noise_seed=s.seed * 7919 + int(d) * 131 + i * 17 + b)
+                if "cdg" in grads:
+                    ref = grads["cdg"][0]
+                else:  # the reference is needed for the cosines even when CDG is not compared
+                    ref = gradients(replace(s, estimators=["cdg"]), theta, x, y, 0)["cdg"][0]
+                block = []
+                for name, (g, seconds) in grads.items():
+                    candidates = torch.cat([theta[None], theta[None] - lrs[:, None] * g[None]])
+                    losses = problem.batched_losses(candidates, x, y, s.chunk_elements).cpu().numpy()
+                    before, cos, norm = float(losses[0]), est.cosine(g, ref), float(g.double().norm())
+                    for lr, after in zip(s.lrs, losses[1:]):
+                        block.append({"num_dim": int(d), "estimator": name, "lr": lr, "init": i, "batch": b,
+                                      "loss_before": before, "loss_after": float(after),
+                                      "loss_decrease": before - float(after),
+                                      "relative_decrease": (before - float(after)) / before if before else 0.0,
+                                      "cosine_to_cdg": cos, "grad_norm": norm, "grad_time_s": seconds})
+                rows += block
+                if on_rows:
+                    on_rows(block)
+                if on_progress:
+                    on_progress(f"num_dim={d} init={i} batch={b}: loss {block[0]['loss_before']:.4f}")
+    return rows
+
+
+def summarize(rows: list[dict] | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(curves, best)``: the mean (and std) loss decrease per num_dim x estimator x lr over inits and
+    batches, and per num_dim x estimator the lr with the largest mean decrease."""
+    frame = pd.DataFrame(rows)
+    curves = (frame.groupby(["num_dim", "estimator", "lr"], sort=True)
+              .agg(loss_decrease=("loss_decrease", "mean"), loss_decrease_std=("loss_decrease", "std"),
+                   relative_decrease=("relative_decrease", "mean"), cosine_to_cdg=("cosine_to_cdg", "mean"),
+                   n=("loss_decrease", "size"))
+              .reset_index())
+    best = curves.loc[curves.groupby(["num_dim", "estimator"], sort=True)["loss_decrease"].idxmax()]
+    best = best.rename(columns={"lr": "best_lr", "loss_decrease": "best_loss_decrease",
+                                "loss_decrease_std": "best_loss_decrease_std",
+                                "relative_decrease": "best_relative_decrease"})
+    times = frame.groupby(["num_dim", "estimator"])["grad_time_s"].mean().rename("grad_time_s")
+    best = best.merge(times.reset_index(), on=["num_dim", "estimator"]).reset_index(drop=True)
+    return curves, best
