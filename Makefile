@@ -38,6 +38,7 @@ bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/nes_batched.py
 	$(BIN)/python bench/fuse_bn.py
+	$(BIN)/python bench/prep_imagenet.py
 	$(BIN)/python bench/dqn_cartpole.py
 
 lint: install  ## ruff

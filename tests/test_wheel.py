@@ -49,6 +49,7 @@ def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProc
 def test_wheel_ships_the_configs_and_finds_them(installed_wheel, tmp_path):
     packaged = installed_wheel / "nas_cli" / "conf"
     assert (packaged / "train.yaml").is_file() and (packaged / "model" / "resnet18.yaml").is_file()
+    assert (installed_wheel / "nas_cli" / "tools" / "imagenet" / "val_labels.csv.gz").is_file()
     out = run_installed(installed_wheel, tmp_path, "train", "--help")
     assert out.returncode == 0, out.stderr
     assert "model: cnn, mlp, resnet18" in out.stdout
