@@ -47,6 +47,15 @@ def train(ctx: typer.Context):
     hydra_bridge.run("train", command.task, "train", ctx.args)
 
 
+@app.command("search-darts", **HYDRA_COMMAND)
+def search_darts(ctx: typer.Context):
+    """Differentiable architecture search (DARTS): bilevel search, latency term, genotype for retraining."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import search_darts as command
+
+    hydra_bridge.run("search-darts", command.task, "search_darts", ctx.args)
+
+
 @app.command(**HYDRA_COMMAND)
 def dqn(ctx: typer.Context):
     """Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent)."""

@@ -51,8 +51,9 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[t
 
 
 @dataclass
-class _Fit:
-    """Everything one ``fit`` call trains and keeps, saved whole in each checkpoint."""
+class FitState:
+    """Everything one ``fit`` call trains and keeps, saved whole in each checkpoint (commands with a
+    step of their own, like search-darts, build one and drive ``Trainer.train_epoch`` with it)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -133,7 +134,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def _backward_step(self, total: torch.Tensor, fit: _Fit, params) -> None:
+    def _backward_step(self, total: torch.Tensor, fit: FitState, params) -> None:
         optimizer, scaler = fit.optimizer, fit.scaler
         optimizer.zero_grad(set_to_none=True)
         if scaler.is_enabled():
@@ -149,7 +150,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(params, self.grad_clip)
             optimizer.step()
 
-    def _lbfgs_step(self, net, fit: _Fit, x, y, loss_fn: LossFn):
+    def _lbfgs_step(self, net, fit: FitState, x, y, loss_fn: LossFn):
         """One L-BFGS step; returns the loss, logits and penalty at the parameters it started from."""
         first: list = []
 
@@ -166,7 +167,7 @@ class Trainer:
         fit.optimizer.step(closure)
         return first[0], first[1], first[2]
 
-    def train_epoch(self, net: nn.Module, fit: _Fit, loader, loss_fn: LossFn = cross_entropy,
+    def train_epoch(self, net: nn.Module, fit: FitState, loader, loss_fn: LossFn = cross_entropy,
                     on_batch: Callable[[], None] | None = None) -> dict:
         """One pass over ``loader``; returns mean loss, penalty, accuracy, samples and iterations."""
         net.train()
@@ -268,7 +269,7 @@ class Trainer:
                 raise UserError("optim=lbfgs cannot be combined with trainer.precision other than fp32 "
                                 "or trainer.grad_clip")
             train_loader = closure_batches(optimizer, train_loader, model)
-        fit = _Fit(
+        fit = FitState(
             model=model, optimizer=optimizer, schedule=schedule,
             scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"), generator=generator,
@@ -355,7 +356,7 @@ class Trainer:
         return net
 
     # -- extras recorded each epoch --------------------------------------------------------
-    def _smoothed(self, fit: _Fit) -> dict:
+    def _smoothed(self, fit: FitState) -> dict:
         """Smoothed training loss at the epoch's last iteration; every iteration goes to steps.csv."""
         if not fit.step_losses:
             return {}
@@ -368,7 +369,7 @@ class Trainer:
         # plain floats: checkpoints load with weights_only=True, which refuses numpy scalars
         return {f"train_{k}": float(last[k]) for k in ("loss_sma", "loss_cma", "loss_ema")}
 
-    def _snapshot(self, fit: _Fit, epoch: int, val_loader) -> float:
+    def _snapshot(self, fit: FitState, epoch: int, val_loader) -> float:
         """Keep the model at a cycle's end; return the accuracy of all snapshots' averaged softmax."""
         if self.dist.main:
             checkpoint.save(self.run_dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
@@ -376,7 +377,7 @@ class Trainer:
         return ensemble_accuracy(fit.snapshots, val_loader, self.device)
 
     # -- state -----------------------------------------------------------------------------
-    def _state(self, epoch: int, fit: _Fit, wall: float) -> dict:
+    def _state(self, epoch: int, fit: FitState, wall: float) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -389,7 +390,7 @@ class Trainer:
                 "snapshots": [m.state_dict() for m in fit.snapshots],
                 "rng": rng, "history": fit.record.rows, "steps": fit.step_losses, "wall_time_s": wall}
 
-    def _restore(self, state: dict, fit: _Fit) -> tuple[int, float]:
+    def _restore(self, state: dict, fit: FitState) -> tuple[int, float]:
         try:
             fit.model.load_state_dict(state["model"])
             fit.optimizer.load_state_dict(state["optimizer"])
@@ -419,7 +420,7 @@ class Trainer:
         fit.step_losses = list(state.get("steps", []))
         return int(state["epoch"]), float(state.get("wall_time_s", 0.0))
 
-    def _summary(self, fit: _Fit, status: str, error: str | None, wall: float, seed) -> dict:
+    def _summary(self, fit: FitState, status: str, error: str | None, wall: float, seed) -> dict:
         rows = fit.record.rows
         last = rows[-1] if rows else {}
         n = min(self.last_n, len(rows)) or 0

@@ -1,0 +1,1 @@
+"""DARTS: differentiable architecture search (supernet, bilevel step, derivation, latency)."""

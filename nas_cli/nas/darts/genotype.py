@@ -1,0 +1,124 @@
+"""Derive a discrete cell from alpha and keep it as JSON.
+
+Each intermediate node keeps its two strongest incoming edges (strength: the edge's best
+non-``none`` softmax weight, times its edge-normalisation weight when there is one), each with
+its arg-max non-``none`` op. ``max_skip`` caps skip_connect in the normal cell: the weakest
+skips give way to their edge's next op (or edge) until at most ``max_skip`` remain.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nas_cli.errors import UserError
+
+
+@dataclass
+class Genotype:
+    normal: list[tuple[str, int]]  # (op, input state) pairs, two per node: inputs 0, 1 are the cell inputs
+    reduce: list[tuple[str, int]]
+    normal_concat: list[int] = field(default_factory=list)
+    reduce_concat: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def cell(pairs):
+            return " ".join(f"{op}<{j}" for op, j in pairs)
+        return f"normal[{cell(self.normal)}] reduce[{cell(self.reduce)}]"
+
+    def skip_count(self, kind: str = "normal") -> int:
+        return sum(op == "skip_connect" for op, _ in getattr(self, kind))
+
+    def to_dict(self) -> dict:
+        return {k: [list(p) for p in v] if k in ("normal", "reduce") else list(v) for k, v in asdict(self).items()}
+
+    def save(self, path: str | Path) -> None:
+        from nas_cli.record import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Genotype:
+        try:
+            return cls(normal=[(str(o), int(j)) for o, j in data["normal"]],
+                       reduce=[(str(o), int(j)) for o, j in data["reduce"]],
+                       normal_concat=[int(i) for i in data.get("normal_concat") or []],
+                       reduce_concat=[int(i) for i in data.get("reduce_concat") or []])
+        except (KeyError, TypeError, ValueError) as ex:
+            raise UserError(f"not a DARTS genotype (needs 'normal' and 'reduce' lists of [op, input]): {ex}") from ex
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genotype:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "genotype.json"
+        if not path.is_file():
+            raise UserError(f"model.genotype={path}: no such file (a search run folder or its genotype.json)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as ex:
+            raise UserError(f"model.genotype={path} is not JSON: {ex}") from ex
+
+
+def _parse(weights: torch.Tensor, primitives: list[str], nodes: int, edge_weights=None,
+           banned: set[tuple[int, str]] = frozenset()) -> list[tuple[str, int, int, float]]:
+    """(op, input, edge index, strength) for each kept edge, two per node."""
+    none = primitives.index("none") if "none" in primitives else None
+    chosen, start = [], 0
+    for i in range(nodes):
+        candidates = []
+        for j in range(2 + i):
+            e = start + j
+            best, best_k = -1.0, None
+            for k, p in enumerate(primitives):
+                if k == none or (e, p) in banned:
+                    continue
+                w = float(weights[e, k])
+                if w > best:
+                    best, best_k = w, k
+            if best_k is None:
+                continue
+            scale = float(edge_weights[e]) if edge_weights is not None else 1.0
+            candidates.append((best * scale, j, best_k, e))
+        candidates.sort(key=lambda c: -c[0])
+        for strength, j, k, e in candidates[:2]:
+            chosen.append((primitives[k], j, e, strength))
+        start += 2 + i
+    return chosen
+
+
+def derive(alpha_normal, alpha_reduce, primitives: list[str], nodes: int, max_skip: int | None = None,
+           beta_normal=None, beta_reduce=None) -> Genotype:
+    """The discrete genotype of an architecture (alphas as logits; betas already normalised weights)."""
+    wn = F.softmax(torch.as_tensor(alpha_normal).detach().float().cpu(), dim=-1)
+    wr = F.softmax(torch.as_tensor(alpha_reduce).detach().float().cpu(), dim=-1)
+    banned: set[tuple[int, str]] = set()
+    normal = _parse(wn, primitives, nodes, beta_normal, banned)
+    while max_skip is not None and sum(op == "skip_connect" for op, *_ in normal) > max_skip:
+        weakest = min((c for c in normal if c[0] == "skip_connect"), key=lambda c: float(wn[c[2], primitives.index(c[0])]))
+        banned.add((weakest[2], "skip_connect"))
+        normal = _parse(wn, primitives, nodes, beta_normal, banned)
+    reduce = _parse(wr, primitives, nodes, beta_reduce)
+    concat = list(range(2, 2 + nodes))
+    return Genotype([(o, j) for o, j, *_ in normal], [(o, j) for o, j, *_ in reduce], concat, list(concat))
+
+
+def chosen_edges(genotype_cell: list[tuple[str, int]], nodes: int) -> list[tuple[int, str]]:
+    """(edge index, op) of a derived cell's pairs, in the supernet's edge order."""
+    out, start = [], 0
+    for i in range(nodes):
+        for op, j in genotype_cell[2 * i:2 * i + 2]:
+            out.append((start + j, op))
+        start += 2 + i
+    return out
+
+
+def alpha_entropy(alpha: torch.Tensor) -> float:
+    """Mean entropy (nats) of the per-edge op distributions."""
+    p = F.softmax(alpha.detach().float(), dim=-1)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())

@@ -1,0 +1,150 @@
+"""The DARTS supernet: mixed ops on every edge, weighted by softmax(alpha).
+
+``alpha`` lives in ``ArchParams``, apart from the network's weights: ``network.parameters()``
+are the weights alone (what SGD trains) and ``network.arch`` the architecture (what Adam trains).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_cli.errors import UserError
+from nas_cli.nas.darts.ops import PRIMITIVES, make_op, preprocess, reduction_layers, stem
+
+
+def num_edges(nodes: int) -> int:
+    """Edges of a cell: node i (0-based) has 2 + i inputs."""
+    return sum(2 + i for i in range(nodes))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ArchParams(nn.Module):
+    """alpha (edges x ops) for normal and reduction cells, init 1e-3 N(0,1); beta (edges) with edge_norm."""
+
+    def __init__(self, nodes: int, primitives: list[str], edge_norm: bool = False):
+        super().__init__()
+        edges = num_edges(nodes)
+        self.nodes, self.primitives, self.edge_norm = nodes, list(primitives), edge_norm
+        self.normal = nn.Parameter(1e-3 * torch.randn(edges, len(primitives)))
+        self.reduce = nn.Parameter(1e-3 * torch.randn(edges, len(primitives)))
+        if edge_norm:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(edges))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(edges))
+
+    def alpha(self, reduction: bool) -> torch.Tensor:
+        return self.reduce if reduction else self.normal
+
+    def edge_weights(self, reduction: bool) -> torch.Tensor | None:
+        """Per-edge weights: softmax of beta over each node's incoming edges (edge normalisation)."""
+        if not self.edge_norm:
+            return None
+        beta = self.beta_reduce if reduction else self.beta_normal
+        parts, start = [], 0
+        for i in range(self.nodes):
+            parts.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+            start += 2 + i
+        return torch.cat(parts)
+
+
+class MixedOp(nn.Module):
+    """sum_k w_k op_k(x); with ``partial`` = K > 1, on 1/K of the channels (PC-DARTS) then shuffled."""
+
+    def __init__(self, c: int, stride: int, primitives: list[str], partial: int = 1):
+        super().__init__()
+        self.partial, self.stride, self.primitives = partial, stride, list(primitives)
+        self.ops = nn.ModuleList(make_op(p, c // partial, stride, affine=False, pool_bn=True) for p in primitives)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True) if partial > 1 and stride == 2 else None
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.partial == 1:
+            return sum(w * op(x) for w, op in zip(weights, self.ops))
+        k = x.shape[1] // self.partial
+        xa, xb = x[:, :k], x[:, k:]
+        out = sum(w * op(xa) for w, op in zip(weights, self.ops))
+        if self.pool is not None:
+            xb = self.pool(xb)
+        return channel_shuffle(torch.cat([out, xb], dim=1), self.partial)
+
+
+class SearchCell(nn.Module):
+    def __init__(self, nodes, c_pp, c_p, c, reduction, reduction_prev, primitives, partial=1):
+        super().__init__()
+        self.reduction, self.nodes = reduction, nodes
+        self.pre0, self.pre1 = preprocess(c_pp, c_p, c, reduction_prev, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(nodes):
+            for j in range(2 + i):
+                self.edges.append(MixedOp(c, 2 if reduction and j < 2 else 1, primitives, partial))
+
+    def forward(self, s0, s1, weights, edge_weights=None):
+        states = [self.pre0(s0), self.pre1(s1)]
+        offset = 0
+        for _ in range(self.nodes):
+            terms = []
+            for j, h in enumerate(states):
+                out = self.edges[offset + j](h, weights[offset + j])
+                terms.append(out if edge_weights is None else edge_weights[offset + j] * out)
+            offset += len(states)
+            states.append(sum(terms))
+        return torch.cat(states[2:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """Stem, ``layers`` cells (reductions at 1/3 and 2/3), global pooling, linear classifier."""
+
+    def __init__(self, in_shape, num_classes: int, init_channels: int = 16, layers: int = 8, nodes: int = 4,
+                 primitives: list[str] | None = None, stem_multiplier: int = 3, partial_channels: int = 1,
+                 edge_norm: bool = False):
+        super().__init__()
+        primitives = list(primitives or PRIMITIVES)
+        unknown = [p for p in primitives if p not in PRIMITIVES]
+        if unknown:
+            raise UserError(f"space.primitives: unknown op(s) {unknown}; choose from {PRIMITIVES}")
+        if len(in_shape) != 3:
+            raise UserError(f"DARTS needs image inputs (C, H, W), got shape {tuple(in_shape)}")
+        k = int(partial_channels or 1)
+        if k < 1 or init_channels % k:
+            raise UserError(f"search.partial_channels={k} must divide space.init_channels={init_channels}")
+        self.primitives, self.nodes, self.layers = primitives, nodes, layers
+        object.__setattr__(self, "arch", ArchParams(nodes, primitives, edge_norm))  # not a submodule
+        self.detach_arch = False  # the weight step: alpha as constants (no wasted alpha gradients)
+        c_curr = stem_multiplier * init_channels
+        self.stem = stem(in_shape[0], c_curr)
+        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = reduction_layers(layers)
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, primitives, k))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, nodes * c_curr
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        cache = {}
+        for cell in self.cells:
+            if cell.reduction not in cache:
+                alpha, edge = self.arch.alpha(cell.reduction), self.arch.edge_weights(cell.reduction)
+                if self.detach_arch:
+                    alpha, edge = alpha.detach(), None if edge is None else edge.detach()
+                cache[cell.reduction] = (F.softmax(alpha, dim=-1), edge)
+            s0, s1 = s1, cell(s0, s1, *cache[cell.reduction])
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+    def to(self, *args, **kwargs):
+        self.arch.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def double(self):
+        self.arch.double()
+        return super().double()

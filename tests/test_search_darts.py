@@ -1,0 +1,218 @@
+"""DARTS: supernet, second-order gradient, derivation, latency term, search + retrain smoke test."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from nas_cli.errors import UserError
+from nas_cli.hydra_bridge import config_dir
+from nas_cli.nas.darts.architect import Architect, exact_second_order
+from nas_cli.nas.darts.genotype import Genotype, derive
+from nas_cli.nas.darts.latency import LatencyTerm
+from nas_cli.nas.darts.ops import PRIMITIVES
+from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
+
+TINY_SEARCH = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
+               "data.noise=0.5", "space.layers=3", "space.init_channels=4", "space.nodes=2", "search.epochs=2",
+               "progress=false", "device=cpu", "latency.repeats=1", "latency.batch=4"]
+
+
+def compose_search(run_dir, overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("search_darts", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = "search_darts"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine: one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def search_task():
+    from nas_cli.commands import search_darts
+
+    def run(run_dir, *overrides):
+        return search_darts.task(compose_search(run_dir, [*TINY_SEARCH, *overrides]))
+
+    yield run
+    GlobalHydra.instance().clear()
+
+
+def test_supernet_edges_alphas_and_shapes():
+    torch.manual_seed(0)
+    net = SearchNetwork((1, 8, 8), 10, init_channels=4, layers=3, nodes=4)
+    assert num_edges(4) == 14
+    assert net.arch.normal.shape == (14, len(PRIMITIVES)) == net.arch.reduce.shape
+    assert net.arch.normal.abs().max() < 1e-2  # 1e-3 N(0, 1)
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    assert not any(p is net.arch.normal for p in net.parameters())  # weights and alpha apart
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    pc = SearchNetwork((3, 9, 9), 4, init_channels=4, layers=3, nodes=2, partial_channels=2, edge_norm=True)
+    assert pc(torch.randn(2, 3, 9, 9)).shape == (2, 4)
+
+
+def test_second_order_gradient_matches_autograd_through_unrolled_step(monkeypatch):
+    """Finite differences need a smooth loss: ReLU kinks are swapped for Softplus in this tiny net."""
+    from torch import nn
+
+    monkeypatch.setattr(nn, "ReLU", lambda inplace=False: nn.Softplus(beta=4.0))
+    torch.manual_seed(0)
+    prims = ["none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"]
+    net = SearchNetwork((1, 6, 6), 3, init_channels=2, layers=3, nodes=2, primitives=prims,
+                        stem_multiplier=1).double()
+    with torch.no_grad():
+        net.arch.normal.normal_(0, 0.5)
+        net.arch.reduce.normal_(0, 0.5)
+    xt, yt = torch.randn(6, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (6,))
+    xv, yv = torch.randn(6, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (6,))
+    xi = 0.05
+    approx = Architect(net, order="second").alpha_grads(xt, yt, xv, yv, xi)
+    exact = exact_second_order(net, xt, yt, xv, yv, xi)
+    first = Architect(net, order="first").alpha_grads(xt, yt, xv, yv, xi)
+    scale = max(float(e.abs().max()) for e in exact)
+    err = max(float((a - e).abs().max()) for a, e in zip(approx, exact))
+    gap = max(float((f - e).abs().max()) for f, e in zip(first, exact))
+    assert err < 0.01 * scale, (err, scale)  # finite differences with eps = 0.01/||v||: O(eps^2) error
+    assert err < 0.1 * gap, (err, gap)  # and the second-order term is far larger than that error
+
+
+def _hand_alpha(nodes, prims, picks):
+    """Logits: 0 everywhere, ``picks`` = {(edge, op): value}."""
+    a = torch.zeros(num_edges(nodes), len(prims))
+    for (e, op), v in picks.items():
+        a[e, prims.index(op)] = v
+    return a
+
+
+def test_derive_keeps_two_strongest_edges_and_argmax_non_none_op():
+    prims = PRIMITIVES
+    # node 0: edges 0, 1; node 1: edges 2, 3, 4
+    normal = _hand_alpha(2, prims, {(0, "none"): 9.0, (0, "sep_conv_3x3"): 2.0, (1, "skip_connect"): 3.0,
+                                    (2, "dil_conv_5x5"): 1.0, (3, "max_pool_3x3"): 4.0, (4, "sep_conv_5x5"): 5.0})
+    reduce = _hand_alpha(2, prims, {(0, "avg_pool_3x3"): 3.0, (1, "dil_conv_3x3"): 2.0, (3, "skip_connect"): 1.0,
+                                    (4, "max_pool_3x3"): 2.0})
+    g = derive(normal, reduce, prims, 2)
+    # edge 0's 'none' is ignored: its strength is sep_conv_3x3's weight (small after softmax with none=9)
+    assert g.normal == [("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2), ("max_pool_3x3", 1)]
+    assert g.reduce == [("avg_pool_3x3", 0), ("dil_conv_3x3", 1), ("max_pool_3x3", 2), ("skip_connect", 1)]
+    assert g.normal_concat == [2, 3]
+    capped = derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims, 2,
+                    max_skip=1)
+    assert capped.skip_count() == 1
+    assert derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims,
+                  2).skip_count() == 4
+
+
+def test_genotype_json_round_trip(tmp_path):
+    g = Genotype([("sep_conv_3x3", 0), ("skip_connect", 1)], [("max_pool_3x3", 0), ("dil_conv_3x3", 1)], [2], [2])
+    g.save(tmp_path / "genotype.json")
+    assert Genotype.load(tmp_path / "genotype.json") == g
+    assert Genotype.load(tmp_path) == g  # a search run folder names its genotype.json
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError):
+        Genotype.load(tmp_path / "bad.json")
+
+
+def test_latency_weight_derives_a_faster_cell():
+    """Only the latency term drives alpha: a large lambda moves the derived cell to cheap ops."""
+    prims = PRIMITIVES
+    table_cost = {"none": 0.0, "max_pool_3x3": 1.0, "avg_pool_3x3": 1.0, "skip_connect": 0.5,
+                  "sep_conv_3x3": 8.0, "sep_conv_5x5": 12.0, "dil_conv_3x3": 5.0, "dil_conv_5x5": 7.0}
+    lat = torch.tensor([[table_cost[p] for p in prims]] * num_edges(2))
+    results = {}
+    for weight in (0.0, 10.0):
+        torch.manual_seed(1)
+        net = SearchNetwork((1, 4, 4), 3, init_channels=2, layers=3, nodes=2)
+        with torch.no_grad():  # a start that favours the costly ops
+            for a in (net.arch.normal, net.arch.reduce):
+                a[:, prims.index("sep_conv_5x5")] += 0.05
+        term = LatencyTerm(net.arch, {False: lat, True: lat}, weight)
+        arch = Architect(net, lr=3e-2, objective=term)
+        x, y = torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,))
+        for _ in range(6):
+            arch.step(x, y, x, y, xi=0.0)
+        g = derive(net.arch.normal, net.arch.reduce, prims, 2)
+        results[weight] = term.derived(g, 2, prims)
+    assert results[10.0] < results[0.0]
+    mult = LatencyTerm(net.arch, {False: lat, True: lat}, 1.0, form="multiplicative", beta=0.6)
+    ce = torch.tensor(2.0)
+    assert torch.isclose(mult(ce), ce * (torch.log(mult.expected() * 1e3) / torch.log(torch.tensor(mult.ref * 1e3)))
+                         ** 0.6)
+    assert mult(ce).requires_grad  # alpha gets a gradient from the multiplicative form too
+
+
+def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_task, train_task):
+    run = tmp_path / "search"
+    summary = search_task(run, "search.order=second", "latency.weight=0.1", "search.max_skip=1")
+    assert summary["status"] == "ok" and summary["epochs"] == 2
+    m = pd.read_csv(run / "metrics.csv")
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "alpha_entropy_normal", "skip_count",
+                "genotype", "expected_latency_ms"):
+        assert col in m.columns
+    assert len(m) == 2 and (m.skip_count <= 1).all()
+    for name in ("genotype.json", "alpha_normal.png", "alpha_reduce.png", "latency.json", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "summary.json").read_text())["genotype"] == Genotype.load(run).to_dict()
+    assert summary["device_hours"] > 0 and summary["best_val_acc"] is not None
+    # resume: extend the finished search by one epoch in its own folder, reusing the latency table
+    more = search_task(run, "search.order=second", "latency.weight=0.1", "search.max_skip=1", "search.epochs=3",
+                       "resume=true", f"latency.table={run / 'latency.json'}")
+    assert more["epochs"] == 3 and list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3]
+    GlobalHydra.instance().clear()
+    # retrain the genotype through train's engine
+    trained = train_task(tmp_path / "train", "model=darts", f"model.genotype={run / 'genotype.json'}",
+                         "model.layers=3", "model.init_channels=4", "model.drop_path=0.1", "data=synthetic",
+                         "data.shape=[1,8,8]", "data.n_train=64", "data.n_val=32", "data.batch_size=16",
+                         "trainer.epochs=1", "progress=false")
+    assert trained["status"] == "ok" and trained["epochs"] == 1
+
+
+def test_resumed_search_matches_uninterrupted(tmp_path, search_task, monkeypatch):
+    from nas_cli.commands import search_darts
+
+    straight = search_task(tmp_path / "a", "search.heatmap=false")
+    save = search_darts.checkpoint.save
+
+    def save_then_stop(path, state):
+        save(path, state)
+        raise KeyboardInterrupt  # interrupted right after the first epoch's checkpoint
+
+    monkeypatch.setattr(search_darts.checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        search_task(tmp_path / "b", "search.heatmap=false")
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(search_darts.checkpoint, "save", save)
+    resumed = search_task(tmp_path / "b", "search.heatmap=false", "resume=true")
+    assert resumed["genotype"] == straight["genotype"]
+    a, b = pd.read_csv(tmp_path / "a" / "metrics.csv"), pd.read_csv(tmp_path / "b" / "metrics.csv")
+    for col in ("train_loss", "val_loss", "val_acc", "alpha_entropy_normal"):
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-5), col
+
+
+def test_chain_space_searches_and_derives(tmp_path, search_task):
+    summary = search_task(tmp_path / "chain", "space.name=chain", "space.slots=2", "search.order=second")
+    assert summary["status"] == "ok" and summary["genotype"]["space"] == "chain"
+    assert len(summary["genotype"]["choices"]) == 2
+    assert set(summary["genotype"]["choices"]) <= {"linear_20", "linear_30", "residual_20", "residual_30"}
+    assert (tmp_path / "chain" / "alpha_chain.png").is_file()
+    assert "alpha_entropy_normal" in pd.read_csv(tmp_path / "chain" / "metrics.csv").columns
