@@ -40,6 +40,7 @@ bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/fuse_bn.py
 	$(BIN)/python bench/prep_imagenet.py
 	$(BIN)/python bench/darts_search.py
+	$(BIN)/python bench/rl_search.py
 	$(BIN)/python bench/dqn_cartpole.py
 
 lint: install  ## ruff

@@ -56,6 +56,15 @@ def search_darts(ctx: typer.Context):
     hydra_bridge.run("search-darts", command.task, "search_darts", ctx.args)
 
 
+@app.command("search-rl", **HYDRA_COMMAND)
+def search_rl(ctx: typer.Context):
+    """RL architecture search: REINFORCE controller, MetaQNN, evolution and random baselines."""
+    from nas_cli import hydra_bridge
+    from nas_cli.commands import search_rl as command
+
+    hydra_bridge.run("search-rl", command.task, "search_rl", ctx.args)
+
+
 @app.command(**HYDRA_COMMAND)
 def dqn(ctx: typer.Context):
     """Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent)."""

@@ -1,0 +1,194 @@
+"""The architecture description shared by every controller, and the child network it builds.
+
+An architecture is a list of layers, each a dict with a ``type`` and its ``inputs`` (indices of
+earlier layers whose outputs it reads):
+
+- ``conv``: ``filters``, ``kh``, ``kw`` (filter height/width), ``sh``, ``sw`` (stride height/width);
+  "same" padding, then BatchNorm and ReLU;
+- ``pool``: ``kernel``, ``stride`` (max pooling; a kernel larger than its input shrinks to it);
+- ``fc``: ``units`` (flatten, linear, ReLU);
+- ``gap``: global average pooling.
+
+The builder applies the three "compilation failure" rules of Zoph & Le (2017), so any
+description builds a valid network on any input size:
+
+1. a layer with no input takes the image;
+2. every output nobody consumes is concatenated before the classifier;
+3. inputs of different spatial sizes are zero-padded to the largest before depth concatenation.
+
+The classifier global-average-pools the (padded, concatenated) feature maps, joins any flat
+outputs, and ends in one linear layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_cli.errors import UserError
+
+TYPES = ("conv", "pool", "fc", "gap")
+
+
+def canonical(arch: list[dict]) -> list[dict]:
+    """Plain, ordered dicts with sorted unique inputs: equal architectures compare (and hash) equal."""
+    out = []
+    for i, layer in enumerate(arch):
+        kind = layer.get("type", "conv")
+        if kind not in TYPES:
+            raise UserError(f"architecture layer {i}: type '{kind}' is not one of {', '.join(TYPES)}")
+        inputs = sorted({int(j) for j in layer.get("inputs", [i - 1] if i else [])})
+        if any(j < 0 or j >= i for j in inputs):
+            raise UserError(f"architecture layer {i}: inputs {inputs} must be earlier layers (0..{i - 1})")
+        keys = {"conv": ("filters", "kh", "kw", "sh", "sw"), "pool": ("kernel", "stride"), "fc": ("units",),
+                "gap": ()}[kind]
+        try:
+            entry = {"type": kind, **{k: int(layer[k]) for k in keys}, "inputs": inputs}
+        except KeyError as ex:
+            raise UserError(f"architecture layer {i} ({kind}) needs '{ex.args[0]}'") from ex
+        if any(entry[k] < 1 for k in keys):
+            raise UserError(f"architecture layer {i}: sizes must be positive ({entry})")
+        out.append(entry)
+    return out
+
+
+def key(arch: list[dict]) -> str:
+    """The cache key: the canonical description as compact JSON."""
+    return json.dumps(canonical(arch), separators=(",", ":"))
+
+
+def describe(arch: list[dict]) -> str:
+    """A short human-readable string, e.g. ``C3x3/1x1:36<- | C5x5/1x1:24<0 | P3/2 | FC64 | GAP``."""
+    parts = []
+    for i, layer in enumerate(canonical(arch)):
+        t = layer["type"]
+        if t == "conv":
+            s = f"C{layer['kh']}x{layer['kw']}/{layer['sh']}x{layer['sw']}:{layer['filters']}"
+        elif t == "pool":
+            s = f"P{layer['kernel']}/{layer['stride']}"
+        elif t == "fc":
+            s = f"FC{layer['units']}"
+        else:
+            s = "GAP"
+        if layer["inputs"] != ([i - 1] if i else []):
+            s += "<" + (",".join(map(str, layer["inputs"])) or "img")
+        parts.append(s)
+    return " | ".join(parts) or "(empty)"
+
+
+def load_arch(source) -> list[dict]:
+    """An architecture from a list, a ``best_arch.json`` (its ``arch`` key) or a JSON file holding the list."""
+    if source is None:
+        raise UserError("model.arch is not set: pass model.arch=PATH (a search's best_arch.json)")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            path = path / "best_arch.json"
+        if not path.is_file():
+            raise UserError(f"model.arch={source}: no such file (a search run folder or its best_arch.json)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as ex:
+            raise UserError(f"model.arch={source} is not JSON ({ex.msg})") from ex
+        source = data["arch"] if isinstance(data, dict) and "arch" in data else data
+    if not isinstance(source, (list, tuple)) or not source:
+        raise UserError("an architecture is a non-empty list of layers")
+    return canonical([dict(layer) for layer in source])
+
+
+def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Rule 3: zero-pad maps to the largest height and width, then concatenate along depth."""
+    if len(tensors) == 1:
+        return tensors[0]
+    h = max(t.shape[2] for t in tensors)
+    w = max(t.shape[3] for t in tensors)
+    return torch.cat([F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2])) for t in tensors], dim=1)
+
+
+def _as_map(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 4 else t.flatten(1)[:, :, None, None]
+
+
+class _Pool(nn.Module):
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x):
+        kh, kw = min(self.kernel, x.shape[2]), min(self.kernel, x.shape[3])
+        return F.max_pool2d(x, (kh, kw), self.stride, ceil_mode=True)
+
+
+def pool_size(n: int, kernel: int, stride: int) -> int:
+    """The side a pool layer leaves (the same arithmetic as the child's pooling)."""
+    k = min(kernel, n)
+    return max(1, math.ceil((n - k) / stride) + 1)
+
+
+class ArchNet(nn.Module):
+    """The child network of an architecture description, for inputs of shape ``in_shape``."""
+
+    def __init__(self, arch: list[dict], in_shape, num_classes: int):
+        super().__init__()
+        self.arch = canonical(arch)
+        consumed = {j for layer in self.arch for j in layer["inputs"]}
+        self.dangling = [i for i in range(len(self.arch)) if i not in consumed]  # rule 2
+        self.layers = nn.ModuleList()
+        probe = torch.zeros(1, *in_shape)
+        if probe.dim() == 2:  # flat features: one 1x1 "image"
+            probe = probe[:, :, None, None]
+        outs: list[torch.Tensor] = []
+        # a shape-only dry run: oneDNN's per-shape set-up would cost more than the convolutions
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+            for layer in self.arch:
+                x = self._gather(probe, outs, layer)
+                module = self._make(layer, x)
+                module.eval()
+                outs.append(module(x))
+                self.layers.append(module)
+            features = self._head_features(outs)
+        self.classifier = nn.Linear(features.shape[1], num_classes)
+
+    @staticmethod
+    def _gather(image: torch.Tensor, outs: list[torch.Tensor], layer: dict) -> torch.Tensor:
+        sources = [outs[j] for j in layer["inputs"]] or [image]  # rule 1
+        if layer["type"] == "fc":
+            return torch.cat([s.flatten(1) for s in sources], dim=1)
+        return _pad_cat([_as_map(s) for s in sources])
+
+    @staticmethod
+    def _make(layer: dict, x: torch.Tensor) -> nn.Module:
+        t = layer["type"]
+        if t == "conv":
+            return nn.Sequential(
+                nn.Conv2d(x.shape[1], layer["filters"], (layer["kh"], layer["kw"]), (layer["sh"], layer["sw"]),
+                          padding=(layer["kh"] // 2, layer["kw"] // 2), bias=False),
+                nn.BatchNorm2d(layer["filters"]), nn.ReLU(inplace=True))
+        if t == "pool":
+            return _Pool(layer["kernel"], layer["stride"])
+        if t == "fc":
+            return nn.Sequential(nn.Linear(x.shape[1], layer["units"]), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def _head_features(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        maps = [outs[i] for i in self.dangling if outs[i].dim() == 4]
+        flat = [outs[i] for i in self.dangling if outs[i].dim() == 2]
+        parts = ([F.adaptive_avg_pool2d(_pad_cat(maps), 1).flatten(1)] if maps else []) + flat
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x[:, :, None, None]
+        outs: list[torch.Tensor] = []
+        for layer, module in zip(self.arch, self.layers):
+            outs.append(module(self._gather(x, outs, layer)))
+        return self.classifier(self._head_features(outs))
+
+
+def param_count(arch: list[dict], in_shape, num_classes: int) -> int:
+    return sum(p.numel() for p in ArchNet(arch, in_shape, num_classes).parameters())

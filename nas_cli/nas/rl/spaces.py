@@ -1,0 +1,194 @@
+"""The two search spaces: Zoph & Le's conv layers with anchor-point skips, and MetaQNN's layer chains.
+
+Both produce the shared architecture description (``arch.py``). Random search and regularized
+evolution work on either (``controller.space``); REINFORCE proposes in the Zoph space and
+MetaQNN in its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nas_cli.errors import UserError
+from nas_cli.nas.rl.arch import pool_size
+
+TOKENS = ("kh", "kw", "sh", "sw", "filters")  # Zoph & Le's per-layer predictions, in order
+
+
+class ZophSpace:
+    """``layers`` conv layers; each picks filter height/width, stride height/width, number of filters
+    from the choice lists, and any subset of the earlier layers as inputs."""
+
+    kind = "zoph"
+
+    def __init__(self, layers: int = 4, filter_heights=(1, 3, 5, 7), filter_widths=(1, 3, 5, 7),
+                 stride_heights=(1,), stride_widths=(1,), filters=(24, 36, 48, 64), skip_p: float = 0.5):
+        if int(layers) < 1:
+            raise UserError(f"space.zoph.layers={layers}: use 1 or more")
+        self.layers = int(layers)
+        self.choices = {"kh": list(filter_heights), "kw": list(filter_widths), "sh": list(stride_heights),
+                        "sw": list(stride_widths), "filters": list(filters)}
+        for name, values in self.choices.items():
+            if not values:
+                raise UserError(f"space.zoph: the choice list for {name} is empty")
+        self.skip_p = float(skip_p)
+
+    def sample(self, rng: np.random.Generator) -> list[dict]:
+        arch = []
+        for i in range(self.layers):
+            layer = {"type": "conv", **{t: int(rng.choice(self.choices[t])) for t in TOKENS}}
+            layer["inputs"] = [j for j in range(i) if rng.random() < self.skip_p]
+            arch.append(layer)
+        return arch
+
+    def mutate(self, arch: list[dict], rng: np.random.Generator) -> list[dict]:
+        """Change one token of one layer, or flip one skip connection."""
+        child = [dict(layer, inputs=list(layer["inputs"])) for layer in arch]
+        i = int(rng.integers(self.layers))
+        options = [t for t in TOKENS if len(self.choices[t]) > 1]
+        if i > 0 and (not options or rng.random() < 0.3):
+            j = int(rng.integers(i))
+            inputs = set(child[i]["inputs"]) ^ {j}
+            child[i]["inputs"] = sorted(inputs)
+        elif options:
+            t = options[int(rng.integers(len(options)))]
+            child[i][t] = int(rng.choice([c for c in self.choices[t] if c != child[i][t]]))
+        return child
+
+
+# MetaQNN states: (type, depth, representation-size bucket, fc layers so far, layer parameters)
+START, CONV, POOL, FC, GAP, SM = "start", "C", "P", "FC", "GAP", "SM"
+
+
+def size_bucket(n: int) -> int:
+    """Baker et al.'s representation-size bins: 0 for n > 8, 1 for (8, 4], 2 for (4, 1]."""
+    return 0 if n > 8 else (1 if n > 4 else 2)
+
+
+class MetaQNNSpace:
+    """Chains of C (conv: filters, kernel), P (pool: kernel, stride), FC (units), GAP, then SM.
+
+    Rules: no pooling first and none right after pooling; FC only when the representation size is in
+    (8, 4] or (4, 1]; at most ``max_fc`` FC layers and only FC or SM after one; SM after GAP; at
+    most ``max_depth`` layers before SM. A state is ``(type, depth, size, n_fc, params)``; the
+    actual side length is carried so the bucket is exact.
+    """
+
+    kind = "metaqnn"
+
+    def __init__(self, image_size: int, max_depth: int = 6, conv_filters=(16, 32, 64), conv_kernels=(1, 3, 5),
+                 pools=((5, 3), (3, 2), (2, 2)), fc_units=(32, 64, 128), max_fc: int = 2):
+        self.image_size = int(image_size)
+        self.max_depth = int(max_depth)
+        if self.max_depth < 1:
+            raise UserError(f"space.metaqnn.max_depth={max_depth}: use 1 or more")
+        self.conv = [(int(f), int(k)) for f in conv_filters for k in conv_kernels]
+        self.pools = [(int(k), int(s)) for k, s in pools]
+        self.fc = [int(u) for u in fc_units]
+        self.max_fc = int(max_fc)
+
+    def start(self) -> tuple:
+        return (START, 0, self.image_size, 0, ())
+
+    def actions(self, state: tuple) -> list[tuple]:
+        """The layers allowed after ``state`` (each ``(type, params)``), SM (terminate) included."""
+        kind, depth, size, n_fc, _ = state
+        if kind == SM:
+            return []
+        if kind == GAP or depth >= self.max_depth:
+            return [(SM, ())]
+        if kind == FC:
+            return ([(FC, (u,)) for u in self.fc] if n_fc < self.max_fc else []) + [(SM, ())]
+        out = [(CONV, c) for c in self.conv]
+        if kind == CONV:
+            out += [(POOL, p) for p in self.pools]
+        if size_bucket(size) > 0 and self.max_fc > 0:
+            out += [(FC, (u,)) for u in self.fc]
+        out.append((GAP, ()))
+        if kind != START:
+            out.append((SM, ()))
+        return out
+
+    def step(self, state: tuple, action: tuple) -> tuple:
+        kind, params = action
+        _, depth, size, n_fc, _ = state
+        if kind == POOL:
+            size = pool_size(size, *params)
+        elif kind in (FC, GAP):
+            size = 1
+        return (kind, depth + (kind != SM), size, n_fc + (kind == FC), tuple(params))
+
+    def to_arch(self, actions: list[tuple]) -> list[dict]:
+        arch = []
+        for kind, params in actions:
+            i = len(arch)
+            inputs = [i - 1] if i else []
+            if kind == CONV:
+                arch.append({"type": "conv", "filters": params[0], "kh": params[1], "kw": params[1], "sh": 1,
+                             "sw": 1, "inputs": inputs})
+            elif kind == POOL:
+                arch.append({"type": "pool", "kernel": params[0], "stride": params[1], "inputs": inputs})
+            elif kind == FC:
+                arch.append({"type": "fc", "units": params[0], "inputs": inputs})
+            elif kind == GAP:
+                arch.append({"type": "gap", "inputs": inputs})
+        return arch
+
+    def path(self, arch: list[dict]) -> list[tuple]:
+        """The actions of a chain architecture (the inverse of ``to_arch``), SM included."""
+        out = []
+        for layer in arch:
+            t = layer["type"]
+            out.append((CONV, (layer["filters"], layer["kh"])) if t == "conv" else
+                       (POOL, (layer["kernel"], layer["stride"])) if t == "pool" else
+                       (FC, (layer["units"],)) if t == "fc" else (GAP, ()))
+        return [*out, (SM, ())]
+
+    def valid(self, actions: list[tuple]) -> bool:
+        state = self.start()
+        for a in actions:
+            if a not in self.actions(state):
+                return False
+            state = self.step(state, a)
+        return state[0] == SM
+
+    def walk(self, rng: np.random.Generator, prefix: list[tuple] = ()) -> list[tuple]:
+        """Uniformly random allowed actions until SM (after ``prefix``)."""
+        state, actions = self.start(), []
+        for a in prefix:
+            actions.append(a)
+            state = self.step(state, a)
+        while state[0] != SM:
+            options = self.actions(state)
+            a = options[int(rng.integers(len(options)))]
+            actions.append(a)
+            state = self.step(state, a)
+        return actions
+
+    def sample(self, rng: np.random.Generator) -> list[dict]:
+        return self.to_arch(self.walk(rng))
+
+    def mutate(self, arch: list[dict], rng: np.random.Generator) -> list[dict]:
+        """Change one layer's parameters (same type) if that stays valid; else regrow from a random layer."""
+        actions = self.path(arch)
+        for _ in range(10):
+            i = int(rng.integers(len(actions)))
+            kind, params = actions[i]
+            pool = {CONV: self.conv, POOL: self.pools, FC: [(u,) for u in self.fc]}.get(kind, [])
+            others = [p for p in pool if p != params]
+            if not others:
+                continue
+            trial = [*actions[:i], (kind, others[int(rng.integers(len(others)))]), *actions[i + 1:]]
+            if self.valid(trial):
+                return self.to_arch(trial[:-1])
+        i = int(rng.integers(len(actions)))
+        return self.to_arch(self.walk(rng, actions[:i])[:-1])
+
+
+def build_space(kind: str, cfg, in_shape) -> ZophSpace | MetaQNNSpace:
+    if kind == "zoph":
+        return ZophSpace(**cfg.zoph)
+    if kind == "metaqnn":
+        side = int(min(in_shape[1:])) if len(in_shape) == 3 else 1
+        return MetaQNNSpace(side, **cfg.metaqnn)
+    raise UserError(f"controller.space={kind}: use zoph or metaqnn")

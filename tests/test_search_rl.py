@@ -1,0 +1,279 @@
+"""nas-cli search-rl: architecture description, controllers (REINFORCE, MetaQNN, random, evolution),
+child evaluation with a cache, resume, and one tiny real-training smoke."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import summary
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from nas_cli.hydra_bridge import config_dir
+from nas_cli.nas.rl import evaluate as evaluate_module
+from nas_cli.nas.rl.arch import ArchNet, key, load_arch, pool_size
+from nas_cli.nas.rl.evaluate import Evaluator
+from nas_cli.nas.rl.metaqnn import MetaQNN
+from nas_cli.nas.rl.reinforce import Reinforce
+from nas_cli.nas.rl.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace, size_bucket
+
+SYNTH = ["reward=synthetic", "device=cpu"]
+
+
+def compose_search(run_dir: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("search_rl", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = "search_rl"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def search_task():
+    """Call the search-rl task in-process: ``search_task(run_dir, *overrides) -> summary``."""
+    from nas_cli.commands import search_rl
+
+    def run(run_dir: Path, *overrides: str) -> dict:
+        return search_rl.task(compose_search(run_dir, list(overrides)))
+
+    yield run
+    GlobalHydra.instance().clear()
+
+
+def _history(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "history.csv").drop(columns=["seconds"])
+
+
+# -- the architecture description ----------------------------------------------------------------
+
+def test_three_compilation_rules():
+    arch = [{"type": "conv", "filters": 4, "kh": 3, "kw": 3, "sh": 2, "sw": 2, "inputs": []},   # 8x8 -> 4x4
+            {"type": "conv", "filters": 5, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "inputs": []},   # no input: the image
+            {"type": "conv", "filters": 6, "kh": 3, "kw": 1, "sh": 1, "sw": 1, "inputs": [0, 1]}]  # 4x4 padded to 8x8
+    net = ArchNet(arch, (1, 8, 8), 10)
+    assert net.layers[2][0].in_channels == 4 + 5  # depth concatenation of both inputs
+    assert net.dangling == [2]
+    arch[2]["inputs"] = [0]
+    net = ArchNet(arch, (1, 8, 8), 10)
+    assert net.dangling == [1, 2] and net.classifier.in_features == 5 + 6  # unconsumed outputs joined
+    assert net(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+@pytest.fixture
+def fast_tiny_convs():
+    """Thousands of differently shaped tiny convs: one thread, no oneDNN set-up per shape."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
+    torch.set_num_threads(threads)
+
+
+def test_random_anchor_patterns_build_and_run(fast_tiny_convs):
+    space = ZophSpace(layers=5, filter_heights=[1, 3, 5, 7], filter_widths=[1, 3, 5, 7], stride_heights=[1, 2, 3],
+                      stride_widths=[1, 2, 3], filters=[2, 3, 4])
+    rng = np.random.default_rng(0)
+    shapes = [(1, 8, 8), (3, 5, 7), (1, 1, 1), (2, 12, 3)]
+    for n in range(1000):
+        arch = space.sample(rng)
+        shape = shapes[n % len(shapes)]
+        out = ArchNet(arch, shape, 7)(torch.randn(2, *shape))
+        assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_chains_with_pool_fc_gap_build(fast_tiny_convs):
+    space = MetaQNNSpace(image_size=8, max_depth=6, conv_filters=[2, 4], conv_kernels=[1, 3, 5], fc_units=[8])
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        arch = space.sample(rng)
+        assert ArchNet(arch, (1, 8, 8), 10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+# -- MetaQNN --------------------------------------------------------------------------------------
+
+def test_metaqnn_rules_hold_on_10000_paths():
+    space = MetaQNNSpace(image_size=28, max_depth=8)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(10_000):
+        actions = space.walk(rng)
+        assert actions[-1][0] == SM and all(a[0] != SM for a in actions[:-1])
+        layers = actions[:-1]
+        assert 1 <= len(layers) <= space.max_depth
+        assert layers[0][0] != POOL  # no pooling first
+        size, n_fc = 28, 0
+        for prev, (kind, params) in zip([None, *layers], layers):
+            prev_kind = prev[0] if prev else None
+            assert not (kind == POOL and prev_kind == POOL)  # no pooling right after pooling
+            if prev_kind == FC:
+                assert kind == FC
+            assert prev_kind != GAP  # GAP is followed by the softmax only
+            if kind == FC:
+                assert 1 <= size <= 8, size  # representation size in (8, 4] or (4, 1]
+                n_fc += 1
+            if kind == POOL:
+                size = pool_size(size, *params)
+            elif kind in (FC, GAP):
+                size = 1
+            seen.add(kind)
+        assert n_fc <= 2
+    assert seen == {CONV, POOL, FC, GAP}
+
+
+def test_one_q_update_equals_hand_computation():
+    space = MetaQNNSpace(image_size=8, max_depth=4)
+    agent = MetaQNN(space, alpha=0.01, gamma=1.0, q_init=0.5, replay=0)
+    c = (CONV, (16, 3))
+    actions = [c, (SM, ())]
+    s0 = space.start()
+    s1 = space.step(s0, c)
+    agent.update(actions, 0.9)
+    q_sm = 0.5 + 0.01 * (0.9 - 0.5)  # terminal transition: the reward
+    assert agent.value(s1, (SM, ())) == pytest.approx(q_sm)
+    # earlier transition: r = 0 + gamma * max over the next state's actions (the others still 0.5)
+    assert agent.value(s0, c) == pytest.approx(0.5 + 0.01 * (max(q_sm, 0.5) - 0.5))
+    assert size_bucket(9) == 0 and size_bucket(8) == 1 and size_bucket(4) == 2
+
+
+def test_metaqnn_epsilon_schedule_and_greedy():
+    space = MetaQNNSpace(image_size=8, max_depth=3)
+    agent = MetaQNN(space, schedule=[[1.0, 2], [0.0, 1]], replay=5)
+    assert [agent.epsilon(m) for m in (0, 1, 2, 5)] == [1.0, 1.0, 0.0, 0.0]
+    agent.q = {}
+    agent.models = 2  # greedy: after rewarding one chain a lot, it is proposed
+    target = [{"type": "conv", "filters": 32, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": []},
+              {"type": "gap", "inputs": [0]}]
+    for _ in range(2000):
+        agent.update(space.path(target), 1.0)
+    assert key(agent.propose()) == key(target)
+
+
+# -- REINFORCE ------------------------------------------------------------------------------------
+
+def test_reinforce_step_raises_probability_of_rewarded_arch():
+    agent = Reinforce(ZophSpace(layers=3), seed=0, lr=0.01)
+    arch = agent.propose()
+    before = agent.log_prob(arch)
+    agent.baseline = 0.2
+    agent.observe(arch, 1.0)
+    assert agent.log_prob(arch) > before
+    other = agent.propose()
+    low = agent.log_prob(other)
+    agent.baseline = 0.9
+    agent.observe(other, 0.0)  # below the baseline: less likely
+    assert agent.log_prob(other) < low
+
+
+def test_reinforce_skip_penalty_pulls_density_to_target():
+    agent = Reinforce(ZophSpace(layers=5), seed=0, lr=0.05, skip_penalty=1.0, skip_target=0.05)
+    arch = agent.propose()
+    agent.baseline = 0.0
+    density = []
+    for _ in range(30):
+        _, _, _, kl = agent.run(arch)
+        density.append(kl.item())
+        agent.observe(arch, 0.0)
+    assert density[-1] < density[0]
+
+
+# -- evaluation, cache, searches ------------------------------------------------------------------
+
+def test_cache_hit_does_no_training(tmp_path, monkeypatch):
+    cfg = compose_search(tmp_path, ["device=cpu", "child.epochs=1", "child.subset=50"])
+    calls = []
+    real = evaluate_module.train_child
+    monkeypatch.setattr(evaluate_module, "train_child", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = evaluate_module.load_data(cfg.data, cfg.child, 0)
+    arch = ZophSpace(layers=2, filters=[4]).sample(np.random.default_rng(0))
+    ev = Evaluator(cfg, tmp_path, torch.device("cpu"), data, 0)
+    first, again = ev.evaluate([(0, arch), (1, arch)])  # a repeat within one batch
+    assert len(calls) == 1 and not first["cache_hit"] and again["cache_hit"] and again["reward"] == first["reward"]
+    ev.save()
+    later = Evaluator(cfg, tmp_path, torch.device("cpu"), data, 0).evaluate([(2, arch)])  # from cache.json
+    assert len(calls) == 1 and later[0]["cache_hit"]
+    assert not (tmp_path / "children" / "1").exists() and (tmp_path / "children" / "0" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "random", "evolution", "random controller.space=metaqnn",
+                                        "evolution controller.space=metaqnn controller.population=4 controller.sample=2"])
+def test_each_controller_searches_synthetic(tmp_path, search_task, controller):
+    name, *extra = controller.split()
+    s = search_task(tmp_path, f"controller={name}", *extra, *SYNTH, "search.children=12")
+    assert s["status"] == "ok" and s["children"] == 12 and s["trained"] + s["cache_hits"] == 12
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns[:6]) == ["step", "arch", "params", "reward", "seconds", "cache_hit"]
+    assert len(history) == 12 and s["best_reward"] == pytest.approx(history["reward"].max())
+    best = json.loads((tmp_path / "best_arch.json").read_text())
+    assert best["reward"] == pytest.approx(s["best_reward"])
+    assert ArchNet(load_arch(tmp_path / "best_arch.json"), (1, 8, 8), 10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "evolution"])
+def test_resumed_search_continues_the_same_history(tmp_path, search_task, monkeypatch, controller):
+    search_task(tmp_path / "whole", f"controller={controller}", *SYNTH, "search.children=12")
+    calls = {"n": 0}
+    real = Evaluator._score_synthetic
+
+    def interrupted(self, arch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(self, arch)
+
+    monkeypatch.setattr(Evaluator, "_score_synthetic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search_task(tmp_path / "cut", f"controller={controller}", *SYNTH, "search.children=12")
+    assert summary(tmp_path / "cut")["status"] == "interrupted"
+    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) < 12
+    monkeypatch.setattr(Evaluator, "_score_synthetic", real)
+    s = search_task(tmp_path / "cut", f"controller={controller}", *SYNTH, "search.children=12", "resume=true")
+    assert s["status"] == "ok" and s["children"] == 12
+    pd.testing.assert_frame_equal(_history(tmp_path / "cut"), _history(tmp_path / "whole"))
+
+
+def test_resume_refuses_another_controller(tmp_path, search_task):
+    from nas_cli.errors import UserError
+
+    search_task(tmp_path, "controller=random", *SYNTH, "search.children=3")
+    with pytest.raises(UserError, match="controller=random"):
+        search_task(tmp_path, "controller=evolution", *SYNTH, "search.children=5", "resume=true")
+
+
+def test_real_training_smoke_and_retrain_best(tmp_path, search_task, train_task):
+    s = search_task(tmp_path / "search", "controller=reinforce", "device=cpu", "search.children=3", "child.epochs=1",
+                    "child.subset=100", "space.zoph.layers=2", "space.zoph.filters=[4,8]")
+    assert s["status"] == "ok" and s["children"] == 3 and 0.0 <= s["best_reward"] <= 1.0
+    assert s["device_hours"] > 0 and s["trained"] == len(list((tmp_path / "search" / "children").iterdir()))
+    for child in (tmp_path / "search" / "children").iterdir():
+        assert summary(child)["epochs"] == 1 and not (child / "checkpoints").exists()
+    t = train_task(tmp_path / "retrain", "model=rl_child", f"model.arch={tmp_path / 'search' / 'best_arch.json'}",
+                   "trainer.epochs=1")
+    assert t["status"] == "ok"
+
+
+def test_workers_train_children_in_parallel(tmp_path, search_task):
+    s = search_task(tmp_path, "controller=random", "device=cpu", "search.children=2", "search.workers=2",
+                    "child.epochs=1", "child.subset=50", "space.zoph.layers=1", "space.zoph.filters=[4]")
+    assert s["status"] == "ok" and s["children"] == 2
+    assert sorted(p.name for p in (tmp_path / "children").iterdir()) == ["0", "1"]
+
+
+def test_config_is_commented():
+    text = (config_dir() / "search_rl.yaml").read_text().splitlines()
+    body = [ln for ln in text[text.index("search:"):text.index("hydra:")] if ln.strip() and ":" in ln]
+    assert all("#" in ln for ln in body if not ln.rstrip().endswith(":")), [ln for ln in body if "#" not in ln]
+    for name in ("reinforce", "metaqnn", "random", "evolution"):
+        cfg = OmegaConf.load(config_dir() / "controller" / f"{name}.yaml")
+        assert cfg.name == name
