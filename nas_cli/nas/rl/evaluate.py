@@ -70,10 +70,16 @@ def train_child(arch: list[dict], data, child_cfg, device, folder: Path, seed: i
 _WORKER: dict = {}
 
 
-def _init_worker(data_cfg: dict, child_cfg: dict, seed: int, device: str) -> None:
+def _init_worker(data_cfg: dict, child_cfg: dict, seed: int, device: str, counter) -> None:
     torch.set_num_threads(1)
+    with counter.get_lock():  # the worker's index: on several GPUs, one GPU per worker
+        index = counter.value
+        counter.value += 1
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.device_count() > 1:
+        dev = torch.device("cuda", index % torch.cuda.device_count())
     child = OmegaConf.create(child_cfg)
-    _WORKER.update(data=load_data(OmegaConf.create(data_cfg), child, seed), child=child, device=torch.device(device))
+    _WORKER.update(data=load_data(OmegaConf.create(data_cfg), child, seed), child=child, device=dev)
 
 
 def _worker_train(arch: list[dict], folder: str, seed: int) -> tuple[float, float]:
@@ -147,10 +153,12 @@ class Evaluator:
                 out[k] = {"reward": reward, "params": self.params(arch), "seconds": time.perf_counter() - t0}
             return out
         if self._pool is None:
+            context = get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                self.workers, mp_context=context, initializer=_init_worker,
                 initargs=(OmegaConf.to_container(self.cfg.data, resolve=True),
-                          OmegaConf.to_container(self.cfg.child, resolve=True), self.seed, str(self.device)))
+                          OmegaConf.to_container(self.cfg.child, resolve=True), self.seed, str(self.device),
+                          context.Value("i", 0)))
         futures = {k: self._pool.submit(_worker_train, arch, str(folder / str(step)), self.seed + step)
                    for k, (step, arch) in todo.items()}
         for k, fut in futures.items():
