@@ -38,67 +38,35 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-@app.command(**HYDRA_COMMAND)
-def train(ctx: typer.Context):
-    """Train a network: model, data, optimizer, schedule and trainer from Hydra configs."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import train as command
-
-    hydra_bridge.run("train", command.task, "train", ctx.args)
-
-
-@app.command("search-darts", **HYDRA_COMMAND)
-def search_darts(ctx: typer.Context):
-    """Differentiable architecture search (DARTS): bilevel search, latency term, genotype for retraining."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import search_darts as command
-
-    hydra_bridge.run("search-darts", command.task, "search_darts", ctx.args)
+# Hydra commands: name -> one-line summary. Each hands over to nas_cli/commands/<module>.py,
+# whose config is conf/<module>.yaml (module = the name with '_' for '-').
+HYDRA_COMMANDS = {
+    "train": "Train a network: model, data, optimizer, schedule and trainer from Hydra configs.",
+    "search-darts": "Differentiable architecture search (DARTS): bilevel search, latency term, genotype to retrain.",
+    "search-rl": "RL architecture search: REINFORCE controller, MetaQNN, evolution and random baselines.",
+    "dqn": "Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent).",
+    "fuse-bn": "Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain.",
+    "prep-imagenet": "Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe.",
+    "grad-bench": "Compare gradient estimators (STE variants, NES, CDG) for a network with binary activations.",
+}
 
 
-@app.command("search-rl", **HYDRA_COMMAND)
-def search_rl(ctx: typer.Context):
-    """RL architecture search: REINFORCE controller, MetaQNN, evolution and random baselines."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import search_rl as command
+def _hydra_command(name: str, summary: str) -> None:
+    module = name.replace("-", "_")
 
-    hydra_bridge.run("search-rl", command.task, "search_rl", ctx.args)
+    def command(ctx: typer.Context):
+        import importlib
 
+        from nas_cli import hydra_bridge
 
-@app.command(**HYDRA_COMMAND)
-def dqn(ctx: typer.Context):
-    """Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent)."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import dqn as command
+        task = importlib.import_module(f"nas_cli.commands.{module}").task  # lazily: torch loads only when needed
+        hydra_bridge.run(name, task, module, ctx.args)
 
-    hydra_bridge.run("dqn", command.task, "dqn", ctx.args)
+    app.command(name, help=summary, **HYDRA_COMMAND)(command)
 
 
-@app.command("grad-bench", **HYDRA_COMMAND)
-def grad_bench(ctx: typer.Context):
-    """Compare gradient estimators (STE variants, NES, CDG) for a network with binary activations."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import grad_bench as command
-
-    hydra_bridge.run("grad-bench", command.task, "grad_bench", ctx.args)
-
-
-@app.command("fuse-bn", **HYDRA_COMMAND)
-def fuse_bn(ctx: typer.Context):
-    """Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import fuse_bn as command
-
-    hydra_bridge.run("fuse-bn", command.task, "fuse_bn", ctx.args)
-
-
-@app.command("prep-imagenet", **HYDRA_COMMAND)
-def prep_imagenet(ctx: typer.Context):
-    """Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe."""
-    from nas_cli import hydra_bridge
-    from nas_cli.commands import prep_imagenet as command
-
-    hydra_bridge.run("prep-imagenet", command.task, "prep_imagenet", ctx.args)
+for _name, _summary in HYDRA_COMMANDS.items():
+    _hydra_command(_name, _summary)
 
 
 @app.command()

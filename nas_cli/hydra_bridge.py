@@ -159,7 +159,7 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
     from nas_cli.engine.resume import resolve_resume
 
     with exit_on_error(command):
-        args = _for_this_process(resolve_resume(command, args))
+        args = _for_this_process(resolve_resume(config_name, args))  # run folders are named after the config
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
             main()

@@ -32,16 +32,22 @@ def tiny_except(overrides) -> list[str]:
     return [t for t in TINY if t.split("=", 1)[0] not in keys and t.split(".", 1)[0] not in groups]
 
 
-def compose_train(run_dir: Path, overrides: list[str]):
-    """The composed ``train`` config, with Hydra's runtime pointed at ``run_dir``."""
+def compose_task(config_name: str, run_dir: Path, overrides: list[str]):
+    """A command's composed config, as its task receives it, with Hydra's runtime pointed at ``run_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "train"
+        cfg.hydra.job.name = config_name
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     return cfg
+
+
+def compose_train(run_dir: Path, overrides: list[str]):
+    return compose_task("train", run_dir, overrides)
 
 
 @pytest.fixture
@@ -50,10 +56,7 @@ def train_task():
     from nas_cli.commands import train
 
     def run(run_dir: Path, *overrides: str) -> dict:
-        cfg = compose_train(run_dir, [*tiny_except(overrides), *overrides])
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return train.task(cfg)
+        return train.task(compose_train(run_dir, [*tiny_except(overrides), *overrides]))
 
     yield run
     GlobalHydra.instance().clear()

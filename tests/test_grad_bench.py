@@ -10,14 +10,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import compose_task
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from nas_cli.gradients import estimators as est
 from nas_cli.gradients import problem, protocol
-from nas_cli.hydra_bridge import config_dir
 from nas_cli.models.binary import STE_VARIANTS, binary_sign, sign
 
 K, BETA = 2.0, 5.0
@@ -115,16 +112,7 @@ def test_lr_grid_joins_the_coarse_and_refined_grids():
 
 
 def _compose(run_dir, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("grad_bench", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "grad_bench"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_task("grad_bench", run_dir, overrides)
 
 
 SMALL = ["num_dims=[2,3]", "num_init=2", "num_batch=2", "batch_size=300", "nes.population=[40,200]",

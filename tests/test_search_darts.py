@@ -7,13 +7,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_task
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from nas_cli.errors import UserError
-from nas_cli.hydra_bridge import config_dir
 from nas_cli.nas.darts.architect import Architect, exact_second_order
 from nas_cli.nas.darts.genotype import Genotype, derive
 from nas_cli.nas.darts.latency import LatencyTerm
@@ -26,16 +23,7 @@ TINY_SEARCH = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.
 
 
 def compose_search(run_dir, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("search_darts", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "search_darts"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_task("search_darts", run_dir, overrides)
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import summary
-from hydra import compose, initialize_config_dir
+from conftest import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from nas_cli.hydra_bridge import config_dir
 from nas_cli.nas.rl import evaluate as evaluate_module
@@ -28,16 +26,7 @@ SYNTH = ["reward=synthetic", "device=cpu"]
 
 
 def compose_search(run_dir: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("search_rl", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "search_rl"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_task("search_rl", run_dir, overrides)
 
 
 @pytest.fixture
