@@ -52,7 +52,8 @@ def test_wheel_ships_the_configs_and_finds_them(installed_wheel, tmp_path):
     assert (installed_wheel / "nas_cli" / "tools" / "imagenet" / "val_labels.csv.gz").is_file()
     out = run_installed(installed_wheel, tmp_path, "train", "--help")
     assert out.returncode == 0, out.stderr
-    assert "model: cnn, mlp, resnet18" in out.stdout
+    model_line = next(line for line in out.stdout.splitlines() if line.startswith("model: "))
+    assert {"cnn", "mlp", "resnet18"} <= set(model_line[len("model: "):].split(", "))
     probe = subprocess.run(
         [sys.executable, "-S", "-c", "from nas_cli.hydra_bridge import config_dir; print(config_dir())"],
         env={**os.environ, "PYTHONPATH": f"{installed_wheel}{os.pathsep}{sysconfig.get_paths()['purelib']}"},
