@@ -8,7 +8,7 @@ from torch import nn
 
 from nas_cli.errors import UserError
 from nas_cli.nas.darts.genotype import Genotype
-from nas_cli.nas.darts.ops import PRIMITIVES, make_op, preprocess, reduction_layers, stem
+from nas_cli.nas.darts.ops import PRIMITIVES, build_cells, make_op, preprocess, stem
 
 
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -72,21 +72,14 @@ class DARTSNetwork(nn.Module):
             genotype, "keys") else Genotype.load(genotype)
         self.genotype = g
         self.drop_path = float(drop_path)
-        c_curr = stem_multiplier * init_channels
-        self.stem = stem(in_shape[0], c_curr)
-        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        reductions = reduction_layers(layers)
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
+        self.stem = stem(in_shape[0], stem_multiplier * init_channels)
+
+        def make_cell(c_pp, c_p, c_curr, reduction, reduction_prev):
             pairs, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
             cell = Cell(pairs, concat, c_pp, c_p, c_curr, reduction, reduction_prev)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cell.multiplier * c_curr
+            return cell, cell.multiplier * c_curr
+
+        self.cells, c_p = build_cells(layers, init_channels, stem_multiplier, make_cell)
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -96,3 +96,22 @@ def reduction_layers(layers: int) -> set[int]:
 
 def stem(in_channels: int, c: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+
+def build_cells(layers: int, init_channels: int, stem_multiplier: int, make_cell) -> tuple[nn.ModuleList, int]:
+    """The cell stack shared by the supernet and the discrete network.
+
+    ``make_cell(c_pp, c_p, c_curr, reduction, reduction_prev)`` returns ``(cell, out_channels)``;
+    channels double at each reduction cell. Returns the cells and the last cell's output channels.
+    """
+    c_pp, c_p, c_curr = stem_multiplier * init_channels, stem_multiplier * init_channels, init_channels
+    cells, reduction_prev, reductions = nn.ModuleList(), False, reduction_layers(layers)
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            c_curr *= 2
+        cell, out_channels = make_cell(c_pp, c_p, c_curr, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        c_pp, c_p = c_p, out_channels
+    return cells, c_p

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_cli.errors import UserError
-from nas_cli.nas.darts.ops import PRIMITIVES, make_op, preprocess, reduction_layers, stem
+from nas_cli.nas.darts.ops import (
+    PRIMITIVES,
+    build_cells,
+    make_op,
+    preprocess,
+    stem,
+)
 
 
 def num_edges(nodes: int) -> int:
@@ -114,19 +120,11 @@ class SearchNetwork(nn.Module):
         self.primitives, self.nodes, self.layers = primitives, nodes, layers
         object.__setattr__(self, "arch", ArchParams(nodes, primitives, edge_norm))  # not a submodule
         self.detach_arch = False  # the weight step: alpha as constants (no wasted alpha gradients)
-        c_curr = stem_multiplier * init_channels
-        self.stem = stem(in_shape[0], c_curr)
-        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        reductions = reduction_layers(layers)
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-            self.cells.append(SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, primitives, k))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, nodes * c_curr
+        self.stem = stem(in_shape[0], stem_multiplier * init_channels)
+        self.cells, c_p = build_cells(
+            layers, init_channels, stem_multiplier,
+            lambda c_pp, c_p, c_curr, reduction, reduction_prev: (
+                SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, primitives, k), nodes * c_curr))
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
