@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SMOKE  := outputs/smoke
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast smoke bench lint clean
+.PHONY: help install test test-fast smoke bench bench-env lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,11 +48,22 @@ bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/darts_search.py
 	$(BIN)/python bench/rl_search.py
 	$(BIN)/python bench/dqn_cartpole.py
+	$(MAKE) bench-env
+	$(BIN)/python bench/dqn_speed.py
+
+# CleanRL, for bench/dqn_speed.py only: its own venv, since its pins predate ours
+# (it declares Python < 3.11 but its dqn.py runs on 3.11).
+CLEANRL := .venv-cleanrl
+bench-env: $(CLEANRL)/bin/python  ## the separate venv with CleanRL that bench/dqn_speed.py compares against
+$(CLEANRL)/bin/python:
+	$(PYTHON) -m venv $(CLEANRL)
+	$(CLEANRL)/bin/python -m pip install --quiet --no-deps --ignore-requires-python cleanrl==1.2.0
+	$(CLEANRL)/bin/python -m pip install --quiet torch gymnasium==0.29.1 stable-baselines3==2.3.2 tensorboard
 
 lint: install  ## ruff
 	$(BIN)/ruff check nas_cli tests bench
 
 clean:  ## remove the venv, caches and run outputs
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CLEANRL) build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

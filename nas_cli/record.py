@@ -57,9 +57,11 @@ class RunRecord:
         self.rows: list[dict] = list(rows or [])
         self.write = write  # False on every process but rank 0 of a multi-process run
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, write: bool = True) -> None:
+        """Add a row; ``write=False`` keeps it in memory until the next write (for loops that log often)."""
         self.rows.append(dict(row))
-        self.write_metrics()
+        if write:
+            self.write_metrics()
 
     def write_metrics(self) -> None:
         if not self.write:

@@ -10,7 +10,8 @@ from conftest import cli, summary
 from omegaconf import OmegaConf
 
 from nas_cli.rl.dqn import DQN, td_loss, train
-from nas_cli.rl.networks import DuelingHead, QNetwork
+from nas_cli.rl.envs import make_envs
+from nas_cli.rl.networks import DuelingHead, NumpyGreedy, QNetwork
 from nas_cli.rl.replay import Batch, ReplayBuffer
 
 
@@ -98,6 +99,38 @@ def test_dueling_td_loss_uses_the_aggregated_q(dueling, aggregation):
         y = batch.rewards + 0.99 * nxt * (~batch.terminated).float()
         q = net(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
     assert loss.item() == pytest.approx(((q - y) ** 2).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dueling,aggregation", [(False, "mean"), (True, "mean"), (True, "max")])
+def test_numpy_greedy_policy_matches_the_torch_network_and_follows_training(dueling, aggregation):
+    torch.manual_seed(0)
+    net = QNetwork((4,), 3, [32, 16], dueling, aggregation)
+    greedy = NumpyGreedy.of(net)
+    obs = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
+    np.testing.assert_array_equal(greedy(obs), net(torch.from_numpy(obs)).argmax(1).numpy())
+    # the numpy views share the weights: an optimizer step and a load_state_dict are seen without a rebuild
+    opt = torch.optim.Adam(net.parameters(), lr=0.5, fused=True)
+    net(torch.from_numpy(obs)).pow(2).mean().backward()
+    opt.step()
+    np.testing.assert_array_equal(greedy(obs), net(torch.from_numpy(obs)).argmax(1).numpy())
+    net.load_state_dict(QNetwork((4,), 3, [32, 16], dueling, aggregation).state_dict())
+    np.testing.assert_array_equal(greedy(obs), net(torch.from_numpy(obs)).argmax(1).numpy())
+    assert NumpyGreedy.of(QNetwork((4, 84, 84), 3)) is None  # the CNN acts through torch
+
+
+def test_sync_envs_step_exactly_as_gymnasiums_vector_env():
+    import gymnasium as gym
+
+    ours, theirs = make_envs("CartPole-v1", 3), gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")
+    np.testing.assert_array_equal(ours.reset(seed=7)[0], theirs.reset(seed=7)[0])
+    rng, ends = np.random.default_rng(0), 0
+    for _ in range(300):
+        actions = rng.integers(0, 2, 3)
+        mine = ours.step(actions)[:4]
+        for a, b in zip(mine, theirs.step(actions)[:4]):
+            np.testing.assert_array_equal(a, b)
+        ends += int(mine[2].sum())
+    assert ends > 5  # episodes ended and autoreset along the way
 
 
 def test_epsilon_falls_linearly_then_stays():

@@ -204,3 +204,51 @@ def test_chain_space_searches_and_derives(tmp_path, search_task):
     assert set(summary["genotype"]["choices"]) <= {"linear_20", "linear_30", "residual_20", "residual_30"}
     assert (tmp_path / "chain" / "alpha_chain.png").is_file()
     assert "alpha_entropy_normal" in pd.read_csv(tmp_path / "chain" / "metrics.csv").columns
+
+
+GENOTYPE = Genotype([("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],
+                    [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 2), ("dil_conv_5x5", 1)],
+                    [2, 3], [2, 3])
+
+
+def test_auxiliary_head_adds_its_weighted_loss_in_training_only():
+    from nas_cli.engine.losses import AuxiliaryLogits, cross_entropy
+    from nas_cli.models.darts import DARTSNetwork
+
+    torch.manual_seed(0)
+    net = DARTSNetwork((1, 16, 16), 5, GENOTYPE.to_dict(), layers=4, init_channels=4, auxiliary=True,
+                       auxiliary_weight=0.3)
+    x, y = torch.randn(6, 1, 16, 16), torch.randint(0, 5, (6,))
+    out = net.train()(x)
+    assert isinstance(out, AuxiliaryLogits) and out.logits.shape == out.aux.shape == (6, 5)
+    loss, logits = cross_entropy(net, x, y)
+    expected = torch.nn.functional.cross_entropy(out.logits, y) + 0.3 * torch.nn.functional.cross_entropy(out.aux, y)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, out.logits)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.auxiliary.parameters())
+    # the head reads the features after the second reduction (cell 2 of 4: 16 -> 8 -> 4 pixels)
+    assert net.aux_at == 2 and net.cells[2].reduction
+    assert isinstance(net.eval()(x), torch.Tensor)  # evaluation: logits alone, the head is not run
+
+
+def test_retraining_schedules_drop_path_and_trains_the_auxiliary_head(tmp_path, train_task, monkeypatch):
+    from nas_cli.models.darts import DARTSNetwork
+
+    seen = []
+    original = DARTSNetwork.set_epoch
+
+    def record(self, epoch, epochs):
+        original(self, epoch, epochs)
+        seen.append(self.drop_prob)
+
+    monkeypatch.setattr(DARTSNetwork, "set_epoch", record)
+    GENOTYPE.save(tmp_path / "genotype.json")
+    trained = train_task(tmp_path / "train", "model=darts", f"model.genotype={tmp_path / 'genotype.json'}",
+                         "model.layers=3", "model.init_channels=4", "model.drop_path=0.3", "model.auxiliary=true",
+                         "data=synthetic", "data.shape=[1,8,8]", "data.n_train=32", "data.n_val=16",
+                         "data.batch_size=16", "trainer.epochs=3", "progress=false")
+    assert trained["status"] == "ok" and trained["epochs"] == 3
+    assert seen == pytest.approx([0.0, 0.1, 0.2])  # 0.3 * epoch / epochs, from 0
+    with pytest.raises(UserError, match="auxiliary"):
+        DARTSNetwork((1, 8, 8), 2, GENOTYPE.to_dict(), layers=2, auxiliary=True)

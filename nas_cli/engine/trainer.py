@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich import get_console
 from rich.table import Table
 from torch import nn
@@ -28,6 +27,7 @@ from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
 from nas_cli.engine.distributed import Dist, all_reduce_sum
 from nas_cli.engine.loggers import CSVLogger
+from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.regularizers import Regularizer
@@ -42,12 +42,6 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
 CHECKPOINT = Path("checkpoints") / "last.pt"
 WEIGHTS, EMA_WEIGHTS, STEPS, SNAPSHOTS = "model.pt", "model_ema.pt", "steps.csv", "snapshots"
-
-
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The supervised step's loss: returns (loss, logits)."""
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits
 
 
 @dataclass
@@ -297,6 +291,7 @@ class Trainer:
                     progress.reset(batches_bar, total=len(train_loader))
                     for loader in (train_loader, val_loader):  # DistributedSampler reshuffles per epoch
                         getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None)(epoch)
+                    getattr(fit.model, "set_epoch", lambda e, n: None)(epoch, self.epochs)  # e.g. drop-path
                     tick = time.perf_counter()
                     stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar))
                     train_time = time.perf_counter() - tick

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_cli.engine.losses import AuxiliaryLogits
 from nas_cli.errors import UserError
+from nas_cli.models.layers import check_prob
 from nas_cli.nas.darts.genotype import Genotype
 from nas_cli.nas.darts.ops import PRIMITIVES, build_cells, make_op, preprocess, stem
 
@@ -49,41 +51,75 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+class AuxiliaryHead(nn.Module):
+    """A small classifier on the features after the second reduction (DARTS: weight 0.4 in the loss).
+
+    Pool to 2x2, 1x1 conv to 128, 2x2 conv to 768, linear; the adaptive pool lets it sit on any
+    input size (for 32x32 images the features there are 8x8, as in the paper's CIFAR head).
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True), nn.Flatten())
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class DARTSNetwork(nn.Module):
     """Stem, ``layers`` cells of the genotype (reductions at 1/3 and 2/3), pooling, linear classifier.
 
     Args:
         genotype: a ``genotype.json`` (or the search run folder holding one), or a dict.
-        drop_path: the probability of dropping a path, raised linearly over ``epochs`` by ``set_epoch``
-            when the caller does; used as is otherwise.
-        auxiliary: not supported yet (must be false).
+        drop_path: the final probability of dropping a non-skip path; the trainer raises it
+            linearly from 0 over the epochs through ``set_epoch`` (used as is without a trainer).
+        auxiliary: an auxiliary head after the second reduction; in training the model then
+            returns ``AuxiliaryLogits`` and the loss adds ``auxiliary_weight`` times its cross-entropy.
     """
 
     def __init__(self, in_shape, num_classes: int, genotype, layers: int = 8, init_channels: int = 16,
-                 drop_path: float = 0.0, auxiliary: bool = False, stem_multiplier: int = 3):
+                 drop_path: float = 0.0, auxiliary: bool = False, auxiliary_weight: float = 0.4,
+                 stem_multiplier: int = 3):
         super().__init__()
         if genotype is None:
             raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts)")
-        if auxiliary:
-            raise UserError("model.auxiliary=true is not supported yet; use false")
         if len(in_shape) != 3:
             raise UserError(f"model=darts needs image inputs (C, H, W), got {tuple(in_shape)}")
+        if auxiliary and layers < 3:
+            raise UserError(f"model.auxiliary=true needs a second reduction: model.layers >= 3 (got {layers})")
         g = Genotype.from_dict(dict(genotype)) if not isinstance(genotype, (str, bytes)) and hasattr(
             genotype, "keys") else Genotype.load(genotype)
         self.genotype = g
-        self.drop_path = float(drop_path)
+        self.drop_path = self.drop_prob = check_prob("drop_path", float(drop_path))
+        self.auxiliary_weight = float(auxiliary_weight)
         self.stem = stem(in_shape[0], stem_multiplier * init_channels)
+        widths = []
 
         def make_cell(c_pp, c_p, c_curr, reduction, reduction_prev):
             pairs, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
             cell = Cell(pairs, concat, c_pp, c_p, c_curr, reduction, reduction_prev)
-            return cell, cell.multiplier * c_curr
+            widths.append(cell.multiplier * c_curr)
+            return cell, widths[-1]
 
         self.cells, c_p = build_cells(layers, init_channels, stem_multiplier, make_cell)
+        self.aux_at = 2 * layers // 3 if auxiliary else None  # the second reduction cell
+        self.auxiliary = AuxiliaryHead(widths[self.aux_at], num_classes) if auxiliary else None
         self.classifier = nn.Linear(c_p, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Drop-path schedule: 0 at the first epoch, rising linearly towards ``drop_path``."""
+        self.drop_prob = self.drop_path * epoch / max(epochs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | AuxiliaryLogits:
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, self.drop_path)
-        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_prob)
+            if i == self.aux_at and self.training:
+                aux = self.auxiliary(s1)
+        logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        return AuxiliaryLogits(logits, aux, self.auxiliary_weight) if aux is not None else logits

@@ -24,7 +24,7 @@ from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
 from nas_cli.record import RunRecord, versions
 from nas_cli.rl.envs import greedy_returns, make_envs, reward_threshold
-from nas_cli.rl.networks import QNetwork
+from nas_cli.rl.networks import NumpyGreedy, QNetwork
 from nas_cli.rl.replay import Batch, ReplayBuffer
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,31 @@ def td_loss(q_net: nn.Module, target_net: nn.Module, batch: Batch, gamma: float,
             best = q_net(batch.next_obs).argmax(1, keepdim=True)
             next_value = next_q.gather(1, best).squeeze(1)
         else:
-            next_value = next_q.max(1).values
-        target = batch.rewards + gamma * next_value * (~batch.terminated).float()
+            next_value = next_q.amax(1)
+        target = torch.add(batch.rewards, next_value.masked_fill_(batch.terminated, 0.0), alpha=gamma)
     q = q_net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     if loss not in ("mse", "huber"):
         raise UserError(f"agent.loss={loss}: use mse or huber")
     return (F.mse_loss(q, target) if loss == "mse" else F.smooth_l1_loss(q, target)), q
+
+
+class RandomDraws:
+    """Exploration's coin flips and random actions, drawn from ``rng`` a block of steps at a time.
+
+    Two numpy calls per environment step cost more than the greedy forward pass of a small
+    Q-network; one call per ``block`` steps costs nothing.
+    """
+
+    def __init__(self, rng: np.random.Generator, num_envs: int, num_actions: int, block: int = 4096):
+        self.rng, self.shape, self.num_actions, self.i = rng, (block, num_envs), num_actions, block
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.i == self.shape[0]:
+            self.uniform = self.rng.random(self.shape)
+            self.actions = self.rng.integers(0, self.num_actions, self.shape)
+            self.i = 0
+        self.i += 1
+        return self.uniform[self.i - 1], self.actions[self.i - 1]
 
 
 class DQN:
@@ -81,7 +100,10 @@ class DQN:
         self.device = device
         self.q = QNetwork(obs_shape, num_actions, self.hidden, self.dueling, self.aggregation).to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=self.lr)
+        # fused: one kernel for all parameters instead of a dozen small ops each (3x faster here)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=self.lr, fused=True)
+        self.params = list(self.q.parameters())
+        self.greedy = NumpyGreedy.of(self.q) or self._torch_greedy
         self.num_actions = num_actions
         return self
 
@@ -90,31 +112,34 @@ class DQN:
         return max(self.end_epsilon, self.start_epsilon + (self.end_epsilon - self.start_epsilon) * step / span)
 
     @torch.inference_mode()
-    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        n = len(obs)
-        explore = rng.random(n) < epsilon
-        actions = rng.integers(0, self.num_actions, n)
-        if not explore.all():  # skip the forward pass while every action is random
-            greedy = self.q(torch.as_tensor(obs, device=self.device)).argmax(1).cpu().numpy()
-            actions = np.where(explore, actions, greedy)
-        return actions
+    def _torch_greedy(self, obs: np.ndarray) -> np.ndarray:
+        return self.q(torch.as_tensor(obs, device=self.device)).argmax(1).cpu().numpy()
+
+    def act(self, obs: np.ndarray, epsilon: float, draws: RandomDraws) -> np.ndarray:
+        uniform, actions = draws.next()
+        explore = uniform < epsilon
+        if explore.all():  # no forward pass while every action is random
+            return actions
+        greedy = self.greedy(obs)
+        return np.where(explore, actions, greedy) if explore.any() else greedy
 
     def update(self, batch: Batch) -> tuple[float, float]:
         loss, q = td_loss(self.q, self.target, batch, self.gamma, self.double, self.loss)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # Optimizer.zero_grad costs more than this loop on small nets
+            p.grad = None
         loss.backward()
         if self.max_grad_norm:
-            nn.utils.clip_grad_norm_(self.q.parameters(), self.max_grad_norm)
+            nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
         self.optimizer.step()
         return loss.detach(), q.detach().mean()
 
     @torch.no_grad()
     def update_target(self) -> None:
+        target = list(self.target.parameters())
         if self.tau >= 1.0:
-            self.target.load_state_dict(self.q.state_dict())
+            torch._foreach_copy_(target, self.params)
         else:
-            for t, p in zip(self.target.parameters(), self.q.parameters()):
-                t.lerp_(p, self.tau)
+            torch._foreach_lerp_(target, self.params, self.tau)
 
     def state_dict(self) -> dict:
         return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -134,7 +159,7 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
     threshold = env_cfg.threshold if env_cfg.threshold is not None else reward_threshold(env_cfg.id)
     agent.build(obs_shape, num_actions, device)
     replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if env_cfg.atari else torch.float32)
-    rng = np.random.default_rng(seed)
+    draws = RandomDraws(np.random.default_rng(seed), env_cfg.num_envs, num_actions)
     sampler = torch.Generator().manual_seed(seed)
     record = RunRecord(run_dir)
     state = {"step": 0, "episodes": [], "best_eval": -math.inf, "best_step": None, "solved_step": None,
@@ -153,7 +178,8 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
     ended = np.zeros(n, dtype=bool)  # the env's next step is an autoreset, not a transition
     ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=int)
     window_losses, window_q, recent = [], [], deque((r for r, _ in state["episodes"][-100:]), maxlen=100)
-    start, tick, last_logged = time.perf_counter(), time.perf_counter(), state["step"]
+    start = tick = last_write = time.perf_counter()
+    last_logged = state["step"]
     status = "ok"
     bar = TrainingProgress(progress)
     try:
@@ -162,7 +188,7 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
             while state["step"] < total_steps:
                 step = state["step"]
                 epsilon = agent.epsilon(step, total_steps)
-                actions = agent.act(obs, epsilon, rng)
+                actions = agent.act(obs, epsilon, draws)
                 next_obs, rewards, terminated, truncated, _ = envs.step(actions)
                 valid = ~ended
                 if valid.all():
@@ -205,7 +231,10 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
                            "q_mean": torch.stack(window_q).mean().item() if window_q else math.nan,
                            "epsilon": epsilon, "eval_return": score if evaluated else math.nan,
                            "steps_per_s": (step - last_logged) / max(now - tick, 1e-9)}
-                    record.log(row)
+                    # the table is rewritten whole (atomically): at evaluations and every 10 s, not every row
+                    write = evaluated or now - last_write > 10.0
+                    record.log(row, write=write)
+                    last_write = now if write else last_write
                     window_losses, window_q, tick, last_logged = [], [], now, step
                     bar.update(task, completed=step, info=f"return {row['return']:.1f}", refresh=True)
                     if evaluated:
@@ -222,6 +251,7 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
         raise
     finally:
         envs.close()
+        record.write_metrics()
         wall = state["wall"] + time.perf_counter() - start
         summary = {
             "status": status, "env": env_cfg.id, "steps": state["step"], "episodes": len(state["episodes"]),

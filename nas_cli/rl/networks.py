@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,4 +63,37 @@ class QNetwork(nn.Module):
                      else nn.Linear(features, num_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(obs.float() * self.scale))
+        obs = obs.float()
+        return self.head(self.body(obs if self.scale == 1.0 else obs * self.scale))
+
+
+class NumpyGreedy:
+    """Greedy actions of an MLP ``QNetwork``, computed in numpy on views of its weights.
+
+    Acting on one observation is the per-step cost DQN pays most often, and for a small
+    MLP torch's per-op dispatch (microseconds each) outweighs the arithmetic. The views
+    share the parameters' memory, so optimizer steps and ``load_state_dict`` (both in
+    place) are seen without copying. A dueling net acts on its advantage stream alone:
+    V(s) and the mean or max of A(s, .) shift every action's value alike.
+    """
+
+    def __init__(self, layers: list[nn.Linear]):
+        self.layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in layers]
+
+    @classmethod
+    def of(cls, net: QNetwork) -> NumpyGreedy | None:
+        """The numpy policy of ``net``, or None where it does not apply (CNN, not on the CPU, not float32)."""
+        modules = list(net.body) + list(net.head.advantage if isinstance(net.head, DuelingHead) else [net.head])
+        if not all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU)) for m in modules) or net.scale != 1.0:
+            return None
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in net.parameters()):
+            return None
+        return cls([m for m in modules if isinstance(m, nn.Linear)])
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        h = obs.reshape(len(obs), -1)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(h, 0, out=h)
+        return h.argmax(1)

@@ -1,4 +1,4 @@
-"""Replay storage: preallocated ring buffers in torch tensors, sampled without copies of the whole store."""
+"""Replay storage: preallocated ring buffers that numpy writes and torch reads, sharing memory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")
 
 
 @dataclass
@@ -23,6 +25,8 @@ class ReplayBuffer:
 
     ``terminated`` and ``truncated`` are kept apart: a time-limit truncation is not
     the end of the task, so its target still bootstraps from the next state.
+    Each field is one torch tensor with a numpy view of the same memory: the
+    per-step ``add`` is a numpy store (a few hundred ns), ``sample`` a torch gather.
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32, device="cpu"):
@@ -34,33 +38,31 @@ class ReplayBuffer:
         self.rewards = torch.zeros(capacity, dtype=torch.float32)
         self.terminated = torch.zeros(capacity, dtype=torch.bool)
         self.truncated = torch.zeros(capacity, dtype=torch.bool)
+        self._views = [getattr(self, f).numpy() for f in FIELDS]
         self.pos = 0
         self.size = 0
 
     def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        """Add a batch of transitions (one per environment), given as numpy arrays or tensors."""
+        """Add a batch of transitions (one per environment), given as numpy arrays or sequences."""
         n = len(actions)
-        idx = (self.pos + torch.arange(n)) % self.capacity
-        self.obs[idx] = torch.as_tensor(np.asarray(obs), dtype=self.obs.dtype)
-        self.next_obs[idx] = torch.as_tensor(np.asarray(next_obs), dtype=self.obs.dtype)
-        self.actions[idx] = torch.as_tensor(np.asarray(actions), dtype=torch.long)
-        self.rewards[idx] = torch.as_tensor(np.asarray(rewards), dtype=torch.float32)
-        self.terminated[idx] = torch.as_tensor(np.asarray(terminated), dtype=torch.bool)
-        self.truncated[idx] = torch.as_tensor(np.asarray(truncated), dtype=torch.bool)
+        at = self.pos if n == 1 else (self.pos + np.arange(n)) % self.capacity
+        for view, values in zip(self._views, (obs, next_obs, actions, rewards, terminated, truncated)):
+            view[at] = values[0] if n == 1 else values
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
         d = self.device
-        return Batch(self.obs[idx].to(d).float(), self.actions[idx].to(d), self.rewards[idx].to(d),
-                     self.next_obs[idx].to(d).float(), self.terminated[idx].to(d), self.truncated[idx].to(d))
+        obs, actions, rewards, next_obs, terminated, truncated = (
+            getattr(self, f).index_select(0, idx).to(d) for f in ("obs", "actions", "rewards", "next_obs",
+                                                                    "terminated", "truncated"))
+        return Batch(obs.float(), actions, rewards, next_obs.float(), terminated, truncated)
 
     def state_dict(self) -> dict:
-        fields = ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")
-        return {**{f: getattr(self, f)[: self.size].clone() for f in fields}, "pos": self.pos, "size": self.size}
+        return {**{f: getattr(self, f)[: self.size].clone() for f in FIELDS}, "pos": self.pos, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
-        for f in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated"):
+        for f in FIELDS:
             getattr(self, f)[: state["size"]] = state[f]
         self.pos, self.size = int(state["pos"]), int(state["size"])
