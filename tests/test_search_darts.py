@@ -84,6 +84,26 @@ def test_second_order_gradient_matches_autograd_through_unrolled_step(monkeypatc
     assert err < 0.1 * gap, (err, gap)  # and the second-order term is far larger than that error
 
 
+def test_reused_train_gradient_is_the_gradient_before_the_alpha_step():
+    torch.manual_seed(0)
+    net = SearchNetwork((1, 8, 8), 3, init_channels=4, layers=3, nodes=2).double()
+    xt, yt = torch.randn(8, 1, 8, 8, dtype=torch.double), torch.randint(0, 3, (8,))
+    xv, yv = torch.randn(8, 1, 8, 8, dtype=torch.double), torch.randint(0, 3, (8,))
+    weights = [p for p in net.parameters() if p.requires_grad]
+    loss_before = torch.nn.functional.cross_entropy(net(xt), yt)  # train-mode BN: batch statistics
+    direct = torch.autograd.grad(loss_before, weights, allow_unused=True)
+    alpha_before = net.arch.normal.detach().clone()
+    architect = Architect(net, order="second", reuse_train_grad=True)
+    architect.step(xt, yt, xv, yv, xi=0.025)
+    assert not torch.equal(net.arch.normal, alpha_before)  # alpha moved in between
+    loss, logits = architect.weight_loss_from_unrolled()
+    torch.testing.assert_close(loss, loss_before.detach())
+    loss.backward()
+    for p, g in zip(weights, direct):
+        torch.testing.assert_close(p.grad, torch.zeros_like(p) if g is None else g)
+    assert architect.unrolled_train is None  # used once
+
+
 def _hand_alpha(nodes, prims, picks):
     """Logits: 0 everywhere, ``picks`` = {(edge, op): value}."""
     a = torch.zeros(num_edges(nodes), len(prims))
@@ -173,6 +193,9 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
                          "data.shape=[1,8,8]", "data.n_train=64", "data.n_val=32", "data.batch_size=16",
                          "trainer.epochs=1", "progress=false")
     assert trained["status"] == "ok" and trained["epochs"] == 1
+    GlobalHydra.instance().clear()
+    reused = search_task(tmp_path / "reuse", "search.order=second", "search.reuse_train_grad=true", "search.epochs=1")
+    assert reused["status"] == "ok" and pd.read_csv(tmp_path / "reuse" / "metrics.csv").train_loss.notna().all()
 
 
 def test_resumed_search_matches_uninterrupted(tmp_path, search_task, monkeypatch):

@@ -165,6 +165,23 @@ def test_reinforce_step_raises_probability_of_rewarded_arch():
     assert agent.log_prob(other) < low
 
 
+def test_reinforce_advantage_against_hand_computation():
+    rewards, decay = [0.5, 0.7, 0.4, 0.9], 0.8
+    plain = Reinforce(ZophSpace(layers=2), seed=0, baseline_decay=decay, normalize=False)
+    normed = Reinforce(ZophSpace(layers=2), seed=0, baseline_decay=decay, normalize=True)
+    b, sq, expected_plain, expected_normed = rewards[0], None, [], []
+    for r in rewards:
+        a = r - b
+        b = decay * b + (1 - decay) * r
+        expected_plain.append(a)
+        if a:
+            sq = a * a if sq is None else decay * sq + (1 - decay) * a * a
+        expected_normed.append(a / sq ** 0.5 if a else 0.0)
+    assert [plain.advantage(r) for r in rewards] == pytest.approx(expected_plain)
+    assert [normed.advantage(r) for r in rewards] == pytest.approx(expected_normed)
+    assert expected_normed[1] == pytest.approx(1.0)  # the first non-zero advantage has unit size
+
+
 def test_reinforce_skip_penalty_pulls_density_to_target():
     agent = Reinforce(ZophSpace(layers=5), seed=0, lr=0.05, skip_penalty=1.0, skip_target=0.05)
     arch = agent.propose()

@@ -118,7 +118,8 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
         term = lat.LatencyTerm(model.arch, lat.edge_latency(shapes, primitives, table, num_edges(nodes)),
                                float(lcfg.weight), str(lcfg.form), float(lcfg.beta))
     architect = Architect(model, str(opts.order), float(opts.arch_lr), tuple(opts.arch_betas),
-                          float(opts.arch_weight_decay), objective=term)
+                          float(opts.arch_weight_decay), objective=term,
+                          reuse_train_grad=bool(opts.reuse_train_grad))
     optimizer = torch.optim.SGD(model.parameters(), lr=float(opts.lr), momentum=float(opts.momentum),
                                 weight_decay=float(opts.weight_decay))
     epochs = int(opts.epochs)
@@ -152,6 +153,8 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
         if net.training:  # the alpha step on an architecture batch, then the weight step's loss
             xa, ya = next(arch_batches["it"])
             architect.step(x, y, xa.to(device), ya.to(device), xi=optimizer.param_groups[0]["lr"])
+            if architect.unrolled_train is not None:
+                return architect.weight_loss_from_unrolled()
         model.detach_arch = net.training
         try:
             logits = net(x)

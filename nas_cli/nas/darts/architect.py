@@ -7,6 +7,11 @@ w' = w - xi grad_w L_train(w, alpha), then
 
 with w+- = w +- eps grad_w' L_val(w', alpha) and eps = 0.01 / ||grad_w' L_val(w', alpha)||
 (the finite-difference Hessian-vector product of Liu et al., 2019).
+
+``reuse_train_grad`` (second order only): the weight step that follows reuses grad_w L_train(w, alpha)
+from the unrolled step instead of recomputing it after alpha moved, which saves one of the five
+forward-backward passes. DARTS recomputes it (at the updated alpha); alpha's step is small
+(Adam, lr 3e-4), so the two gradients differ little, but it is an approximation, hence off by default.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ Penalty = Callable[[torch.Tensor], torch.Tensor]  # (cross-entropy) -> loss with
 
 class Architect:
     def __init__(self, model: nn.Module, order: str = "first", lr: float = 3e-4, betas=(0.5, 0.999),
-                 weight_decay: float = 1e-3, objective: Penalty | None = None):
+                 weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False):
         if order not in ("first", "second"):
             raise ValueError(f"search.order={order}: use first or second")
         self.model, self.order = model, order
+        self.reuse_train_grad = reuse_train_grad and order == "second"
+        self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
         self.params = list(model.arch.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.objective = objective or (lambda ce: ce)
@@ -41,7 +48,11 @@ class Architect:
             return list(torch.autograd.grad(self._loss(x_val, y_val), self.params))
         names, w = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
         # the unrolled weights w' (no graph through them: the Hessian term is by finite differences)
-        g_train = torch.autograd.grad(F.cross_entropy(self.model(x_train), y_train), w, allow_unused=True)
+        logits = self.model(x_train)
+        train_loss = F.cross_entropy(logits, y_train)
+        g_train = torch.autograd.grad(train_loss, w, allow_unused=True)
+        if self.reuse_train_grad:
+            self.unrolled_train = (train_loss.detach(), logits.detach(), w, g_train)
         unrolled = {n: (p if g is None else p - xi * g).detach().requires_grad_(True)
                     for n, p, g in zip(names, w, g_train)}
         val = self._loss(x_val, y_val, unrolled)
@@ -67,6 +78,18 @@ class Architect:
                 p.add_(v, alpha=float(eps))
         return [torch.zeros_like(p) if a is None else (a - b) / (2 * eps)
                 for p, a, b in zip(self.params, g_pos, g_neg)]
+
+    def weight_loss_from_unrolled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) for the weight step, from the unrolled step's pass (``reuse_train_grad``).
+
+        The loss has the value of L_train(w, alpha) and, through ``sum(w * g) - sum(w * g).detach()``,
+        exactly the gradient g = grad_w L_train(w, alpha) already computed, so the engine's own backward,
+        clipping and SGD step apply it without another pass through the network.
+        """
+        loss, logits, w, g = self.unrolled_train
+        self.unrolled_train = None
+        linear = sum((p * gi).sum() for p, gi in zip(w, g) if gi is not None)
+        return loss + (linear - linear.detach()), logits
 
     def step(self, x_train, y_train, x_val, y_val, xi: float) -> None:
         grads = self.alpha_grads(x_train, y_train, x_val, y_val, xi)

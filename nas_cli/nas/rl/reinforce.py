@@ -5,9 +5,12 @@ of filters, a softmax per token, each prediction embedded and fed back as the ne
 each layer's tokens an anchor step gives the hidden state ``h_i``; earlier layer j feeds layer i
 with probability ``sigmoid(v^T tanh(W_prev h_j + W_curr h_i))``.
 
-Training: ``loss = -(R - b) * log p(arch) - entropy_weight * H + skip_penalty * KL(q || skip_target)``
-with ``b`` an exponential moving average of past rewards (it starts at the first reward) and the KL
-between each sampled connection probability and the target density, averaged.
+Training: ``loss = -A * log p(arch) - entropy_weight * H + skip_penalty * KL(q || skip_target)``
+with the advantage ``A = R - b``, ``b`` an exponential moving average of past rewards (it starts at
+the first reward), and the KL between each sampled connection probability and the target density,
+averaged. With ``normalize`` the advantage is divided by the root of a moving average of past
+squared advantages, so the step size does not depend on the scale of the rewards (accuracies of
+similar children differ by hundredths; synthetic rewards by tenths).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Reinforce(Controller):
 
     def __init__(self, space: ZophSpace, seed: int = 0, hidden: int = 35, lr: float = 0.0006,
                  baseline_decay: float = 0.8, entropy_weight: float = 1e-4, skip_penalty: float = 0.0,
-                 skip_target: float = 0.4):
+                 skip_target: float = 0.4, normalize: bool = True):
         if not isinstance(space, ZophSpace):
             raise UserError("controller=reinforce proposes in the Zoph space: set controller.space=zoph")
         super().__init__(space, seed)
@@ -51,7 +54,9 @@ class Reinforce(Controller):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
         self.baseline_decay, self.entropy_weight = float(baseline_decay), float(entropy_weight)
         self.skip_penalty, self.skip_target = float(skip_penalty), float(skip_target)
+        self.normalize = bool(normalize)
         self.baseline: float | None = None
+        self.advantage_sq: float | None = None  # moving average of squared advantages (normalize)
 
     def run(self, arch: list[dict] | None = None):
         """Sample an architecture (``arch=None``) or score a given one; returns (arch, log p, entropy, skip KL)."""
@@ -110,12 +115,22 @@ class Reinforce(Controller):
         with torch.no_grad():
             return float(self.run(arch)[1])
 
-    def observe(self, arch: list[dict], reward: float) -> None:
+    def advantage(self, reward: float) -> float:
+        """``R - b`` (normalized if asked), then the moving averages take ``R`` in."""
         reward = float(reward)
         if self.baseline is None:
             self.baseline = reward
         advantage = reward - self.baseline
         self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
+        if self.normalize and advantage != 0.0:
+            sq = advantage * advantage
+            self.advantage_sq = sq if self.advantage_sq is None else (
+                self.baseline_decay * self.advantage_sq + (1 - self.baseline_decay) * sq)
+            advantage /= self.advantage_sq ** 0.5
+        return advantage
+
+    def observe(self, arch: list[dict], reward: float) -> None:
+        advantage = self.advantage(reward)
         _, logp, entropy, kl = self.run(arch)
         loss = -advantage * logp - self.entropy_weight * entropy + self.skip_penalty * kl
         self.optimizer.zero_grad()
@@ -123,10 +138,10 @@ class Reinforce(Controller):
         self.optimizer.step()
 
     def extra_state(self) -> dict:
-        return {"baseline": self.baseline}
+        return {"baseline": self.baseline, "advantage_sq": self.advantage_sq}
 
     def load_extra_state(self, state: dict) -> None:
-        self.baseline = state["baseline"]
+        self.baseline, self.advantage_sq = state["baseline"], state.get("advantage_sq")
 
     def tensor_state(self) -> dict:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
