@@ -22,7 +22,7 @@ from nas_cli.nas.rl.search import build_controller, run_in_memory
 from nas_cli.nas.rl.synthetic import synthetic_reward
 
 IN_SHAPE = (1, 8, 8)  # digits
-RUNS = [("reinforce", "zoph", ["controller.lr=0.02", "controller.entropy_weight=0.0"]),
+RUNS = [("reinforce", "zoph", []),
         ("evolution", "zoph", []), ("random", "zoph", []),
         ("metaqnn", "metaqnn", ["controller.schedule=[[1.0,40],[0.9,10],[0.8,10],[0.7,10],[0.6,10],[0.5,10],"
                                 "[0.4,10],[0.3,10],[0.2,10],[0.1,10]]", "controller.replay=20"]),
@@ -32,7 +32,7 @@ RUNS = [("reinforce", "zoph", ["controller.lr=0.02", "controller.entropy_weight=
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--budget", type=int, default=100, help="children per run at most")
+    parser.add_argument("--budget", type=int, default=300, help="children per run at most")
     parser.add_argument("--threshold", type=float, default=0.95)
     args = parser.parse_args()
     curves: dict[tuple[str, str], list[list[float]]] = {}

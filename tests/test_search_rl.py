@@ -92,33 +92,53 @@ def test_chains_with_pool_fc_gap_build(fast_tiny_convs):
 
 # -- MetaQNN --------------------------------------------------------------------------------------
 
+def assert_metaqnn_rules(space, actions, image_size: int) -> set[str]:
+    """Every MetaQNN rule on one path; returns the layer types it used."""
+    assert actions[-1][0] == SM and all(a[0] != SM for a in actions[:-1])
+    layers = actions[:-1]
+    assert 1 <= len(layers) <= space.max_depth
+    assert layers[0][0] != POOL  # no pooling first
+    size, n_fc, kinds = image_size, 0, set()
+    for prev, (kind, params) in zip([None, *layers], layers):
+        prev_kind = prev[0] if prev else None
+        assert not (kind == POOL and prev_kind == POOL)  # no pooling right after pooling
+        if prev_kind == FC:
+            assert kind == FC
+        assert prev_kind != GAP  # GAP is followed by the softmax only
+        if kind == FC:
+            assert 1 <= size <= 8, size  # representation size in (8, 4] or (4, 1]
+            n_fc += 1
+        if kind == POOL:
+            size = pool_size(size, *params)
+        elif kind in (FC, GAP):
+            size = 1
+        kinds.add(kind)
+    assert n_fc <= 2
+    return kinds
+
+
 def test_metaqnn_rules_hold_on_10000_paths():
     space = MetaQNNSpace(image_size=28, max_depth=8)
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(10_000):
-        actions = space.walk(rng)
-        assert actions[-1][0] == SM and all(a[0] != SM for a in actions[:-1])
-        layers = actions[:-1]
-        assert 1 <= len(layers) <= space.max_depth
-        assert layers[0][0] != POOL  # no pooling first
-        size, n_fc = 28, 0
-        for prev, (kind, params) in zip([None, *layers], layers):
-            prev_kind = prev[0] if prev else None
-            assert not (kind == POOL and prev_kind == POOL)  # no pooling right after pooling
-            if prev_kind == FC:
-                assert kind == FC
-            assert prev_kind != GAP  # GAP is followed by the softmax only
-            if kind == FC:
-                assert 1 <= size <= 8, size  # representation size in (8, 4] or (4, 1]
-                n_fc += 1
-            if kind == POOL:
-                size = pool_size(size, *params)
-            elif kind in (FC, GAP):
-                size = 1
-            seen.add(kind)
-        assert n_fc <= 2
+        seen |= assert_metaqnn_rules(space, space.walk(rng), 28)
     assert seen == {CONV, POOL, FC, GAP}
+
+
+def test_metaqnn_mutations_keep_the_rules_and_change_structure_too():
+    space = MetaQNNSpace(image_size=28, max_depth=8)
+    rng = np.random.default_rng(1)
+    arch, depth_changes, same_shape_changes = space.to_arch(space.walk(rng)[:-1]), 0, 0
+    for _ in range(2_000):
+        child = space.mutate(arch, rng)
+        assert_metaqnn_rules(space, space.path(child), 28)
+        if len(child) != len(arch):
+            depth_changes += 1
+        elif [layer["type"] for layer in child] == [layer["type"] for layer in arch] and child != arch:
+            same_shape_changes += 1
+        arch = child
+    assert depth_changes > 200 and same_shape_changes > 200  # both kinds of mutation happen
 
 
 def test_one_q_update_equals_hand_computation():

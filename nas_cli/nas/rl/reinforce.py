@@ -41,7 +41,7 @@ class _Policy(nn.Module):
 class Reinforce(Controller):
     name = "reinforce"
 
-    def __init__(self, space: ZophSpace, seed: int = 0, hidden: int = 35, lr: float = 0.0006,
+    def __init__(self, space: ZophSpace, seed: int = 0, hidden: int = 35, lr: float = 0.01,
                  baseline_decay: float = 0.8, entropy_weight: float = 1e-4, skip_penalty: float = 0.0,
                  skip_target: float = 0.4, normalize: bool = True):
         if not isinstance(space, ZophSpace):

@@ -169,9 +169,11 @@ class MetaQNNSpace:
         return self.to_arch(self.walk(rng))
 
     def mutate(self, arch: list[dict], rng: np.random.Generator) -> list[dict]:
-        """Change one layer's parameters (same type) if that stays valid; else regrow from a random layer."""
+        """Half the time change one layer's parameters (same type, if that stays valid); otherwise, or when
+        no such change is valid, keep the layers before a random point and regrow the rest by the rules
+        (the only way a mutation changes depth or layer types)."""
         actions = self.path(arch)
-        for _ in range(10):
+        for _ in range(10 if rng.random() < 0.5 else 0):
             i = int(rng.integers(len(actions)))
             kind, params = actions[i]
             pool = {CONV: self.conv, POOL: self.pools, FC: [(u,) for u in self.fc]}.get(kind, [])
