@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,11 +152,12 @@ def test_the_step_after_an_episode_end_is_not_stored(tmp_path):
     episodes = result["episodes"]
     # each finished episode costs its env one autoreset step, which is not a transition
     assert 1000 - episodes <= replay["size"] <= 1000 - episodes + 2
-    # CartPole ends when |x| > 2.4 or |angle| > 0.2095: a stored start state is never a terminal one
-    inside = (replay["obs"][:, 0].abs() <= 2.4) & (replay["obs"][:, 2].abs() <= 0.2095)
+    # CartPole ends when |x| > 2.4 or |angle| > 12 degrees: a stored start state is never a terminal one
+    angle = 12 * 2 * math.pi / 360
+    inside = (replay["obs"][:, 0].abs() <= 2.4) & (replay["obs"][:, 2].abs() <= angle)
     assert inside.all()
     ends = replay["terminated"]
-    outside_next = (replay["next_obs"][:, 0].abs() > 2.4) | (replay["next_obs"][:, 2].abs() > 0.2095)
+    outside_next = (replay["next_obs"][:, 0].abs() > 2.4) | (replay["next_obs"][:, 2].abs() > angle)
     assert ends.equal(outside_next) and int(ends.sum()) == episodes
 
 
