@@ -39,7 +39,7 @@ smoke: install  ## one tiny run of every command (prep-imagenet needs the archiv
 	$(BIN)/nas-cli grad-bench num_dims=[2] num_init=1 num_batch=1 batch_size=200 nes.population=[40] \
 		hydra.run.dir=$(SMOKE)/grad_bench
 
-bench: install  ## side-by-side benchmarks (print ratios)
+bench: install bench-env  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/nes_batched.py
@@ -48,7 +48,6 @@ bench: install  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/darts_search.py
 	$(BIN)/python bench/rl_search.py
 	$(BIN)/python bench/dqn_cartpole.py
-	$(MAKE) bench-env
 	$(BIN)/python bench/dqn_speed.py
 
 # CleanRL, for bench/dqn_speed.py only: its own venv, since its pins predate ours

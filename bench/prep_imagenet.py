@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,11 @@ def build(src: Path, classes: int, per_class: int, val_per_class: int, size: int
     mapping = labels.shipped()
     wnids = sorted(set(mapping.values()))[:classes]
     keep = set(wnids)
-    val = {}
+    val, taken = {}, Counter()
     for name in sorted(mapping):
-        if mapping[name] in keep and sum(1 for w in val.values() if w == mapping[name]) < val_per_class:
+        if mapping[name] in keep and taken[mapping[name]] < val_per_class:
             val[name] = mapping[name]
+            taken[mapping[name]] += 1
     pool = images(64, size)
     with tarfile.open(src / TRAIN_TAR, "w") as outer:
         for k, wnid in enumerate(wnids):

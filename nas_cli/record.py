@@ -82,6 +82,31 @@ class RunRecord:
         return {k: float(tail[k].mean()) for k in keys if k in tail}
 
 
+def run_cost(wall: float, device, seed) -> dict:
+    """The summary fields every run records: wall time, device, device- and GPU-hours, seed, versions."""
+    gpu = getattr(device, "type", str(device)) == "cuda"
+    return {"wall_time_s": wall, "device": str(device), "device_hours": wall / 3600.0,
+            "gpu_hours": wall / 3600.0 if gpu else 0.0, "seed": seed, "versions": versions()}
+
+
+def read_json(source: str | Path, option: str, in_run_folder: str | None = None, what: str = "a JSON file") -> Any:
+    """The JSON file a config option names, or the ``in_run_folder`` file of the run folder it names.
+
+    A missing or unparsable file is a one-line ``UserError`` naming the option.
+    """
+    from nas_cli.errors import UserError
+
+    path = Path(source)
+    if in_run_folder and path.is_dir():
+        path = path / in_run_folder
+    if not path.is_file():
+        raise UserError(f"{option}={source}: no such file ({what})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as ex:
+        raise UserError(f"{option}={source} is not JSON ({ex.msg})") from ex
+
+
 def read_summary(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / SUMMARY
     if not path.is_file():

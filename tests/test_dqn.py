@@ -185,6 +185,8 @@ def test_cartpole_smoke_run_then_eval_mode(tmp_path):
     (["env.id=CartPole-v99"], "unknown environment"),
     (["mode=eval"], "mode=eval needs checkpoint"),
     (["agent.aggregation=median", "agent.dueling=true"], "agent.aggregation=median"),
+    (["agent.hidden=[]", "agent.dueling=true"], "agent.dueling=true needs agent.hidden"),
+    (["env.num_envs=0"], "env.num_envs=0"),
 ])
 def test_dqn_errors_are_one_line(tmp_path, args, message):
     out = cli("dqn", *args, cwd=tmp_path)

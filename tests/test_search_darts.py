@@ -11,6 +11,7 @@ from conftest import compose_task
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError
+from nas_cli.nas.darts import latency as lat
 from nas_cli.nas.darts.architect import Architect, exact_second_order
 from nas_cli.nas.darts.genotype import Genotype, derive
 from nas_cli.nas.darts.latency import LatencyTerm
@@ -139,6 +140,12 @@ def test_genotype_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError):
         Genotype.load(tmp_path / "bad.json")
+    (tmp_path / "torn.json").write_text('{"normal": [')
+    for load, option in ((Genotype.load, "model.genotype"), (lat.load_table, "latency.table")):
+        with pytest.raises(UserError, match=f"{option}=.*torn.json is not JSON"):
+            load(tmp_path / "torn.json")
+        with pytest.raises(UserError, match=f"{option}=.*missing.json: no such file"):
+            load(tmp_path / "missing.json")
 
 
 def test_latency_weight_derives_a_faster_cell():
@@ -193,6 +200,9 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
                          "data.shape=[1,8,8]", "data.n_train=64", "data.n_val=32", "data.batch_size=16",
                          "trainer.epochs=1", "progress=false")
     assert trained["status"] == "ok" and trained["epochs"] == 1
+    GlobalHydra.instance().clear()
+    with pytest.raises(UserError, match="needs search.order=second"):
+        search_task(tmp_path / "bad", "search.reuse_train_grad=true")
     GlobalHydra.instance().clear()
     reused = search_task(tmp_path / "reuse", "search.order=second", "search.reuse_train_grad=true", "search.epochs=1")
     assert reused["status"] == "ok" and pd.read_csv(tmp_path / "reuse" / "metrics.csv").train_loss.notna().all()

@@ -21,7 +21,7 @@ from nas_cli.engine import checkpoint
 from nas_cli.engine.device import resolve_device, seed_everything
 from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, versions
+from nas_cli.record import RunRecord, run_cost
 from nas_cli.tools.fuse_bn import FuseReport, fuse_bn
 from nas_cli.tools.latency import median_latencies, n_params
 
@@ -59,8 +59,7 @@ def task(cfg: DictConfig) -> dict:
         "max_abs_diff": max_abs, "max_rel_diff": max_rel,
         "params_before": n_params(model), "params_after": n_params(fused),
         **{f"speedup_bs{r['batch_size']}": r["speedup"] for r in record.rows},
-        "wall_time_s": wall, "device": str(device), "device_hours": wall / 3600,
-        "gpu_hours": wall / 3600 if device.type == "cuda" else 0.0, "seed": cfg.seed, "versions": versions(),
+        **run_cost(wall, device, cfg.seed),
     }
     record.write_summary(summary)
     print_report(report, summary, record.rows)

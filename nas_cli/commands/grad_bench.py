@@ -24,7 +24,7 @@ from rich.table import Table
 from nas_cli.engine.device import resolve_device, seed_everything
 from nas_cli.errors import UserError
 from nas_cli.gradients import plots, protocol
-from nas_cli.record import RunRecord, versions
+from nas_cli.record import RunRecord, run_cost
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def task(cfg: DictConfig) -> dict:
         "winner": {str(d): part.loc[part["best_loss_decrease"].idxmax(), "estimator"]
                    for d, part in best.groupby("num_dim")},
         "best": best.to_dict(orient="records"), "plots": pngs,
-        "wall_time_s": wall, "device": str(device), "device_hours": wall / 3600,
-        "gpu_hours": wall / 3600 if device.type == "cuda" else 0.0, "seed": s.seed, "versions": versions(),
+        **run_cost(wall, device, s.seed),
     }
     record.write_summary(summary)
     print_table(best)

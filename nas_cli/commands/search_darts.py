@@ -23,15 +23,15 @@ from nas_cli.data.bundle import TensorLoader
 from nas_cli.engine import checkpoint
 from nas_cli.engine.device import resolve_device, seed_everything
 from nas_cli.engine.progress import TrainingProgress
-from nas_cli.engine.resume import checkpoint_to_resume
-from nas_cli.engine.trainer import CHECKPOINT, FitState, Trainer
+from nas_cli.engine.resume import CHECKPOINT, checkpoint_to_resume
+from nas_cli.engine.trainer import FitState, Trainer
 from nas_cli.errors import UserError
 from nas_cli.nas.darts import latency as lat
 from nas_cli.nas.darts.architect import Architect
 from nas_cli.nas.darts.chain import ChainGenotype, ChainNetwork
 from nas_cli.nas.darts.genotype import Genotype, alpha_entropy, derive
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
-from nas_cli.record import RunRecord, versions
+from nas_cli.record import RunRecord, run_cost
 
 log = logging.getLogger(__name__)
 GENOTYPE = "genotype.json"
@@ -232,9 +232,7 @@ def _summary(status, rows, genotype, wall, device, cfg, term, nodes, primitives)
                "final_val_acc": last.get("val_acc"),
                "best_val_acc": max((r["val_acc"] for r in rows), default=None),
                "skip_count": last.get("skip_count"),
-               "wall_time_s": wall, "device": str(device), "device_hours": wall / 3600.0,
-               "gpu_hours": wall / 3600.0 if device.type == "cuda" else 0.0,
-               "seed": int(cfg.seed), "search": OmegaConf.to_container(cfg.search), "versions": versions()}
+               "search": OmegaConf.to_container(cfg.search), **run_cost(wall, device, int(cfg.seed))}
     if term is not None and genotype is not None:
         summary["expected_latency_ms"] = last.get("expected_latency_ms")
         summary["derived_latency_ms"] = term.derived(genotype, nodes, primitives)

@@ -24,6 +24,7 @@ from nas_cli.engine.resume import checkpoint_to_resume
 from nas_cli.engine.trainer import WEIGHTS, Trainer
 from nas_cli.errors import UserError
 from nas_cli.record import RunRecord, atomic_write, read_summary
+from nas_cli.tools.latency import n_params
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +54,27 @@ def task(cfg: DictConfig) -> dict | float:
 
 def train_one(cfg: DictConfig, run_dir: Path, seed: int, device, group: Dist = Dist()) -> tuple[dict, object, object]:
     """Train one model in ``run_dir``; returns its summary, the model and the data."""
-    logger = instantiate(cfg.logger, run_dir=run_dir, hparams=_overrides()) if group.main else None
-    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress, dist=group,
-                                   logger=logger)
     seed_everything(seed)
     data = instantiate(cfg.data, seed=seed)
     if group.enabled:
         shard_bundle(data, group.rank, group.world, seed)
     model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
+    finished = read_summary(run_dir) if cfg.resume else None
+    if finished and finished.get("status") == "ok" and (run_dir / WEIGHTS).is_file() \
+            and finished.get("epochs") == int(cfg.trainer.epochs):
+        model.load_state_dict(checkpoint.load(run_dir / WEIGHTS)["model"])  # a finished ensemble member
+        return finished, model.to(device), data
+    logger = instantiate(cfg.logger, run_dir=run_dir, hparams=_overrides()) if group.main else None
+    trainer: Trainer = instantiate(cfg.trainer, device=device, run_dir=run_dir, progress=cfg.progress, dist=group,
+                                   logger=logger)
     if cfg.init_from:
         transfer.load_pretrained(model, cfg.init_from)
     frozen = transfer.freeze(model, cfg.freeze)
     optimizer = instantiate(cfg.optim)(params=transfer.param_groups(model, cfg.backbone_lr_scale))
     transfer.apply_lr_scale(optimizer)
-    log.info(f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters"
+    log.info(f"{type(model).__name__} ({n_params(model):,} parameters"
              + (f", {len(frozen)} tensors frozen" if frozen else "") + f") on {data.name} "
              f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}")
-    finished = read_summary(run_dir) if cfg.resume else None
-    if finished and finished.get("status") == "ok" and (run_dir / WEIGHTS).is_file() \
-            and finished.get("epochs") == trainer.epochs:
-        model.load_state_dict(checkpoint.load(run_dir / WEIGHTS)["model"])  # a finished ensemble member
-        return finished, model.to(device), data
     summary = trainer.fit(model, optimizer, data.train, data.val, schedule=instantiate(cfg.sched),
                           generator=data.generator, resume_from=checkpoint_to_resume(cfg.resume, run_dir),
                           seed=seed, regularizer=instantiate(cfg.regularizer), ema_decay=cfg.ema.decay)

@@ -79,10 +79,6 @@ class DataBundle:
     num_classes: int
     generator: torch.Generator | None = None  # orders the training data; saved in checkpoints
 
-    @property
-    def in_channels(self) -> int:
-        return self.in_shape[0]
-
 
 def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBundle:
     """Give this process its share of both loaders; ``batch_size`` stays the global batch."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nas_cli.engine.distributed import all_reduce_sum
+from nas_cli.errors import UserError
 
 
 class EMA:
@@ -21,10 +22,11 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float | str):
         if decay != "polyak" and not (0.0 < float(decay) < 1.0):
-            raise ValueError(f"ema.decay must be in (0, 1) or 'polyak', got {decay}")
+            raise UserError(f"ema.decay must be in (0, 1) or 'polyak', got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
+        self._params, self._buffers = list(self.module.parameters()), list(self.module.buffers())
+        for p in self._params:
             p.requires_grad_(False)
         self.updates = 0
 
@@ -32,10 +34,9 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         weight = 1.0 / (self.updates + 1) if self.decay == "polyak" else 1.0 - float(self.decay)
-        for avg, live in zip(self.module.parameters(), model.parameters()):
-            avg.lerp_(live.detach(), weight)
-        for avg, live in zip(self.module.buffers(), model.buffers()):
-            avg.copy_(live)
+        torch._foreach_lerp_(self._params, [p.detach() for p in model.parameters()], weight)  # one call a step
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
@@ -49,11 +50,11 @@ class EMA:
 def ensemble_accuracy(models: Iterable[nn.Module], loader, device: torch.device) -> float:
     """Accuracy of the averaged softmax of ``models`` on ``loader``."""
     models = [m.eval() for m in models]
-    correct = seen = 0
+    correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         probs = torch.stack([m(x).softmax(dim=1) for m in models]).mean(0)
-        correct += (probs.argmax(1) == y).sum().item()
+        correct += (probs.argmax(1) == y).sum()  # on the device: one sync at the end
         seen += len(y)
-    correct, seen = all_reduce_sum([correct, seen], device)  # each process scored its shard
+    correct, seen = all_reduce_sum([correct.item(), seen], device)  # each process scored its shard
     return correct / max(seen, 1)

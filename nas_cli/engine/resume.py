@@ -18,6 +18,12 @@ from nas_cli.record import read_summary
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "last.pt"  # every command that resumes keeps its state here
 _TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", "null", "none"}
+
+
+def is_off(resume) -> bool:
+    """``resume`` as given on the command line or in the config: off (false, no, off, null, ...) or not."""
+    return resume is None or resume is False or str(resume).lower() in _FALSE
 
 
 def _key(override: str) -> str:
@@ -50,7 +56,7 @@ def resolve_resume(command: str, args: list[str]) -> list[str]:
     if not resume:
         return args
     value = resume[-1].split("=", 1)[1]
-    if value.lower() in {"false", "0", "no", "off", "null"}:
+    if is_off(value):
         return args
     explicit_dir = any(_key(a) in ("hydra.run.dir", "hydra.sweep.dir") for a in args)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -67,7 +73,7 @@ def resolve_resume(command: str, args: list[str]) -> list[str]:
 
 def checkpoint_to_resume(resume, run_dir: Path) -> Path | None:
     """Inside the task: the run folder's own checkpoint when resuming (the bridge already chose the folder)."""
-    if resume in (False, None, "false"):
+    if is_off(resume):
         return None
     path = Path(run_dir) / CHECKPOINT
     if path.is_file():

@@ -31,16 +31,16 @@ from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.regularizers import Regularizer
+from nas_cli.engine.resume import CHECKPOINT
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.smoothing import smooth
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, atomic_write, versions
+from nas_cli.record import RunRecord, atomic_write, run_cost
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
-CHECKPOINT = Path("checkpoints") / "last.pt"
 WEIGHTS, EMA_WEIGHTS, STEPS, SNAPSHOTS = "model.pt", "model_ema.pt", "steps.csv", "snapshots"
 
 
@@ -106,7 +106,6 @@ class Trainer:
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
-        self.deterministic = deterministic
         self.grad_clip = grad_clip
         self.checkpoint = checkpoint
         self.channels_last = channels_last
@@ -430,10 +429,7 @@ class Trainer:
             summary["snapshot_ensemble_val_acc"] = snapshot_accs[-1]
         summary.update({
             "iterations": last.get("iterations", 0), "samples_seen": last.get("samples_seen", 0),
-            "wall_time_s": wall, "device": str(self.device),
-            "device_hours": wall / 3600.0,
-            "gpu_hours": wall / 3600.0 if self.device.type == "cuda" else 0.0,
-            "seed": seed, "versions": versions(),
+            **run_cost(wall, self.device, seed),
         })
         if error:
             summary["error"] = error

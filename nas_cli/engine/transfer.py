@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from nas_cli.engine import checkpoint
+from nas_cli.engine.resume import CHECKPOINT
+from nas_cli.engine.trainer import WEIGHTS
 from nas_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,10 @@ def weights_file(path: str | Path) -> Path:
     """``init_from`` may name a run folder (its model.pt, else its last checkpoint) or a file."""
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "model.pt", path / "checkpoints" / "last.pt"):
+        for candidate in (path / WEIGHTS, path / CHECKPOINT):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"init_from={path}: no model.pt or checkpoints/last.pt in that run folder")
+        raise UserError(f"init_from={path}: no {WEIGHTS} or {CHECKPOINT} in that run folder")
     return path
 
 

@@ -8,15 +8,9 @@ from torch import nn
 
 from nas_cli.engine.losses import AuxiliaryLogits
 from nas_cli.errors import UserError
-from nas_cli.models.layers import check_prob
+from nas_cli.models.layers import check_prob, drop_path
 from nas_cli.nas.darts.genotype import Genotype
 from nas_cli.nas.darts.ops import PRIMITIVES, build_cells, make_op, preprocess, stem
-
-
-def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Zero whole samples with probability p (scaling the rest by 1/(1-p))."""
-    keep = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(1 - p)
-    return x * keep / (1 - p)
 
 
 class Cell(nn.Module):

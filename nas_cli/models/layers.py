@@ -50,6 +50,13 @@ def linear(in_features: int, out_features: int, bias: bool = True, dropconnect: 
     return nn.Linear(in_features, out_features, bias=bias)
 
 
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero whole samples with probability ``p`` and scale the kept ones by 1/(1-p)."""
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # one draw per sample
+    return x * mask / keep
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al., 2016) on a residual branch: per sample, zero the branch with
     probability ``p`` at train time and scale kept ones by 1/(1-p); identity at eval."""
@@ -59,11 +66,7 @@ class DropPath(nn.Module):
         self.p = check_prob("drop_path", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # one draw per sample
-        return x * mask / keep
+        return drop_path(x, self.p) if self.training and self.p > 0.0 else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

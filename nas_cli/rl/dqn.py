@@ -21,14 +21,16 @@ from torch import nn
 
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
+from nas_cli.engine.resume import CHECKPOINT
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, versions
+from nas_cli.record import RunRecord, run_cost
 from nas_cli.rl.envs import greedy_returns, make_envs, reward_threshold
 from nas_cli.rl.networks import NumpyGreedy, QNetwork
 from nas_cli.rl.replay import Batch, ReplayBuffer
 
 log = logging.getLogger(__name__)
-CHECKPOINT, BEST = Path("checkpoints") / "last.pt", "best.pt"
+LOSSES = {"mse": F.mse_loss, "huber": F.smooth_l1_loss}
+BEST = "best.pt"
 
 
 def td_loss(q_net: nn.Module, target_net: nn.Module, batch: Batch, gamma: float, double: bool,
@@ -43,9 +45,7 @@ def td_loss(q_net: nn.Module, target_net: nn.Module, batch: Batch, gamma: float,
             next_value = next_q.amax(1)
         target = torch.add(batch.rewards, next_value.masked_fill_(batch.terminated, 0.0), alpha=gamma)
     q = q_net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    if loss not in ("mse", "huber"):
-        raise UserError(f"agent.loss={loss}: use mse or huber")
-    return (F.mse_loss(q, target) if loss == "mse" else F.smooth_l1_loss(q, target)), q
+    return LOSSES[loss](q, target), q
 
 
 class RandomDraws:
@@ -95,6 +95,8 @@ class DQN:
         self.gradient_steps, self.target_update, self.tau = int(gradient_steps), int(target_update), float(tau)
         self.start_epsilon, self.end_epsilon = start_epsilon, end_epsilon
         self.exploration_fraction, self.loss, self.max_grad_norm = exploration_fraction, loss, max_grad_norm
+        if loss not in LOSSES:  # checked here, not minutes later at the first update
+            raise UserError(f"agent.loss={loss}: use mse or huber")
 
     def build(self, obs_shape: tuple[int, ...], num_actions: int, device: torch.device) -> DQN:
         self.device = device
@@ -102,9 +104,8 @@ class DQN:
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         # fused: one kernel for all parameters instead of a dozen small ops each (3x faster here)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=self.lr, fused=True)
-        self.params = list(self.q.parameters())
+        self.params, self.target_params = list(self.q.parameters()), list(self.target.parameters())
         self.greedy = NumpyGreedy.of(self.q) or self._torch_greedy
-        self.num_actions = num_actions
         return self
 
     def epsilon(self, step: int, total_steps: int) -> float:
@@ -135,11 +136,10 @@ class DQN:
 
     @torch.no_grad()
     def update_target(self) -> None:
-        target = list(self.target.parameters())
         if self.tau >= 1.0:
-            torch._foreach_copy_(target, self.params)
+            torch._foreach_copy_(self.target_params, self.params)
         else:
-            torch._foreach_lerp_(target, self.params, self.tau)
+            torch._foreach_lerp_(self.target_params, self.params, self.tau)
 
     def state_dict(self) -> dict:
         return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -158,7 +158,7 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
     obs_shape, num_actions = envs.single_observation_space.shape, int(envs.single_action_space.n)
     threshold = env_cfg.threshold if env_cfg.threshold is not None else reward_threshold(env_cfg.id)
     agent.build(obs_shape, num_actions, device)
-    replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if env_cfg.atari else torch.float32)
+    replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if env_cfg.atari else torch.float32, device)
     draws = RandomDraws(np.random.default_rng(seed), env_cfg.num_envs, num_actions)
     sampler = torch.Generator().manual_seed(seed)
     record = RunRecord(run_dir)
@@ -258,9 +258,7 @@ def train(agent: DQN, env_cfg, run_dir: Path, *, total_steps: int, seed: int, de
             "train_return_last100": float(np.mean(recent)) if recent else None,
             "best_eval_return": state["best_eval"] if state["best_step"] is not None else None,
             "best_eval_step": state["best_step"], "threshold": threshold, "solved_step": state["solved_step"],
-            "wall_time_s": wall, "steps_per_s": state["step"] / max(wall, 1e-9), "device": str(device),
-            "device_hours": wall / 3600, "gpu_hours": wall / 3600 if device.type == "cuda" else 0.0, "seed": seed,
-            "versions": versions(),
+            "steps_per_s": state["step"] / max(wall, 1e-9), **run_cost(wall, device, seed),
         }
         record.write_summary(summary)
     return summary

@@ -61,6 +61,8 @@ class SyncEnvs:
 
 def make_envs(env_id: str, num_envs: int, atari: bool = False, asynchronous: bool = False):
     """``num_envs`` copies of ``env_id`` (sync or async), autoresetting on the step after an episode ends."""
+    if num_envs < 1:
+        raise UserError(f"env.num_envs={num_envs}: use 1 or more")
     try:
         gym.spec(env_id) if not atari else None
         make_env = (lambda: _atari_env(env_id)) if atari else (lambda: gym.make(env_id))

@@ -46,6 +46,8 @@ class QNetwork(nn.Module):
                  dueling: bool = False, aggregation: str = "mean"):
         super().__init__()
         hidden = list(hidden)
+        if dueling and not hidden:
+            raise UserError("agent.dueling=true needs agent.hidden to name at least one layer (the streams' width)")
         if len(obs_shape) == 3:  # stacked frames, uint8 0..255
             self.body = nn.Sequential(
                 nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),

@@ -52,12 +52,9 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        """A uniform batch on ``device``; observations keep their storage dtype (the Q-network casts)."""
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
-        d = self.device
-        obs, actions, rewards, next_obs, terminated, truncated = (
-            getattr(self, f).index_select(0, idx).to(d) for f in ("obs", "actions", "rewards", "next_obs",
-                                                                    "terminated", "truncated"))
-        return Batch(obs.float(), actions, rewards, next_obs.float(), terminated, truncated)
+        return Batch(**{f: getattr(self, f).index_select(0, idx).to(self.device) for f in FIELDS})
 
     def state_dict(self) -> dict:
         return {**{f: getattr(self, f)[: self.size].clone() for f in FIELDS}, "pos": self.pos, "size": self.size}

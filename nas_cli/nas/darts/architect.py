@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from nas_cli.errors import UserError
+
 Penalty = Callable[[torch.Tensor], torch.Tensor]  # (cross-entropy) -> loss with the latency term
 
 
@@ -30,9 +32,11 @@ class Architect:
     def __init__(self, model: nn.Module, order: str = "first", lr: float = 3e-4, betas=(0.5, 0.999),
                  weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False):
         if order not in ("first", "second"):
-            raise ValueError(f"search.order={order}: use first or second")
+            raise UserError(f"search.order={order}: use first or second")
+        if reuse_train_grad and order != "second":
+            raise UserError("search.reuse_train_grad=true needs search.order=second (first order has no unrolled step)")
         self.model, self.order = model, order
-        self.reuse_train_grad = reuse_train_grad and order == "second"
+        self.reuse_train_grad = reuse_train_grad
         self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
         self.params = list(model.arch.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
@@ -64,18 +68,18 @@ class Architect:
 
     def hessian_vector(self, vector, x, y, w) -> list[torch.Tensor]:
         """(grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps)."""
-        eps = 0.01 / torch.cat([v.flatten() for v in vector]).norm().clamp_min(1e-12)
+        eps = float(0.01 / torch.cat([v.flatten() for v in vector]).norm().clamp_min(1e-12))  # one host sync
         with torch.no_grad():
             for p, v in zip(w, vector):
-                p.add_(v, alpha=float(eps))
+                p.add_(v, alpha=eps)
         g_pos = torch.autograd.grad(F.cross_entropy(self.model(x), y), self.params, allow_unused=True)
         with torch.no_grad():
             for p, v in zip(w, vector):
-                p.sub_(v, alpha=2 * float(eps))
+                p.sub_(v, alpha=2 * eps)
         g_neg = torch.autograd.grad(F.cross_entropy(self.model(x), y), self.params, allow_unused=True)
         with torch.no_grad():
             for p, v in zip(w, vector):
-                p.add_(v, alpha=float(eps))
+                p.add_(v, alpha=eps)
         return [torch.zeros_like(p) if a is None else (a - b) / (2 * eps)
                 for p, a, b in zip(self.params, g_pos, g_neg)]
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_cli.errors import UserError
+from nas_cli.record import read_json
 
 
 @dataclass
@@ -54,15 +55,8 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "genotype.json"
-        if not path.is_file():
-            raise UserError(f"model.genotype={path}: no such file (a search run folder or its genotype.json)")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as ex:
-            raise UserError(f"model.genotype={path} is not JSON: {ex}") from ex
+        return cls.from_dict(read_json(path, "model.genotype", "genotype.json",
+                                       "a search run folder or its genotype.json"))
 
 
 def _parse(weights: torch.Tensor, primitives: list[str], nodes: int, edge_weights=None,

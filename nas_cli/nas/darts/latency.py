@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -17,6 +15,8 @@ import torch.nn.functional as F
 
 from nas_cli.errors import UserError
 from nas_cli.nas.darts.ops import make_op
+from nas_cli.record import atomic_write, read_json
+from nas_cli.tools.latency import median_latencies
 
 
 def edge_shapes(model, in_shape) -> list[tuple[bool, int, tuple[int, int, int, int]]]:
@@ -49,20 +49,6 @@ def key(op: str, shape) -> str:
     return "|".join([op, *map(str, shape)])
 
 
-def _time(op, x, repeats: int, device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        op(x)  # warm-up
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            op(x)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def measure(shapes, primitives, device, batch: int = 32, repeats: int = 5, table: dict | None = None) -> dict:
     table = dict(table or {})
     for _, _, shape in shapes:
@@ -72,21 +58,20 @@ def measure(shapes, primitives, device, batch: int = 32, repeats: int = 5, table
             if k in table:
                 continue
             module = make_op(op, c, stride, affine=False, pool_bn=True).to(device).eval()
-            table[k] = _time(module, torch.randn(batch, c, h, w, device=device), repeats, device)
+            with torch.no_grad():
+                seconds = median_latencies({k: module}, torch.randn(batch, c, h, w, device=device), repeats, 1)
+            table[k] = 1e3 * seconds[k]  # ms
     return table
 
 
 def load_table(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"latency.table={path}: no such file (a latency.json from an earlier search)")
-    data = json.loads(path.read_text())
+    data = read_json(path, "latency.table", what="a latency.json from an earlier search")
+    if not isinstance(data, dict):
+        raise UserError(f"latency.table={path}: not a latency table (an object of op timings)")
     return data.get("entries", data)
 
 
 def save_table(path: Path, table: dict, device) -> None:
-    from nas_cli.record import atomic_write
-
     text = json.dumps({"device": str(device), "unit": "ms", "entries": table}, indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_cli.errors import UserError
+from nas_cli.record import read_json
+from nas_cli.tools.latency import n_params
 
 TYPES = ("conv", "pool", "fc", "gap")
 
@@ -86,15 +88,7 @@ def load_arch(source) -> list[dict]:
     if source is None:
         raise UserError("model.arch is not set: pass model.arch=PATH (a search's best_arch.json)")
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if path.is_dir():
-            path = path / "best_arch.json"
-        if not path.is_file():
-            raise UserError(f"model.arch={source}: no such file (a search run folder or its best_arch.json)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as ex:
-            raise UserError(f"model.arch={source} is not JSON ({ex.msg})") from ex
+        data = read_json(source, "model.arch", "best_arch.json", "a search run folder or its best_arch.json")
         source = data["arch"] if isinstance(data, dict) and "arch" in data else data
     if not isinstance(source, (list, tuple)) or not source:
         raise UserError("an architecture is a non-empty list of layers")
@@ -191,4 +185,4 @@ class ArchNet(nn.Module):
 
 
 def param_count(arch: list[dict], in_shape, num_classes: int) -> int:
-    return sum(p.numel() for p in ArchNet(arch, in_shape, num_classes).parameters())
+    return n_params(ArchNet(arch, in_shape, num_classes))

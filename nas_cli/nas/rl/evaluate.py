@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from nas_cli.engine.device import seed_everything
 from nas_cli.engine.trainer import Trainer
-from nas_cli.nas.rl.arch import ArchNet, key
+from nas_cli.errors import UserError
+from nas_cli.nas.rl.arch import ArchNet, key, param_count
 from nas_cli.nas.rl.synthetic import synthetic_reward
 from nas_cli.record import atomic_write
 
@@ -94,22 +95,23 @@ class Evaluator:
     def __init__(self, cfg, run_dir: Path, device, data, seed: int):
         self.cfg, self.run_dir, self.device, self.data, self.seed = cfg, Path(run_dir), device, data, int(seed)
         self.kind = str(cfg.reward)
+        if self.kind not in ("accuracy", "synthetic"):
+            raise UserError(f"reward={self.kind}: use accuracy or synthetic")
+        self.synthetic = OmegaConf.to_container(cfg.synthetic, resolve=True)
         path = self.run_dir / CACHE
         self.cache: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
         self.workers = max(1, int(cfg.search.workers))
         self._pool: ProcessPoolExecutor | None = None
-        self.trained = 0  # children actually trained (or scored) in this process
 
     def save(self) -> None:
         text = json.dumps(self.cache)
         atomic_write(self.run_dir / CACHE, lambda tmp: Path(tmp).write_text(text))
 
     def params(self, arch: list[dict]) -> int:
-        return sum(p.numel() for p in ArchNet(arch, self.data.in_shape, self.data.num_classes).parameters())
+        return param_count(arch, self.data.in_shape, self.data.num_classes)
 
     def _score_synthetic(self, arch: list[dict]) -> float:
-        s = OmegaConf.to_container(self.cfg.synthetic, resolve=True)
-        return synthetic_reward(arch, **s, seed=self.seed)
+        return synthetic_reward(arch, **self.synthetic, seed=self.seed)
 
     def evaluate(self, batch: list[tuple[int, list[dict]]]) -> list[dict]:
         """``batch``: (step, arch) pairs. Returns per pair: reward, params, seconds, cache_hit."""
@@ -126,13 +128,8 @@ class Evaluator:
                 t0 = time.perf_counter()
                 fresh[k] = {"reward": self._score_synthetic(arch), "params": self.params(arch),
                             "seconds": time.perf_counter() - t0}
-        elif self.kind == "accuracy":
-            fresh = self._train_all(todo)
         else:
-            from nas_cli.errors import UserError
-
-            raise UserError(f"reward={self.kind}: use accuracy or synthetic")
-        self.trained += len(fresh)
+            fresh = self._train_all(todo)
         for step, arch in batch:
             k = key(arch)
             if k in fresh and k not in self.cache:

@@ -19,10 +19,6 @@ DEFAULT_SCHEDULE = [[1.0, 60], [0.9, 4], [0.8, 4], [0.7, 4], [0.6, 4], [0.5, 4],
                     [0.1, 4]]
 
 
-def _k(x):
-    return x  # states and actions are tuples: hashable keys (JSON strings only in saved state)
-
-
 def _tuple(x):
     return tuple(_tuple(v) for v in x) if isinstance(x, list) else x
 
@@ -53,7 +49,7 @@ class MetaQNN(Controller):
         return self.schedule[-1][0]
 
     def value(self, state, action) -> float:
-        return self.q.get(_k(state), {}).get(_k(action), self.q_init)
+        return self.q.get(state, {}).get(action, self.q_init)
 
     def propose(self) -> list[dict]:
         eps = self.epsilon()
@@ -86,7 +82,7 @@ class MetaQNN(Controller):
                 row = self.q.get(nxt, {})
                 target = self.gamma * max(row.get(b, self.q_init) for b in self._actions[nxt])
             q = self.value(s, a)
-            self.q.setdefault(_k(s), {})[_k(a)] = q + self.alpha * (target - q)
+            self.q.setdefault(s, {})[a] = q + self.alpha * (target - q)
 
     def observe(self, arch: list[dict], reward: float) -> None:
         self.memory.append([self.space.path(arch), float(reward)])

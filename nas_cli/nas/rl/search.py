@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from nas_cli.engine import checkpoint
+from nas_cli.engine.resume import CHECKPOINT, checkpoint_to_resume
 from nas_cli.errors import UserError
 from nas_cli.nas.rl.arch import canonical, describe
 from nas_cli.nas.rl.evaluate import Evaluator, load_data
@@ -28,12 +29,11 @@ from nas_cli.nas.rl.metaqnn import MetaQNN
 from nas_cli.nas.rl.random_search import RandomSearch
 from nas_cli.nas.rl.reinforce import Reinforce
 from nas_cli.nas.rl.spaces import build_space
-from nas_cli.record import RunRecord, atomic_write, versions
+from nas_cli.record import RunRecord, atomic_write, run_cost
 
 log = logging.getLogger(__name__)
 HISTORY = "history.csv"
 BEST = "best_arch.json"
-STATE = Path("checkpoints") / "last.pt"
 CONTROLLERS = {"reinforce": Reinforce, "metaqnn": MetaQNN, "random": RandomSearch, "evolution": Evolution}
 COLUMNS = ["step", "arch", "params", "reward", "seconds", "cache_hit"]
 
@@ -60,8 +60,9 @@ def search(cfg, run_dir: Path, device) -> dict:
     evaluator = Evaluator(cfg, run_dir, device, data, seed)
     rows: list[dict] = []
     step, wall_before = 0, 0.0
-    if cfg.resume and (run_dir / STATE).is_file():
-        state = checkpoint.load(run_dir / STATE)
+    resume_from = checkpoint_to_resume(cfg.resume, run_dir)
+    if resume_from:
+        state = checkpoint.load(resume_from)
         if state.get("controller_name") != controller.name:
             raise UserError(f"resume: {run_dir} was a controller={state.get('controller_name')} search, "
                             f"not controller={controller.name}")
@@ -73,7 +74,7 @@ def search(cfg, run_dir: Path, device) -> dict:
     log.info(f"search-rl: controller={controller.name} ({controller.space.kind} space), reward={cfg.reward}, "
              f"{children} children, {evaluator.workers} worker(s), {device}; run folder {run_dir}")
     t0 = time.perf_counter()
-    workers = max(1, int(cfg.search.workers))
+    workers = evaluator.workers
     status = "ok"
     try:
         while step < children:
@@ -91,7 +92,7 @@ def search(cfg, run_dir: Path, device) -> dict:
             evaluator.save()
             _write_history(run_dir, rows)
             _write_best(run_dir, rows)
-            checkpoint.save(run_dir / STATE, {"step": step, "controller_name": controller.name,
+            checkpoint.save(run_dir / CHECKPOINT, {"step": step, "controller_name": controller.name,
                                               "controller": controller.state_dict(),
                                               "wall_time_s": wall_before + time.perf_counter() - t0})
     except KeyboardInterrupt:
@@ -131,9 +132,7 @@ def _summary(cfg, controller, rows: list[dict], status: str, wall: float, device
         "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
         "best_reward": float(best["reward"]) if best else None, "best_arch": best["arch"] if best else None,
         "best_step": int(best["step"]) if best else None, "best_params": int(best["params"]) if best else None,
-        "wall_time_s": wall, "device": str(device), "device_hours": wall / 3600.0,
-        "gpu_hours": wall / 3600.0 if getattr(device, "type", "cpu") == "cuda" else 0.0,
-        "seed": int(cfg.seed), "versions": versions(),
+        **run_cost(wall, device, int(cfg.seed)),
     }
 
 

@@ -46,7 +46,7 @@ def _write(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def _disk_full(ex: OSError, where: str) -> UserError:
+def _disk_full(where: str) -> UserError:
     return UserError(f"disk full while writing {where}: free some space and re-run (finished classes are kept)")
 
 
@@ -83,7 +83,7 @@ def extract_class(train_tar: str, offset: int, size: int, wnid: str, root: str,
     except OSError as ex:
         shutil.rmtree(partial, ignore_errors=True)
         if ex.errno == errno.ENOSPC:
-            raise _disk_full(ex, f"{final}") from None
+            raise _disk_full(str(final)) from None
         raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -113,7 +113,7 @@ def extract_val_chunk(val_tar: str, jobs: list[tuple[str, int, int, str]], root:
                 written += len(data)
     except OSError as ex:
         if ex.errno == errno.ENOSPC:
-            raise _disk_full(ex, str(root_path)) from None
+            raise _disk_full(str(root_path)) from None
         raise
     return {"files": files, "bytes": written, "fixed": [{"split": "val", **x} for x in fixed]}
 

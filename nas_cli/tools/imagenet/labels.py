@@ -76,12 +76,12 @@ def from_devkit(path: str | Path) -> dict[str, str]:
     return labels
 
 
-def load(source: str, devkit: Path | None) -> tuple[dict[str, str], str]:
-    """The labels and where they came from; ``source`` is auto | devkit | shipped."""
+def load(source: str, devkit: Path) -> tuple[dict[str, str], str]:
+    """The labels and where they came from; ``source`` is auto | devkit | shipped (auto: the devkit if present)."""
     if source not in ("auto", "devkit", "shipped"):
         raise UserError(f"labels={source}: expected auto, devkit or shipped")
-    if source == "devkit" or (source == "auto" and devkit is not None and devkit.is_file()):
-        if devkit is None or not devkit.is_file():
+    if source == "devkit" or (source == "auto" and devkit.is_file()):
+        if not devkit.is_file():
             raise UserError(f"labels=devkit but there is no {devkit}")
         return from_devkit(devkit), f"devkit ({devkit.name})"
     return shipped(), f"shipped mapping (nas_cli/tools/imagenet/{SHIPPED})"

@@ -87,10 +87,6 @@ class Plan:
     bytes_needed: int = 0
     bytes_free: int = 0
 
-    @property
-    def subset(self) -> bool:
-        return self.chosen is not None
-
 
 # ---------------------------------------------------------------- state
 
@@ -188,8 +184,7 @@ def plan(opts: Options) -> tuple[Plan, dict]:
     label_map: dict[str, str] = {}
     val_members: list[Member] = []
     if "val" in splits:
-        devkit = src / DEVKIT
-        label_map, p.label_source = labels_mod.load(opts.labels, devkit if devkit.is_file() else None)
+        label_map, p.label_source = labels_mod.load(opts.labels, src / DEVKIT)
         with open_raw(src / VAL_TAR) as f:
             val_members = scan(f, VAL_TAR)
         p.val_archive_files = len(val_members)
