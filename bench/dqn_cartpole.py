@@ -10,6 +10,7 @@ thread each), then scores each run's best.pt over 100 greedy episodes.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -27,24 +28,26 @@ def run(variant: str, seed: int, steps: int, root: str) -> dict:
     import torch
     from omegaconf import OmegaConf
 
+    from nas_cli.agents.dqn import DQN, train
+    from nas_cli.agents.envs import EnvSpec, greedy_returns
     from nas_cli.engine import checkpoint
     from nas_cli.engine.device import seed_everything
     from nas_cli.hydra_bridge import config_dir
-    from nas_cli.rl.dqn import DQN, train
-    from nas_cli.rl.envs import greedy_returns
+    from nas_cli.runs.lifecycle import Run
 
     torch.set_num_threads(1)
     seed_everything(seed)
     conf = config_dir()
     agent_cfg = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(conf / "agent" / "dqn.yaml")).items()
                  if k != "_target_"}
-    env = OmegaConf.load(conf / "env" / "cartpole.yaml")
+    env = EnvSpec(**OmegaConf.to_container(OmegaConf.load(conf / "env" / "cartpole.yaml")))
     top = OmegaConf.load(conf / "dqn.yaml")
     run_dir = Path(root) / f"{variant}-{seed}"
     agent = DQN(**{**agent_cfg, **VARIANTS[variant]})
-    result = train(agent, env, run_dir, total_steps=steps, seed=seed, device=torch.device("cpu"),
+    adam = functools.partial(torch.optim.Adam, lr=top.optim.lr)
+    result = train(agent, env, Run(run_dir, "dqn", seed=seed, device="cpu"), total_steps=steps,
                    eval_every=top.eval.every, eval_episodes=top.eval.episodes, log_every=top.log_every,
-                   progress=False)
+                   optimizer=adam, progress=False)
     agent.q.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     best = greedy_returns(agent.q.eval(), env.id, 100, seed + 50_000)
     return {"variant": variant, "seed": seed, "solved_step": result["solved_step"], "best_100": float(best.mean()),

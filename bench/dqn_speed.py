@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 SHARED = {  # CleanRL flag -> our override
-    "--learning-rate": ("agent.lr", 2.5e-4),
+    "--learning-rate": ("optim.lr", 2.5e-4),
     "--buffer-size": ("agent.buffer_size", 10_000),
     "--gamma": ("agent.gamma", 0.99),
     "--tau": ("agent.tau", 1.0),
@@ -40,7 +40,7 @@ SHARED = {  # CleanRL flag -> our override
     "--learning-starts": ("agent.learning_starts", 10_000),
     "--train-frequency": ("agent.train_frequency", 10),
 }
-OURS_ONLY = ["agent.hidden=[120,84]", "agent.gradient_steps=1", "agent.loss=mse", "agent.max_grad_norm=null"]
+OURS_ONLY = ["agent.hidden=[120,84]", "agent.gradient_steps=1", "agent.loss=mse", "agent.grad_clip=null"]
 
 
 def cleanrl_sps(python: str, script: str, steps: int, threads: int | None, workdir: Path) -> float:

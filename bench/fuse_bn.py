@@ -18,10 +18,10 @@ from rich.table import Table
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
+from nas_cli.engine.latency import median_latencies
 from nas_cli.models.mlp import MLP
 from nas_cli.models.resnet import resnet18
 from nas_cli.tools.fuse_bn import fuse_bn
-from nas_cli.tools.latency import median_latencies
 
 
 def count_bn(model: nn.Module) -> int:

@@ -15,18 +15,24 @@ import time
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nas_cli.hydra_bridge import config_dir
-from nas_cli.nas.rl.search import build_controller, run_in_memory
-from nas_cli.nas.rl.synthetic import synthetic_reward
+from nas_cli.nas.search_loop import run_in_memory
+from nas_cli.nas.synthetic import synthetic_reward
 
 IN_SHAPE = (1, 8, 8)  # digits
 RUNS = [("reinforce", "zoph", []),
         ("evolution", "zoph", []), ("random", "zoph", []),
         ("metaqnn", "metaqnn", ["controller.schedule=[[1.0,40],[0.9,10],[0.8,10],[0.7,10],[0.6,10],[0.5,10],"
                                 "[0.4,10],[0.3,10],[0.2,10],[0.1,10]]", "controller.replay=20"]),
-        ("evolution", "metaqnn", ["controller.space=metaqnn"]), ("random", "metaqnn", ["controller.space=metaqnn"])]
+        ("evolution", "metaqnn", []), ("random", "metaqnn", [])]
+
+
+def controller(cfg, seed: int):
+    space = instantiate(cfg.space, in_shape=IN_SHAPE, _convert_="all")
+    return instantiate(cfg.controller, space=space, seed=seed, _convert_="all")
 
 
 def main() -> None:
@@ -39,11 +45,11 @@ def main() -> None:
     seconds: dict[tuple[str, str], float] = {}
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         for name, space, overrides in RUNS:
-            cfg = compose("search_rl", overrides=[f"controller={name}", "reward=synthetic", *overrides])
+            cfg = compose("search_rl", overrides=[f"controller={name}", f"space={space}", "reward=synthetic", *overrides])
             synth = OmegaConf.to_container(cfg.synthetic, resolve=True)
             t0 = time.perf_counter()
             curves[name, space] = [
-                run_in_memory(build_controller(cfg.controller, cfg.space, IN_SHAPE, seed),
+                run_in_memory(controller(cfg, seed),
                               lambda a, s=seed, kw=synth: synthetic_reward(a, **kw, seed=s), args.budget)
                 for seed in range(args.seeds)]
             seconds[name, space] = time.perf_counter() - t0

@@ -72,9 +72,11 @@ for _name, _summary in HYDRA_COMMANDS.items():
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="A run folder or a multirun folder (searched recursively)."),
-    rows: str = typer.Option(None, "--rows", help="Pivot: override key for the table's rows, e.g. model.width."),
-    cols: str = typer.Option(None, "--cols", help="Pivot: override key for the columns, e.g. optim.weight_decay."),
-    value: str = typer.Option("val_acc", "--value", help="Pivot: summary metric in the cells."),
+    rows: str = typer.Option(None, "--rows", help="Override key for the table's rows, e.g. model.width; with "
+                             "--cols a pivot, alone a one-key table (a row per value: mean, or mean ± std over seeds)."),
+    cols: str = typer.Option(None, "--cols", help="Override key for the columns, e.g. optim.weight_decay; with "
+                             "--rows a pivot, alone a one-key table (one row, a column per value)."),
+    value: str = typer.Option("val_acc", "--value", help="Summary figure in the cells of a pivot or one-key table."),
     plot: bool = typer.Option(False, "--plot", help="Also write learning curves of every job as PNG."),
     group: bool = typer.Option(True, "--group/--no-group", help="Average jobs that differ only by seed."),
 ):

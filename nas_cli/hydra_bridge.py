@@ -22,7 +22,28 @@ from nas_cli.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143
+HELP = ("--help", "-h")
+
+# keys that moved, so that an old command line gets the new name instead of "Could not override"
+RENAMED = {
+    "*": {"data.split_seed": "data.data_seed"},
+    "search-darts": {
+        "search.epochs": "trainer.epochs", "search.lr": "optim.lr", "search.momentum": "optim.momentum",
+        "search.weight_decay": "optim.weight_decay", "search.grad_clip": "trainer.grad_clip",
+        "search.lr_min": "sched.min_factor (a fraction of optim.lr)", "search.order": "arch.order",
+        "search.reuse_train_grad": "arch.reuse_train_grad", "search.arch_fraction": "arch.fraction",
+        "search.arch_lr": "arch.lr", "search.arch_betas": "arch.betas",
+        "search.arch_weight_decay": "arch.weight_decay", "search.max_skip": "arch.max_skip",
+        "search.heatmap": "arch.heatmap", "search.partial_channels": "supernet.partial_channels",
+        "search.edge_norm": "supernet.edge_norm", "space.name": "supernet=darts|chain", "space": "supernet",
+    },
+    "search-rl": {"child.lr": "optim.lr", "child.weight_decay": "optim.weight_decay",
+                  "controller.space": "space=zoph|metaqnn", "space.zoph": "space (with space=zoph)",
+                  "space.metaqnn": "space (with space=metaqnn)"},
+    "dqn": {"agent.lr": "optim.lr", "agent.max_grad_norm": "agent.grad_clip", "checkpoint": "source"},
+    "prep-imagenet": {"subset_seed": "seed"},
+}
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "provider=")
 _STOP = "Config search path"  # Hydra appends its search path: never what the user needs
@@ -137,14 +158,24 @@ def _options_joined(lines: list[str]) -> list[str]:
 
 @contextmanager
 def exit_on_error(command: str):
-    """Turn any failure into one line on stderr and a non-zero exit (a traceback only on request)."""
+    """Turn any failure into one line on stderr and a non-zero exit (a traceback only on request).
+
+    An interrupted run (SIGINT, SIGTERM) exits with 128 + the signal's number and says how to resume.
+    """
+    from nas_cli.runs.signals import Interrupted
+
     console = Console(stderr=True, highlight=False)
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         yield
-    except KeyboardInterrupt:
-        console.print(Text.assemble(("interrupted", "yellow"), f": resume with `nas-cli {command} resume=true`"))
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as ex:
+        code, how = EXIT_INTERRUPTED, "SIGINT"
+        if isinstance(ex, Interrupted):
+            code, how = ex.exit_code, (f"a second {ex.name}: from the last checkpoint" if ex.hard else ex.name)
+        where = getattr(ex, "run_dir", None) or "true"
+        console.print(Text.assemble(("interrupted", "yellow"),
+                                    f" ({how}): continue with `nas-cli {command} resume={where}`"), soft_wrap=True)
+        sys.exit(code)
     except Exception as ex:
         if user_wants_traceback:
             raise
@@ -153,16 +184,54 @@ def exit_on_error(command: str):
 
 
 def run(command: str, task: Callable, config_name: str, args: list[str]) -> None:
-    """Run ``task`` under Hydra with the user's tokens; exit non-zero on any error."""
+    """Run ``task`` under Hydra with the user's tokens; exit non-zero on any error.
+
+    SIGINT and SIGTERM only ask the run to stop from here on (``nas_cli.runs.signals``).
+    """
     import hydra
 
-    from nas_cli.engine.resume import resolve_resume
+    from nas_cli.runs import signals
+    from nas_cli.runs.resume import resolve_resume
 
-    with exit_on_error(command):
+    with exit_on_error(command), signals.handled():
+        _refuse_renamed(command, args)
+        if any(a in HELP for a in args):
+            print(command_help(config_name, [a for a in args if a not in HELP]))
+            return
         args = _for_this_process(resolve_resume(config_name, args))  # run folders are named after the config
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
             main()
+
+
+def _refuse_renamed(command: str, args: list[str]) -> None:
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        for old, new in {**RENAMED["*"], **RENAMED.get(command, {})}.items():
+            if key == old or key.startswith(old + "."):
+                raise UserError(f"{old} is now {new} (see nas-cli {command} --help)")
+
+
+def command_help(config_name: str, overrides: list[str]) -> str:
+    """Hydra's help, but listing only the config groups this command composes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    overrides = [o for o in overrides if not o.startswith("-")]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        groups = sorted(g for g in cfg.hydra.runtime.choices if not g.startswith("hydra/"))
+        listing = [f"{g}: {', '.join(loader.get_group_options(g))}" for g in groups]
+    header, footer = cfg.hydra.help.header, cfg.hydra.help.footer
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return "\n".join([header.rstrip(), "", "== Configuration groups ==",
+                      "Compose your configuration from those groups (group=option)", "", *listing, "",
+                      "== Config ==", "Override anything in the config (foo.bar=value)", "",
+                      OmegaConf.to_yaml(cfg).rstrip(), "", footer.rstrip()])
 
 
 def _for_this_process(args: list[str]) -> list[str]:

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import cli, summary
-from omegaconf import OmegaConf
 
-from nas_cli.rl.dqn import DQN, td_loss, train
-from nas_cli.rl.envs import make_envs
-from nas_cli.rl.networks import DuelingHead, NumpyGreedy, QNetwork
-from nas_cli.rl.replay import Batch, ReplayBuffer
+from nas_cli.agents.dqn import DQN, td_loss, train
+from nas_cli.agents.envs import EnvSpec, make_envs
+from nas_cli.agents.networks import DuelingHead, NumpyGreedy, QNetwork
+from nas_cli.agents.replay import Batch, ReplayBuffer
+from nas_cli.runs.lifecycle import Run
 
 
 def test_replay_is_a_ring_and_samples_what_was_stored():
@@ -143,10 +143,9 @@ def test_epsilon_falls_linearly_then_stays():
 def test_the_step_after_an_episode_end_is_not_stored(tmp_path):
     from nas_cli.engine import checkpoint
 
-    env = OmegaConf.create({"id": "CartPole-v1", "num_envs": 2, "asynchronous": False, "atari": False,
-                            "threshold": None})
+    env = EnvSpec("CartPole-v1", num_envs=2)
     agent = DQN(learning_starts=10_000, buffer_size=5000, hidden=[8])  # random play only
-    result = train(agent, env, tmp_path, total_steps=1000, seed=0, device=torch.device("cpu"), eval_every=1000,
+    result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=1000, eval_every=1000,
                    eval_episodes=1, log_every=500, progress=False)
     replay = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["replay"]
     episodes = result["episodes"]
@@ -175,7 +174,7 @@ def test_cartpole_smoke_run_then_eval_mode(tmp_path):
     assert rows["eval_return"].notna().sum() == 2
     assert record["best_eval_return"] == rows["eval_return"].max()
 
-    out = cli("dqn", "mode=eval", f"checkpoint={run}", "eval.episodes=4", f"hydra.run.dir={tmp_path / 'ev'}",
+    out = cli("dqn", "mode=eval", f"source={run}", "eval.episodes=4", f"hydra.run.dir={tmp_path / 'ev'}",
               cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert summary(tmp_path / "ev")["episodes"] == 4
@@ -183,7 +182,7 @@ def test_cartpole_smoke_run_then_eval_mode(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["env.id=CartPole-v99"], "unknown environment"),
-    (["mode=eval"], "mode=eval needs checkpoint"),
+    (["mode=eval"], "mode=eval needs source"),
     (["agent.aggregation=median", "agent.dueling=true"], "agent.aggregation=median"),
     (["agent.hidden=[]", "agent.dueling=true"], "agent.dueling=true needs agent.hidden"),
     (["env.num_envs=0"], "env.num_envs=0"),
@@ -203,10 +202,9 @@ def test_nature_cnn_has_the_published_shape():
 
 def test_atari_loop_learns_from_frame_stacks(tmp_path):
     pytest.importorskip("ale_py")
-    env = OmegaConf.create({"id": "ALE/Pong-v5", "num_envs": 2, "asynchronous": False, "atari": True,
-                            "threshold": None})
+    env = EnvSpec("ALE/Pong-v5", num_envs=2, atari=True)
     agent = DQN(learning_starts=40, buffer_size=200, batch_size=8, train_frequency=20, gradient_steps=1)
-    result = train(agent, env, tmp_path, total_steps=80, seed=0, device=torch.device("cpu"), eval_every=10_000,
+    result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=80, eval_every=10_000,
                    eval_episodes=1, log_every=40, progress=False)
     assert result["steps"] == 80
     rows = pd.read_csv(tmp_path / "metrics.csv")

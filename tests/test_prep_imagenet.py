@@ -191,7 +191,7 @@ def test_interruption_then_resume(src, tmp_path, monkeypatch):
             partial = extract.partial_dir(Path(root), wnid)
             partial.mkdir(parents=True)
             (partial / "half.JPEG").write_bytes(b"\xff\xd8")
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # a hard stop: nothing after the last recorded class is trusted
         return real(train_tar, offset, size, wnid, root, *rest)
 
     monkeypatch.setattr(prepare, "extract_class", crash_in_second_class)

@@ -19,10 +19,13 @@ from nas_cli.engine.trainer import Trainer
 from nas_cli.errors import UserError
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.models.mlp import MLP
+from nas_cli.runs.lifecycle import Run
 
 
-def quiet_trainer(run_dir, **kwargs) -> Trainer:
-    return Trainer(device=torch.device("cpu"), run_dir=run_dir, progress=False, **kwargs)
+def quiet_fit(run_dir, epochs: int, *args, **kwargs) -> dict:
+    """``Trainer.fit`` as a run of its own in ``run_dir``."""
+    trainer = Trainer(epochs=epochs, device=torch.device("cpu"), progress=False)
+    return trainer.fit(*args, run=Run(run_dir, "train", seed=None, device="cpu"), **kwargs)
 
 
 def tiny_data(seed=0):
@@ -34,8 +37,8 @@ def test_ema_weights_equal_a_hand_computed_ema(tmp_path):
     model = MLP((1, 6, 6), 3, width=8, depth=1)
     twin = copy.deepcopy(model)
     decay = 0.9
-    quiet_trainer(tmp_path, epochs=2).fit(model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train,
-                                           tiny_data().val, generator=tiny_data().generator, ema_decay=decay)
+    quiet_fit(tmp_path, 2, model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train, tiny_data().val,
+              generator=tiny_data().generator, ema_decay=decay)
     # the same steps by hand: identical init, identical batch order
     data = tiny_data()
     opt = torch.optim.SGD(twin.parameters(), lr=0.1)
@@ -58,8 +61,8 @@ def test_polyak_is_the_running_mean_of_iterates(tmp_path):
     torch.manual_seed(0)
     model = MLP((1, 6, 6), 3, width=4, depth=0)
     twin = copy.deepcopy(model)
-    quiet_trainer(tmp_path, epochs=1).fit(model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train,
-                                           tiny_data().val, generator=tiny_data().generator, ema_decay="polyak")
+    quiet_fit(tmp_path, 1, model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train, tiny_data().val,
+              generator=tiny_data().generator, ema_decay="polyak")
     opt = torch.optim.SGD(twin.parameters(), lr=0.1)
     iterates = [[p.detach().clone() for p in twin.parameters()]]
     for x, y in tiny_data().train:
@@ -110,7 +113,7 @@ def test_independent_ensemble_members_and_ensemble_accuracy(tmp_path, train_task
     assert pd.read_csv(tmp_path / "members.csv")["seed"].tolist() == [0, 1, 2]
     from nas_cli.report.collect import collect
 
-    frame, _ = collect(tmp_path)
+    frame, _, _ = collect(tmp_path)
     assert len(frame) == 1  # members belong to the run, not to the table
 
 

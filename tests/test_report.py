@@ -87,7 +87,8 @@ def test_single_run_shows_its_overrides(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"rows": "model.depth", "cols": "seed"}, "not an override key"),
     ({"rows": "model.width", "cols": "seed", "value": "speed"}, "not a summary figure"),
-    ({"rows": "model.width"}, "needs both"),
+    ({"cols": "model.depth"}, "use one of: model.width, optim.weight_decay, seed"),
+    ({"rows": "model.width", "value": "speed"}, "not a summary figure"),
 ])
 def test_bad_pivot_requests_are_user_errors(sweep, kwargs, message):
     root, _ = sweep
@@ -98,3 +99,133 @@ def test_bad_pivot_requests_are_user_errors(sweep, kwargs, message):
 def test_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no runs under"):
         report.main(tmp_path)
+
+
+def test_rows_alone_gives_a_row_per_value_with_mean_std_over_seeds(sweep):
+    root, accs = sweep
+    table = report.main(root, rows="model.width")
+    assert list(table.columns) == ["Width", "Validation Accuracy", "n"]
+    assert table["Width"].tolist() == ["96", "192", "256"]  # numeric order, not text
+    for width in (96, 192):
+        values = [acc for (w, _, _), acc in accs.items() if w == width]  # both weight decays, 3 seeds each
+        row = table[table["Width"] == str(width)].iloc[0]
+        assert row["Validation Accuracy"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert row["n"] == 6
+    # one seed (diverged at 0.1, the other job has no figure): the plain mean, no ±
+    assert table[table["Width"] == "256"].iloc[0].tolist() == ["256", "0.1000", 2]
+    assert pd.read_csv(root / "report.csv", dtype=str).columns.tolist() == ["Width", "Validation Accuracy", "n"]
+
+
+def test_cols_alone_gives_one_row_with_a_column_per_value(sweep):
+    root, _ = sweep
+    table = report.main(root, cols="optim.weight_decay", value="train_loss")
+    assert list(table.columns) == ["Weight Decay", "0", "5e-05"] and len(table) == 1
+    losses = [0.05 + seed / 100 for _ in (96, 192) for seed in (0, 1, 2)]  # the ok jobs; the diverged one is NaN
+    expected = f"{statistics.mean(losses):.5f} ± {statistics.stdev(losses):.5f}"
+    assert table.iloc[0].tolist() == ["Training Loss", expected, expected]
+
+
+def test_one_key_without_seeds_is_a_plain_mean(tmp_path):
+    for n, (width, lr, acc) in enumerate([(8, "0.1", 0.5), (8, "0.01", 0.75), (16, "0.1", 0.625)]):
+        fake_job(tmp_path / str(n), {"model.width": width, "optim.lr": lr}, ok(acc))
+    table = report.main(tmp_path, rows="model.width")
+    assert table.to_dict("records") == [{"Width": "8", "Validation Accuracy": f"{(0.5 + 0.75) / 2:.4f}"},
+                                        {"Width": "16", "Validation Accuracy": "0.6250"}]
+
+
+def write_metrics(folder, rows: list[dict]):
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+
+
+def test_unfinished_runs_show_their_last_metrics_row(tmp_path):
+    epochs = [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.5, "val_loss": 0.8, "val_acc": 0.625},
+              {"epoch": 2, "train_loss": 0.7, "train_acc": 0.6875, "val_loss": 0.6, "val_acc": 0.8125}]
+    fake_job(tmp_path / "0", {"optim.lr": "0.1"}, ok(0.9))
+    interrupted = fake_job(tmp_path / "1", {"optim.lr": "0.2"}, {"status": "interrupted", "train_loss": 0.75})
+    write_metrics(interrupted, epochs)
+    dead = fake_job(tmp_path / "2", {"optim.lr": "0.3"}, None)  # overrides and metrics.csv, no summary
+    write_metrics(dead, epochs[:1])
+    running = fake_job(tmp_path / "3", {"optim.lr": "0.4"}, {"status": "running"})
+    (running / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc\n")  # no row yet
+    done = fake_job(tmp_path / "4", {"optim.lr": "0.5"}, {"status": "ok", "val_acc": 0.5})
+    write_metrics(done, epochs)  # a finished run's summary is never patched
+    rows = {r["Lr"]: r for r in report.main(tmp_path).to_dict("records")}
+    last = pd.read_csv(interrupted / "metrics.csv").iloc[-1]
+    assert last["val_acc"] == 0.8125
+    assert rows["0.2"] == {"Lr": "0.2", "Training Loss": "0.75000",  # the summary's own figure is kept
+                           "Training Accuracy": f"{last['train_acc']:.4f}",
+                           "Validation Accuracy": "0.8125", "Status": "interrupted"}
+    first = pd.read_csv(dead / "metrics.csv").iloc[-1]
+    assert rows["0.3"] == {"Lr": "0.3", "Training Loss": f"{first['train_loss']:.5f}",
+                           "Training Accuracy": f"{first['train_acc']:.4f}",
+                           "Validation Accuracy": f"{first['val_acc']:.4f}", "Status": "failed"}
+    assert [rows["0.4"][c] for c in ("Validation Accuracy", "Status")] == ["-", "running"]
+    assert [rows["0.5"][c] for c in ("Training Loss", "Validation Accuracy", "Status")] == ["-", "0.5000", "ok"]
+
+
+def test_same_overrides_are_told_apart_by_their_folder(tmp_path):
+    for name, width, acc in [("a", 8, 0.5), ("a-resumed", 8, 0.625), ("b", 16, 0.75)]:
+        fake_job(tmp_path / name, {"model.width": width}, ok(acc))
+    table = report.main(tmp_path)
+    assert table[["Run", "Width", "Validation Accuracy"]].values.tolist() == [
+        ["a", "8", "0.5000"], ["a-resumed", "8", "0.6250"], ["b", "16", "0.7500"]]
+    assert list(table.columns)[:2] == ["Run", "Width"]
+
+
+def test_a_run_without_overrides_is_named_by_its_folder(tmp_path):
+    run = fake_job(tmp_path / "2024-05-01_12-00-00", {}, ok(0.875))
+    table = report.main(run)
+    assert table.to_dict("records") == [{"Run": run.name, "Training Loss": "0.10000",
+                                         "Training Accuracy": "0.9000", "Validation Accuracy": "0.8750"}]
+
+
+def test_headline_columns_come_from_the_summaries(tmp_path):
+    dqn = ["best_eval_return", "train_return_last100", "solved_step"]
+    fake_job(tmp_path / "0", {"agent": "dqn"}, {"status": "ok", "command": "dqn", "headline": dqn,
+                                               "best_eval_return": 195.5, "train_return_last100": 180.25,
+                                               "solved_step": 12000, "steps": 20000})
+    fake_job(tmp_path / "1", {"agent": "double"}, {"status": "ok", "command": "dqn", "headline": dqn,
+                                                  "best_eval_return": 120.0, "train_return_last100": 99.5,
+                                                  "solved_step": None, "steps": 20000})
+    fake_job(tmp_path / "2", {"agent": "old"}, ok(0.5))  # a run from before summaries named their headline
+    table = report.main(tmp_path)
+    assert list(table.columns) == ["Agent", "Best Eval Return", "Train Return Last100", "Solved Step",
+                                   "Training Loss", "Training Accuracy", "Validation Accuracy"]
+    rows = {r["Agent"]: r for r in table.to_dict("records")}
+    assert [rows["dqn"][c] for c in ("Best Eval Return", "Solved Step", "Validation Accuracy")] == \
+        ["195.5000", "12000", "-"]  # an int stays an int, even where another run has none
+    assert [rows["double"][c] for c in ("Train Return Last100", "Solved Step")] == ["99.5000", "-"]
+    assert rows["old"]["Validation Accuracy"] == "0.5000" and rows["old"]["Best Eval Return"] == "-"
+
+
+@pytest.mark.parametrize("spans, cost, expected", [
+    ([[91, 100], [91, 100], None], True, "figures: mean of epochs 91-100"),
+    ([[8, 8], [8, 8]], False, "figures: epoch 8"),
+    ([[91, 100], [41, 50]], True, "figures: means over each run's last epochs (see summary.json averaged_epochs)"),
+    ([None, None], True, ""),
+    ([[8, 8], "null"], False, "figures: epoch 8"),  # a run stopped before its first epoch averages nothing
+])
+def test_caption_says_which_epochs_the_figures_average(tmp_path, capsys, spans, cost, expected):
+    hours = [0.25 * (n + 1) for n in range(len(spans))]
+    for n, (span, h) in enumerate(zip(spans, hours)):
+        record = {"status": "ok", "val_acc": 0.5, **({"device_hours": h} if cost else {}),
+                  **({"averaged_epochs": None if span == "null" else span} if span else {})}
+        fake_job(tmp_path / str(n), {"seed": n}, record)
+    report.main(tmp_path)
+    cost_text = f"total {sum(hours):.4f} device-hours" if cost else ""
+    caption = " · ".join(t for t in (cost_text, expected) if t)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[-2:] == ["", caption]
+    assert len(lines) == 2 + 1 + 2  # header, rule, one seed-group row, blank, caption
+    assert "figures" not in (tmp_path / "report.csv").read_text()
+    assert caption in " ".join(capsys.readouterr().out.split())  # the printed table's caption (rich wraps it)
+
+
+def test_help_says_either_key_alone_gives_a_one_key_table():
+    from typer.testing import CliRunner
+
+    from nas_cli.cli import app
+
+    out = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    assert " ".join(out.output.replace("│", " ").split()).count("alone a one-key table") == 2

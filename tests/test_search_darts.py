@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pandas as pd
 import pytest
@@ -17,9 +18,10 @@ from nas_cli.nas.darts.genotype import Genotype, derive
 from nas_cli.nas.darts.latency import LatencyTerm
 from nas_cli.nas.darts.ops import PRIMITIVES
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
+from nas_cli.runs.signals import Interrupted
 
 TINY_SEARCH = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
-               "data.noise=0.5", "space.layers=3", "space.init_channels=4", "space.nodes=2", "search.epochs=2",
+               "data.noise=0.5", "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
                "progress=false", "device=cpu", "latency.repeats=1", "latency.batch=4"]
 
 
@@ -41,7 +43,9 @@ def search_task():
     from nas_cli.commands import search_darts
 
     def run(run_dir, *overrides):
-        return search_darts.task(compose_search(run_dir, [*TINY_SEARCH, *overrides]))
+        tiny = TINY_SEARCH if "supernet=chain" not in overrides else [
+            o for o in TINY_SEARCH if not o.startswith("supernet.")]  # the cells' keys are not the chain's
+        return search_darts.task(compose_search(run_dir, [*tiny, *overrides]))
 
     yield run
     GlobalHydra.instance().clear()
@@ -178,7 +182,7 @@ def test_latency_weight_derives_a_faster_cell():
 
 def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_task, train_task):
     run = tmp_path / "search"
-    summary = search_task(run, "search.order=second", "latency.weight=0.1", "search.max_skip=1")
+    summary = search_task(run, "arch.order=second", "latency.weight=0.1", "arch.max_skip=1")
     assert summary["status"] == "ok" and summary["epochs"] == 2
     m = pd.read_csv(run / "metrics.csv")
     for col in ("train_loss", "train_acc", "val_loss", "val_acc", "alpha_entropy_normal", "skip_count",
@@ -190,7 +194,7 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
     assert json.loads((run / "summary.json").read_text())["genotype"] == Genotype.load(run).to_dict()
     assert summary["device_hours"] > 0 and summary["best_val_acc"] is not None
     # resume: extend the finished search by one epoch in its own folder, reusing the latency table
-    more = search_task(run, "search.order=second", "latency.weight=0.1", "search.max_skip=1", "search.epochs=3",
+    more = search_task(run, "arch.order=second", "latency.weight=0.1", "arch.max_skip=1", "trainer.epochs=3",
                        "resume=true", f"latency.table={run / 'latency.json'}")
     assert more["epochs"] == 3 and list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3]
     GlobalHydra.instance().clear()
@@ -201,37 +205,43 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
                          "trainer.epochs=1", "progress=false")
     assert trained["status"] == "ok" and trained["epochs"] == 1
     GlobalHydra.instance().clear()
-    with pytest.raises(UserError, match="needs search.order=second"):
-        search_task(tmp_path / "bad", "search.reuse_train_grad=true")
+    with pytest.raises(UserError, match="needs arch.order=second"):
+        search_task(tmp_path / "bad", "arch.reuse_train_grad=true")
     GlobalHydra.instance().clear()
-    reused = search_task(tmp_path / "reuse", "search.order=second", "search.reuse_train_grad=true", "search.epochs=1")
+    reused = search_task(tmp_path / "reuse", "arch.order=second", "arch.reuse_train_grad=true", "trainer.epochs=1")
     assert reused["status"] == "ok" and pd.read_csv(tmp_path / "reuse" / "metrics.csv").train_loss.notna().all()
 
 
 def test_resumed_search_matches_uninterrupted(tmp_path, search_task, monkeypatch):
-    from nas_cli.commands import search_darts
+    """SIGTERM in the middle of an epoch: a checkpoint at the next batch, and the resumed search
+    ends exactly where the uninterrupted one does."""
+    straight = search_task(tmp_path / "a", "arch.heatmap=false")
+    calls = {"n": 0}
+    real = Architect.step
 
-    straight = search_task(tmp_path / "a", "search.heatmap=false")
-    save = search_darts.checkpoint.save
+    def step_then_sigterm(self, *args, **kwargs):
+        calls["n"] += 1
+        real(self, *args, **kwargs)
+        if calls["n"] == 5:  # epoch 2 of 2, its second batch (3 weight batches an epoch)
+            signal.raise_signal(signal.SIGTERM)
 
-    def save_then_stop(path, state):
-        save(path, state)
-        raise KeyboardInterrupt  # interrupted right after the first epoch's checkpoint
-
-    monkeypatch.setattr(search_darts.checkpoint, "save", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        search_task(tmp_path / "b", "search.heatmap=false")
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(search_darts.checkpoint, "save", save)
-    resumed = search_task(tmp_path / "b", "search.heatmap=false", "resume=true")
+    monkeypatch.setattr(Architect, "step", step_then_sigterm)
+    with pytest.raises(Interrupted):
+        search_task(tmp_path / "b", "arch.heatmap=false")
+    record = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert record["status"] == "interrupted" and record["epochs"] == 1
+    saved = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["tally"]["loader"]["taken"] == 2  # stopped after batch 2 of epoch 2
+    monkeypatch.setattr(Architect, "step", real)
+    resumed = search_task(tmp_path / "b", "arch.heatmap=false", "resume=true")
     assert resumed["genotype"] == straight["genotype"]
     a, b = pd.read_csv(tmp_path / "a" / "metrics.csv"), pd.read_csv(tmp_path / "b" / "metrics.csv")
-    for col in ("train_loss", "val_loss", "val_acc", "alpha_entropy_normal"):
-        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-5), col
+    pd.testing.assert_frame_equal(a.drop(columns=["epoch_time_s", "samples_per_s"]),
+                                  b.drop(columns=["epoch_time_s", "samples_per_s"]), check_exact=True)
 
 
 def test_chain_space_searches_and_derives(tmp_path, search_task):
-    summary = search_task(tmp_path / "chain", "space.name=chain", "space.slots=2", "search.order=second")
+    summary = search_task(tmp_path / "chain", "supernet=chain", "supernet.slots=2", "arch.order=second")
     assert summary["status"] == "ok" and summary["genotype"]["space"] == "chain"
     assert len(summary["genotype"]["choices"]) == 2
     assert set(summary["genotype"]["choices"]) <= {"linear_20", "linear_30", "residual_20", "residual_30"}

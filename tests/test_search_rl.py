@@ -3,7 +3,9 @@ child evaluation with a cache, resume, and one tiny real-training smoke."""
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from nas_cli.hydra_bridge import config_dir
-from nas_cli.nas.rl import evaluate as evaluate_module
-from nas_cli.nas.rl.arch import ArchNet, key, load_arch, pool_size
-from nas_cli.nas.rl.evaluate import Evaluator
-from nas_cli.nas.rl.metaqnn import MetaQNN
-from nas_cli.nas.rl.reinforce import Reinforce
-from nas_cli.nas.rl.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace, size_bucket
+from nas_cli.nas import children as evaluate_module
+from nas_cli.nas.arch import ArchNet, key, load_arch, pool_size
+from nas_cli.nas.children import ChildOptions, Evaluator
+from nas_cli.nas.controllers.metaqnn import MetaQNN
+from nas_cli.nas.controllers.reinforce import Reinforce
+from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace, size_bucket
+from nas_cli.runs.signals import Interrupted
 
 SYNTH = ["reward=synthetic", "device=cpu"]
 
@@ -42,7 +45,7 @@ def search_task():
 
 
 def _history(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "history.csv").drop(columns=["seconds"])
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=["seconds"])
 
 
 # -- the architecture description ----------------------------------------------------------------
@@ -217,28 +220,33 @@ def test_reinforce_skip_penalty_pulls_density_to_target():
 # -- evaluation, cache, searches ------------------------------------------------------------------
 
 def test_cache_hit_does_no_training(tmp_path, monkeypatch):
-    cfg = compose_search(tmp_path, ["device=cpu", "child.epochs=1", "child.subset=50"])
     calls = []
     real = evaluate_module.train_child
     monkeypatch.setattr(evaluate_module, "train_child", lambda *a, **k: calls.append(1) or real(*a, **k))
-    data = evaluate_module.load_data(cfg.data, cfg.child, 0)
+    child = ChildOptions(epochs=1, subset=50)
+    data_config = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "digits.yaml"))
+    data = evaluate_module.load_data(data_config, child, 0)
     arch = ZophSpace(layers=2, filters=[4]).sample(np.random.default_rng(0))
-    ev = Evaluator(cfg, tmp_path, torch.device("cpu"), data, 0)
+
+    def evaluator(cache=None):
+        return Evaluator("accuracy", {}, tmp_path, torch.device("cpu"), data, data_config, 0, child,
+                         functools.partial(torch.optim.Adam, lr=0.01), None, cache=cache)
+
+    ev = evaluator()
     first, again = ev.evaluate([(0, arch), (1, arch)])  # a repeat within one batch
     assert len(calls) == 1 and not first["cache_hit"] and again["cache_hit"] and again["reward"] == first["reward"]
-    ev.save()
-    later = Evaluator(cfg, tmp_path, torch.device("cpu"), data, 0).evaluate([(2, arch)])  # from cache.json
+    later = evaluator(cache=json.loads(json.dumps(ev.cache))).evaluate([(2, arch)])  # a resumed search's cache
     assert len(calls) == 1 and later[0]["cache_hit"]
     assert not (tmp_path / "children" / "1").exists() and (tmp_path / "children" / "0" / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "random", "evolution", "random controller.space=metaqnn",
-                                        "evolution controller.space=metaqnn controller.population=4 controller.sample=2"])
+@pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "random", "evolution", "random space=metaqnn",
+                                        "evolution space=metaqnn controller.population=4 controller.sample=2"])
 def test_each_controller_searches_synthetic(tmp_path, search_task, controller):
     name, *extra = controller.split()
     s = search_task(tmp_path, f"controller={name}", *extra, *SYNTH, "search.children=12")
     assert s["status"] == "ok" and s["children"] == 12 and s["trained"] + s["cache_hits"] == 12
-    history = pd.read_csv(tmp_path / "history.csv")
+    history = pd.read_csv(tmp_path / "metrics.csv")
     assert list(history.columns[:6]) == ["step", "arch", "params", "reward", "seconds", "cache_hit"]
     assert len(history) == 12 and s["best_reward"] == pytest.approx(history["reward"].max())
     best = json.loads((tmp_path / "best_arch.json").read_text())
@@ -255,14 +263,14 @@ def test_resumed_search_continues_the_same_history(tmp_path, search_task, monkey
     def interrupted(self, arch):
         calls["n"] += 1
         if calls["n"] == 8:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGTERM)  # the search stops after this child (the end of its batch)
         return real(self, arch)
 
     monkeypatch.setattr(Evaluator, "_score_synthetic", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         search_task(tmp_path / "cut", f"controller={controller}", *SYNTH, "search.children=12")
     assert summary(tmp_path / "cut")["status"] == "interrupted"
-    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) < 12
+    assert len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) < 12
     monkeypatch.setattr(Evaluator, "_score_synthetic", real)
     s = search_task(tmp_path / "cut", f"controller={controller}", *SYNTH, "search.children=12", "resume=true")
     assert s["status"] == "ok" and s["children"] == 12
@@ -279,7 +287,7 @@ def test_resume_refuses_another_controller(tmp_path, search_task):
 
 def test_real_training_smoke_and_retrain_best(tmp_path, search_task, train_task):
     s = search_task(tmp_path / "search", "controller=reinforce", "device=cpu", "search.children=3", "child.epochs=1",
-                    "child.subset=100", "space.zoph.layers=2", "space.zoph.filters=[4,8]")
+                    "child.subset=100", "space.layers=2", "space.filters=[4,8]")
     assert s["status"] == "ok" and s["children"] == 3 and 0.0 <= s["best_reward"] <= 1.0
     assert s["device_hours"] > 0 and s["trained"] == len(list((tmp_path / "search" / "children").iterdir()))
     for child in (tmp_path / "search" / "children").iterdir():
@@ -291,7 +299,7 @@ def test_real_training_smoke_and_retrain_best(tmp_path, search_task, train_task)
 
 def test_workers_train_children_in_parallel(tmp_path, search_task):
     s = search_task(tmp_path, "controller=random", "device=cpu", "search.children=2", "search.workers=2",
-                    "child.epochs=1", "child.subset=50", "space.zoph.layers=1", "space.zoph.filters=[4]")
+                    "child.epochs=1", "child.subset=50", "space.layers=1", "space.filters=[4]")
     assert s["status"] == "ok" and s["children"] == 2
     assert sorted(p.name for p in (tmp_path / "children").iterdir()) == ["0", "1"]
 
@@ -300,6 +308,7 @@ def test_config_is_commented():
     text = (config_dir() / "search_rl.yaml").read_text().splitlines()
     body = [ln for ln in text[text.index("search:"):text.index("hydra:")] if ln.strip() and ":" in ln]
     assert all("#" in ln for ln in body if not ln.rstrip().endswith(":")), [ln for ln in body if "#" not in ln]
-    for name in ("reinforce", "metaqnn", "random", "evolution"):
+    for name, target in (("reinforce", "Reinforce"), ("metaqnn", "MetaQNN"), ("random", "RandomSearch"),
+                         ("evolution", "Evolution")):
         cfg = OmegaConf.load(config_dir() / "controller" / f"{name}.yaml")
-        assert cfg.name == name
+        assert cfg.get("controller", cfg)._target_.endswith(f".{name if name != 'random' else 'random_search'}.{target}")

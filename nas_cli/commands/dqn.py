@@ -6,66 +6,69 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from nas_cli.agents.dqn import DQN, HEADLINE, train
+from nas_cli.agents.envs import EnvSpec, greedy_returns
+from nas_cli.agents.plots import returns_plot
 from nas_cli.engine import checkpoint
-from nas_cli.engine.device import resolve_device, seed_everything
-from nas_cli.engine.resume import checkpoint_to_resume
+from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, versions
-from nas_cli.rl.dqn import BEST, DQN, train
-from nas_cli.rl.envs import greedy_returns, make_envs
-from nas_cli.rl.plots import returns_plot
+from nas_cli.runs.files import BEST, EVAL_RETURNS, METRICS, RETURNS_PLOT
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
+COMMAND = "dqn"
+EVAL_HEADLINE = ["eval_return_mean", "eval_return_std", "episodes"]
 
 
 def task(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    opts = RunOptions.from_config(cfg)
+    seed_everything(opts.seed)
     agent: DQN = instantiate(cfg.agent)
+    env = EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
     if cfg.mode == "eval":
-        return evaluate_saved(cfg, agent, device, run_dir)
+        return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes))
     if cfg.mode != "train":
         raise UserError(f"mode={cfg.mode}: use train or eval")
-    summary = train(agent, cfg.env, run_dir, total_steps=int(cfg.total_steps), seed=int(cfg.seed), device=device,
-                    eval_every=int(cfg.eval.every), eval_episodes=int(cfg.eval.episodes),
-                    log_every=int(cfg.log_every), resume_from=checkpoint_to_resume(cfg.resume, run_dir),
-                    progress=cfg.progress)
-    returns_plot(run_dir / "metrics.csv", run_dir / "returns.png", summary["threshold"])
+    total_steps = int(cfg.total_steps)
+    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,
+              budget={"total_steps": total_steps}, headline=HEADLINE)
+    summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),
+                    eval_episodes=int(cfg.eval.episodes), log_every=int(cfg.log_every),
+                    optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.sched), progress=opts.progress)
+    returns_plot(run.dir / METRICS, run.dir / RETURNS_PLOT, summary["threshold"])
     log.info(f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
              f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s")
     return summary
 
 
-def evaluate_saved(cfg: DictConfig, agent: DQN, device: torch.device, run_dir: Path) -> dict:
-    """Greedy returns of a saved agent over ``eval.episodes`` episodes."""
-    if not cfg.checkpoint:
-        raise UserError("mode=eval needs checkpoint=RUN_FOLDER or checkpoint=FILE.pt")
-    path = Path(cfg.checkpoint)
+def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int) -> dict:
+    """Greedy returns of a saved agent over ``episodes`` episodes, as a run of its own."""
+    if not source:
+        raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
+    path = Path(source)
     path = path / BEST if path.is_dir() else path
-    envs = make_envs(cfg.env.id, 1, cfg.env.atari)
-    agent.build(envs.single_observation_space.shape, int(envs.single_action_space.n), device)
+    envs = env.make()
+    agent.build(envs.single_observation_space.shape, int(envs.single_action_space.n), opts.device)
     envs.close()
-    state = checkpoint.load(path, map_location=device)
+    state = checkpoint.load(path, map_location=opts.device)
     try:
         agent.q.load_state_dict(state["model"] if "model" in state else state["agent"]["q"])
     except (KeyError, RuntimeError) as ex:
-        raise UserError(f"checkpoint={path} does not fit this agent/env config ({type(ex).__name__})") from ex
-    returns = greedy_returns(agent.q.eval(), cfg.env.id, int(cfg.eval.episodes), int(cfg.seed) + 20_000,
-                             cfg.env.atari, device)
-    summary = {"status": "ok", "mode": "eval", "checkpoint": str(path), "env": cfg.env.id,
-               "episodes": len(returns), "eval_return_mean": float(returns.mean()),
-               "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-               "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max()),
-               "seed": cfg.seed, "device": str(device), "versions": versions()}
-    RunRecord(run_dir).write_summary(summary)
-    np.savetxt(run_dir / "returns.txt", returns)
+        raise UserError(f"source={path} does not fit this agent/env config ({type(ex).__name__})") from ex
+    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume, headline=EVAL_HEADLINE)
+    with run:
+        returns = greedy_returns(agent.q.eval(), env.id, episodes, opts.seed + 20_000, env.atari, opts.device)
+        np.savetxt(run.dir / EVAL_RETURNS, returns)
+        run.figures = lambda: {
+            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
+            "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max())}
+    summary = run.summary
     log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} ± {summary['eval_return_std']:.1f}"
              f" (min {returns.min():.0f}, max {returns.max():.0f})")
     return summary

@@ -7,77 +7,94 @@ own validation images) or a torchvision model by name (checked on a seeded rando
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.table import Table
 
 from nas_cli.engine import checkpoint
-from nas_cli.engine.device import resolve_device, seed_everything
+from nas_cli.engine.device import seed_everything
+from nas_cli.engine.latency import median_latencies, n_params
+from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, run_cost
+from nas_cli.runs.files import CONFIG, FUSED
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.options import RunOptions
 from nas_cli.tools.fuse_bn import FuseReport, fuse_bn
-from nas_cli.tools.latency import median_latencies, n_params
 
 log = logging.getLogger(__name__)
 TORCHVISION = "torchvision:"
+COMMAND = "fuse-bn"
+HEADLINE = ["pairs_fused", "pairs_skipped", "max_rel_diff"]
+
+
+@dataclass
+class Source:
+    """What to fuse: a nas-cli run (folder or .pt) or ``torchvision:NAME`` (with these options)."""
+
+    source: str
+    weights: str | None = None  # torchvision only: a state_dict file (otherwise random weights and BN statistics)
+    num_classes: int = 1000  # torchvision only
+    input_shape: tuple[int, ...] = (3, 224, 224)  # torchvision only: the check's and the timing's input
 
 
 def task(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    start = time.perf_counter()
-    batch = max(cfg.batch_sizes)
-    model, inputs, described = load_source(cfg, batch)
-    model, inputs = model.to(device).eval(), inputs.to(device)
-    fused, report = fuse_bn(model, scale_warn=cfg.scale_warn)
-    with torch.inference_mode():
-        expected, got = model(inputs), fused(inputs)
-    max_abs = (expected - got).abs().max().item()
-    max_rel = max_abs / max(expected.abs().max().item(), 1e-12)
+    opts = RunOptions.from_config(cfg)
+    seed_everything(opts.seed)
+    batch_sizes = [int(b) for b in cfg.batch_sizes]
+    source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape))
+    model, inputs, described = load_source(source, max(batch_sizes), opts.seed)
+    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume, headline=HEADLINE)
+    done = run.finished()
+    if done is not None:
+        return done
+    figures: dict = {}
+    run.figures = lambda: figures
+    with run:
+        model, inputs = model.to(opts.device).eval(), inputs.to(opts.device)
+        fused, report = fuse_bn(model, scale_warn=float(cfg.scale_warn))
+        with torch.inference_mode():
+            expected, got = model(inputs), fused(inputs)
+        max_abs = (expected - got).abs().max().item()
+        figures.update({
+            "source": described, "method": report.method, "pairs_fused": len(report.fused),
+            "pairs_skipped": len(report.skipped),
+            "large_scale_channels": sum(p.large_scale_channels for p in report.fused),
+            "max_abs_diff": max_abs, "max_rel_diff": max_abs / max(expected.abs().max().item(), 1e-12),
+            "params_before": n_params(model), "params_after": n_params(fused)})
+        with TrainingProgress(opts.progress) as bar:
+            task_id = bar.add_task("timing", total=len(batch_sizes), info="")
+            for size in batch_sizes:
+                copies = -(-size // len(inputs))  # too few real inputs: repeat them
+                x = inputs.repeat(copies, *[1] * (inputs.dim() - 1))[:size]
+                times = median_latencies({"unfused": model, "fused": fused}, x, repeats=int(cfg.repeats))
+                run.record.log({"batch_size": size, "latency_ms_unfused": 1e3 * times["unfused"],
+                                "latency_ms_fused": 1e3 * times["fused"], "speedup": times["unfused"] / times["fused"]})
+                figures[f"speedup_bs{size}"] = times["unfused"] / times["fused"]
+                bar.tick(task_id)
+                run.stop_point()
+        checkpoint.save(run.dir / FUSED, {"model": fused.state_dict(), "source": source.source})
+    print_report(report, run.summary, run.record.rows)
+    return run.summary
 
-    record = RunRecord(run_dir)
-    for size in cfg.batch_sizes:
-        copies = -(-size // len(inputs))  # too few real inputs: repeat them
-        x = inputs.repeat(copies, *[1] * (inputs.dim() - 1))[:size]
-        times = median_latencies({"unfused": model, "fused": fused}, x, repeats=cfg.repeats)
-        record.log({"batch_size": size, "latency_ms_unfused": 1e3 * times["unfused"],
-                    "latency_ms_fused": 1e3 * times["fused"], "speedup": times["unfused"] / times["fused"]})
-    checkpoint.save(run_dir / "fused.pt", {"model": fused.state_dict(), "source": str(cfg.source)})
-    wall = time.perf_counter() - start
-    summary = {
-        "status": "ok", "source": described, "method": report.method,
-        "pairs_fused": len(report.fused), "pairs_skipped": len(report.skipped),
-        "large_scale_channels": sum(p.large_scale_channels for p in report.fused),
-        "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-        "params_before": n_params(model), "params_after": n_params(fused),
-        **{f"speedup_bs{r['batch_size']}": r["speedup"] for r in record.rows},
-        **run_cost(wall, device, cfg.seed),
-    }
-    record.write_summary(summary)
-    print_report(report, summary, record.rows)
-    return summary
 
-
-def load_source(cfg: DictConfig, batch: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
+def load_source(source: Source, batch: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
     """The model to fuse and a batch of inputs to check it on."""
-    source = str(cfg.source)
-    if source.startswith(TORCHVISION):
-        return _torchvision(source[len(TORCHVISION):], cfg, batch)
-    if not Path(source).exists():
-        raise UserError(f"source={source}: no such run folder or file (or use torchvision:NAME)")
-    weights = weights_file(source)
+    name = source.source
+    if name.startswith(TORCHVISION):
+        return _torchvision(name[len(TORCHVISION):], source, batch, seed)
+    if not Path(name).exists():
+        raise UserError(f"source={name}: no such run folder or file (or use torchvision:NAME)")
+    weights = weights_file(name)
     run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
-    config_file = run_dir / ".hydra" / "config.yaml"
+    config_file = run_dir / CONFIG
     if not config_file.is_file():
-        raise UserError(f"source={source}: no {config_file} to rebuild the model from (is it a nas-cli run?)")
+        raise UserError(f"source={name}: no {config_file} to rebuild the model from (is it a nas-cli run?)")
     run_cfg = OmegaConf.load(config_file)
     data = instantiate(run_cfg.data, seed=run_cfg.get("seed", 0))
     model = instantiate(run_cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
@@ -91,19 +108,20 @@ def load_source(cfg: DictConfig, batch: int) -> tuple[torch.nn.Module, torch.Ten
     return model, torch.cat(images)[:batch], f"{weights} ({type(model).__name__} on {data.name})"
 
 
-def _torchvision(name: str, cfg: DictConfig, batch: int):
+def _torchvision(name: str, source: Source, batch: int, seed: int):
     from torchvision.models import get_model, list_models
 
     if name not in list_models():
         raise UserError(f"unknown torchvision model '{name}' (e.g. resnet18, mobilenet_v2, vgg11_bn)")
-    model = get_model(name, weights=None, num_classes=cfg.num_classes)
-    if cfg.weights:
-        model.load_state_dict(_state_dict(cfg.weights))
+    model = get_model(name, weights=None, num_classes=source.num_classes)
+    if source.weights:
+        model.load_state_dict(_state_dict(source.weights))
     else:  # fresh statistics (mean 0, var 1) make folding nearly the identity: give it something to get wrong
-        randomize_bn_stats(model, cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    inputs = torch.randn(batch, *cfg.input_shape, generator=generator)
-    return model, inputs, f"torchvision {name} ({'weights ' + str(cfg.weights) if cfg.weights else 'random weights'})"
+        randomize_bn_stats(model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(batch, *source.input_shape, generator=generator)
+    weights = f"weights {source.weights}" if source.weights else "random weights"
+    return model, inputs, f"torchvision {name} ({weights})"
 
 
 def randomize_bn_stats(model: torch.nn.Module, seed: int) -> None:

@@ -7,29 +7,34 @@ variants, NES per population size, CDG (the reference). Protocol (``nas_cli.grad
 each num_dim x init x batch, every estimator's gradient, one step per lr of the grid, the loss decrease,
 the cosine to CDG. Writes ``metrics.csv`` (one row per num_dim x estimator x lr x init x batch),
 ``best.csv`` / ``best.md`` (the summary table), ``curves.csv``, two PNG plots and ``summary.json``.
+Every block is a safe point: an interrupted run resumes with the blocks it has not done yet.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.table import Table
 
-from nas_cli.engine.device import resolve_device, seed_everything
+from nas_cli.engine.device import seed_everything
+from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
 from nas_cli.gradients import plots, protocol
-from nas_cli.record import RunRecord, run_cost
+from nas_cli.runs.files import BEST_MARKDOWN, BEST_TABLE, CURVES, DIM_PLOT, LR_PLOT, METRICS
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.options import RunOptions
+from nas_cli.runs.record import atomic_write
 
 log = logging.getLogger(__name__)
+COMMAND = "grad-bench"
+HEADLINE = ["winners", "rows"]
 
 
-def settings(cfg: DictConfig) -> protocol.Settings:
+def settings(cfg: DictConfig, seed: int) -> protocol.Settings:
     """The protocol's settings from the config (``lr.grid`` set: that exact grid)."""
     def as_list(value, key):
         value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
@@ -54,49 +59,59 @@ def settings(cfg: DictConfig) -> protocol.Settings:
             fitness_shaping=bool(cfg.nes.fitness_shaping), delta=float(cfg.cdg.delta),
             k=float(cfg.ste.k), beta=float(cfg.ste.beta), teacher_seed=int(cfg.teacher.seed),
             teacher_scale=float(cfg.teacher.scale), teacher_noise=float(cfg.teacher.noise),
-            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=int(cfg.seed))
+            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=seed)
     except (TypeError, ValueError) as ex:
         raise UserError(f"bad grad-bench setting: {ex}") from ex
 
 
 def task(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    s = settings(cfg)
+    opts = RunOptions.from_config(cfg)
+    s = settings(cfg, opts.seed)
     protocol.validate(s)
-    device = resolve_device(cfg.device)
     seed_everything(s.seed)
-    start = time.perf_counter()
-    record = RunRecord(run_dir)
+    run = Run(opts.run_dir, COMMAND, seed=s.seed, device=opts.device, resume=opts.resume, headline=HEADLINE)
+    done = run.finished()
+    if done is not None:
+        return done
+    record = run.record
+    if run.resume and (run.dir / METRICS).is_file():  # every block was written whole: keep them, run the rest
+        record.rows = pd.read_csv(run.dir / METRICS).to_dict("records")
+    finished = {(int(r["num_dim"]), int(r["init"]), int(r["batch"])) for r in record.rows}
+    figures: dict = {}
+    run.figures = lambda: figures
+    with run, TrainingProgress(opts.progress) as bar:
+        task_id = bar.add_task("blocks", total=len(protocol.blocks(s)), completed=len(finished), info="")
 
-    def on_rows(block: list[dict]) -> None:  # metrics.csv rewritten after every block: a crash keeps the rows
-        record.rows.extend(block)
-        record.write_metrics()
+        def on_rows(block: list[dict]) -> None:  # metrics.csv rewritten after every block: a crash keeps the rows
+            record.rows.extend(block)
+            record.write_metrics()
+            bar.tick(task_id)
+            run.stop_point()
 
-    protocol.run(s, device, on_rows=on_rows, on_progress=log.info)
-    curves, best = protocol.summarize(record.rows)
-    curves.to_csv(run_dir / "curves.csv", index=False)
-    best.to_csv(run_dir / "best.csv", index=False)
-    (run_dir / "best.md").write_text(best_markdown(best))
-    pngs = []
-    if cfg.plots:
-        pngs = [plots.loss_decrease_vs_lr(curves, run_dir / plots.LR_PLOT).name,
-                plots.best_decrease_vs_dim(best, run_dir / plots.DIM_PLOT).name]
-    wall = time.perf_counter() - start
-    summary = {
-        "status": "ok", "num_dims": s.num_dims, "estimators": protocol.estimator_names(s),
-        "num_init": s.num_init, "num_batch": s.num_batch, "batch_size": s.batch_size, "num_lrs": len(s.lrs),
-        "rows": len(record.rows),
+        protocol.run(s, opts.device, on_rows=on_rows, on_progress=log.info, skip=finished)
+        figures.update(_write_results(s, record.rows, run.dir, bool(cfg.plots)))
+    print_table(pd.read_csv(run.dir / BEST_TABLE))
+    return run.summary
+
+
+def _write_results(s: protocol.Settings, rows: list[dict], run_dir: Path, plot: bool) -> dict:
+    """best.csv, best.md, curves.csv and the plots; returns the summary's figures."""
+    curves, best = protocol.summarize(rows)
+    atomic_write(run_dir / CURVES, lambda tmp: curves.to_csv(tmp, index=False))
+    atomic_write(run_dir / BEST_TABLE, lambda tmp: best.to_csv(tmp, index=False))
+    atomic_write(run_dir / BEST_MARKDOWN, lambda tmp: Path(tmp).write_text(best_markdown(best)))
+    pngs = [plots.loss_decrease_vs_lr(curves, run_dir / LR_PLOT).name,
+            plots.best_decrease_vs_dim(best, run_dir / DIM_PLOT).name] if plot else []
+    winner = {str(d): part.loc[part["best_loss_decrease"].idxmax(), "estimator"] for d, part in best.groupby("num_dim")}
+    return {
+        "num_dims": s.num_dims, "estimators": protocol.estimator_names(s), "num_init": s.num_init,
+        "num_batch": s.num_batch, "batch_size": s.batch_size, "num_lrs": len(s.lrs), "rows": len(rows),
+        "winners": ", ".join(f"d{d}: {e}" for d, e in winner.items()),
         **{f"best_loss_decrease/d{r.num_dim}/{r.estimator}": float(r.best_loss_decrease) for r in best.itertuples()},
         **{f"best_lr/d{r.num_dim}/{r.estimator}": float(r.best_lr) for r in best.itertuples()},
         **{f"cosine_to_cdg/d{r.num_dim}/{r.estimator}": float(r.cosine_to_cdg) for r in best.itertuples()},
-        "winner": {str(d): part.loc[part["best_loss_decrease"].idxmax(), "estimator"]
-                   for d, part in best.groupby("num_dim")},
-        "best": best.to_dict(orient="records"), "plots": pngs,
-        **run_cost(wall, device, s.seed),
+        "winner": winner, "best": best.to_dict(orient="records"), "plots": pngs,
     }
-    record.write_summary(summary)
-    print_table(best)
-    return summary
 
 
 def best_markdown(best: pd.DataFrame) -> str:

@@ -8,36 +8,42 @@ import pandas as pd
 from rich import get_console
 from rich.table import Table
 
-from nas_cli.record import atomic_write
 from nas_cli.report.collect import collect
 from nas_cli.report.plots import learning_curves
-from nas_cli.report.tables import long_table, pivot_table, varying
+from nas_cli.report.tables import long_table, needs_run, one_key_table, pivot_table, varying
+from nas_cli.runs.record import atomic_write
 
 
 def main(path: Path, rows: str | None = None, cols: str | None = None, value: str = "val_acc",
          plot: bool = False, group: bool = True) -> pd.DataFrame:
-    from nas_cli.errors import UserError
-
-    if (rows is None) != (cols is None):
-        raise UserError("a pivot needs both --rows KEY and --cols KEY")
-    frame, keys = collect(path)
+    frame, keys, headline = collect(path)
     out_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    if rows:
+    if rows and cols:
         table, title = pivot_table(frame, keys, rows, cols, value), f"{value}: {rows} x {cols}"
+    elif rows or cols:
+        table, title = one_key_table(frame, keys, rows or cols, value, across=not rows), f"{value} by {rows or cols}"
     else:
-        table, title = long_table(frame, keys, group=group), f"{len(frame)} jobs under {path}"
+        table, title = long_table(frame, keys, headline, group=group), f"{len(frame)} jobs under {path}"
+    note = caption(frame)
+    markdown = to_markdown(table) + (f"\n\n{note}" if note else "")
     atomic_write(out_dir / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(to_markdown(table) + "\n"))
+    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(markdown + "\n"))
     console = get_console()
-    console.print(to_rich(table, title, caption=_cost(frame)))
+    console.print(to_rich(table, title, caption=note))
     written = [out_dir / "report.md", out_dir / "report.csv"]
     if plot:
         shown = varying(frame, keys)
-        labels = [", ".join(f"{k}={job[k]}" for k in shown) or job["job"] for _, job in frame.iterrows()]
+        shown += ["job"] if needs_run(frame, shown) else []  # same overrides: the folder tells curves apart
+        labels = [", ".join(f"{k}={job[k]}" for k in shown) for _, job in frame.iterrows()]
         png = learning_curves(frame, labels, out_dir / "curves.png")
         written += [png] if png else []
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
     return table
+
+
+def caption(frame: pd.DataFrame) -> str:
+    """What the table's figures cost and which epochs they average, for the printed table and report.md."""
+    return " · ".join(part for part in (_cost(frame), _averaged(frame)) if part)
 
 
 def _cost(frame: pd.DataFrame) -> str:
@@ -46,6 +52,17 @@ def _cost(frame: pd.DataFrame) -> str:
     gpu = frame["gpu_hours"].sum() if "gpu_hours" in frame else 0.0
     text = f"total {frame['device_hours'].sum():.4f} device-hours"
     return text + (f" ({gpu:.4f} GPU-hours)" if gpu else "")
+
+
+def _averaged(frame: pd.DataFrame) -> str:
+    """The summaries' ``averaged_epochs`` [first, last], where they say: one span for all, or a pointer."""
+    spans = set(frame["averaged_epochs"].dropna()) if "averaged_epochs" in frame else set()
+    if len(spans) > 1:
+        return "figures: means over each run's last epochs (see summary.json averaged_epochs)"
+    if not spans:
+        return ""
+    first, last = spans.pop()
+    return f"figures: epoch {last}" if first == last else f"figures: mean of epochs {first}-{last}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:

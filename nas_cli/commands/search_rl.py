@@ -1,24 +1,35 @@
 """``nas-cli search-rl``: neural architecture search where an agent proposes child networks.
 
-Each child is trained briefly by the one training engine and its validation accuracy is the
-controller's reward (or ``reward=synthetic``: a fixed score, for comparing strategies in seconds).
-Controllers: ``reinforce`` (Zoph & Le 2017), ``metaqnn`` (Baker et al. 2017), ``random``, ``evolution``.
+Each child is trained briefly by the one training engine (the ``optim`` / ``sched`` groups) and its
+validation accuracy is the controller's reward (or ``reward=synthetic``: a fixed score, for comparing
+strategies in seconds). Controllers (``conf/controller/``): ``reinforce`` (Zoph & Le 2017), ``metaqnn``
+(Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph`` or ``metaqnn``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from nas_cli.nas.children import ChildOptions, Evaluator, load_data
+from nas_cli.nas.search_loop import HEADLINE, search
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.options import RunOptions
 
-from nas_cli.engine.device import resolve_device
-from nas_cli.nas.rl.search import search
+COMMAND = "search-rl"
 
 
 def task(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    return search(cfg, run_dir, resolve_device(cfg.device))
+    opts = RunOptions.from_config(cfg)
+    child = ChildOptions(**OmegaConf.to_container(cfg.child, resolve=True))
+    data_config = OmegaConf.to_container(cfg.data, resolve=True)
+    data = load_data(data_config, child, opts.seed)
+    space = instantiate(cfg.space, in_shape=data.in_shape, _convert_="all")
+    controller = instantiate(cfg.controller, space=space, seed=opts.seed, _convert_="all")
+    evaluator = Evaluator(str(cfg.reward), OmegaConf.to_container(cfg.synthetic, resolve=True), opts.run_dir,
+                          opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
+                          schedule=instantiate(cfg.sched), workers=int(cfg.search.workers))
+    children = int(cfg.search.children)
+    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,
+              budget={"search.children": children}, headline=HEADLINE)
+    return search(controller, evaluator, run, children, progress=opts.progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from nas_cli.errors import UserError
-from nas_cli.record import atomic_write
+from nas_cli.runs.record import atomic_write
 
 FORMAT = "nas-cli/checkpoint/1"
 

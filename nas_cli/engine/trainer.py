@@ -1,10 +1,14 @@
 """The training engine: one epoch loop for every command that trains a network.
 
-``Trainer.fit`` owns device placement, mixed precision, the per-iteration lr
-schedule, explicit penalties, weight averaging (EMA), snapshot ensembles,
-evaluation, the run record (``metrics.csv``, ``steps.csv``, ``summary.json``),
-atomic checkpoints every epoch, exact resume and divergence detection. Commands
-whose step differs (a bilevel NAS step, say) pass their own ``loss_fn``.
+``Trainer.fit`` owns device placement, mixed precision, the per-iteration lr schedule,
+explicit penalties, weight averaging (EMA), snapshot ensembles, evaluation, the rows of the
+run record (``metrics.csv``, ``steps.csv``), checkpoints, exact resume and divergence
+detection, inside the run's lifecycle (``nas_cli.runs.lifecycle.Run``). Commands whose step
+differs pass their own ``loss_fn`` (search-darts: the bilevel step), the extra state it keeps
+(``extra_state``), per-epoch columns (``on_epoch_end``) and summary figures (``figures``).
+
+Safe points: after every training batch (SIGINT/SIGTERM there write a mid-epoch checkpoint
+that resumes at the next batch, to the same result) and after every epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from rich import get_console
 from rich.table import Table
 from torch import nn
 
+from nas_cli.data.resumable import LoaderPass
 from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
@@ -31,23 +35,61 @@ from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.regularizers import Regularizer
-from nas_cli.engine.resume import CHECKPOINT
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.smoothing import smooth
 from nas_cli.errors import UserError
-from nas_cli.record import RunRecord, atomic_write, run_cost
+from nas_cli.runs import signals
+from nas_cli.runs.files import EMA_WEIGHTS, SNAPSHOTS, STEPS, WEIGHTS
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.record import RunRecord, atomic_write
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
-WEIGHTS, EMA_WEIGHTS, STEPS, SNAPSHOTS = "model.pt", "model_ema.pt", "steps.csv", "snapshots"
+HEADLINE = ["train_loss", "train_acc", "val_acc"]  # what report shows first for a training run
+
+
+class EpochTally:
+    """The running sums of the epoch in progress, and where its pass over the data stands."""
+
+    def __init__(self, loader_pass: LoaderPass, device: torch.device, state: dict | None = None):
+        self.loader_pass = loader_pass
+        s = state or {}
+        self.loss_sum = torch.tensor(float(s.get("loss_sum", 0.0)), device=device)
+        self.penalty_sum = torch.tensor(float(s.get("penalty_sum", 0.0)), device=device)
+        self.correct = torch.tensor(int(s.get("correct", 0)), dtype=torch.long, device=device)
+        self.seen = int(s.get("seen", 0))
+        self.losses = [torch.tensor(v, device=device) for v in s.get("losses", [])]  # per batch, 0-d
+        self.counts: list[int] = list(s.get("counts", []))
+        self.lr = s.get("lr")
+
+    def add(self, loss: torch.Tensor, penalty: torch.Tensor | None, logits: torch.Tensor, y: torch.Tensor,
+            lr: float) -> None:
+        # accumulated on the device: no host sync per batch
+        n = y.shape[0]
+        loss = loss.detach().float()
+        self.losses.append(loss)
+        self.counts.append(n)
+        self.loss_sum += loss * n
+        if penalty is not None:
+            self.penalty_sum += penalty.detach().float() * n
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += n
+        self.lr = lr
+
+    def loss_values(self) -> list[float]:
+        return torch.stack(self.losses).tolist() if self.losses else []
+
+    def state_dict(self) -> dict:
+        return {"loader": self.loader_pass.state_dict(), "loss_sum": self.loss_sum.item(),
+                "penalty_sum": self.penalty_sum.item(), "correct": int(self.correct.item()), "seen": self.seen,
+                "losses": self.loss_values(), "counts": self.counts, "lr": self.lr}
 
 
 @dataclass
 class FitState:
-    """Everything one ``fit`` call trains and keeps, saved whole in each checkpoint (commands with a
-    step of their own, like search-darts, build one and drive ``Trainer.train_epoch`` with it)."""
+    """Everything one ``fit`` call trains and keeps, saved whole in each checkpoint."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -58,27 +100,32 @@ class FitState:
     regularizer: Regularizer | None
     ema: EMA | None
     record: RunRecord
+    extra: dict = field(default_factory=dict)  # name -> object with state_dict / load_state_dict
+    epoch: int = 0  # epochs completed
+    tally: EpochTally | None = None  # the epoch in progress (None between epochs)
+    saved_tally: dict | None = None  # a mid-epoch checkpoint's tally, until its epoch resumes
+    pending_rng: dict | None = None  # a mid-epoch checkpoint's RNG, set once its pass has caught up
     step_losses: list[float] = field(default_factory=list)
     snapshots: list[nn.Module] = field(default_factory=list)
 
 
 class Trainer:
-    """Fit a model for ``epochs`` epochs, recording every epoch in ``run_dir``.
+    """Fit a model for ``epochs`` epochs, recording every epoch in the run's folder.
 
     Args:
         epochs: number of passes over the training data.
-        last_n: the summary's headline figures are means over the last ``last_n`` epochs.
+        last_n: the summary's headline figures are means over the last ``last_n`` epochs (1: the
+            final epoch; a protocol such as "mean of the last 10 of 100 epochs" sets 10).
         precision: ``fp32``, ``bf16`` autocast (CPU or GPU) or ``fp16`` autocast with loss scaling
             (GPU; fp32 with a note on a CPU).
         grad_clip: clip the global gradient norm to this value (``null``: off).
-        checkpoint: write ``checkpoints/last.pt`` after every epoch (needed to resume).
+        checkpoint: write ``checkpoints/last.pt`` after every epoch (and at a stop signal), needed to resume.
         channels_last: NHWC memory format, faster for convolutions on recent GPUs.
         deterministic: deterministic kernels (reproducible) instead of cuDNN's autotuner (fastest).
         compile: run the model through ``torch.compile``.
         loss_window: window (iterations) of the simple moving average of the training loss.
         loss_ema: weight of the newest iteration in the exponential moving average of the loss.
         device: where to train (from ``nas_cli.engine.device.resolve_device``).
-        run_dir: the run folder.
         progress: draw a progress bar when stdout is a terminal.
         logger: where rows go besides the run record (``logger=tensorboard``).
         dist: the process group under torchrun: data is sharded by the caller, gradients are
@@ -88,7 +135,7 @@ class Trainer:
     def __init__(
         self,
         epochs: int = 10,
-        last_n: int = 10,
+        last_n: int = 1,
         precision: str = "fp32",
         grad_clip: float | None = None,
         checkpoint: bool = True,
@@ -99,13 +146,14 @@ class Trainer:
         loss_ema: float = 0.02,
         *,
         device: torch.device,
-        run_dir: str | Path,
         progress: bool = True,
         dist: Dist = Dist(),
         logger: CSVLogger | None = None,
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
+        if self.epochs < 1 or self.last_n < 1:
+            raise UserError(f"trainer.epochs={epochs}, trainer.last_n={last_n}: both must be 1 or more")
         self.grad_clip = grad_clip
         self.checkpoint = checkpoint
         self.channels_last = channels_last
@@ -113,7 +161,6 @@ class Trainer:
         self.loss_window = int(loss_window)
         self.loss_ema = float(loss_ema)
         self.device = torch.device(device)
-        self.run_dir = Path(run_dir)
         self.dist = dist
         self.logger = logger if logger is not None and dist.main else CSVLogger()
         self.progress = progress and dist.main
@@ -161,19 +208,19 @@ class Trainer:
         return first[0], first[1], first[2]
 
     def train_epoch(self, net: nn.Module, fit: FitState, loader, loss_fn: LossFn = cross_entropy,
-                    on_batch: Callable[[], None] | None = None) -> dict:
-        """One pass over ``loader``; returns mean loss, penalty, accuracy, samples and iterations."""
+                    on_batch: Callable[[], None] | None = None, run: Run | None = None) -> dict:
+        """One pass over ``loader`` (or the rest of it, when resuming mid-epoch); returns mean loss,
+        penalty, accuracy, samples and iterations. With a ``run``, every batch ends at a safe point."""
         net.train()
-        loss_sum = torch.zeros((), device=self.device)
-        penalty_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        batch_losses: list[torch.Tensor] = []
-        batch_counts: list[int] = []
-        seen = 0
+        fit.tally = tally = EpochTally(LoaderPass(loader, fit.generator, (fit.saved_tally or {}).get("loader")),
+                                       self.device, fit.saved_tally)
+        fit.saved_tally = None
+        if fit.pending_rng is not None:  # the pass has caught up with the checkpoint: continue its randomness
+            self._set_rng(fit.pending_rng, fit)
+            fit.pending_rng = None
         params = [p for p in fit.model.parameters() if p.requires_grad]
         lbfgs = isinstance(fit.optimizer, LBFGS)
-        lr = None
-        for x, y in loader:
+        for x, y in tally.loader_pass:
             x, y = self._to_device(x, y)
             if lbfgs:
                 loss, logits, penalty = self._lbfgs_step(net, fit, x, y, loss_fn)
@@ -187,33 +234,33 @@ class Trainer:
                 fit.scheduler.step()
             if fit.ema is not None:
                 fit.ema.update(fit.model)
-            # accumulate on the device: no host sync per batch
-            loss = loss.detach().float()
-            batch_losses.append(loss)
-            batch_counts.append(y.shape[0])
-            loss_sum += loss * y.shape[0]
-            if penalty is not None:
-                penalty_sum += penalty.detach().float() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
+            tally.add(loss, penalty, logits, y, lr)
             if on_batch is not None:
                 on_batch()
-        fit.step_losses += self._global_step_losses(batch_losses, batch_counts)
+            if run is not None:
+                self._stop_point(run, fit)
+        fit.tally = None
+        fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
         loss_total, penalty_total, correct_total, seen = all_reduce_sum(
-            [loss_sum.item(), penalty_sum.item(), correct.item(), seen], self.device)
+            [tally.loss_sum.item(), tally.penalty_sum.item(), tally.correct.item(), tally.seen], self.device)
         n = max(seen, 1)
         stats = {"train_loss": loss_total / n, "train_acc": correct_total / n}
         if fit.regularizer:
             stats["train_penalty"] = penalty_total / n
-        return {**stats, "lr": lr if batch_losses else fit.optimizer.param_groups[0]["lr"],
-                "samples": int(seen), "iterations": len(batch_losses)}
+        return {**stats, "lr": tally.lr if tally.lr is not None else fit.optimizer.param_groups[0]["lr"],
+                "samples": int(seen), "iterations": len(tally.counts)}
 
-    def _global_step_losses(self, batch_losses: list[torch.Tensor], counts: list[int]) -> list[float]:
+    def _stop_point(self, run: Run, fit: FitState) -> None:
+        """Stop here if asked (every process agrees under torchrun), writing a checkpoint first."""
+        if self.dist.enabled:
+            asked = all_reduce_sum([1.0 if signals.requested() else 0.0], self.device)[0] > 0
+            if asked and signals.requested() is None:
+                signals.request(signals.signal.SIGTERM)  # another process was signalled
+        run.stop_point(lambda: self._save(run, fit) if self.checkpoint else None)
+
+    def _global_step_losses(self, losses: list[float], counts: list[int]) -> list[float]:
         """Per-iteration training losses; under torchrun the mean over every process's share."""
-        if not batch_losses:
-            return []
-        losses = torch.stack(batch_losses).tolist()
-        if not self.dist.enabled:
+        if not losses or not self.dist.enabled:
             return losses
         summed = all_reduce_sum([v * c for v, c in zip(losses, counts)] + counts, self.device)
         k = len(losses)
@@ -245,15 +292,27 @@ class Trainer:
         train_loader: Iterable,
         val_loader: Iterable,
         *,
+        run: Run,
         schedule: Schedule | None = None,
         generator: torch.Generator | None = None,
-        resume_from: str | Path | None = None,
         loss_fn: LossFn = cross_entropy,
-        seed: int | None = None,
         regularizer: Regularizer | None = None,
         ema_decay: float | str | None = None,
+        extra_state: dict | None = None,
+        on_epoch_end: Callable[[dict], dict] | None = None,
+        figures: Callable[[], dict] | None = None,
     ) -> dict:
-        """Train, evaluate every epoch, checkpoint, and return the summary (also written to disk)."""
+        """Train in ``run``, evaluate every epoch, checkpoint, and return the run's summary.
+
+        ``extra_state``: objects (``state_dict`` / ``load_state_dict``) saved and restored with the
+        checkpoint. ``on_epoch_end(row)``: extra columns for the epoch's row. ``figures()``: extra
+        summary figures.
+        """
+        done = run.finished()
+        if done is not None:  # resumed, with nothing left to do: the finished model, as it was
+            if (run.dir / WEIGHTS).is_file():
+                model.load_state_dict(checkpoint.load(run.dir / WEIGHTS)["model"])
+            return done
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -268,76 +327,76 @@ class Trainer:
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"), generator=generator,
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
             ema=EMA(model, ema_decay) if ema_decay is not None else None,
-            record=RunRecord(self.run_dir, write=self.dist.main),
+            record=run.record, extra=dict(extra_state or {}),
         )
-        start_epoch, wall_before = 0, 0.0
-        if resume_from is not None:
-            start_epoch, wall_before = self._restore(checkpoint.load(resume_from, map_location=self.device), fit)
+        state = run.load_checkpoint(map_location=self.device)
+        if state is not None:
+            self._restore(state, fit)
             fit.record.write_metrics()  # the checkpoint is the truth: drop rows written after it
-            log.info(f"resumed from {resume_from} after epoch {start_epoch}")
+            where = f"epoch {fit.epoch}" + (f", batch {state['tally']['loader']['taken']}" if fit.saved_tally else "")
+            log.info(f"resumed from {run.dir} after {where}")
         net = self._wrap(model)
+        run.figures = lambda: {**self._figures(fit), **(figures() if figures else {})}
+        progress = TrainingProgress(self.progress)
+        try:
+            with run, progress:
+                self._epochs(net, fit, run, train_loader, val_loader, loss_fn, progress, on_epoch_end)
+                if run.status == "ok" and self.dist.main:
+                    checkpoint.save(run.dir / WEIGHTS, {"model": model.state_dict()})
+                    if fit.ema is not None:
+                        checkpoint.save(run.dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
+        finally:
+            if run.summary is not None:
+                self.logger.finish(run.summary)
+        if self.dist.main:
+            self.print_summary(run.summary)
+        return run.summary
 
-        status, error, t0 = "ok", None, time.perf_counter()
+    def _epochs(self, net, fit: FitState, run: Run, train_loader, val_loader, loss_fn, progress,
+                on_epoch_end) -> None:
         rows = fit.record.rows
         iterations = rows[-1]["iterations"] if rows else 0
         samples = rows[-1]["samples_seen"] if rows else 0
-        progress = TrainingProgress(self.progress)
-        try:
-            with progress:
-                epochs_bar = progress.add_task("epochs", total=self.epochs, completed=start_epoch, info="")
-                batches_bar = progress.add_task("batches", total=len(train_loader), info="")
-                for epoch in range(start_epoch, self.epochs):
-                    progress.reset(batches_bar, total=len(train_loader))
-                    for loader in (train_loader, val_loader):  # DistributedSampler reshuffles per epoch
-                        getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None)(epoch)
-                    getattr(fit.model, "set_epoch", lambda e, n: None)(epoch, self.epochs)  # e.g. drop-path
-                    tick = time.perf_counter()
-                    stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar))
-                    train_time = time.perf_counter() - tick
-                    stats.update(self.evaluate(net, val_loader, loss_fn))
-                    if fit.ema is not None:
-                        stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader,
-                                                                               loss_fn).items()})
-                    if schedule is not None and schedule.cycle_ends(epoch + 1, self.epochs):
-                        stats["val_acc_snapshots"] = self._snapshot(fit, epoch + 1, val_loader)
-                    iterations += stats.pop("iterations")
-                    lr = stats.pop("lr")
-                    epoch_samples = stats.pop("samples")
-                    samples += epoch_samples
-                    row = {"epoch": epoch + 1, **stats, "lr": lr, "iterations": iterations, "samples_seen": samples,
-                           **self._smoothed(fit),
-                           "epoch_time_s": time.perf_counter() - tick,
-                           "samples_per_s": epoch_samples / max(train_time, 1e-9)}
-                    fit.record.log(row)
-                    self.logger.log(row, epoch + 1)
-                    log.info(_epoch_line(row, self.epochs))
-                    progress.update(epochs_bar, advance=1, info=f"val_acc {row['val_acc']:.4f}", refresh=True)
-                    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
-                        status = "diverged"
-                        log.warning(f"loss is {row['train_loss']} at epoch {epoch + 1}: run diverged, stopping")
-                        break
-                    if schedule is not None:
-                        schedule.epoch_end(row)
-                    if self.checkpoint and self.dist.main:
-                        checkpoint.save(self.run_dir / CHECKPOINT,
-                                        self._state(epoch + 1, fit, wall_before + time.perf_counter() - t0))
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        except Exception as ex:
-            status, error = "failed", f"{type(ex).__name__}: {ex}"
-            raise
-        finally:
-            summary = self._summary(fit, status, error, wall_before + time.perf_counter() - t0, seed)
-            fit.record.write_summary(summary)
-            self.logger.finish(summary)
-        if status == "ok" and self.dist.main:
-            checkpoint.save(self.run_dir / WEIGHTS, {"model": model.state_dict()})
+        epochs_bar = progress.add_task("epochs", total=self.epochs, completed=fit.epoch, info="")
+        batches_bar = progress.add_task("batches", total=len(train_loader), info="")
+        for epoch in range(fit.epoch, self.epochs):
+            progress.reset(batches_bar, total=len(train_loader),
+                           completed=(fit.saved_tally or {}).get("loader", {}).get("taken", 0))
+            for loader in (train_loader, val_loader):  # DistributedSampler reshuffles per epoch
+                getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None)(epoch)
+            getattr(fit.model, "set_epoch", lambda e, n: None)(epoch, self.epochs)  # e.g. drop-path
+            tick = time.perf_counter()
+            stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar), run)
+            train_time = time.perf_counter() - tick
+            stats.update(self.evaluate(net, val_loader, loss_fn))
             if fit.ema is not None:
-                checkpoint.save(self.run_dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
-        if self.dist.main:
-            self.print_summary(summary)
-        return summary
+                stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader, loss_fn).items()})
+            if fit.schedule is not None and fit.schedule.cycle_ends(epoch + 1, self.epochs):
+                stats["val_acc_snapshots"] = self._snapshot(fit, run, epoch + 1, val_loader)
+            iterations += stats.pop("iterations")
+            lr = stats.pop("lr")
+            epoch_samples = stats.pop("samples")
+            samples += epoch_samples
+            row = {"epoch": epoch + 1, **stats, "lr": lr, "iterations": iterations, "samples_seen": samples,
+                   **self._smoothed(fit, run)}
+            if on_epoch_end is not None:
+                row.update(on_epoch_end(row))
+            row.update({"epoch_time_s": time.perf_counter() - tick,
+                        "samples_per_s": epoch_samples / max(train_time, 1e-9)})
+            fit.record.log(row)
+            fit.epoch = epoch + 1
+            self.logger.log(row, epoch + 1)
+            log.info(_epoch_line(row, self.epochs))
+            progress.update(epochs_bar, advance=1, info=f"val_acc {row['val_acc']:.4f}", refresh=True)
+            if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+                run.status = "diverged"
+                log.warning(f"loss is {row['train_loss']} at epoch {epoch + 1}: run diverged, stopping")
+                return
+            if fit.schedule is not None:
+                fit.schedule.epoch_end(row)
+            if self.checkpoint:
+                self._save(run, fit)
+            self._stop_point(run, fit)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The module the loop calls: compiled and/or DistributedDataParallel around ``model``."""
@@ -350,7 +409,7 @@ class Trainer:
         return net
 
     # -- extras recorded each epoch --------------------------------------------------------
-    def _smoothed(self, fit: FitState) -> dict:
+    def _smoothed(self, fit: FitState, run: Run) -> dict:
         """Smoothed training loss at the epoch's last iteration; every iteration goes to steps.csv."""
         if not fit.step_losses:
             return {}
@@ -358,38 +417,44 @@ class Trainer:
 
         curves = smooth(pd.Series(fit.step_losses), self.loss_window, self.loss_ema)
         if self.dist.main:
-            atomic_write(self.run_dir / STEPS, lambda tmp: curves.to_csv(tmp, index=False))
+            atomic_write(run.dir / STEPS, lambda tmp: curves.to_csv(tmp, index=False))
         last = curves.iloc[-1]
         # plain floats: checkpoints load with weights_only=True, which refuses numpy scalars
         return {f"train_{k}": float(last[k]) for k in ("loss_sma", "loss_cma", "loss_ema")}
 
-    def _snapshot(self, fit: FitState, epoch: int, val_loader) -> float:
+    def _snapshot(self, fit: FitState, run: Run, epoch: int, val_loader) -> float:
         """Keep the model at a cycle's end; return the accuracy of all snapshots' averaged softmax."""
         if self.dist.main:
-            checkpoint.save(self.run_dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
+            checkpoint.save(run.dir / SNAPSHOTS / f"epoch_{epoch}.pt", {"model": fit.model.state_dict()})
         fit.snapshots.append(copy.deepcopy(fit.model).eval())
         return ensemble_accuracy(fit.snapshots, val_loader, self.device)
 
     # -- state -----------------------------------------------------------------------------
-    def _state(self, epoch: int, fit: FitState, wall: float) -> dict:
+    def _save(self, run: Run, fit: FitState) -> None:
+        """The checkpoint: between epochs, or mid-epoch (with the epoch's tally) at a stop signal."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if fit.generator is not None:
             rng["loader"] = fit.generator.get_state()
-        return {"epoch": epoch, "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
-                "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
-                "schedule": fit.schedule.state_dict() if fit.schedule else {},
-                "scaler": fit.scaler.state_dict(), "ema": fit.ema.state_dict() if fit.ema else None,
-                "snapshots": [m.state_dict() for m in fit.snapshots],
-                "rng": rng, "history": fit.record.rows, "steps": fit.step_losses, "wall_time_s": wall}
+        run.save_checkpoint({
+            "epoch": fit.epoch, "tally": fit.tally.state_dict() if fit.tally is not None else None,
+            "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
+            "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
+            "schedule": fit.schedule.state_dict() if fit.schedule else {},
+            "scaler": fit.scaler.state_dict(), "ema": fit.ema.state_dict() if fit.ema else None,
+            "snapshots": [m.state_dict() for m in fit.snapshots],
+            "extra": {name: obj.state_dict() for name, obj in fit.extra.items()},
+            "rng": rng, "history": fit.record.rows, "steps": fit.step_losses})
 
-    def _restore(self, state: dict, fit: FitState) -> tuple[int, float]:
+    def _restore(self, state: dict, fit: FitState) -> None:
         try:
             fit.model.load_state_dict(state["model"])
             fit.optimizer.load_state_dict(state["optimizer"])
             if fit.ema is not None:
                 fit.ema.load_state_dict(state["ema"])
+            for name, obj in fit.extra.items():
+                obj.load_state_dict(state["extra"][name])
         except (RuntimeError, ValueError, KeyError, TypeError) as ex:
             first = str(ex).strip().splitlines()[0]
             raise UserError(f"checkpoint does not match this model/optimizer config: {first}") from ex
@@ -403,22 +468,30 @@ class Trainer:
             snapshot = copy.deepcopy(fit.model)
             snapshot.load_state_dict(weights)
             fit.snapshots.append(snapshot.eval())
-        rng = state.get("rng", {})
+        fit.record.rows = list(state["history"])
+        fit.step_losses = list(state.get("steps", []))
+        fit.epoch = int(state["epoch"])
+        if state.get("tally"):  # stopped mid-epoch: replay the pass up to the batch, then its randomness
+            fit.saved_tally, fit.pending_rng = state["tally"], state.get("rng", {})
+        else:
+            self._set_rng(state.get("rng", {}), fit)
+
+    @staticmethod
+    def _set_rng(rng: dict, fit: FitState) -> None:
         if "torch" in rng:
             torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         if fit.generator is not None and "loader" in rng:
             fit.generator.set_state(rng["loader"].cpu())
-        fit.record.rows = list(state["history"])
-        fit.step_losses = list(state.get("steps", []))
-        return int(state["epoch"]), float(state.get("wall_time_s", 0.0))
 
-    def _summary(self, fit: FitState, status: str, error: str | None, wall: float, seed) -> dict:
+    def _figures(self, fit: FitState) -> dict:
+        """The summary's training figures: last-N means, finals, best, snapshots, counts."""
         rows = fit.record.rows
         last = rows[-1] if rows else {}
-        n = min(self.last_n, len(rows)) or 0
-        summary = {"status": status, "epochs": len(rows), "last_n": n}
+        n = min(self.last_n, len(rows))
+        summary = {"epochs": len(rows), "last_n": n,
+                   "averaged_epochs": [rows[-n]["epoch"], rows[-1]["epoch"]] if n else None}
         summary.update(fit.record.last_n_means(AVERAGED + ["train_penalty"], n) if n else {})
         summary.update({f"final_{k}": last[k] for k in AVERAGED if k in last})
         if rows:
@@ -427,19 +500,16 @@ class Trainer:
         if snapshot_accs:
             summary["snapshots"] = len(snapshot_accs)
             summary["snapshot_ensemble_val_acc"] = snapshot_accs[-1]
-        summary.update({
-            "iterations": last.get("iterations", 0), "samples_seen": last.get("samples_seen", 0),
-            **run_cost(wall, self.device, seed),
-        })
-        if error:
-            summary["error"] = error
+        summary.update({"iterations": last.get("iterations", 0), "samples_seen": last.get("samples_seen", 0)})
         return summary
 
     @staticmethod
     def print_summary(summary: dict) -> None:
+        first, last = summary.get("averaged_epochs") or (None, None)
+        averaged = f"epoch {last}" if first == last else f"mean of epochs {first}-{last}"
         table = Table(title=f"run summary ({summary['status']})", show_header=True)
         table.add_column("metric")
-        table.add_column(f"mean of last {summary['last_n']}", justify="right")
+        table.add_column(averaged, justify="right")
         table.add_column("final", justify="right")
         for key in AVERAGED:
             if key in summary:
@@ -447,7 +517,7 @@ class Trainer:
         for key in ("snapshot_ensemble_val_acc", "ensemble_val_acc"):
             if key in summary:
                 table.add_row(key, "", f"{summary[key]:.4f}")
-        table.caption = f"{summary['epochs']} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
+        table.caption = f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
         get_console().print(table)
 
 

@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from nas_cli.engine import checkpoint
-from nas_cli.engine.resume import CHECKPOINT
-from nas_cli.engine.trainer import WEIGHTS
 from nas_cli.errors import UserError
+from nas_cli.runs.files import CHECKPOINT, WEIGHTS
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-LR_PLOT = "loss_decrease_vs_lr.png"
-DIM_PLOT = "best_decrease_vs_num_dim.png"
-
 
 def _pyplot():
     import matplotlib

@@ -121,9 +121,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def blocks(s: Settings) -> list[tuple[int, int, int]]:
+    """The protocol's (num_dim, init, batch) blocks, in the order it runs them."""
+    return [(int(d), i, b) for d in s.num_dims for i in range(s.num_init) for b in range(s.num_batch)]
+
+
 def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None] | None = None,
-        on_progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Every row of the protocol; ``on_rows`` sees each (num_dim, init, batch) block as it is done."""
+        on_progress: Callable[[str], None] | None = None, skip: set[tuple[int, int, int]] = frozenset()) -> list[dict]:
+    """Every row of the protocol; ``on_rows`` sees each (num_dim, init, batch) block as it is done.
+
+    Each block draws from its own seeds, so the blocks in ``skip`` (done by an earlier, interrupted
+    run) are left out without changing any other block's rows.
+    """
     validate(s)
     rows: list[dict] = []
     lrs = torch.tensor(s.lrs, device=device, dtype=torch.float32)
@@ -133,6 +142,8 @@ def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None]
         for i in range(s.num_init):
             theta = prob.init(i)
             for b in range(s.num_batch):
+                if (int(d), i, b) in skip:
+                    continue
                 x, y = prob.batch(b)
                 grads = gradients(s, theta, x, y, noise_seed=s.seed * 7919 + int(d) * 131 + i * 17 + b)
                 if "cdg" in grads:

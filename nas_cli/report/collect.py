@@ -8,9 +8,10 @@ import pandas as pd
 import yaml
 
 from nas_cli.errors import UserError
-from nas_cli.record import METRICS, SUMMARY, read_summary
+from nas_cli.runs.files import METRICS, OVERRIDES, SUMMARY
+from nas_cli.runs.record import read_summary
 
-OVERRIDES = Path(".hydra") / "overrides.yaml"
+HEADLINE = ["train_loss", "train_acc", "val_acc"]  # runs from before summaries named their own ``headline``
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -36,12 +37,24 @@ def read_overrides(job: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in ("resume",)}
 
 
-def collect(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def last_row(path: Path) -> dict:
+    """The last row of a metrics.csv (``{}`` when absent or empty: a job can die before its first row)."""
+    try:
+        rows = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return {}
+    return rows.tail(1).to_dict("records")[0] if len(rows) else {}
+
+
+def collect(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per job: ``job`` (relative folder), its override keys, then every summary figure.
 
     Override values stay as typed (``1e-4``, not ``0.0001``); tables sort them numerically.
+    A job that did not finish (status not ok, or no summary) gets the headline figures its summary
+    lacks from the last row of its metrics.csv, so an interrupted run still shows how far it got.
 
-    Returns the frame and the override keys (in first-seen order).
+    Returns the frame, the override keys (in first-seen order) and the headline figures: the union of the
+    jobs' ``headline`` lists in first-seen order (``HEADLINE`` for summaries without one).
     """
     root = Path(path)
     if not root.exists():
@@ -51,13 +64,34 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     jobs = job_dirs(root)
     if not jobs:
         raise UserError(f"no runs under {root}: expected folders with {SUMMARY} or {OVERRIDES}")
-    rows, keys = [], []
+    rows, keys, headline = [], [], []
     for job in jobs:
         overrides = read_overrides(job)
         keys += [k for k in overrides if k not in keys]
-        summary = read_summary(job) or {"status": "failed", "error": f"no {SUMMARY} (the job died before it ran)"}
+        summary = read_summary(job)
+        if summary is not None:  # a job without one says nothing about which figures matter
+            headline += [k for k in summary.get("headline", HEADLINE) if k not in headline]
+        summary = summary or {"status": "failed", "error": f"no {SUMMARY} (the job died before it ran)"}
         flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        rows.append({"job": str(job.relative_to(root)) if job != root else ".",
-                     **overrides, **flat,
+        if summary.get("averaged_epochs"):  # [first, last] (null before the first epoch): hashable, for the caption
+            flat["averaged_epochs"] = tuple(summary["averaged_epochs"])
+        # overrides last: the summary's ``seed`` (an int) must not split a key typed as "0" from its twins
+        rows.append({"job": str(job.relative_to(root)) if job != root else root.resolve().name,
+                     **flat, **overrides,
                      "_metrics": str(job / METRICS)})
-    return pd.DataFrame(rows), keys
+    headline = headline or HEADLINE
+    for row in rows:
+        if row.get("status") != "ok":
+            last = last_row(Path(row["_metrics"]))
+            row.update({k: last[k] for k in headline if row.get(k) is None and k in last})
+    return _frame(rows), keys, headline
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a frame, keeping integer figures integers where some jobs lack them (not 50.0)."""
+    frame = pd.DataFrame(rows)
+    for col in frame.columns:
+        values = [row[col] for row in rows if row.get(col) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            frame[col] = frame[col].astype("Int64")
+    return frame

@@ -32,9 +32,9 @@ class Architect:
     def __init__(self, model: nn.Module, order: str = "first", lr: float = 3e-4, betas=(0.5, 0.999),
                  weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False):
         if order not in ("first", "second"):
-            raise UserError(f"search.order={order}: use first or second")
+            raise UserError(f"arch.order={order}: use first or second")
         if reuse_train_grad and order != "second":
-            raise UserError("search.reuse_train_grad=true needs search.order=second (first order has no unrolled step)")
+            raise UserError("arch.reuse_train_grad=true needs arch.order=second (first order has no unrolled step)")
         self.model, self.order = model, order
         self.reuse_train_grad = reuse_train_grad
         self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step

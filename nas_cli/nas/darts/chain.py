@@ -26,7 +26,7 @@ class Candidate(nn.Module):
         super().__init__()
         kind, _, units = name.partition("_")
         if kind not in ("linear", "residual") or not units.isdigit():
-            raise UserError(f"space.candidates: '{name}' is not linear_K or residual_K")
+            raise UserError(f"supernet.candidates: '{name}' is not linear_K or residual_K")
         self.residual, self.width = kind == "residual", width
         self.linear = nn.Linear(in_features, int(units))
 
@@ -46,7 +46,7 @@ class ChainNetwork(nn.Module):
     def __init__(self, in_shape, num_classes: int, slots: int, candidates: list[str]):
         super().__init__()
         if slots < 1 or not candidates:
-            raise UserError("space=chain needs space.slots >= 1 and a list of space.candidates")
+            raise UserError("supernet=chain needs supernet.slots >= 1 and a list of supernet.candidates")
         self.candidates = list(candidates)
         width = max(int(c.partition("_")[2] or 0) for c in candidates)
         object.__setattr__(self, "arch", ChainArch(slots, len(candidates)))
@@ -97,7 +97,7 @@ class ChainGenotype:
         import json
         from pathlib import Path
 
-        from nas_cli.record import atomic_write
+        from nas_cli.runs.record import atomic_write
 
         text = json.dumps(self.to_dict(), indent=2)
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_cli.errors import UserError
-from nas_cli.record import read_json
+from nas_cli.runs.record import read_json
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Genotype:
         return {k: [list(p) for p in v] if k in ("normal", "reduce") else list(v) for k, v in asdict(self).items()}
 
     def save(self, path: str | Path) -> None:
-        from nas_cli.record import atomic_write
+        from nas_cli.runs.record import atomic_write
 
         text = json.dumps(self.to_dict(), indent=2)
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nas_cli.engine.latency import median_latencies
 from nas_cli.errors import UserError
 from nas_cli.nas.darts.ops import make_op
-from nas_cli.record import atomic_write, read_json
-from nas_cli.tools.latency import median_latencies
+from nas_cli.runs.record import atomic_write, read_json
 
 
 def edge_shapes(model, in_shape) -> list[tuple[bool, int, tuple[int, int, int, int]]]:

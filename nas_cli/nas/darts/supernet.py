@@ -111,12 +111,12 @@ class SearchNetwork(nn.Module):
         primitives = list(primitives or PRIMITIVES)
         unknown = [p for p in primitives if p not in PRIMITIVES]
         if unknown:
-            raise UserError(f"space.primitives: unknown op(s) {unknown}; choose from {PRIMITIVES}")
+            raise UserError(f"supernet.primitives: unknown op(s) {unknown}; choose from {PRIMITIVES}")
         if len(in_shape) != 3:
             raise UserError(f"DARTS needs image inputs (C, H, W), got shape {tuple(in_shape)}")
         k = int(partial_channels or 1)
         if k < 1 or init_channels % k:
-            raise UserError(f"search.partial_channels={k} must divide space.init_channels={init_channels}")
+            raise UserError(f"supernet.partial_channels={k} must divide supernet.init_channels={init_channels}")
         self.primitives, self.nodes, self.layers = primitives, nodes, layers
         object.__setattr__(self, "arch", ArchParams(nodes, primitives, edge_norm))  # not a submodule
         self.detach_arch = False  # the weight step: alpha as constants (no wasted alpha gradients)
@@ -142,6 +142,15 @@ class SearchNetwork(nn.Module):
     def to(self, *args, **kwargs):
         self.arch.to(*args, **kwargs)
         return super().to(*args, **kwargs)
+
+    def derive(self, max_skip: int | None = None):
+        """The genotype alpha stands for now: each node's two strongest edges, their best non-``none`` op."""
+        from nas_cli.nas.darts.genotype import derive
+
+        arch = self.arch
+        edges = ((arch.edge_weights(False).detach().cpu(), arch.edge_weights(True).detach().cpu())
+                 if arch.edge_norm else (None, None))
+        return derive(arch.normal, arch.reduce, self.primitives, self.nodes, max_skip, *edges)
 
     def double(self):
         self.arch.double()

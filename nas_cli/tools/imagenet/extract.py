@@ -11,18 +11,12 @@ import errno
 import os
 import posixpath
 import shutil
-import signal
 from pathlib import Path
 
 from nas_cli.errors import UserError
 from nas_cli.tools.imagenet.archives import ArchiveError, Member, Slice, open_raw, read_exact, scan
 from nas_cli.tools.imagenet.archives import members as iter_members
 from nas_cli.tools.imagenet.images import kind, to_rgb_jpeg
-
-
-def ignore_sigint() -> None:
-    """Worker initializer: Ctrl-C is the parent's to handle (it lets running classes finish)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def partial_dir(root: Path, wnid: str) -> Path:
@@ -134,4 +128,4 @@ def check_folder(folder: str, split: str) -> list[dict]:
     return [{"split": split, **x} for x in fixed]
 
 
-__all__ = ["ArchiveError", "check_folder", "extract_class", "extract_val_chunk", "ignore_sigint"]
+__all__ = ["ArchiveError", "check_folder", "extract_class", "extract_val_chunk"]

@@ -28,15 +28,11 @@ from rich.table import Table
 from rich.text import Text
 
 from nas_cli.errors import UserError
-from nas_cli.record import atomic_write
+from nas_cli.runs import signals
+from nas_cli.runs.record import atomic_write
 from nas_cli.tools.imagenet import labels as labels_mod
 from nas_cli.tools.imagenet.archives import ArchiveError, Member, open_raw, scan
-from nas_cli.tools.imagenet.extract import (
-    check_folder,
-    extract_class,
-    extract_val_chunk,
-    ignore_sigint,
-)
+from nas_cli.tools.imagenet.extract import check_folder, extract_class, extract_val_chunk
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -58,7 +54,7 @@ class Options:
     fix_images: bool = False
     classes: int | None = None
     per_class: int | None = None
-    subset_seed: int = 0
+    seed: int = 0  # picks the classes=N subset
     verify: bool = False
     dry_run: bool = False
     progress: bool = True
@@ -165,7 +161,7 @@ def _train_classes(train_tar: Path) -> list[ClassJob]:
 
 def _subset_key(opts: Options) -> dict:
     return {"classes": opts.classes, "per_class": opts.per_class,
-            "subset_seed": opts.subset_seed if opts.classes is not None else None}
+            "subset_seed": opts.seed if opts.classes is not None else None}
 
 
 def plan(opts: Options) -> tuple[Plan, dict]:
@@ -201,7 +197,7 @@ def plan(opts: Options) -> tuple[Plan, dict]:
             universe = p.train_wnids or sorted({label_map[os.path.basename(m.name)] for m in val_members})
             if opts.classes > len(universe):
                 raise UserError(f"classes={opts.classes}: the archive has only {len(universe)} classes")
-            p.chosen = sorted(random.Random(opts.subset_seed).sample(universe, opts.classes))
+            p.chosen = sorted(random.Random(opts.seed).sample(universe, opts.classes))
     wanted = set(p.chosen) if p.chosen is not None else None
     for job in jobs:
         if wanted is not None and job.wnid not in wanted:
@@ -274,14 +270,17 @@ def _run_jobs(fn: Callable, jobs: list[tuple], workers: int, on_done: Callable[[
     """``fn(*job)`` for every job, ``on_done(job, result)`` in the parent as each finishes.
 
     The first failure stops new jobs; those already running finish and are recorded, then
-    the failure is raised. Ctrl-C does the same (workers ignore it; the parent waits for them).
+    the failure is raised. SIGINT/SIGTERM do the same once the job in hand is done (workers
+    ignore the signals; the parent stops them).
     """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             on_done(job, fn(*job))
+            signals.check()
         return
     context = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                               initializer=signals.ignore_in_worker)
     futures = {pool.submit(fn, *job): job for job in jobs}
     error: BaseException | None = None
     recorded: set = set()
@@ -304,6 +303,7 @@ def _run_jobs(fn: Callable, jobs: list[tuple], workers: int, on_done: Callable[[
     try:
         for fut in as_completed(futures):
             settle(fut)
+            signals.check()
     except KeyboardInterrupt:
         for fut in futures:
             fut.cancel()

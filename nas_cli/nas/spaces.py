@@ -1,7 +1,7 @@
 """The two search spaces: Zoph & Le's conv layers with anchor-point skips, and MetaQNN's layer chains.
 
 Both produce the shared architecture description (``arch.py``). Random search and regularized
-evolution work on either (``controller.space``); REINFORCE proposes in the Zoph space and
+evolution work on either (``space=zoph|metaqnn``); REINFORCE proposes in the Zoph space and
 MetaQNN in its own.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nas_cli.errors import UserError
-from nas_cli.nas.rl.arch import pool_size
+from nas_cli.nas.arch import pool_size
 
 TOKENS = ("kh", "kw", "sh", "sw", "filters")  # Zoph & Le's per-layer predictions, in order
 
@@ -22,15 +22,17 @@ class ZophSpace:
     kind = "zoph"
 
     def __init__(self, layers: int = 4, filter_heights=(1, 3, 5, 7), filter_widths=(1, 3, 5, 7),
-                 stride_heights=(1,), stride_widths=(1,), filters=(24, 36, 48, 64), skip_p: float = 0.5):
+                 stride_heights=(1,), stride_widths=(1,), filters=(24, 36, 48, 64), skip_p: float = 0.5,
+                 in_shape: tuple[int, ...] | None = None):
+        # in_shape: taken by every space (search-rl passes the data's); a Zoph architecture fits any input
         if int(layers) < 1:
-            raise UserError(f"space.zoph.layers={layers}: use 1 or more")
+            raise UserError(f"space.layers={layers}: use 1 or more")
         self.layers = int(layers)
         self.choices = {"kh": list(filter_heights), "kw": list(filter_widths), "sh": list(stride_heights),
                         "sw": list(stride_widths), "filters": list(filters)}
         for name, values in self.choices.items():
             if not values:
-                raise UserError(f"space.zoph: the choice list for {name} is empty")
+                raise UserError(f"space=zoph: the choice list for {name} is empty")
         self.skip_p = float(skip_p)
 
     def sample(self, rng: np.random.Generator) -> list[dict]:
@@ -76,12 +78,17 @@ class MetaQNNSpace:
 
     kind = "metaqnn"
 
-    def __init__(self, image_size: int, max_depth: int = 6, conv_filters=(16, 32, 64), conv_kernels=(1, 3, 5),
-                 pools=((5, 3), (3, 2), (2, 2)), fc_units=(32, 64, 128), max_fc: int = 2):
+    def __init__(self, image_size: int | None = None, max_depth: int = 6, conv_filters=(16, 32, 64),
+                 conv_kernels=(1, 3, 5), pools=((5, 3), (3, 2), (2, 2)), fc_units=(32, 64, 128), max_fc: int = 2,
+                 in_shape: tuple[int, ...] | None = None):
+        if image_size is None:  # the side of the input images (1 for vectors)
+            if in_shape is None:
+                raise UserError("MetaQNNSpace needs image_size or in_shape")
+            image_size = int(min(in_shape[1:])) if len(in_shape) == 3 else 1
         self.image_size = int(image_size)
         self.max_depth = int(max_depth)
         if self.max_depth < 1:
-            raise UserError(f"space.metaqnn.max_depth={max_depth}: use 1 or more")
+            raise UserError(f"space.max_depth={max_depth}: use 1 or more")
         self.conv = [(int(f), int(k)) for f in conv_filters for k in conv_kernels]
         self.pools = [(int(k), int(s)) for k, s in pools]
         self.fc = [int(u) for u in fc_units]
@@ -185,12 +192,3 @@ class MetaQNNSpace:
                 return self.to_arch(trial[:-1])
         i = int(rng.integers(len(actions)))
         return self.to_arch(self.walk(rng, actions[:i])[:-1])
-
-
-def build_space(kind: str, cfg, in_shape) -> ZophSpace | MetaQNNSpace:
-    if kind == "zoph":
-        return ZophSpace(**cfg.zoph)
-    if kind == "metaqnn":
-        side = int(min(in_shape[1:])) if len(in_shape) == 3 else 1
-        return MetaQNNSpace(side, **cfg.metaqnn)
-    raise UserError(f"controller.space={kind}: use zoph or metaqnn")

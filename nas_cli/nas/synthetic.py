@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from nas_cli.nas.rl.arch import canonical, key
+from nas_cli.nas.arch import canonical, key
 
 DEFAULT_WEIGHTS = {"conv": 3.0, "depth": 1.0, "skip": 1.0, "pool": 1.0, "fc": 1.0}
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_cli.engine.latency import n_params
 from nas_cli.errors import UserError
-from nas_cli.record import read_json
-from nas_cli.tools.latency import n_params
+from nas_cli.runs.record import read_json
 
 TYPES = ("conv", "pool", "fc", "gap")
 

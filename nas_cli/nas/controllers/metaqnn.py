@@ -11,8 +11,8 @@ model's accuracy on the terminating transition and 0 elsewhere. Q starts at ``q_
 from __future__ import annotations
 
 from nas_cli.errors import UserError
-from nas_cli.nas.rl.base import Controller
-from nas_cli.nas.rl.spaces import SM, MetaQNNSpace
+from nas_cli.nas.controllers.base import Controller
+from nas_cli.nas.spaces import SM, MetaQNNSpace
 
 # Baker et al.: 1,500 models at epsilon 1.0, then 100 each at 0.9 ... 0.1; scaled down 25x
 DEFAULT_SCHEDULE = [[1.0, 60], [0.9, 4], [0.8, 4], [0.7, 4], [0.6, 4], [0.5, 4], [0.4, 4], [0.3, 4], [0.2, 4],
@@ -29,7 +29,7 @@ class MetaQNN(Controller):
     def __init__(self, space: MetaQNNSpace, seed: int = 0, schedule=None, alpha: float = 0.01, gamma: float = 1.0,
                  q_init: float = 0.5, replay: int = 100):
         if not isinstance(space, MetaQNNSpace):
-            raise UserError("controller=metaqnn searches its own space: set controller.space=metaqnn")
+            raise UserError("controller=metaqnn searches its own space: use space=metaqnn")
         super().__init__(space, seed)
         self.schedule = [(float(e), int(n)) for e, n in (schedule or DEFAULT_SCHEDULE)]
         if not self.schedule:

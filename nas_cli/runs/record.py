@@ -1,8 +1,7 @@
-"""The run record every command writes: ``metrics.csv`` and ``summary.json``.
+"""The run record's two tables: ``metrics.csv`` (rows) and ``summary.json`` (the final figures).
 
-``report`` reads only these files (plus Hydra's ``.hydra/``), so any command's
-runs become one table. Both files are rewritten whole and atomically (temporary
-name, then rename): a crash never leaves a half-written table.
+Both are rewritten whole and atomically (temporary name, then rename): a crash never leaves a
+half-written table. ``nas_cli.runs.lifecycle.Run`` decides what goes into the summary and when.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-METRICS = "metrics.csv"
-SUMMARY = "summary.json"
+from nas_cli.runs.files import METRICS, SUMMARY
 
 
 def atomic_write(path: Path, write) -> None:
@@ -33,6 +31,11 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -70,23 +73,13 @@ class RunRecord:
         atomic_write(self.dir / METRICS, lambda tmp: frame.to_csv(tmp, index=False))
 
     def write_summary(self, summary: dict) -> None:
-        if not self.write:
-            return
-        clean = {k: _finite_or_none(v) for k, v in summary.items()}
-        text = json.dumps(clean, indent=2, sort_keys=False)
-        atomic_write(self.dir / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
+        if self.write:
+            write_json(self.dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
 
     def last_n_means(self, keys: list[str], n: int) -> dict[str, float]:
         """Mean of each key over the last ``n`` rows (the figure sweep tables report)."""
         tail = pd.DataFrame(self.rows[-n:]) if self.rows else pd.DataFrame()
         return {k: float(tail[k].mean()) for k in keys if k in tail}
-
-
-def run_cost(wall: float, device, seed) -> dict:
-    """The summary fields every run records: wall time, device, device- and GPU-hours, seed, versions."""
-    gpu = getattr(device, "type", str(device)) == "cuda"
-    return {"wall_time_s": wall, "device": str(device), "device_hours": wall / 3600.0,
-            "gpu_hours": wall / 3600.0 if gpu else 0.0, "seed": seed, "versions": versions()}
 
 
 def read_json(source: str | Path, option: str, in_run_folder: str | None = None, what: str = "a JSON file") -> Any:
@@ -108,7 +101,10 @@ def read_json(source: str | Path, option: str, in_run_folder: str | None = None,
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
+    """A run's summary, or None when it has none (or an unreadable one: a run killed mid-write of an
+    older version, say)."""
     path = Path(run_dir) / SUMMARY
-    if not path.is_file():
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
         return None
-    return json.loads(path.read_text())

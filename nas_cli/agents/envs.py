@@ -1,12 +1,80 @@
-"""Gymnasium environments: vectorized training envs, a greedy evaluator, Atari preprocessing."""
+"""Gymnasium environments: vectorized training envs, a greedy evaluator, Atari preprocessing, and
+snapshots of pure-Python environments so that a resumed run continues its episodes exactly."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from nas_cli.errors import UserError
+
+
+@dataclass
+class EnvSpec:
+    """What to train on (``conf/env/``): a Gymnasium id, how many copies, how they are stepped."""
+
+    id: str = "CartPole-v1"
+    num_envs: int = 1
+    asynchronous: bool = False
+    atari: bool = False
+    threshold: float | None = None  # the 'solved' return; None: the environment's own
+
+    def make(self):
+        return make_envs(self.id, self.num_envs, self.atari, self.asynchronous)
+
+    def solved_at(self) -> float | None:
+        return self.threshold if self.threshold is not None else reward_threshold(self.id)
+
+
+# environments written in plain Python and numpy: their whole state is in their attributes
+SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text")
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _layers(env):
+    while True:
+        yield env
+        if not isinstance(env, gym.Wrapper):
+            return
+        env = env.env
+
+
+def env_state(env) -> list[dict] | None:
+    """The state of ``env`` and its wrappers as checkpoint-safe values, or None when part of it lives
+    outside Python (an emulator, a physics engine) and cannot be read."""
+    if not type(env.unwrapped).__module__.startswith(SNAPSHOT_MODULES):
+        return None
+    layers = []
+    for layer in _layers(env):
+        saved = {}
+        for name, value in vars(layer).items():
+            if isinstance(value, np.random.Generator):
+                saved[name] = {"rng": json.dumps(value.bit_generator.state)}
+            elif isinstance(value, np.ndarray):
+                saved[name] = {"array": torch.from_numpy(value.copy())}
+            elif isinstance(value, np.generic):
+                saved[name] = value.item()
+            elif isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
+                saved[name] = value
+        layers.append(saved)
+    return layers
+
+
+def load_env_state(env, layers: list[dict]) -> None:
+    for layer, saved in zip(_layers(env), layers):
+        for name, value in saved.items():
+            if isinstance(value, dict) and "rng" in value:
+                state = json.loads(value["rng"])
+                rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+                rng.bit_generator.state = state
+                value = rng
+            elif isinstance(value, dict) and "array" in value:
+                value = value["array"].numpy().copy()
+            setattr(layer, name, value)
 
 
 def _atari_env(env_id: str, **kwargs) -> gym.Env:
@@ -57,6 +125,16 @@ class SyncEnvs:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+    def state_dict(self) -> dict | None:
+        """Every environment's state (None if one cannot be saved: see ``env_state``)."""
+        states = [env_state(env) for env in self.envs]
+        return None if any(s is None for s in states) else {"envs": states, "ended": self._ended.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for env, saved in zip(self.envs, state["envs"]):
+            load_env_state(env, saved)
+        self._ended[:] = state["ended"]
 
 
 def make_envs(env_id: str, num_envs: int, atari: bool = False, asynchronous: bool = False):

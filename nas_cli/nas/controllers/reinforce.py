@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from nas_cli.errors import UserError
-from nas_cli.nas.rl.base import Controller
-from nas_cli.nas.rl.spaces import TOKENS, ZophSpace
+from nas_cli.nas.controllers.base import Controller
+from nas_cli.nas.spaces import TOKENS, ZophSpace
 
 
 class _Policy(nn.Module):
@@ -45,7 +45,7 @@ class Reinforce(Controller):
                  baseline_decay: float = 0.8, entropy_weight: float = 1e-4, skip_penalty: float = 0.0,
                  skip_target: float = 0.4, normalize: bool = True):
         if not isinstance(space, ZophSpace):
-            raise UserError("controller=reinforce proposes in the Zoph space: set controller.space=zoph")
+            raise UserError("controller=reinforce proposes in the Zoph space: use space=zoph")
         super().__init__(space, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

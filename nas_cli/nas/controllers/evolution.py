@@ -7,7 +7,7 @@ members drawn at random from the population, and the oldest member (not the wors
 from __future__ import annotations
 
 from nas_cli.errors import UserError
-from nas_cli.nas.rl.base import Controller
+from nas_cli.nas.controllers.base import Controller
 
 
 class Evolution(Controller):

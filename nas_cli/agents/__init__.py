@@ -1,0 +1,2 @@
+"""Reinforcement-learning agents on Gymnasium: the DQN family, its replay storage, Q-networks,
+environments and plots."""

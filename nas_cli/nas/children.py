@@ -1,0 +1,196 @@
+"""Child evaluation: train briefly with the one engine (``Trainer.fit``) and score; cache by architecture.
+
+Each trained child is a run of its own in ``children/<step>/`` (no checkpoints, no progress bar),
+trained with the ``optim`` / ``sched`` groups like any network. ``workers=N`` trains up to N
+children at once in separate processes (spawned, one torch thread each), each loading the data
+once; they ignore SIGINT/SIGTERM and stop at their next batch when the search is asked to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from nas_cli.engine.device import seed_everything
+from nas_cli.engine.schedules import Schedule
+from nas_cli.engine.trainer import HEADLINE, Trainer
+from nas_cli.errors import UserError
+from nas_cli.nas.arch import ArchNet, key, param_count
+from nas_cli.nas.synthetic import synthetic_reward
+from nas_cli.runs import signals
+from nas_cli.runs.files import CHILDREN
+from nas_cli.runs.lifecycle import Run
+
+REWARDS = ("accuracy", "synthetic")
+
+
+@dataclass
+class ChildOptions:
+    """How each child trains (its optimizer and schedule are the ``optim`` / ``sched`` groups)."""
+
+    epochs: int = 2
+    subset: int | None = 300  # at most this many training (and validation) examples
+    batch_size: int | None = None  # None: the data config's
+
+
+@contextlib.contextmanager
+def _quiet_engine():
+    """The children's per-epoch lines stay in their own folders' records, not the search log."""
+    engine = logging.getLogger("nas_cli.engine.trainer")
+    level = engine.level
+    engine.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(None):
+            yield
+    finally:
+        engine.setLevel(level)
+
+
+def load_data(data_config: dict, child: ChildOptions, seed: int):
+    """The children's data: the ``data`` group's config (a plain dict), capped by ``child.subset``."""
+    overrides = {k: v for k, v in (("subset", child.subset), ("batch_size", child.batch_size)) if v is not None}
+    return instantiate(data_config, seed=seed, **overrides)
+
+
+def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule: Schedule | None, device,
+                folder: Path, seed: int) -> float:
+    """Validation accuracy of ``arch`` after ``child.epochs`` epochs (a run in ``folder``)."""
+    seed_everything(seed)
+    if data.generator is not None:
+        data.generator.manual_seed(seed)
+    model = ArchNet(arch, data.in_shape, data.num_classes)
+    trainer = Trainer(epochs=child.epochs, checkpoint=False, device=device, progress=False)
+    run = Run(folder, "train", seed=seed, device=device, headline=HEADLINE)
+    with _quiet_engine():
+        summary = trainer.fit(model, optimizer(params=model.parameters()), data.train, data.val, run=run,
+                              schedule=copy.deepcopy(schedule), generator=data.generator)
+    if summary["status"] != "ok":
+        return 0.0  # a diverged child scores nothing
+    return float(summary["final_val_acc"])
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(data_config: dict, child: ChildOptions, optimizer, schedule, seed: int, device: str, counter,
+                 stop) -> None:
+    signals.follow(stop)
+    torch.set_num_threads(1)
+    with counter.get_lock():  # the worker's index: on several GPUs, one GPU per worker
+        index = counter.value
+        counter.value += 1
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.device_count() > 1:
+        dev = torch.device("cuda", index % torch.cuda.device_count())
+    _WORKER.update(data=load_data(data_config, child, seed), child=child, optimizer=optimizer, schedule=schedule,
+                   device=dev)
+
+
+def _worker_train(arch: list[dict], folder: str, seed: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    w = _WORKER
+    reward = train_child(arch, w["data"], w["child"], w["optimizer"], w["schedule"], w["device"], Path(folder), seed)
+    return reward, time.perf_counter() - t0
+
+
+class Evaluator:
+    """Rewards for architectures, cached by ``arch.key``; trained (``accuracy``) or ``synthetic``.
+
+    Args:
+        reward: accuracy | synthetic.  synthetic: the synthetic reward's settings.
+        run_dir: the search's run folder (children go to ``children/<step>``).
+        data: the children's data; ``data_config``: the config it was built from (workers rebuild it).
+        optimizer: a callable ``optimizer(params=...)`` (the ``optim`` group); ``schedule``: the ``sched`` group.
+        cache: rewards already known (a resumed search's).
+    """
+
+    def __init__(self, reward: str, synthetic: dict, run_dir: Path, device, data, data_config: dict, seed: int,
+                 child: ChildOptions, optimizer, schedule: Schedule | None, workers: int = 1,
+                 cache: dict | None = None):
+        if reward not in REWARDS:
+            raise UserError(f"reward={reward}: use accuracy or synthetic")
+        if int(workers) < 1:
+            raise UserError(f"search.workers={workers}: use 1 or more")
+        self.kind, self.synthetic, self.run_dir, self.device = reward, dict(synthetic), Path(run_dir), device
+        self.data, self.data_config, self.seed, self.child = data, data_config, int(seed), child
+        self.optimizer, self.schedule, self.workers = optimizer, schedule, int(workers)
+        self.cache: dict[str, dict] = dict(cache or {})
+        self._pool: ProcessPoolExecutor | None = None
+        self._stop = None
+
+    def params(self, arch: list[dict]) -> int:
+        return param_count(arch, self.data.in_shape, self.data.num_classes)
+
+    def _score_synthetic(self, arch: list[dict]) -> float:
+        return synthetic_reward(arch, **self.synthetic, seed=self.seed)
+
+    def evaluate(self, batch: list[tuple[int, list[dict]]]) -> list[dict]:
+        """``batch``: (step, arch) pairs. Returns per pair: reward, params, seconds, cache_hit."""
+        todo: dict[str, tuple[int, list[dict]]] = {}
+        for step, arch in batch:
+            k = key(arch)
+            if k not in self.cache and k not in todo:
+                todo[k] = (step, arch)
+        fresh: dict[str, dict] = {}
+        if self.kind == "synthetic":
+            for k, (_, arch) in todo.items():
+                t0 = time.perf_counter()
+                fresh[k] = {"reward": self._score_synthetic(arch), "params": self.params(arch),
+                            "seconds": time.perf_counter() - t0}
+        else:
+            fresh = self._train_all(todo)
+        results: dict[int, dict] = {}
+        for step, arch in batch:
+            k = key(arch)
+            if k in fresh and k not in self.cache:
+                self.cache[k] = fresh[k]
+                results[step] = {**fresh[k], "cache_hit": False}
+            else:
+                results[step] = {**self.cache[k], "seconds": 0.0, "cache_hit": True}
+        return [results[step] for step, _ in batch]
+
+    def _train_all(self, todo: dict[str, tuple[int, list[dict]]]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        folder = self.run_dir / CHILDREN
+        if self.workers == 1 or len(todo) == 1:
+            for k, (step, arch) in todo.items():
+                t0 = time.perf_counter()
+                reward = train_child(arch, self.data, self.child, self.optimizer, self.schedule, self.device,
+                                     folder / str(step), self.seed + step)
+                out[k] = {"reward": reward, "params": self.params(arch), "seconds": time.perf_counter() - t0}
+            return out
+        futures = {k: self._workers().submit(_worker_train, arch, str(folder / str(step)), self.seed + step)
+                   for k, (step, arch) in todo.items()}
+        pending = set(futures.values())
+        while pending:  # wait in short slices: a stop request is passed on to the workers at once
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            if signals.requested() is not None:
+                self._stop.set()  # the workers stop at their next batch; their children are trained again on resume
+        for k, fut in futures.items():
+            reward, seconds = fut.result()  # re-raises a worker's failure (or its Interrupted)
+            out[k] = {"reward": reward, "params": self.params(todo[k][1]), "seconds": seconds}
+        return out
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = get_context("spawn")
+            self._stop = context.Event()
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_init_worker,
+                initargs=(self.data_config, self.child, self.optimizer, self.schedule, self.seed, str(self.device),
+                          context.Value("i", 0), self._stop))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

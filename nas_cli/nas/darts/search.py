@@ -1,0 +1,173 @@
+"""The DARTS search as a recipe on the training engine.
+
+``search`` splits the training data into a weight part and an architecture part, builds the
+bilevel step (an alpha step on an architecture batch before each weight step, first or second
+order, optionally with a latency term) and hands it to ``Trainer.fit``, which does the rest as
+for any training run: the weight optimizer and schedule (the ``optim`` / ``sched`` groups),
+clipping, evaluation, checkpoints with the architecture state inside, exact resume, the run
+record. Each epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes
+``genotype.json`` (and α heatmaps).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nas_cli.data.bundle import DataBundle, TensorLoader
+from nas_cli.data.resumable import BatchStream
+from nas_cli.engine.schedules import Schedule
+from nas_cli.engine.trainer import HEADLINE, Trainer
+from nas_cli.errors import UserError
+from nas_cli.nas.darts import latency as lat
+from nas_cli.nas.darts.architect import Architect
+from nas_cli.nas.darts.chain import ChainNetwork
+from nas_cli.nas.darts.genotype import alpha_entropy
+from nas_cli.nas.darts.plots import alpha_heatmaps
+from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
+from nas_cli.runs.files import GENOTYPE, GENOTYPES, LATENCY
+from nas_cli.runs.lifecycle import Run
+
+log = logging.getLogger(__name__)
+SEARCH_HEADLINE = [*HEADLINE, "skip_count", "genotype_str"]
+
+
+@dataclass
+class ArchOptions:
+    """The architecture parameters alpha and their optimizer (DARTS: Adam, lr 3e-4, betas (0.5, 0.999),
+    weight decay 1e-3), the order of the bilevel step, and what is derived from alpha."""
+
+    order: str = "first"
+    reuse_train_grad: bool = False
+    fraction: float = 0.5
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-3
+    max_skip: int | None = None
+    heatmap: bool = True
+
+
+@dataclass
+class LatencyOptions:
+    """The latency term: off at weight 0 unless a table is given (see ``nas_cli.nas.darts.latency``)."""
+
+    weight: float = 0.0
+    form: str = "linear"
+    beta: float = 0.6
+    table: str | None = None
+    batch: int = 32
+    repeats: int = 5
+
+
+def split_train(loader, fraction: float, seed: int) -> tuple[TensorLoader, TensorLoader]:
+    """The training set as two parts: weights (1 - fraction) and architecture (fraction)."""
+    if not isinstance(loader, TensorLoader):
+        raise UserError("search-darts needs in-memory data (data=digits, mnist5k, synthetic or cifar10)")
+    if not 0 < fraction < 1:
+        raise UserError(f"arch.fraction={fraction} must lie strictly between 0 and 1")
+    n = len(loader.x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_arch = max(1, int(round(n * fraction)))
+    mean = None if loader.mean is None else loader.mean.flatten()
+    std = None if loader.std is None else loader.std.flatten()
+    return tuple(TensorLoader(loader.x[idx], loader.y[idx], loader.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed + 7919 * (k + 1)),
+                              mean=mean, std=std, augment=loader.augment)
+                 for k, idx in enumerate((order[n_arch:], order[:n_arch])))
+
+
+class BilevelStep:
+    """The engine's loss function for search-darts: in training, first an alpha step on the next
+    architecture batch, then the weight step's loss with alpha held constant."""
+
+    def __init__(self, supernet, architect: Architect, arch_batches: BatchStream, optimizer, device):
+        self.supernet, self.architect, self.arch_batches = supernet, architect, arch_batches
+        self.optimizer, self.device = optimizer, device
+
+    def __call__(self, net, x, y):
+        if net.training:
+            xa, ya = next(self.arch_batches)
+            # xi, the unrolled step's size, is the weight lr of this very step
+            self.architect.step(x, y, xa.to(self.device), ya.to(self.device), xi=self.optimizer.param_groups[0]["lr"])
+            if self.architect.unrolled_train is not None:
+                return self.architect.weight_loss_from_unrolled()
+        self.supernet.detach_arch = net.training
+        try:
+            logits = net(x)
+        finally:
+            self.supernet.detach_arch = False
+        return F.cross_entropy(logits, y), logits
+
+
+def latency_term(supernet, data: DataBundle, opts: LatencyOptions, run: Run) -> lat.LatencyTerm | None:
+    """The latency term, its table measured here (or reused: ``latency.table``, a resumed run's own)."""
+    if opts.weight == 0 and not opts.table:
+        return None
+    if isinstance(supernet, ChainNetwork):
+        raise UserError("the latency term is for supernet=darts only; leave latency.weight=0 with supernet=chain")
+    shapes = lat.edge_shapes(supernet, data.in_shape)
+    table_file = opts.table or (run.dir / LATENCY if run.resume and (run.dir / LATENCY).is_file() else None)
+    table = lat.load_table(table_file) if table_file else lat.measure(
+        shapes, supernet.primitives, run.device, opts.batch, opts.repeats)
+    lat.save_table(run.dir / LATENCY, table, run.device)
+    return lat.LatencyTerm(supernet.arch, lat.edge_latency(shapes, supernet.primitives, table,
+                                                           num_edges(supernet.nodes)),
+                           opts.weight, opts.form, opts.beta)
+
+
+def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Trainer,
+           optimizer: torch.optim.Optimizer, schedule: Schedule | None, run: Run, arch: ArchOptions,
+           latency: LatencyOptions) -> dict:
+    """Search in ``run``: train the supernet's weights and alpha together; returns the run's summary."""
+    chain = isinstance(supernet, ChainNetwork)
+    if chain and arch.max_skip is not None:
+        raise UserError("arch.max_skip caps skip_connect in DARTS cells: leave it null with supernet=chain")
+    supernet.to(run.device)
+    w_loader, a_loader = split_train(data.train, arch.fraction, run.seed)
+    term = latency_term(supernet, data, latency, run)
+    architect = Architect(supernet, arch.order, arch.lr, tuple(arch.betas), arch.weight_decay, objective=term,
+                          reuse_train_grad=arch.reuse_train_grad)
+    arch_batches = BatchStream(a_loader, a_loader.generator)
+    kinds = ((False, "chain"),) if chain else ((False, "normal"), (True, "reduce"))
+    derived: dict = {}
+
+    def on_epoch_end(row: dict) -> dict:
+        genotype = derived["genotype"] = supernet.derive() if chain else supernet.derive(arch.max_skip)
+        columns = {"alpha_entropy_normal": alpha_entropy(supernet.arch.normal)}
+        if not chain:
+            columns["alpha_entropy_reduce"] = alpha_entropy(supernet.arch.reduce)
+        columns.update({"skip_count": genotype.skip_count("normal"), "genotype": str(genotype)})
+        if term is not None:
+            with torch.no_grad():
+                columns["expected_latency_ms"] = float(term.expected())
+            columns["derived_latency_ms"] = term.derived(genotype, supernet.nodes, supernet.primitives)
+        genotype.save(run.dir / GENOTYPE)
+        genotype.save(run.dir / GENOTYPES / f"epoch_{row['epoch']:03d}.json")
+        if arch.heatmap:
+            alpha_heatmaps(supernet.arch, supernet.primitives if not chain else supernet.candidates, run.dir, kinds)
+        return columns
+
+    def figures() -> dict:
+        rows = run.record.rows
+        genotype = derived.get("genotype") or (
+            (supernet.derive() if chain else supernet.derive(arch.max_skip)) if rows else None)
+        out = {"genotype": genotype.to_dict() if genotype else None,
+               "genotype_str": str(genotype) if genotype else None,
+               "skip_count": rows[-1]["skip_count"] if rows else None}
+        if term is not None and genotype is not None:
+            out["expected_latency_ms"] = rows[-1].get("expected_latency_ms") if rows else None
+            out["derived_latency_ms"] = term.derived(genotype, supernet.nodes, supernet.primitives)
+        return out
+
+    log.info(f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
+             f"{type(supernet).__name__}, order {arch.order}, on {data.name} {data.in_shape}, {run.device}; "
+             f"run folder {run.dir}")
+    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device)
+    return trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
+                       generator=w_loader.generator, loss_fn=step,
+                       extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,
+                                    "arch_batches": arch_batches},
+                       on_epoch_end=on_epoch_end, figures=figures)

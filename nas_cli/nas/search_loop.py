@@ -1,0 +1,120 @@
+"""search-rl's loop: propose, evaluate (cached), observe; record every child; checkpoint to resume.
+
+Run folder:
+    metrics.csv             one row per child: step, arch, params, reward, seconds, cache_hit, json
+    cache.json              reward and params per architecture (a repeat is not retrained)
+    checkpoints/last.pt     controller state (random state included), rows and cache after each batch of children
+    best_arch.json          the best architecture so far (``nas-cli train model=rl_child model.arch=PATH``)
+    children/<step>/        each trained child's own run (reward=accuracy)
+    summary.json
+
+The end of each batch of children is the safe point: SIGINT/SIGTERM during a batch stop its
+children at their next training batch, and a resumed search trains them again from the same
+proposals, to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from nas_cli.engine.progress import TrainingProgress
+from nas_cli.errors import UserError
+from nas_cli.nas.arch import canonical, describe, key
+from nas_cli.nas.children import Evaluator
+from nas_cli.nas.controllers.base import Controller
+from nas_cli.runs.files import BEST_ARCH, CACHE
+from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.record import write_json
+
+log = logging.getLogger(__name__)
+COLUMNS = ["step", "arch", "params", "reward", "seconds", "cache_hit", "json"]
+HEADLINE = ["best_reward", "children", "trained"]
+
+
+def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True) -> dict:
+    """Propose and score ``children`` architectures in ``run``; returns the run's summary."""
+    if children < 1:
+        raise UserError(f"search.children={children}: use 1 or more")
+    done = run.finished()
+    if done is not None:
+        return done
+    record = run.record
+    saved = run.load_checkpoint()
+    if saved is not None:
+        if saved.get("controller_name") != controller.name:
+            raise UserError(f"resume: {run.dir} was a controller={saved.get('controller_name')} search, "
+                            f"not controller={controller.name}")
+        controller.load_state_dict(saved["controller"])
+        record.rows = list(saved["history"])
+        evaluator.cache = json.loads(saved["cache"])
+        record.write_metrics()
+        log.info(f"resumed after child {len(record.rows)} of {children}")
+    log.info(f"search-rl: controller={controller.name} ({controller.space.kind} space), reward={evaluator.kind}, "
+             f"{children} children, {evaluator.workers} worker(s), {run.device}; run folder {run.dir}")
+    run.figures = lambda: _figures(controller, evaluator, record.rows)
+    try:
+        with run, TrainingProgress(progress) as bar:
+            task = bar.add_task("children", total=children, completed=len(record.rows), info="")
+            while len(record.rows) < children:
+                step = len(record.rows)
+                batch = [(step + i, controller.propose()) for i in range(min(evaluator.workers, children - step))]
+                for (s, arch), res in zip(batch, evaluator.evaluate(batch)):
+                    controller.observe(arch, res["reward"])
+                    record.log({"step": s, "arch": describe(arch), "params": res["params"], "reward": res["reward"],
+                                "seconds": res["seconds"], "cache_hit": res["cache_hit"],
+                                "json": json.dumps(canonical(arch))}, write=False)
+                    best = max(r["reward"] for r in record.rows)
+                    log.info(f"child {s + 1}/{children}: reward {res['reward']:.4f} (best {best:.4f})"
+                             f"{' [cache]' if res['cache_hit'] else ''}  {describe(arch)}")
+                    bar.update(task, advance=1, info=f"best {best:.4f}", refresh=True)
+                record.write_metrics()
+                _write_best(run.dir, record.rows)
+                write_json(run.dir / CACHE, evaluator.cache)
+                run.save_checkpoint({"controller_name": controller.name, "controller": controller.state_dict(),
+                                     "history": record.rows, "cache": json.dumps(evaluator.cache)})
+                run.stop_point()
+    finally:
+        evaluator.close()
+    summary = run.summary
+    log.info(f"best reward {summary['best_reward']:.4f} after {summary['children']} children "
+             f"({summary['cache_hits']} cache hits): {summary['best_arch']}; "
+             f"retrain: nas-cli train model=rl_child model.arch={run.dir / BEST_ARCH}")
+    return summary
+
+
+def _write_best(run_dir: Path, rows: list[dict]) -> None:
+    best = max(rows, key=lambda r: r["reward"])
+    write_json(run_dir / BEST_ARCH, {"arch": json.loads(best["json"]), "reward": best["reward"],
+                                     "params": int(best["params"]), "step": int(best["step"]), "string": best["arch"]})
+
+
+def _figures(controller: Controller, evaluator: Evaluator, rows: list[dict]) -> dict:
+    best = max(rows, key=lambda r: r["reward"]) if rows else None
+    return {
+        "controller": controller.name, "space": controller.space.kind, "reward": evaluator.kind,
+        "children": len(rows), "trained": sum(not bool(r["cache_hit"]) for r in rows),
+        "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
+        "best_reward": float(best["reward"]) if best else None, "best_arch": best["arch"] if best else None,
+        "best_step": int(best["step"]) if best else None, "best_params": int(best["params"]) if best else None,
+    }
+
+
+def run_in_memory(controller: Controller, reward_fn, children: int) -> list[float]:
+    """Rewards of ``children`` proposals scored by ``reward_fn`` with a cache (no files): for benchmarks.
+
+    Returns the reward of each distinct architecture in the order first seen (repeats cost nothing).
+    """
+    cache: dict[str, float] = {}
+    out: list[float] = []
+    proposals = 0
+    while len(out) < children and proposals < 3 * children:
+        arch = controller.propose()
+        proposals += 1
+        k = key(arch)
+        if k not in cache:
+            cache[k] = reward_fn(arch)
+            out.append(cache[k])
+        controller.observe(arch, cache[k])
+    return out

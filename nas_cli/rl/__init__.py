@@ -1,1 +1,0 @@
-"""Reinforcement learning: replay storage, Q-networks, environments, the DQN family."""

@@ -1,0 +1,171 @@
+"""One lifecycle for every run of every command: ``summary.json`` from ``running`` to its end.
+
+A run's summary says ``running`` as soon as it starts (so a run killed with SIGKILL shows as
+running, not missing), and at the end ``ok | diverged | failed | interrupted`` with the
+error, the command's figures, wall time summed over resumes, device and device-hours, seed
+and versions. It is written atomically, in a ``finally``, whatever ends the run::
+
+    run = Run(run_dir, "dqn", seed=0, device=device, resume=True, budget={"total_steps": 100_000})
+    if (done := run.finished()) is not None:
+        return done                        # resumed, but nothing is left to do
+    state = run.load_checkpoint()          # before the run starts: a bad file changes nothing
+    with run:                              # summary.json: running
+        run.figures = lambda: {...}        # read at the end, however the run ends
+        for ...:
+            run.stop_point(save)           # on SIGINT/SIGTERM: save(), then Interrupted
+    return run.summary
+
+Runs nest (ensemble members, search-rl children): the outermost one owns the signal handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from nas_cli.runs import signals
+from nas_cli.runs.files import CHECKPOINT
+from nas_cli.runs.record import RunRecord, read_summary, versions
+
+log = logging.getLogger(__name__)
+STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
+RESERVED = ("status", "command", "error")  # the lifecycle's to write, never a command's figure
+
+
+class Run:
+    """The lifecycle of one run in ``run_dir``.
+
+    Args:
+        run_dir: the run folder.
+        command: the command's name (``train``, ``search-darts``, ...), recorded in the summary.
+        seed: the run's seed.  device: where it computes.
+        resume: continue the run in ``run_dir`` (its checkpoint, its wall time so far).
+        budget: the override keys that size the run and their values (``{"trainer.epochs": 8}``):
+            a finished run is resumed only when asked for more.
+        headline: the summary keys that ``report`` shows first for this command.
+        write: False on every process but rank 0 of a multi-process run.
+    """
+
+    def __init__(self, run_dir: str | Path, command: str, *, seed: int | None, device: torch.device | str,
+                 resume: bool = False, budget: dict | None = None, headline: list[str] | None = None,
+                 write: bool = True):
+        self.dir = Path(run_dir)
+        self.command, self.seed, self.device = command, seed, torch.device(device)
+        self.resume, self.budget, self.headline = bool(resume), dict(budget or {}), list(headline or [])
+        self.record = RunRecord(self.dir, write=write)
+        self.previous = read_summary(self.dir) if self.resume else None
+        self.status = "ok"  # what the run ends as if nothing goes wrong (a command may set "diverged")
+        self.figures: Callable[[], dict] | None = None
+        self.summary: dict | None = None
+        self._started: float | None = None
+
+    # -- before the run starts --------------------------------------------------------------
+    def finished(self) -> dict | None:
+        """When resuming a run that already finished and is not asked for more: its summary."""
+        prev = self.previous
+        if not prev or prev.get("status") != "ok":
+            return None
+        before = prev.get("budget") or {}
+        if any(key not in before or value > before[key] for key, value in self.budget.items()):
+            return None
+        more = " or ".join(f"{k}=N (more than {v})" for k, v in self.budget.items())
+        log.info(f"{self.dir} already finished" + (f"; add {more} to extend it" if more else ""))
+        return prev
+
+    def load_checkpoint(self, map_location="cpu") -> dict | None:
+        """The run's checkpoint when resuming (None when starting afresh); a bad file is a UserError."""
+        from nas_cli.engine import checkpoint
+
+        if not self.resume:
+            return None
+        path = self.dir / CHECKPOINT
+        if not path.is_file():
+            log.info(f"resume: no checkpoint in {self.dir}, starting from the beginning")
+            return None
+        return checkpoint.load(path, map_location=map_location)
+
+    # -- while it runs ----------------------------------------------------------------------
+    @property
+    def wall_time(self) -> float:
+        """Seconds this run has computed, over every start and resume."""
+        before = float((self.previous or {}).get("wall_time_s") or 0.0)
+        return before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Write ``checkpoints/last.pt`` atomically, and refresh the running summary's wall time."""
+        from nas_cli.engine import checkpoint
+
+        if self.record.write:
+            checkpoint.save(self.dir / CHECKPOINT, state)
+            self._write("running")
+
+    def stop_point(self, save: Callable[[], None] | None = None) -> None:
+        """A safe point: if SIGINT/SIGTERM asked to stop, ``save()`` the state and raise ``Interrupted``."""
+        signum = signals.requested()
+        if signum is None:
+            return
+        if save is not None:
+            save()
+        raise signals.Interrupted(signum)
+
+    def __enter__(self) -> Run:
+        self._signals = signals.handled()
+        self._signals.__enter__()
+        self._started = time.perf_counter()
+        self._write("running")
+        return self
+
+    def __exit__(self, kind, ex, tb) -> bool:
+        error = None
+        if ex is None:
+            status = self.status
+        elif isinstance(ex, KeyboardInterrupt):
+            status = "interrupted"
+            error = str(ex) or "stopped by SIGINT"
+            if isinstance(ex, signals.Interrupted) and ex.run_dir is None:
+                ex.run_dir = self.dir  # the outermost run's folder is the one to resume
+        else:
+            status, error = "failed", f"{type(ex).__name__}: {ex}"
+        try:
+            self._write(status, error)
+        finally:
+            self._signals.__exit__(None, None, None)
+        return False
+
+    # -- the summary ------------------------------------------------------------------------
+    def _figures(self, status: str) -> dict:
+        if self.figures is None:
+            return {}
+        try:
+            return dict(self.figures())
+        except Exception as ex:  # a crash can leave the state half-built: keep the record, lose the figures
+            if status != "running":
+                log.warning(f"could not compute the summary's figures ({type(ex).__name__}: {ex})")
+            return {}
+
+    def _write(self, status: str, error: str | None = None) -> None:
+        wall = self.wall_time
+        gpu = self.device.type == "cuda"
+        prev = self.previous or {}
+        summary = {"status": status, "command": self.command}
+        if error:
+            summary["error"] = error
+        summary.update({k: v for k, v in self._figures(status).items() if k not in RESERVED})
+        summary.update({
+            "headline": self.headline, "budget": self.budget,
+            "wall_time_s": wall, "device": str(self.device), "device_hours": wall / 3600.0,
+            "gpu_hours": wall / 3600.0 if gpu else 0.0, "seed": self.seed,
+            "resumes": int(prev.get("resumes", -1)) + 1 if prev else 0,
+            "started": prev.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "pid": os.getpid(),  # a resume leaves a live run alone
+            "versions": versions(),
+        })
+        self.summary = summary
+        self.record.write_summary(summary)

@@ -1,0 +1,48 @@
+"""The keys every command's config has, with one meaning: ``seed``, ``device``, ``threads``,
+``progress``, ``resume``. Each command reads them here, once, and passes values on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nas_cli.errors import UserError
+
+_OFF = {"false", "0", "no", "off", "null", "none"}
+
+
+def is_off(resume) -> bool:
+    """``resume`` as given on the command line or in a config: off (false, no, off, null, ...) or not."""
+    return resume is None or resume is False or str(resume).lower() in _OFF
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    run_dir: Path
+    seed: int
+    device: torch.device
+    threads: int | None  # torch's CPU threads; None: torch's default
+    progress: bool
+    resume: bool  # the bridge has turned resume=PATH into this run folder
+
+    @classmethod
+    def from_config(cls, cfg, run_dir: str | Path | None = None) -> RunOptions:
+        """Check the shared keys, apply ``threads``, resolve the device; the run folder is Hydra's."""
+        from nas_cli.engine.device import resolve_device
+
+        seed, threads, progress = cfg.seed, cfg.threads, cfg.progress
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"seed={seed}: expected a whole number")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UserError(f"threads={threads}: expected a positive whole number, or null for torch's default")
+        if not isinstance(progress, bool):
+            raise UserError(f"progress={progress}: expected true or false")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if run_dir is None:
+            from hydra.core.hydra_config import HydraConfig
+
+            run_dir = HydraConfig.get().runtime.output_dir
+        return cls(Path(run_dir), seed, resolve_device(str(cfg.device)), threads, progress, not is_off(cfg.resume))
