@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SMOKE  := outputs/smoke
+QUIET  := progress=false threads=1
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast smoke bench bench-env lint clean
@@ -27,17 +28,19 @@ test-fast: install  ## the suite without the slow tests
 smoke: install  ## one tiny run of every command (prep-imagenet needs the archives: see tests/test_prep_imagenet.py)
 	rm -rf $(SMOKE)
 	$(BIN)/nas-cli train -m data=synthetic data.shape=[1,12,12] model.width=4,8 optim.weight_decay=0,1e-4 \
-		trainer.epochs=2 ema.decay=0.9 hydra.sweep.dir=$(SMOKE)/train
+		trainer.epochs=2 ema.decay=0.9 $(QUIET) hydra.sweep.dir=$(SMOKE)/train
 	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width --cols optim.weight_decay --plot
-	$(BIN)/nas-cli fuse-bn source=$(SMOKE)/train/0 batch_sizes=[1,8] repeats=5 hydra.run.dir=$(SMOKE)/fuse_bn
-	$(BIN)/nas-cli dqn total_steps=2000 eval.every=1000 eval.episodes=2 agent.learning_starts=500 \
+	$(BIN)/nas-cli report $(SMOKE)/train --rows model.width
+	$(BIN)/nas-cli fuse-bn source=$(SMOKE)/train/0 batch_sizes=[1,8] repeats=5 $(QUIET) hydra.run.dir=$(SMOKE)/fuse_bn
+	$(BIN)/nas-cli dqn total_steps=2000 eval.every=1000 eval.episodes=2 agent.learning_starts=500 $(QUIET) \
 		hydra.run.dir=$(SMOKE)/dqn
-	$(BIN)/nas-cli search-darts search.epochs=1 data.subset=200 hydra.run.dir=$(SMOKE)/search_darts
+	$(BIN)/nas-cli search-darts trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/search_darts
 	$(BIN)/nas-cli train model=darts model.genotype=$(SMOKE)/search_darts/genotype.json data=digits \
-		trainer.epochs=1 data.subset=200 hydra.run.dir=$(SMOKE)/darts_retrain
-	$(BIN)/nas-cli search-rl search.children=4 child.epochs=1 child.subset=100 hydra.run.dir=$(SMOKE)/search_rl
-	$(BIN)/nas-cli grad-bench num_dims=[2] num_init=1 num_batch=1 batch_size=200 nes.population=[40] \
+		trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/darts_retrain
+	$(BIN)/nas-cli search-rl search.children=4 child.epochs=1 child.subset=100 $(QUIET) hydra.run.dir=$(SMOKE)/search_rl
+	$(BIN)/nas-cli grad-bench num_dims=[2] num_init=1 num_batch=1 batch_size=200 nes.population=[40] $(QUIET) \
 		hydra.run.dir=$(SMOKE)/grad_bench
+	$(BIN)/nas-cli report $(SMOKE)
 
 bench: install bench-env  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/train_overhead.py

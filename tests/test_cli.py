@@ -75,6 +75,15 @@ def test_multirun_then_report_gives_the_sweep_table(tmp_path):
     grid = pd.read_csv(sweep / "report.csv", dtype=str)
     assert list(grid.columns) == ["Width", "0", "0.0001"] and grid["Width"].tolist() == ["4", "8"]
 
+    out = cli("report", str(sweep), "--rows", "model.width", cwd=tmp_path)  # one key: the mean over the others
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(sweep / "report.csv", dtype=str)
+    assert list(table.columns) == ["Width", "Validation Accuracy"] and table["Width"].tolist() == ["4", "8"]
+    for width, cell in zip((4, 8), table["Validation Accuracy"]):
+        accs = [json.loads((j / "summary.json").read_text())["val_acc"] for j in jobs
+                if f"model.width={width}\n" in (j / ".hydra" / "overrides.yaml").read_text()]
+        assert len(accs) == 2 and float(cell) == pytest.approx(sum(accs) / 2, abs=5e-5)
+
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
@@ -158,3 +167,24 @@ def test_a_sweep_over_recipe_options_is_tabulated(tmp_path):
                in (j / ".hydra" / "overrides.yaml").read_text())
     assert float(grid.loc[1, "0.001"]) == pytest.approx(summary(job)["val_acc_ema"], abs=5e-5)
     assert (sweep / "curves.png").is_file()
+
+
+def test_an_interrupted_sweep_job_shows_its_last_epoch_in_the_report(tmp_path):
+    """A job stopped by SIGTERM mid-sweep keeps its row: its figures from the last metrics.csv row, its status."""
+    sweep = tmp_path / "sweep"
+    out = cli("train", "-m", *SMALL, "trainer.epochs=3", "model.width=4,8", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    cut = sweep / "1"
+    record = summary(cut)
+    record.update(status="interrupted", epochs=2)
+    for key in ("train_loss", "train_acc", "val_acc"):
+        del record[key]  # as a run stopped before its summary had figures
+    (cut / "summary.json").write_text(json.dumps(record))
+    rows = pd.read_csv(cut / "metrics.csv").head(2)
+    rows.to_csv(cut / "metrics.csv", index=False)
+    out = cli("report", str(sweep), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(sweep / "report.csv", dtype=str).set_index("Width")
+    assert table.loc["8", "Status"] == "interrupted" and table.loc["4", "Status"] == "ok"
+    assert float(table.loc["8", "Validation Accuracy"]) == pytest.approx(rows["val_acc"].iloc[-1], abs=5e-5)
+    assert float(table.loc["8", "Training Loss"]) == pytest.approx(rows["train_loss"].iloc[-1], abs=5e-6)

@@ -16,9 +16,11 @@ from torch.optim.lr_scheduler import LambdaLR
 
 @dataclass
 class Schedule:
-    """Constant lr (``sched=none``); subclasses shape it. ``warmup_epochs`` ramps linearly from 0."""
+    """Constant lr (``sched=none``); subclasses shape it. ``warmup_epochs`` ramps linearly from 0;
+    after it the lr never falls below ``min_factor`` x base lr."""
 
     warmup_epochs: float = 0.0
+    min_factor: float = 0.0
 
     def factor(self, epoch: float, epochs: int) -> float:
         return 1.0
@@ -29,7 +31,7 @@ class Schedule:
         def multiplier(step: int) -> float:
             epoch = step / steps_per_epoch
             warm = min(1.0, (step + 1) / (self.warmup_epochs * steps_per_epoch)) if self.warmup_epochs > 0 else 1.0
-            return warm * self.factor(epoch, epochs)
+            return warm * max(self.min_factor, self.factor(epoch, epochs))
 
         return LambdaLR(optimizer, multiplier)
 
@@ -73,8 +75,6 @@ class MultiStep(Schedule):
 class Cosine(Schedule):
     """Cosine decay from the base lr to ``min_factor`` x base lr over the run (after warmup)."""
 
-    min_factor: float = 0.0
-
     def factor(self, epoch: float, epochs: int) -> float:
         span = max(epochs - self.warmup_epochs, 1e-9)
         progress = min(1.0, max(0.0, (epoch - self.warmup_epochs) / span))
@@ -90,7 +90,6 @@ class CyclicCosine(Schedule):
     """
 
     cycles: int = 4
-    min_factor: float = 0.0
 
     def cycle_length(self, epochs: int) -> float:
         return epochs / max(1, self.cycles)

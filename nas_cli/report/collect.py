@@ -11,6 +11,8 @@ from nas_cli.errors import UserError
 from nas_cli.runs.files import METRICS, OVERRIDES, SUMMARY
 from nas_cli.runs.record import read_summary
 
+NOT_SHOWN = ("resume", "progress")  # how a run was started or drawn, never what it computed
+
 HEADLINE = ["train_loss", "train_acc", "val_acc"]  # runs from before summaries named their own ``headline``
 
 
@@ -34,7 +36,7 @@ def read_overrides(job: Path) -> dict[str, str]:
         return {}
     items = yaml.safe_load(path.read_text()) or []
     pairs = (item.split("=", 1) for item in items if "=" in item)
-    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in ("resume",)}
+    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in NOT_SHOWN}
 
 
 def last_row(path: Path) -> dict:

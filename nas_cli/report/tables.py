@@ -38,6 +38,8 @@ def fmt(metric: str, value) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return "-"
     if isinstance(value, float):
+        if value and abs(value) < 1e-3:  # a tiny figure (an output difference, say) keeps its digits
+            return f"{value:.3g}"
         return f"{value:.5f}" if "loss" in metric else f"{value:.4f}"
     return str(value)
 
@@ -80,9 +82,11 @@ def long_table(frame: pd.DataFrame, keys: list[str], metrics: list[str], group: 
         names = [pretty(by)[k] for k in by]
     else:
         names = [pretty(shown)[k] for k in shown]
-        table = pd.DataFrame({pretty(shown)[k]: frame[k] for k in shown}, index=frame.index)
+        table = pd.DataFrame({pretty(shown)[k]: frame[k].fillna("-") for k in shown}, index=frame.index)
         if needs_run(frame, shown):
             table.insert(0, RUN, frame["job"])
+        if "command" in frame and frame["command"].nunique() > 1:  # runs of several commands side by side
+            table.insert(0, "Command", frame["command"].fillna("-"))
         for m in metrics:
             table[metric_name(m)] = [fmt(m, v) for v in frame[m]]
         table["Status"] = frame["status"].fillna("failed").values

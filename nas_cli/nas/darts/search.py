@@ -32,7 +32,7 @@ from nas_cli.runs.files import GENOTYPE, GENOTYPES, LATENCY
 from nas_cli.runs.lifecycle import Run
 
 log = logging.getLogger(__name__)
-SEARCH_HEADLINE = [*HEADLINE, "skip_count", "genotype_str"]
+SEARCH_HEADLINE = [*HEADLINE, "skip_count"]
 
 
 @dataclass

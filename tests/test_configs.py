@@ -1,0 +1,122 @@
+"""Every shipped config, checked the way torchtune checks its recipes' configs: each file under conf/ composes
+with its command's primary config, and every key of a ``_target_`` node is a parameter of that target."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import _locate
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from nas_cli.cli import HYDRA_COMMANDS
+from nas_cli.hydra_bridge import command_help, config_dir
+
+CONFIGS = {name: name.replace("-", "_") for name in HYDRA_COMMANDS}  # command -> primary config
+SHARED = ("seed", "device", "threads", "progress", "resume")
+GROUPS = {  # the groups each command composes (and its --help lists), nothing else
+    "train": {"data", "experiment", "hparams_search", "logger", "model", "optim", "regularizer", "sched", "trainer"},
+    "search-darts": {"data", "optim", "sched", "supernet", "trainer"},
+    "search-rl": {"controller", "data", "optim", "sched", "space"},
+    "dqn": {"agent", "env", "optim", "sched"},
+    "fuse-bn": set(),
+    "grad-bench": set(),
+    "prep-imagenet": set(),
+}
+
+
+def composed(config: str, overrides: list[str] = ()):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(config, overrides=list(overrides), return_hydra_config=True)
+        options = {g: GlobalHydra.instance().config_loader().get_group_options(g) for g in cfg.hydra.runtime.choices}
+    GlobalHydra.instance().clear()
+    return cfg, options
+
+
+def cases() -> list[tuple[str, str, str]]:
+    out = []
+    for command, config in CONFIGS.items():
+        cfg, options = composed(config)
+        for group in cfg.hydra.runtime.choices:
+            if group.startswith("hydra/") and command != "train":
+                continue  # Hydra's own groups are the same for every command: composed with train's
+            out += [(command, group, option) for option in options[group]]
+    return out
+
+
+CASES = cases()
+
+
+def targets(node, path: str = ""):
+    """(path, node) of every ``_target_`` node below ``node`` (a plain container)."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from targets(value, f"{path}[{i}]")
+
+
+def check_targets(cfg) -> int:
+    plain = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    plain.pop("hydra", None)
+    checked = 0
+    for path, node in targets(plain):
+        target = _locate(node["_target_"])
+        params = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        unknown = [k for k in node if not k.startswith("_") and k not in params]
+        assert not unknown, f"{path} ({node['_target_']}): {unknown} are not parameters"
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("command, group, option", CASES, ids=[f"{c}:{g}={o}" for c, g, o in CASES])
+def test_every_option_composes_and_fits_its_target(command, group, option):
+    cfg, _ = composed(CONFIGS[command], [f"{group}={option}"])
+    assert cfg.hydra.runtime.choices[group] == option
+    check_targets(cfg)
+
+
+def test_every_file_under_conf_belongs_to_a_command():
+    files = {p.relative_to(config_dir()).with_suffix("").as_posix() for p in config_dir().rglob("*.yaml")}
+    covered = set(CONFIGS.values()) | {f"{group}/{option}" for _, group, option in CASES}
+    assert files - covered == set()
+
+
+@pytest.mark.parametrize("command", list(CONFIGS))
+def test_primary_configs_share_the_run_keys_and_fit_their_targets(command):
+    cfg, _ = composed(CONFIGS[command], ["seed=1", "device=cpu", "threads=null", "progress=false"])
+    for key in SHARED:
+        assert key in cfg, f"{command} has no {key}"
+    assert (cfg.seed, cfg.device, cfg.threads, cfg.progress) == (1, "cpu", None, False)
+    check_targets(cfg)
+
+
+@pytest.mark.parametrize("command", list(CONFIGS))
+def test_help_lists_only_the_groups_the_command_composes(command):
+    text = command_help(CONFIGS[command], [])
+    GlobalHydra.instance().clear()
+    section = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = {line.split(":")[0] for line in section.splitlines() if ": " in line}
+    assert listed == GROUPS[command]
+
+
+def test_a_shipped_target_node_is_really_checked():
+    """The check above finds the trainer, the optimizer and the model of train, and a wrong key fails it."""
+    cfg, _ = composed("train")
+    assert check_targets(cfg) >= 6
+    OmegaConf.set_struct(cfg, False)
+    with pytest.raises(AssertionError, match="not parameters"):
+        check_targets(OmegaConf.merge(cfg, {"trainer": {"epochz": 3}}))
+
+
+def test_configs_ship_inside_the_package_layout():
+    assert Path(config_dir()).name == "conf" and (config_dir() / "train.yaml").is_file()
