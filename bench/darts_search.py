@@ -4,7 +4,7 @@
     python bench/darts_search.py --device cpu --layers 5 --channels 16 --size 16 --batch 32
 
 One step = an alpha step on an architecture batch plus the weight step (SGD), as in
-``nas-cli search-darts``; "second+reuse" is second order with ``search.reuse_train_grad=true``.
+``nas-cli search-darts``; "second+reuse" is second order with ``arch.reuse_train_grad=true``.
 The four configurations' steps alternate, so drifts in machine load hit them alike. Memory: on a GPU, ``torch.cuda.max_memory_allocated`` over the step;
 on a CPU, the activation memory of one training forward (the bytes of every tensor autograd saves,
 counted by saved-tensor hooks). Goals: second order <= 2.5x first-order time; PC (K=4) <= 0.4x
@@ -121,7 +121,7 @@ def main() -> None:
               + (f"   peak {r['peak_MiB']:8.1f} MiB" if "peak_MiB" in r else ""))
     f, s, p = runs["first"], runs["second"], runs["pc4"]
     print(f"second/first time {s['s_per_step'] / f['s_per_step']:.2f}x as DARTS (weight gradient recomputed); "
-          f"{runs['second+reuse']['s_per_step'] / f['s_per_step']:.2f}x with search.reuse_train_grad=true "
+          f"{runs['second+reuse']['s_per_step'] / f['s_per_step']:.2f}x with arch.reuse_train_grad=true "
           f"(goal <= 2.5x)")
     print(f"pc4/first activation memory {p['activation_MiB'] / f['activation_MiB']:.2f}x (goal <= 0.4x)")
     if "peak_MiB" in f:

@@ -20,7 +20,7 @@ from nas_cli.hydra_bridge import config_dir
 
 # A tiny, fast recipe: synthetic 1x12x12 data, a small CNN, 3 epochs.
 TINY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_val=64", "data.batch_size=32",
-        "data.noise=0.5", "model.width=8", "model.hidden=32", "trainer.epochs=3", "progress=false"]
+        "data.noise=0.5", "model.width=8", "model.hidden=32", "trainer.epochs=3", "progress=false", "device=cpu"]
 TIMING = ["epoch_time_s", "samples_per_s"]
 SMALL_CLI = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=2"]  # CLI runs of seconds
 

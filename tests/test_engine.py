@@ -127,3 +127,27 @@ def test_fp16_on_cpu_is_a_noted_no_op_and_deterministic_mode_runs(tmp_path, trai
     assert "running fp32 here" in caplog.text
     pd.testing.assert_frame_equal(metrics(tmp_path / "fp32").drop(columns=TIMING),
                                   metrics(tmp_path / "fp16").drop(columns=TIMING), check_exact=True)
+
+
+def test_progress_ticks_reach_rich_in_bursts_and_none_is_lost(monkeypatch):
+    import io
+
+    import rich
+    from rich.console import Console
+
+    from nas_cli.engine import progress as progress_module
+
+    monkeypatch.setattr(rich, "_console", Console(file=io.StringIO(), force_terminal=True))
+    bar = progress_module.TrainingProgress(True)
+    with bar:
+        task = bar.add_task("batches", total=300, info="")
+        monkeypatch.setattr(progress_module, "REDRAW_EVERY_S", 1e12)  # no redraw is ever due
+        for _ in range(100):
+            bar.tick(task)
+        assert bar.tasks[0].completed == 0  # rich has not been told yet
+        monkeypatch.setattr(progress_module, "REDRAW_EVERY_S", -1.0)  # every tick redraws
+        bar.tick(task)
+        assert bar.tasks[0].completed == 101
+        bar.reset(task, total=300)
+        bar.tick(task)
+        assert bar.tasks[0].completed == 1

@@ -291,3 +291,28 @@ def test_kill_signals_from_outside_then_resume_to_the_same_result(tmp_path):
         assert summary(run)["status"] == "ok" and summary(run)["resumes"] == 1
         pd.testing.assert_frame_equal(metrics_without_timing(whole), metrics_without_timing(run), check_exact=True)
         assert json.loads((run / "summary.json").read_text())["val_acc"] == summary(whole)["val_acc"]
+
+
+CUDA = {  # on the GPU: cuDNN deterministic, the CUDA RNG (dropout, augmentation) saved and restored
+    "train": (["data=synthetic", "data.shape=[3,16,16]", "data.n_train=512", "data.n_val=128", "data.batch_size=64",
+               "data.augment.hflip=true", "data.augment.crop_padding=2", "model=resnet18", "model.width=8",
+               "model.dropout=0.2", "optim=sgd", "trainer.epochs=3", "trainer.deterministic=true"],
+              "nas_cli.engine.trainer.Trainer._backward_step", 11),
+    "search-darts": ([*SEARCH_DARTS, "trainer.deterministic=true"], "nas_cli.nas.darts.architect.Architect.step", 4),
+    "dqn": (DQN, "nas_cli.agents.dqn.DQN.update", 300),
+}
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("command", list(CUDA))
+def test_a_cuda_run_stopped_by_sigterm_resumes_to_the_same_result(command, tmp_path, monkeypatch):
+    args, target, call = CUDA[command]
+    args = [*args, "device=cuda", "progress=false"]
+    assert nas_cli(command, *args, f"hydra.run.dir={tmp_path / 'whole'}") == 0
+    with monkeypatch.context() as patch:
+        wrap(patch, target, call, lambda: signal.raise_signal(signal.SIGTERM))
+        assert nas_cli(command, *args, f"hydra.run.dir={tmp_path / 'cut'}") == 143
+    assert nas_cli(command, f"resume={tmp_path / 'cut'}") == 0
+    assert summary(tmp_path / "cut")["device"].startswith("cuda") and summary(tmp_path / "cut")["gpu_hours"] > 0
+    pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"),
+                                  check_exact=True)

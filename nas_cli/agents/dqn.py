@@ -215,13 +215,13 @@ class Loop:
                 "losses": [float(v) for v in self.losses], "q": [float(v) for v in self.q],
                 "last_logged": self.last_logged}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.step, self.episodes = int(state["step"]), [tuple(e) for e in state["episodes"]]
         self.best_eval, self.best_step, self.solved_step = state["best_eval"], state["best_step"], state["solved_step"]
         self.obs, self.ended = state["obs"].numpy(), state["ended"].numpy()
         self.ep_return, self.ep_length = state["ep_return"].numpy(), state["ep_length"].numpy()
-        self.losses = [torch.tensor(v) for v in state["losses"]]
-        self.q = [torch.tensor(v) for v in state["q"]]
+        self.losses = [torch.tensor(v, device=device) for v in state["losses"]]  # where the updates put theirs
+        self.q = [torch.tensor(v, device=device) for v in state["q"]]
         self.last_logged = int(state["last_logged"])
 
 
@@ -242,11 +242,11 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
     sampler = torch.Generator().manual_seed(seed)
     record, loop = run.record, Loop(n)
     try:
-        saved = run.load_checkpoint(map_location=device)
+        saved = run.load_checkpoint()  # on the CPU: the loop's arrays go back to numpy, the nets copy what they need
         if saved is not None:
             agent.load_state_dict(saved["agent"])
             replay.load_state_dict(saved["replay"])
-            loop.load_state_dict(saved["loop"])
+            loop.load_state_dict(saved["loop"], device)
             draws.load_state_dict(saved["draws"])
             sampler.set_state(saved["sampler"])
             record.rows = list(saved["history"])

@@ -22,7 +22,7 @@ def task(cfg: DictConfig) -> dict:
     opts = RunOptions.from_config(cfg)
     seed_everything(opts.seed)
     data = instantiate(cfg.data, seed=opts.seed)
-    supernet = instantiate(cfg.supernet, in_shape=data.in_shape, num_classes=data.num_classes)
+    supernet = instantiate(cfg.supernet, in_shape=data.in_shape, num_classes=data.num_classes).to(opts.device)
     optimizer = instantiate(cfg.optim)(params=supernet.parameters())  # the weights; alpha has its own Adam
     trainer = instantiate(cfg.trainer, device=opts.device, progress=opts.progress)
     run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,

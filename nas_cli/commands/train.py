@@ -69,6 +69,7 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     if cfg.init_from:
         transfer.load_pretrained(model, cfg.init_from)
     frozen = transfer.freeze(model, cfg.freeze)
+    model.to(device)  # before the optimizer: some (Adagrad) make their state as they are built
     optimizer = instantiate(cfg.optim)(params=transfer.param_groups(model, cfg.backbone_lr_scale))
     transfer.apply_lr_scale(optimizer)
     log.info(f"{type(model).__name__} ({n_params(model):,} parameters"

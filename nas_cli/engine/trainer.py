@@ -51,40 +51,46 @@ HEADLINE = ["train_loss", "train_acc", "val_acc"]  # what report shows first for
 
 
 class EpochTally:
-    """The running sums of the epoch in progress, and where its pass over the data stands."""
+    """The epoch in progress: each batch's loss, size, correct count and penalty, and where its pass over
+    the data stands. Kept per batch on the device and summed at the end: the fewest kernels (and no host
+    sync) per step, which is what a small network on a GPU pays for."""
 
     def __init__(self, loader_pass: LoaderPass, device: torch.device, state: dict | None = None):
-        self.loader_pass = loader_pass
         s = state or {}
-        self.loss_sum = torch.tensor(float(s.get("loss_sum", 0.0)), device=device)
-        self.penalty_sum = torch.tensor(float(s.get("penalty_sum", 0.0)), device=device)
-        self.correct = torch.tensor(int(s.get("correct", 0)), dtype=torch.long, device=device)
-        self.seen = int(s.get("seen", 0))
-        self.losses = [torch.tensor(v, device=device) for v in s.get("losses", [])]  # per batch, 0-d
+        self.loader_pass, self.device = loader_pass, device
+        self.losses = [torch.tensor(v, device=device) for v in s.get("losses", [])]  # 0-d float32 each
+        self.correct = [torch.tensor(v, device=device) for v in s.get("correct", [])]
+        self.penalties = [torch.tensor(v, device=device) for v in s.get("penalties", [])]
         self.counts: list[int] = list(s.get("counts", []))
         self.lr = s.get("lr")
 
     def add(self, loss: torch.Tensor, penalty: torch.Tensor | None, logits: torch.Tensor, y: torch.Tensor,
             lr: float) -> None:
-        # accumulated on the device: no host sync per batch
-        n = y.shape[0]
-        loss = loss.detach().float()
-        self.losses.append(loss)
-        self.counts.append(n)
-        self.loss_sum += loss * n
+        self.losses.append(loss.detach().float())
+        self.correct.append((logits.detach().argmax(1) == y).sum())
         if penalty is not None:
-            self.penalty_sum += penalty.detach().float() * n
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        self.seen += n
+            self.penalties.append(penalty.detach().float())
+        self.counts.append(y.shape[0])
         self.lr = lr
+
+    def sums(self) -> tuple[float, float, int, int]:
+        """Loss and penalty summed over samples, correct predictions, samples (one host sync)."""
+        if not self.losses:
+            return 0.0, 0.0, 0, 0
+        n = torch.tensor(self.counts, device=self.device, dtype=torch.float32)
+        loss = (torch.stack(self.losses) * n).sum()
+        penalty = (torch.stack(self.penalties) * n).sum() if self.penalties else torch.zeros((), device=self.device)
+        loss, penalty, correct = torch.stack([loss, penalty, torch.stack(self.correct).sum().float()]).tolist()
+        return loss, penalty, int(correct), int(sum(self.counts))
 
     def loss_values(self) -> list[float]:
         return torch.stack(self.losses).tolist() if self.losses else []
 
     def state_dict(self) -> dict:
-        return {"loader": self.loader_pass.state_dict(), "loss_sum": self.loss_sum.item(),
-                "penalty_sum": self.penalty_sum.item(), "correct": int(self.correct.item()), "seen": self.seen,
-                "losses": self.loss_values(), "counts": self.counts, "lr": self.lr}
+        return {"loader": self.loader_pass.state_dict(), "losses": self.loss_values(),
+                "correct": torch.stack(self.correct).tolist() if self.correct else [],
+                "penalties": torch.stack(self.penalties).tolist() if self.penalties else [],
+                "counts": self.counts, "lr": self.lr}
 
 
 @dataclass
@@ -241,8 +247,7 @@ class Trainer:
                 self._stop_point(run, fit)
         fit.tally = None
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
-        loss_total, penalty_total, correct_total, seen = all_reduce_sum(
-            [tally.loss_sum.item(), tally.penalty_sum.item(), tally.correct.item(), tally.seen], self.device)
+        loss_total, penalty_total, correct_total, seen = all_reduce_sum(list(tally.sums()), self.device)
         n = max(seen, 1)
         stats = {"train_loss": loss_total / n, "train_acc": correct_total / n}
         if fit.regularizer:

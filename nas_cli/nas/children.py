@@ -67,7 +67,7 @@ def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule
     seed_everything(seed)
     if data.generator is not None:
         data.generator.manual_seed(seed)
-    model = ArchNet(arch, data.in_shape, data.num_classes)
+    model = ArchNet(arch, data.in_shape, data.num_classes).to(device)  # before its optimizer's state
     trainer = Trainer(epochs=child.epochs, checkpoint=False, device=device, progress=False)
     run = Run(folder, "train", seed=seed, device=device, headline=HEADLINE)
     with _quiet_engine():
