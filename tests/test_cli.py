@@ -104,6 +104,10 @@ ERRORS = {
     "no gpu": (["train", "device=cuda"], "no CUDA GPU"),
     "nothing to resume": (["train", "resume=true"], "no interrupted run"),
     "report of nothing": (["report", "nowhere"], "no such folder"),
+    "a key that moved": (["search-darts", "search.order=second"], "search.order is now arch.order"),
+    "threads of zero": (["dqn", "threads=0"], "threads=0: expected a positive whole number"),
+    "a seed that is no number": (["grad-bench", "seed=abc"], "seed=abc: expected a whole number"),
+    "resume of no run": (["fuse-bn", "resume=nowhere"], "resume=nowhere: not a run folder"),
 }
 
 

@@ -316,3 +316,34 @@ def test_a_cuda_run_stopped_by_sigterm_resumes_to_the_same_result(command, tmp_p
     assert summary(tmp_path / "cut")["device"].startswith("cuda") and summary(tmp_path / "cut")["gpu_hours"] > 0
     pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"),
                                   check_exact=True)
+
+
+def test_under_submitit_the_run_is_saved_before_the_requeue(tmp_path):
+    """SLURM's warning signal (USR2 under submitit): checkpoint and `interrupted` first, then submitit's own
+    handler (which requeues the job and exits)."""
+    events = []
+
+    def submitit_requeue(signum, frame):
+        events.append(("requeue", signal.Signals(signum).name, summary(tmp_path)["status"]))
+        raise SystemExit(-1)
+
+    before = signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        with pytest.raises(SystemExit), Run(tmp_path, "train", seed=0, device="cpu") as run:
+            signal.raise_signal(signal.SIGUSR2)
+            run.stop_point(lambda: events.append(("checkpoint",)))
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert events == [("checkpoint",), ("requeue", "SIGUSR2", "interrupted")]
+    assert signal.getsignal(signal.SIGUSR2) is before
+
+
+def test_a_requeued_slurm_job_continues_its_run(tmp_path, monkeypatch):
+    run = tmp_path / "job"
+    with monkeypatch.context() as patch:
+        wrap(patch, COMMANDS["train"][1], 11, lambda: signal.raise_signal(signal.SIGTERM))
+        assert nas_cli("train", *SMALL_CLI, "trainer.epochs=3", f"hydra.run.dir={run}") == 143
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets in a requeued job: same command, same folder
+    assert nas_cli("train", *SMALL_CLI, "trainer.epochs=3", f"hydra.run.dir={run}") == 0
+    record = summary(run)
+    assert record["status"] == "ok" and record["resumes"] == 1 and record["epochs"] == 3

@@ -8,7 +8,6 @@ does only what is missing, since ``dst/.prep_state.json`` records every finished
 
 from __future__ import annotations
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.text import Text
@@ -35,7 +34,7 @@ def options(cfg: DictConfig, seed: int, progress: bool) -> Options:
 
 
 def task(cfg: DictConfig) -> dict:
-    run_opts = RunOptions.from_config(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    run_opts = RunOptions.from_config(cfg)
     opts = options(cfg, run_opts.seed, run_opts.progress)
     console = get_console()
     # prep-imagenet runs on the CPU; the device is recorded as such whatever device= says

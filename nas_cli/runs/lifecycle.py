@@ -136,7 +136,7 @@ class Run:
         try:
             self._write(status, error)
         finally:
-            self._signals.__exit__(None, None, None)
+            self._signals.__exit__(kind, ex, tb)
         return False
 
     # -- the summary ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,12 @@ def is_off(resume) -> bool:
     return resume is None or resume is False or str(resume).lower() in _OFF
 
 
+def requeued() -> bool:
+    """A SLURM job started again after preemption or a time limit (submitit's requeue): it continues
+    the run in its folder, whatever ``resume`` says."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     run_dir: Path
@@ -28,8 +35,10 @@ class RunOptions:
     resume: bool  # the bridge has turned resume=PATH into this run folder
 
     @classmethod
-    def from_config(cls, cfg, run_dir: str | Path | None = None) -> RunOptions:
+    def from_config(cls, cfg) -> RunOptions:
         """Check the shared keys, apply ``threads``, resolve the device; the run folder is Hydra's."""
+        from hydra.core.hydra_config import HydraConfig
+
         from nas_cli.engine.device import resolve_device
 
         seed, threads, progress = cfg.seed, cfg.threads, cfg.progress
@@ -41,8 +50,5 @@ class RunOptions:
             raise UserError(f"progress={progress}: expected true or false")
         if threads is not None:
             torch.set_num_threads(threads)
-        if run_dir is None:
-            from hydra.core.hydra_config import HydraConfig
-
-            run_dir = HydraConfig.get().runtime.output_dir
-        return cls(Path(run_dir), seed, resolve_device(str(cfg.device)), threads, progress, not is_off(cfg.resume))
+        return cls(Path(HydraConfig.get().runtime.output_dir), seed, resolve_device(str(cfg.device)), threads,
+                   progress, not is_off(cfg.resume) or requeued())

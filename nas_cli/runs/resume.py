@@ -47,7 +47,8 @@ def _agrees(folder: Path, given: list[str], budget_keys: set[str]) -> bool:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    checked = [o for o in given if _key(o) not in RUNTIME_KEYS | budget_keys and not _key(o).startswith("hydra.")]
+    checked = [o for o in given if "=" in o and not o.startswith("-")  # overrides, not Hydra's flags
+               and _key(o) not in RUNTIME_KEYS | budget_keys and not _key(o).startswith("hydra.")]
     if not checked:
         return True
     if not (folder / CONFIG).is_file():
@@ -77,7 +78,7 @@ def _latest_unfinished(command: str, given: list[str]) -> Path:
         if _agrees(folder, given, set(summary.get("budget") or {})):
             candidates.append(folder)
     if not candidates:
-        shown = " ".join(a for a in given if _key(a) not in RUNTIME_KEYS)
+        shown = " ".join(a for a in given if "=" in a and _key(a) not in RUNTIME_KEYS)
         raise UserError(f"resume=true: no interrupted run (nor a failed one) under {runs}"
                         + (f" with {shown}" if shown else "") + "; pass resume=RUN_FOLDER")
     return max(candidates, key=lambda d: (d / SUMMARY).stat().st_mtime)

@@ -7,17 +7,23 @@ and raise ``Interrupted``, and the CLI exits with 128 + the signal's number (130
 second signal means "now": ``Interrupted(hard=True)`` is raised wherever the program is, and
 the last checkpoint on disk is what a resume continues from.
 
-Worker processes follow their parent's request through a shared event (``follow``), and
-ignore the signals themselves (``ignore_in_worker``): the parent decides when they stop.
+Under submitit, SLURM's warning signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) is a
+stop signal too: the run checkpoints at its safe point, records ``interrupted``, and only then
+is submitit's own handler called, which requeues the job (``RunOptions`` resumes a requeued
+job in its folder). Worker processes follow their parent's request through a shared event
+(``follow``), and ignore the signals themselves (``ignore_in_worker``): the parent decides when
+they stop.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PREEMPT_SIGNAL = signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"]  # submitit's warning
+STOP_SIGNALS = tuple(dict.fromkeys((signal.SIGINT, signal.SIGTERM, PREEMPT_SIGNAL)))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -77,7 +83,10 @@ def _handler(signum, frame) -> None:
 
 @contextmanager
 def handled():
-    """SIGINT/SIGTERM set the stop flag inside this block (main thread only; blocks may nest)."""
+    """The stop signals set the stop flag inside this block (main thread only; blocks may nest).
+
+    When the outermost block ends in ``Interrupted`` by the preemption signal, the handler it stood
+    in for (submitit's requeue) is called: the run is saved by then."""
     global _depth
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -87,15 +96,23 @@ def handled():
         for s in STOP_SIGNALS:
             _saved[s] = signal.signal(s, _handler)
     _depth += 1
+    stopped = False
     try:
         yield
+    except Interrupted:
+        stopped = True
+        raise
     finally:
         _depth -= 1
         if _depth == 0:
             for s, previous in _saved.items():
                 signal.signal(s, previous)
+            signum = _requested[0] if _requested else None
+            previous = _saved.get(signum)
             _saved.clear()
             _requested.clear()
+            if stopped and signum == PREEMPT_SIGNAL and callable(previous):
+                previous(signum, None)  # submitit's requeue, now that the run is saved
 
 
 def follow(event) -> None:
