@@ -35,7 +35,6 @@ from nas_cli.runs.files import CHECKPOINT
 from nas_cli.runs.record import RunRecord, read_summary, versions
 
 log = logging.getLogger(__name__)
-STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
 RESERVED = ("status", "command", "error")  # the lifecycle's to write, never a command's figure
 
 
