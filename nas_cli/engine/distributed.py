@@ -52,6 +52,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def gather(value) -> list:
+    """Every process's ``value``, in rank order (``[value]`` in a plain run)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def broadcast(value, src: int = 0):
     """Rank ``src``'s value on every process (identity in a plain run)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -29,7 +29,7 @@ from nas_cli.data.resumable import LoaderPass
 from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
-from nas_cli.engine.distributed import Dist, all_reduce_sum
+from nas_cli.engine.distributed import Dist, all_reduce_sum, gather
 from nas_cli.engine.loggers import CSVLogger
 from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.optimizers import LBFGS, closure_batches
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
 HEADLINE = ["train_loss", "train_acc", "val_acc"]  # what report shows first for a training run
+DIST_STOP_EVERY = 16  # under torchrun, batches between the processes' agreements on a stop signal
 
 
 class EpochTally:
@@ -244,7 +245,7 @@ class Trainer:
             if on_batch is not None:
                 on_batch()
             if run is not None:
-                self._stop_point(run, fit)
+                self._stop_point(run, fit, tally.loader_pass.taken)
         fit.tally = None
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
         loss_total, penalty_total, correct_total, seen = all_reduce_sum(list(tally.sums()), self.device)
@@ -255,9 +256,12 @@ class Trainer:
         return {**stats, "lr": tally.lr if tally.lr is not None else fit.optimizer.param_groups[0]["lr"],
                 "samples": int(seen), "iterations": len(tally.counts)}
 
-    def _stop_point(self, run: Run, fit: FitState) -> None:
-        """Stop here if asked (every process agrees under torchrun), writing a checkpoint first."""
+    def _stop_point(self, run: Run, fit: FitState, batch: int | None = None) -> None:
+        """Stop here if asked, writing a checkpoint first. Under torchrun every process must stop at the
+        same batch: they agree every ``DIST_STOP_EVERY`` batches (an agreement is a host sync)."""
         if self.dist.enabled:
+            if batch is not None and batch % DIST_STOP_EVERY:
+                return
             asked = all_reduce_sum([1.0 if signals.requested() else 0.0], self.device)[0] > 0
             if asked and signals.requested() is None:
                 signals.request(signals.signal.SIGTERM)  # another process was signalled
@@ -442,8 +446,11 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if fit.generator is not None:
             rng["loader"] = fit.generator.get_state()
+        tally = fit.tally.state_dict() if fit.tally is not None else None
+        # mid-epoch under torchrun each process has its own share of the epoch's sums: keep every one
+        tallies = gather(tally) if tally is not None and self.dist.enabled else None
         run.save_checkpoint({
-            "epoch": fit.epoch, "tally": fit.tally.state_dict() if fit.tally is not None else None,
+            "epoch": fit.epoch, "tally": tally, "tallies": tallies,
             "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
             "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
             "schedule": fit.schedule.state_dict() if fit.schedule else {},
@@ -477,7 +484,11 @@ class Trainer:
         fit.step_losses = list(state.get("steps", []))
         fit.epoch = int(state["epoch"])
         if state.get("tally"):  # stopped mid-epoch: replay the pass up to the batch, then its randomness
-            fit.saved_tally, fit.pending_rng = state["tally"], state.get("rng", {})
+            tallies = state.get("tallies") or [state["tally"]]
+            if len(tallies) != self.dist.world:
+                raise UserError(f"this checkpoint stopped mid-epoch in {len(tallies)} process(es): resume it with "
+                                f"{len(tallies)} (torchrun --nproc_per_node={len(tallies)})")
+            fit.saved_tally, fit.pending_rng = tallies[self.dist.rank], state.get("rng", {})
         else:
             self._set_rng(state.get("rng", {}), fit)
 
