@@ -108,6 +108,7 @@ ERRORS = {
     "threads of zero": (["dqn", "threads=0"], "threads=0: expected a positive whole number"),
     "a seed that is no number": (["grad-bench", "seed=abc"], "seed=abc: expected a whole number"),
     "resume of no run": (["fuse-bn", "resume=nowhere"], "resume=nowhere: not a run folder"),
+    "lbfgs for dqn": (["dqn", "optim=lbfgs"], "optim=lbfgs needs a fixed data set"),
 }
 
 

@@ -202,6 +202,7 @@ def test_headline_columns_come_from_the_summaries(tmp_path):
     ([[91, 100], [91, 100], None], True, "figures: mean of epochs 91-100"),
     ([[8, 8], [8, 8]], False, "figures: epoch 8"),
     ([[91, 100], [41, 50]], True, "figures: means over each run's last epochs (see summary.json averaged_epochs)"),
+    ([[8, 8], [2, 2]], False, "figures: each run's final epoch"),
     ([None, None], True, ""),
     ([[8, 8], "null"], False, "figures: epoch 8"),  # a run stopped before its first epoch averages nothing
 ])

@@ -128,7 +128,10 @@ class DQN:
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         # fused where the optimizer has it: one kernel for all parameters instead of a dozen small ops each
         # (3x faster for Adam here)
-        fused = "fused" in inspect.signature(getattr(optimizer, "func", optimizer)).parameters
+        kind = getattr(optimizer, "func", optimizer)
+        if isinstance(kind, type) and issubclass(kind, torch.optim.LBFGS):
+            raise UserError("optim=lbfgs needs a fixed data set to re-evaluate: dqn takes adam, sgd, rmsprop, ...")
+        fused = "fused" in inspect.signature(kind).parameters
         self.optimizer = optimizer(self.q.parameters(), **({"fused": True} if fused else {}))
         self.scheduler = None
         self.params, self.target_params = list(self.q.parameters()), list(self.target.parameters())

@@ -58,6 +58,8 @@ def _averaged(frame: pd.DataFrame) -> str:
     """The summaries' ``averaged_epochs`` [first, last], where they say: one span for all, or a pointer."""
     spans = set(frame["averaged_epochs"].dropna()) if "averaged_epochs" in frame else set()
     if len(spans) > 1:
+        if all(first == last for first, last in spans):
+            return "figures: each run's final epoch"
         return "figures: means over each run's last epochs (see summary.json averaged_epochs)"
     if not spans:
         return ""

@@ -522,17 +522,20 @@ class Trainer:
     @staticmethod
     def print_summary(summary: dict) -> None:
         first, last = summary.get("averaged_epochs") or (None, None)
-        averaged = f"epoch {last}" if first == last else f"mean of epochs {first}-{last}"
         table = Table(title=f"run summary ({summary['status']})", show_header=True)
         table.add_column("metric")
-        table.add_column(averaged, justify="right")
-        table.add_column("final", justify="right")
+        if first == last:  # the headline is the final epoch's
+            table.add_column(f"epoch {last}" if last else "final", justify="right")
+        else:
+            table.add_column(f"mean of epochs {first}-{last}", justify="right")
+            table.add_column("final", justify="right")
         for key in AVERAGED:
             if key in summary:
-                table.add_row(key, f"{summary[key]:.4f}", f"{summary.get('final_' + key, float('nan')):.4f}")
+                final = summary.get("final_" + key, float("nan"))
+                table.add_row(key, f"{summary[key]:.4f}", *([] if first == last else [f"{final:.4f}"]))
         for key in ("snapshot_ensemble_val_acc", "ensemble_val_acc"):
             if key in summary:
-                table.add_row(key, "", f"{summary[key]:.4f}")
+                table.add_row(key, *([""] if first != last else []), f"{summary[key]:.4f}")
         table.caption = f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
         get_console().print(table)
 

@@ -123,6 +123,8 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
            latency: LatencyOptions) -> dict:
     """Search in ``run``: train the supernet's weights and alpha together; returns the run's summary."""
     chain = isinstance(supernet, ChainNetwork)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise UserError("optim=lbfgs re-evaluates each step's loss: the bilevel step takes sgd, adam, ...")
     if chain and arch.max_skip is not None:
         raise UserError("arch.max_skip caps skip_connect in DARTS cells: leave it null with supernet=chain")
     supernet.to(run.device)
