@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.signals import Interrupted
 
-TIMING = {"epoch_time_s", "samples_per_s", "steps_per_s", "seconds"}
+TIMING = {"epoch_time_s", "samples_per_s", "steps_per_s", "seconds", "grad_time_s"}
 SEARCH_DARTS = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
                 "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
                 "arch.heatmap=false", "threads=1"]
@@ -45,7 +45,8 @@ COMMANDS = {
     "grad-bench": (GRAD_BENCH, "nas_cli.gradients.protocol.gradients", 2),
     "prep-imagenet": (["workers=1"], "nas_cli.tools.imagenet.prepare.extract_class", 2),
 }
-RESUMABLE = ["train", "search-darts", "dqn", "search-rl"]  # resumed to the same metrics, compared below
+CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl"]
+RESUMABLE = [*CHECKPOINTED, "grad-bench"]  # resumed to the same metrics, compared below (grad-bench: by its rows)
 
 
 def nas_cli(*args: str) -> int:
@@ -158,7 +159,7 @@ def test_a_signal_stops_the_run_at_a_safe_point(command, signum, tmp_path, archi
     record = summary(run)
     assert record["status"] == "interrupted" and signal.Signals(signum).name in record["error"]
     assert f"resume={run}" in " ".join(err.split())  # the hint names the run to continue
-    if command in RESUMABLE:
+    if command in CHECKPOINTED:
         assert (run / "checkpoints" / "last.pt").is_file()
 
 
@@ -177,7 +178,7 @@ def test_resume_after_sigterm_ends_as_an_uninterrupted_run(command, tmp_path, ar
                                   check_exact=True)
     whole, cut = summary(tmp_path / "whole"), summary(tmp_path / "cut")
     assert cut["status"] == "ok" and cut["resumes"] == 1 and whole["resumes"] == 0
-    for key in ("val_acc", "best_eval_return", "best_reward", "genotype"):
+    for key in ("val_acc", "best_eval_return", "best_reward", "genotype", "winners"):
         assert cut.get(key) == whole.get(key), key
 
 
