@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -264,7 +265,7 @@ class Trainer:
                 return
             asked = all_reduce_sum([1.0 if signals.requested() else 0.0], self.device)[0] > 0
             if asked and signals.requested() is None:
-                signals.request(signals.signal.SIGTERM)  # another process was signalled
+                signals.request(signal.SIGTERM)  # another process was signalled
         run.stop_point(lambda: self._save(run, fit) if self.checkpoint else None)
 
     def _global_step_losses(self, losses: list[float], counts: list[int]) -> list[float]:
