@@ -16,7 +16,6 @@ from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.runs.files import BEST, EVAL_RETURNS, METRICS, RETURNS_PLOT
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,7 @@ def task(cfg: DictConfig) -> dict:
     if cfg.mode != "train":
         raise UserError(f"mode={cfg.mode}: use train or eval")
     total_steps = int(cfg.total_steps)
-    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,
-              budget={"total_steps": total_steps}, headline=HEADLINE)
+    run = opts.run(COMMAND, budget={"total_steps": total_steps}, headline=HEADLINE)
     summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),
                     eval_episodes=int(cfg.eval.episodes), log_every=int(cfg.log_every),
                     optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.sched), progress=opts.progress)
@@ -59,7 +57,7 @@ def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | Non
         agent.q.load_state_dict(state["model"] if "model" in state else state["agent"]["q"])
     except (KeyError, RuntimeError) as ex:
         raise UserError(f"source={path} does not fit this agent/env config ({type(ex).__name__})") from ex
-    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume, headline=EVAL_HEADLINE)
+    run = opts.run(COMMAND, headline=EVAL_HEADLINE)
     with run:
         returns = greedy_returns(agent.q.eval(), env.id, episodes, opts.seed + 20_000, env.atari, opts.device)
         np.savetxt(run.dir / EVAL_RETURNS, returns)

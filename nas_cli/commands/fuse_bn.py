@@ -23,7 +23,6 @@ from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
 from nas_cli.runs.files import CONFIG, FUSED
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 from nas_cli.tools.fuse_bn import FuseReport, fuse_bn
 
@@ -49,7 +48,7 @@ def task(cfg: DictConfig) -> dict:
     batch_sizes = [int(b) for b in cfg.batch_sizes]
     source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape))
     model, inputs, described = load_source(source, max(batch_sizes), opts.seed)
-    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume, headline=HEADLINE)
+    run = opts.run(COMMAND, headline=HEADLINE)
     done = run.finished()
     if done is not None:
         return done

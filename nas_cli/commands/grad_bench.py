@@ -25,7 +25,6 @@ from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
 from nas_cli.gradients import plots, protocol
 from nas_cli.runs.files import BEST_MARKDOWN, BEST_TABLE, CURVES, DIM_PLOT, LR_PLOT, METRICS
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 from nas_cli.runs.record import atomic_write
 
@@ -69,7 +68,7 @@ def task(cfg: DictConfig) -> dict:
     s = settings(cfg, opts.seed)
     protocol.validate(s)
     seed_everything(s.seed)
-    run = Run(opts.run_dir, COMMAND, seed=s.seed, device=opts.device, resume=opts.resume, headline=HEADLINE)
+    run = opts.run(COMMAND, headline=HEADLINE)
     done = run.finished()
     if done is not None:
         return done

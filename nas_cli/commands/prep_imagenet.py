@@ -14,7 +14,6 @@ from rich.text import Text
 
 from nas_cli.errors import UserError
 from nas_cli.runs.files import SUMMARY
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 from nas_cli.tools.imagenet.prepare import Options, prepare
 
@@ -38,7 +37,7 @@ def task(cfg: DictConfig) -> dict:
     opts = options(cfg, run_opts.seed, run_opts.progress)
     console = get_console()
     # prep-imagenet runs on the CPU; the device is recorded as such whatever device= says
-    run = Run(run_opts.run_dir, COMMAND, seed=run_opts.seed, device="cpu", resume=run_opts.resume, headline=HEADLINE)
+    run = run_opts.run(COMMAND, device="cpu", headline=HEADLINE)
     figures: dict = {"src": opts.src, "dst": opts.dst}
     run.figures = lambda: figures
     with run:

@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas_cli.engine.device import seed_everything
 from nas_cli.nas.darts.search import SEARCH_HEADLINE, ArchOptions, LatencyOptions, search
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 
 COMMAND = "search-darts"
@@ -25,8 +24,7 @@ def task(cfg: DictConfig) -> dict:
     supernet = instantiate(cfg.supernet, in_shape=data.in_shape, num_classes=data.num_classes).to(opts.device)
     optimizer = instantiate(cfg.optim)(params=supernet.parameters())  # the weights; alpha has its own Adam
     trainer = instantiate(cfg.trainer, device=opts.device, progress=opts.progress)
-    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,
-              budget={"trainer.epochs": trainer.epochs}, headline=SEARCH_HEADLINE)
+    run = opts.run(COMMAND, budget={"trainer.epochs": trainer.epochs}, headline=SEARCH_HEADLINE)
     arch = ArchOptions(**OmegaConf.to_container(cfg.arch, resolve=True))
     latency = LatencyOptions(**OmegaConf.to_container(cfg.latency, resolve=True))
     return search(supernet, data, trainer, optimizer, instantiate(cfg.sched), run, arch, latency)

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas_cli.nas.children import ChildOptions, Evaluator, load_data
 from nas_cli.nas.search_loop import HEADLINE, search
-from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 
 COMMAND = "search-rl"
@@ -30,6 +29,5 @@ def task(cfg: DictConfig) -> dict:
                           opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
                           schedule=instantiate(cfg.sched), workers=int(cfg.search.workers))
     children = int(cfg.search.children)
-    run = Run(opts.run_dir, COMMAND, seed=opts.seed, device=opts.device, resume=opts.resume,
-              budget={"search.children": children}, headline=HEADLINE)
+    run = opts.run(COMMAND, budget={"search.children": children}, headline=HEADLINE)
     return search(controller, evaluator, run, children, progress=opts.progress)

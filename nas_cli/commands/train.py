@@ -75,8 +75,8 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     log.info(f"{type(model).__name__} ({n_params(model):,} parameters"
              + (f", {len(frozen)} tensors frozen" if frozen else "") + f") on {data.name} "
              f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}")
-    run = Run(run_dir, COMMAND, seed=seed, device=device, resume=opts.resume,
-              budget={"trainer.epochs": trainer.epochs}, headline=HEADLINE, write=group.main)
+    run = opts.run(COMMAND, run_dir=run_dir, seed=seed, device=device, budget={"trainer.epochs": trainer.epochs},
+                   headline=HEADLINE, write=group.main)
     summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
                           generator=data.generator, regularizer=instantiate(cfg.regularizer),
                           ema_decay=cfg.ema.decay)
@@ -91,9 +91,9 @@ def _overrides() -> dict:
 
 def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, device) -> dict:
     """K independently seeded members (each a run in ``members/<k>``), then their averaged-softmax ensemble."""
-    run = Run(run_dir, COMMAND, seed=opts.seed, device=device, resume=opts.resume,
-              budget={"trainer.epochs": int(cfg.trainer.epochs), "ensemble.size": size},
-              headline=[*HEADLINE, "ensemble_val_acc"])
+    run = opts.run(COMMAND, run_dir=run_dir, device=device,
+                   budget={"trainer.epochs": int(cfg.trainer.epochs), "ensemble.size": size},
+                   headline=[*HEADLINE, "ensemble_val_acc"])
     done = run.finished()
     if done is not None:
         return done

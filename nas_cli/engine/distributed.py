@@ -72,4 +72,7 @@ def broadcast(value, src: int = 0):
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()  # every process leaves together: none tears the group down under another's feet
+        finally:
+            dist.destroy_process_group()

@@ -26,7 +26,7 @@ from nas_cli.nas.children import Evaluator
 from nas_cli.nas.controllers.base import Controller
 from nas_cli.runs.files import BEST_ARCH, CACHE
 from nas_cli.runs.lifecycle import Run
-from nas_cli.runs.record import write_json
+from nas_cli.runs.record import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 COLUMNS = ["step", "arch", "params", "reward", "seconds", "cache_hit", "json"]
@@ -71,9 +71,10 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
                     bar.update(task, advance=1, info=f"best {best:.4f}", refresh=True)
                 record.write_metrics()
                 _write_best(run.dir, record.rows)
-                write_json(run.dir / CACHE, evaluator.cache)
+                cache = json.dumps(evaluator.cache)
+                atomic_write(run.dir / CACHE, lambda tmp, text=cache: Path(tmp).write_text(text))
                 run.save_checkpoint({"controller_name": controller.name, "controller": controller.state_dict(),
-                                     "history": record.rows, "cache": json.dumps(evaluator.cache)})
+                                     "history": record.rows, "cache": cache})
                 run.stop_point()
     finally:
         evaluator.close()

@@ -52,3 +52,12 @@ class RunOptions:
             torch.set_num_threads(threads)
         return cls(Path(HydraConfig.get().runtime.output_dir), seed, resolve_device(str(cfg.device)), threads,
                    progress, not is_off(cfg.resume) or requeued())
+
+    def run(self, command: str, *, budget: dict | None = None, headline: list[str] | None = None,
+            run_dir: str | Path | None = None, seed: int | None = None, device: torch.device | str | None = None,
+            write: bool = True):
+        """The command's run with these options (another folder, seed or device for an ensemble member)."""
+        from nas_cli.runs.lifecycle import Run
+
+        return Run(run_dir or self.run_dir, command, seed=self.seed if seed is None else seed,
+                   device=device or self.device, resume=self.resume, budget=budget, headline=headline, write=write)

@@ -134,10 +134,13 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
                           reuse_train_grad=arch.reuse_train_grad)
     arch_batches = BatchStream(a_loader, a_loader.generator)
     kinds = ((False, "chain"),) if chain else ((False, "normal"), (True, "reduce"))
-    derived: dict = {}
+    derived: dict = {}  # the genotype of the last epoch (the summary's, however the run ends)
+
+    def derive():
+        return supernet.derive() if chain else supernet.derive(arch.max_skip)
 
     def on_epoch_end(row: dict) -> dict:
-        genotype = derived["genotype"] = supernet.derive() if chain else supernet.derive(arch.max_skip)
+        genotype = derived["genotype"] = derive()
         columns = {"alpha_entropy_normal": alpha_entropy(supernet.arch.normal)}
         if not chain:
             columns["alpha_entropy_reduce"] = alpha_entropy(supernet.arch.reduce)
@@ -154,14 +157,12 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
 
     def figures() -> dict:
         rows = run.record.rows
-        genotype = derived.get("genotype") or (
-            (supernet.derive() if chain else supernet.derive(arch.max_skip)) if rows else None)
+        last = rows[-1] if rows else {}
+        genotype = derived.get("genotype") or (derive() if rows else None)  # a resumed run: alpha as restored
         out = {"genotype": genotype.to_dict() if genotype else None,
-               "genotype_str": str(genotype) if genotype else None,
-               "skip_count": rows[-1]["skip_count"] if rows else None}
-        if term is not None and genotype is not None:
-            out["expected_latency_ms"] = rows[-1].get("expected_latency_ms") if rows else None
-            out["derived_latency_ms"] = term.derived(genotype, supernet.nodes, supernet.primitives)
+               "genotype_str": str(genotype) if genotype else None, "skip_count": last.get("skip_count")}
+        if term is not None:
+            out.update({k: last.get(k) for k in ("expected_latency_ms", "derived_latency_ms")})
         return out
 
     log.info(f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
