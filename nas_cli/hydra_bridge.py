@@ -27,7 +27,7 @@ HELP = ("--help", "-h")
 
 # keys that moved, so that an old command line gets the new name instead of "Could not override"
 RENAMED = {
-    "*": {"data.split_seed": "data.data_seed"},
+    "*": {"data.split_seed": "data.data_seed", "data.val_fraction": "data.val_size"},
     "search-darts": {
         "search.epochs": "trainer.epochs", "search.lr": "optim.lr", "search.momentum": "optim.momentum",
         "search.weight_decay": "optim.weight_decay", "search.grad_clip": "trainer.grad_clip",
@@ -37,6 +37,7 @@ RENAMED = {
         "search.arch_weight_decay": "arch.weight_decay", "search.max_skip": "arch.max_skip",
         "search.heatmap": "arch.heatmap", "search.partial_channels": "supernet.partial_channels",
         "search.edge_norm": "supernet.edge_norm", "space.name": "supernet=darts|chain", "space": "supernet",
+        "search.unrolled": "arch.unrolled", "search.arch_warmup_epochs": "arch.warmup_epochs",
     },
     "search-rl": {"child.lr": "optim.lr", "child.weight_decay": "optim.weight_decay",
                   "controller.space": "space=zoph|metaqnn", "space.zoph": "space (with space=zoph)",
@@ -195,6 +196,7 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
 
     with exit_on_error(command), signals.handled():
         _refuse_renamed(command, args)
+        _refuse_foreign_presets(command, args)
         if any(a in HELP for a in args):
             print(command_help(config_name, [a for a in args if a not in HELP]))
             return
@@ -224,7 +226,8 @@ def command_help(config_name: str, overrides: list[str]) -> str:
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         groups = sorted(g for g in cfg.hydra.runtime.choices if not g.startswith("hydra/"))
-        listing = [f"{g}: {', '.join(loader.get_group_options(g))}" for g in groups]
+        command = config_name.replace("_", "-")  # primary configs are named after their commands
+        listing = [f"{g}: {', '.join(_options(loader, g, command))}" for g in groups]
     header, footer = cfg.hydra.help.header, cfg.hydra.help.footer
     with open_dict(cfg):
         del cfg["hydra"]
@@ -232,6 +235,37 @@ def command_help(config_name: str, overrides: list[str]) -> str:
                       "Compose your configuration from those groups (group=option)", "", *listing, "",
                       "== Config ==", "Override anything in the config (foo.bar=value)", "",
                       OmegaConf.to_yaml(cfg).rstrip(), "", footer.rstrip()])
+
+
+def _options(loader, group: str, command: str) -> list[str]:
+    options = loader.get_group_options(group)
+    return [o for o in options if preset_command(o) == command] if group == "experiment" else options
+
+
+def preset_command(name: str) -> str | None:
+    """The command a preset (``conf/experiment/NAME.yaml``) belongs to: its ``# command: NAME`` line."""
+    path = config_dir() / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith("# command:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _refuse_foreign_presets(command: str, args: list[str]) -> None:
+    """``experiment=dqn_atari`` on train would fail deep inside Hydra: name the preset's command instead."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") != "experiment" or not value:
+            continue
+        for name in value.split(","):  # a sweep over presets
+            owner = preset_command(name.strip())
+            if owner is not None and owner != command:
+                raise UserError(f"experiment={name.strip()} is a preset of `nas-cli {owner}`: "
+                                f"run `nas-cli {owner} experiment={name.strip()}`")
 
 
 def _for_this_process(args: list[str]) -> list[str]:

@@ -97,7 +97,7 @@ def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
 ERRORS = {
     "unknown key": (["train", "foo=1"], "Could not override 'foo'"),
     "unknown group option": (["train", "model=transformer"], "Could not find 'model/transformer'"),
-    "missing cifar folder": (["train", "data=cifar10", "data.root=nowhere"], "CIFAR-10 not found under 'nowhere'"),
+    "missing cifar folder": (["train", "data=cifar10", "data.root=nowhere"], "CIFAR-10 not found: nowhere/cifar-10-batches-py lacks data_batch_1"),
     "missing image folder": (["train", "data=imagefolder", "data.root=nowhere"], "nowhere/train' not found"),
     "root not given": (["train", "data=imagefolder"], "data.root has no default"),
     "bad value": (["train", "trainer.epochs=many"], "bad value in trainer"),

@@ -13,15 +13,15 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from nas_cli.cli import HYDRA_COMMANDS
-from nas_cli.hydra_bridge import command_help, config_dir
+from nas_cli.hydra_bridge import command_help, config_dir, preset_command
 
 CONFIGS = {name: name.replace("-", "_") for name in HYDRA_COMMANDS}  # command -> primary config
 SHARED = ("seed", "device", "threads", "progress", "resume")
 GROUPS = {  # the groups each command composes (and its --help lists), nothing else
     "train": {"data", "experiment", "hparams_search", "logger", "model", "optim", "regularizer", "sched", "trainer"},
-    "search-darts": {"data", "optim", "sched", "supernet", "trainer"},
-    "search-rl": {"controller", "data", "optim", "sched", "space"},
-    "dqn": {"agent", "env", "optim", "sched"},
+    "search-darts": {"data", "experiment", "optim", "sched", "supernet", "trainer"},
+    "search-rl": {"controller", "data", "experiment", "optim", "sched", "space"},
+    "dqn": {"agent", "env", "experiment", "optim", "sched"},
     "fuse-bn": set(),
     "grad-bench": set(),
     "prep-imagenet": set(),
@@ -44,7 +44,8 @@ def cases() -> list[tuple[str, str, str]]:
         for group in cfg.hydra.runtime.choices:
             if group.startswith("hydra/") and command != "train":
                 continue  # Hydra's own groups are the same for every command: composed with train's
-            out += [(command, group, option) for option in options[group]]
+            out += [(command, group, option) for option in options[group]
+                    if group != "experiment" or preset_command(option) == command]  # presets name their command
     return out
 
 
@@ -120,3 +121,24 @@ def test_a_shipped_target_node_is_really_checked():
 
 def test_configs_ship_inside_the_package_layout():
     assert Path(config_dir()).name == "conf" and (config_dir() / "train.yaml").is_file()
+
+
+def test_every_preset_names_its_command_and_lists_only_under_it():
+    presets = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+    assert presets and all(preset_command(p) in CONFIGS for p in presets), [(p, preset_command(p)) for p in presets]
+    for command, config in CONFIGS.items():
+        if "experiment" not in GROUPS[command]:
+            continue
+        line = next(ln for ln in command_help(config, []).splitlines() if ln.startswith("experiment: "))
+        GlobalHydra.instance().clear()
+        assert set(line.removeprefix("experiment: ").split(", ")) - {""} == {
+            p for p in presets if preset_command(p) == command}
+
+
+def test_a_preset_of_another_command_is_refused_in_one_line():
+    from nas_cli.errors import UserError
+    from nas_cli.hydra_bridge import _refuse_foreign_presets
+
+    with pytest.raises(UserError, match="is a preset of `nas-cli train`"):
+        _refuse_foreign_presets("dqn", ["experiment=xnor_width_wd_smoke"])
+    _refuse_foreign_presets("train", ["-m", "experiment=xnor_width_wd_smoke,xnor_width_wd"])

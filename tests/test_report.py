@@ -230,3 +230,14 @@ def test_help_says_either_key_alone_gives_a_one_key_table():
     out = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})
     assert out.exit_code == 0
     assert " ".join(out.output.replace("│", " ").split()).count("alone a one-key table") == 2
+
+
+def test_caption_and_columns_say_what_validation_and_test_are(tmp_path, capsys):
+    headline = ["train_loss", "train_acc", "val_acc", "test_acc"]
+    for n in range(2):
+        fake_job(tmp_path / str(n), {"seed": n}, {"status": "ok", "headline": headline, "val_acc": 0.5,
+                                                  "test_acc": 0.4, "val_split": "5000 held out from train"})
+    table = report.main(tmp_path)
+    assert "Test Accuracy" in table.columns and "Validation Accuracy" in table.columns
+    caption = (tmp_path / "report.md").read_text().splitlines()[-1]
+    assert caption == "val_*: 5000 held out from train; test_*: the test set, once after training"

@@ -42,8 +42,17 @@ def main(path: Path, rows: str | None = None, cols: str | None = None, value: st
 
 
 def caption(frame: pd.DataFrame) -> str:
-    """What the table's figures cost and which epochs they average, for the printed table and report.md."""
-    return " · ".join(part for part in (_cost(frame), _averaged(frame)) if part)
+    """What the table's figures cost, which epochs they average and what val_* was measured on."""
+    return " · ".join(part for part in (_cost(frame), _averaged(frame), _validation(frame)) if part)
+
+
+def _validation(frame: pd.DataFrame) -> str:
+    """Which data the val_* columns are (held out from train, or the test set); test_* is always the test set."""
+    splits = sorted(set(frame["val_split"].dropna())) if "val_split" in frame else []
+    if not splits:
+        return ""
+    text = "val_*: " + " | ".join(splits)
+    return text + ("; test_*: the test set, once after training" if "test_acc" in frame else "")
 
 
 def _cost(frame: pd.DataFrame) -> str:

@@ -76,11 +76,17 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
              + (f", {len(frozen)} tensors frozen" if frozen else "") + f") on {data.name} "
              f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}")
     run = opts.run(COMMAND, run_dir=run_dir, seed=seed, device=device, budget={"trainer.epochs": trainer.epochs},
-                   headline=HEADLINE, write=group.main)
+                   headline=headline(data), write=group.main)
     summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
                           generator=data.generator, regularizer=instantiate(cfg.regularizer),
-                          ema_decay=cfg.ema.decay)
+                          ema_decay=cfg.ema.decay, test_loader=data.test,
+                          figures=lambda: {"val_split": data.val_split})
     return summary, model, data
+
+
+def headline(data) -> list[str]:
+    """The summary figures a report shows first: the test accuracy too when the data has a test set."""
+    return [*HEADLINE, "test_acc"] if data.test is not None else HEADLINE
 
 
 def _overrides() -> dict:
@@ -112,6 +118,11 @@ def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, 
             members.append(model.to(device))
             summaries.append(summary)
         figures.update(_ensemble_figures(run, summaries, ensemble_accuracy(members, data.val, device)))
+        figures["val_split"] = data.val_split
+        if data.test is not None:  # members' own test figures are in their summaries
+            figures["ensemble_test_acc"] = ensemble_accuracy(members, data.test, device)
+            figures["test_acc"] = sum(s["test_acc"] for s in summaries) / size
+            run.headline += ["test_acc", "ensemble_test_acc"]
     log.info(f"ensemble of {size}: val_acc {figures['ensemble_val_acc']:.4f} (members "
              f"{figures['final_val_acc']:.4f} ± {figures['member_val_acc_std']:.4f})")
     return run.summary

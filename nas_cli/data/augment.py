@@ -15,22 +15,28 @@ import torch.nn.functional as F
 from nas_cli.errors import UserError
 
 # every key of ``data.augment`` with its "off" value
-DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0}
+DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0,
+                               "cutout": 0}
 
 
 class Augment:
     """Augments one (C, H, W) image with :meth:`__call__`, or a whole batch with :meth:`batch`.
 
     Steps, in order: random resized crop, shift by a zero-padded random crop, horizontal
-    flip, color jitter. Each image gets its own random parameters.
+    flip, color jitter, cutout. Each image gets its own random parameters. ``fill``: the
+    per-channel value (in [0, 1]) cutout paints, the data's mean, so that a hole is 0 after
+    normalization as in DeVries & Taylor's and DARTS's code (which cut normalized images).
     """
 
     def __init__(self, size: tuple[int, int], channels: int, *, hflip: bool, crop_padding: int,
-                 resized_crop_scale: tuple[float, float] | None, color_jitter: float):
+                 resized_crop_scale: tuple[float, float] | None, color_jitter: float, cutout: int = 0,
+                 fill: Sequence[float] | float = 0.0):
         from torchvision.transforms import v2  # imported here: torchvision is slow to import
 
         self.hflip, self.crop_padding = hflip, crop_padding
         self.resized_crop_scale, self.color_jitter = resized_crop_scale, color_jitter
+        self.cutout = cutout
+        self.fill = torch.as_tensor(fill, dtype=torch.float32).flatten().expand(channels).reshape(channels, 1, 1)
         # saturation needs color: grey images get brightness and contrast only
         self.jitter_ops = 3 if channels == 3 else 2
         strength = (color_jitter, color_jitter, color_jitter if channels == 3 else 0.0)
@@ -39,6 +45,7 @@ class Augment:
             v2.RandomCrop(size, padding=crop_padding) if crop_padding else None,
             v2.RandomHorizontalFlip() if hflip else None,
             v2.ColorJitter(*strength) if color_jitter else None,
+            self._cutout_one if cutout else None,
         ]
         self.pipeline = v2.Compose([s for s in steps if s is not None])
 
@@ -63,7 +70,34 @@ class Augment:
             low, high = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
             factors = torch.empty(n, self.jitter_ops).uniform_(low, high)
             x = jitter(x, factors, order=torch.rand(n, self.jitter_ops).argsort(1))
+        if self.cutout:
+            x = cutout(x, self.cutout, self.fill)
         return x
+
+    def _cutout_one(self, image: torch.Tensor) -> torch.Tensor:
+        """Cutout of one image in the per-image pipeline (uint8 there: the fill scales to 0..255)."""
+        from torchvision import tv_tensors
+
+        fill = (self.fill * 255).round().to(image.dtype) if image.dtype == torch.uint8 else self.fill
+        out = cutout(image.unsqueeze(0), self.cutout, fill)[0]
+        return tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.TVTensor) else out
+
+
+def cutout(x: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+    """Paint a ``size`` x ``size`` square of each image (N, C, H, W) with ``fill`` (C, 1, 1).
+
+    As DeVries & Taylor (2017) and DARTS's training code: the centre is uniform over the whole
+    image, the square is cut at the borders (so holes near an edge are smaller), every image
+    gets one.
+    """
+    n, _, h, w = x.shape
+    centre_y, centre_x = torch.randint(0, h, (n, 1)), torch.randint(0, w, (n, 1))
+    half = size // 2
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_y = (rows >= centre_y - half) & (rows < centre_y + half)  # (n, h)
+    inside_x = (cols >= centre_x - half) & (cols < centre_x + half)  # (n, w)
+    hole = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(x.device)
+    return torch.where(hole, fill.to(x.device, x.dtype), x)
 
 
 def random_shift(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -159,10 +193,12 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch
     return x
 
 
-def build_augment(augment: Mapping | None, image_size: int | Sequence[int]) -> Augment | None:
+def build_augment(augment: Mapping | None, image_size: int | Sequence[int],
+                  mean: Sequence[float] | float = 0.0) -> Augment | None:
     """The augmentation ``augment`` (the ``data.augment`` block) asks for, or None when all is off.
 
     ``image_size``: the input shape (channels, height, width), or an int for square RGB images.
+    ``mean``: the data's per-channel mean in [0, 1] (what cutout paints).
     """
     options = parse(augment)
     if not any(options.values()):
@@ -173,7 +209,9 @@ def build_augment(augment: Mapping | None, image_size: int | Sequence[int]) -> A
                         f"turn it off for this data")
     if options["color_jitter"] and shape[0] not in (1, 3):
         raise UserError(f"data.augment.color_jitter needs 1 or 3 channels, not {shape[0]}; set it to 0")
-    return Augment(shape[1:], shape[0], **options)
+    if options["cutout"] > min(shape[1:]):
+        raise UserError(f"data.augment.cutout={options['cutout']} is larger than the {shape[1]}x{shape[2]} images")
+    return Augment(shape[1:], shape[0], **options, fill=mean)
 
 
 def parse(augment: Mapping | None) -> dict:
@@ -186,7 +224,7 @@ def parse(augment: Mapping | None) -> dict:
         raise UserError(f"unknown data.augment key(s) {', '.join(map(str, unknown))}; "
                         f"valid keys: {', '.join(DEFAULTS)}")
     options = {**DEFAULTS, **augment}
-    hflip, padding, scale, strength = (options[k] for k in DEFAULTS)
+    hflip, padding, scale, strength, hole = (options[k] for k in DEFAULTS)
     if not isinstance(hflip, bool):
         raise UserError(f"data.augment.hflip must be true or false, not {hflip!r}")
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
@@ -200,4 +238,7 @@ def parse(augment: Mapping | None) -> dict:
         scale = (float(scale[0]), float(scale[1]))
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
         raise UserError(f"data.augment.color_jitter must be a number >= 0, not {strength!r}")
-    return {"hflip": hflip, "crop_padding": padding, "resized_crop_scale": scale, "color_jitter": float(strength)}
+    if isinstance(hole, bool) or not isinstance(hole, int) or hole < 0:
+        raise UserError(f"data.augment.cutout must be the hole's side in pixels (>= 0, 0: off), not {hole!r}")
+    return {"hflip": hflip, "crop_padding": padding, "resized_crop_scale": scale, "color_jitter": float(strength),
+            "cutout": hole}

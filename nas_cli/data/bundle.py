@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nas_cli.errors import UserError
+
 
 class TensorLoader:
     """Batches sliced from in-memory tensors, reshuffled every epoch by ``generator``.
@@ -70,7 +72,11 @@ class TensorLoader:
 
 @dataclass
 class DataBundle:
-    """Training and validation loaders plus what a model needs to know about the inputs."""
+    """Training, validation (and test) loaders plus what a model needs to know about the inputs.
+
+    ``val`` is what every decision looks at (best epoch, schedules, search rewards); ``test``,
+    when the data has one, is only evaluated once at the end of a run, so it stays unseen.
+    """
 
     name: str
     train: Iterable
@@ -78,13 +84,15 @@ class DataBundle:
     in_shape: tuple[int, ...]  # (channels, height, width) or (features,)
     num_classes: int
     generator: torch.Generator | None = None  # orders the training data; saved in checkpoints
+    test: Iterable | None = None
+    val_split: str = "held out from train"  # what ``val`` is, for summaries and report captions
 
 
 def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBundle:
     """Give this process its share of both loaders; ``batch_size`` stays the global batch."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    for name, shuffle in (("train", True), ("val", False)):
+    for name, shuffle in (("train", True), ("val", False), ("test", False)):
         loader = getattr(data, name)
         if isinstance(loader, TensorLoader):
             loader.shard(rank, world)
@@ -97,15 +105,35 @@ def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBund
     return data
 
 
-def split_indices(labels, val_fraction: float, seed: int, subset: int | None = None):
-    """Seeded stratified train/val split; ``subset`` keeps at most that many of each (stratified)."""
+def split_indices(labels, val_size: float | int, seed: int, subset: int | None = None):
+    """Seeded stratified train/val split; ``subset`` keeps at most that many of each (stratified).
+
+    ``val_size``: a fraction in (0, 1) of the examples, or a number of them (see ``check_val_size``).
+    """
     import numpy as np
     from sklearn.model_selection import train_test_split
 
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+    train_idx, val_idx = train_test_split(idx, test_size=check_val_size(val_size, labels),
+                                          stratify=labels, random_state=seed)
     return stratified_cap(train_idx, labels, subset, seed), stratified_cap(val_idx, labels, subset, seed)
+
+
+def check_val_size(val_size, labels) -> float | int:
+    """``data.val_size`` as sklearn takes it: a fraction in (0, 1), or a whole number of examples
+    that leaves every class in both parts."""
+    n, classes = len(labels), len(set(labels.tolist()))
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size <= 0:
+        raise UserError(f"data.val_size must be a fraction in (0, 1) or a number of examples, not {val_size!r}")
+    if isinstance(val_size, float) and val_size.is_integer() and val_size >= 1:
+        val_size = int(val_size)
+    if isinstance(val_size, float) and not val_size < 1:
+        raise UserError(f"data.val_size={val_size}: a fraction must be below 1")
+    if isinstance(val_size, int) and not classes <= val_size <= n - classes:
+        raise UserError(f"data.val_size={val_size} must leave every one of the {classes} classes in both "
+                        f"parts of the {n} training examples: between {classes} and {n - classes}")
+    return val_size
 
 
 def stratified_cap(idx, labels, cap: int | None, seed: int):
@@ -121,11 +149,16 @@ def stratified_cap(idx, labels, cap: int | None, seed: int):
 
 def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_idx, num_classes: int, *,
                   batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None,
-                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DataBundle:
-    """Bundle in-memory data: a shuffled (optionally augmented) training loader and a fixed-order validation loader."""
+                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  test: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  val_split: str = "held out from train") -> DataBundle:
+    """Bundle in-memory data: a shuffled (optionally augmented) training loader, fixed-order validation
+    and (``test``: inputs and labels) test loaders."""
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
     train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, mean=mean, std=std,
                          augment=augment)
-    val = TensorLoader(x[val_idx], y[val_idx], eval_batch_size or max(batch_size, 512), mean=mean, std=std)
-    return DataBundle(name, train, val, tuple(x.shape[1:]), num_classes, generator)
+    eval_batch = eval_batch_size or max(batch_size, 512)
+    val = TensorLoader(x[val_idx], y[val_idx], eval_batch, mean=mean, std=std)
+    test_loader = None if test is None else TensorLoader(*test, eval_batch, mean=mean, std=std)
+    return DataBundle(name, train, val, tuple(x.shape[1:]), num_classes, generator, test_loader, val_split)

@@ -12,77 +12,115 @@ import numpy as np
 import torch
 
 from nas_cli.data.augment import build_augment
-from nas_cli.data.bundle import DataBundle, TensorLoader, stratified_cap
+from nas_cli.data.bundle import DataBundle, split_indices, stratified_cap, tensor_bundle
 from nas_cli.errors import UserError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def cifar10(root: str = "data/cifar10", batch_size: int = 128, subset: int | None = None,
-            augment: dict | None = None, *, seed: int = 0) -> DataBundle:
-    """CIFAR-10 from ``root`` (train: 50,000 images, val: the 10,000 test images); ``augment``: training only."""
-    from torchvision.datasets import CIFAR10
+def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float | int = 5000,
+            subset: int | None = None, data_seed: int = 0, augment: dict | None = None, *,
+            seed: int = 0) -> DataBundle:
+    """CIFAR-10 from ``root``: ``val_size`` training images held out (stratified, seeded by ``data_seed``)
+    for validation, the 10,000 test images as the test set; ``augment``: training only.
 
-    transform = build_augment(augment, (3, 32, 32))
+    ``val_size=0`` trains on all 50,000 and validates on the test images (the DARTS retraining
+    protocol); the run record then says so (``val_split: test``).
+    """
+    transform = build_augment(augment, (3, 32, 32), CIFAR_MEAN)
+    folder = Path(root) / "cifar-10-batches-py"
+    x, y = read_cifar_batches(folder, [f"data_batch_{k}" for k in range(1, 6)])
+    xt, yt = read_cifar_batches(folder, ["test_batch"])
+    test_idx = stratified_cap(np.arange(len(yt)), yt.numpy(), subset, seed=0)
+    xt, yt = xt[test_idx], yt[test_idx]
+    common = {"batch_size": batch_size, "seed": seed, "mean": CIFAR_MEAN, "std": CIFAR_STD, "augment": transform}
+    if not val_size:
+        train_idx = stratified_cap(np.arange(len(y)), y.numpy(), subset, seed=0)
+        x, y = torch.cat([x[train_idx], xt]), torch.cat([y[train_idx], yt])
+        return tensor_bundle("cifar10", x, y, np.arange(len(train_idx)), np.arange(len(train_idx), len(y)), 10,
+                             val_split="test", **common)
+    train_idx, val_idx = split_indices(y.numpy(), val_size, data_seed, subset)
+    return tensor_bundle("cifar10", x, y, train_idx, val_idx, 10, test=(xt, yt),
+                         val_split=f"{len(val_idx)} held out from train", **common)
 
-    try:
-        train = CIFAR10(root, train=True, download=False)
-        test = CIFAR10(root, train=False, download=False)
-    except RuntimeError as ex:
-        raise UserError(f"CIFAR-10 not found under '{root}' (expected {root}/cifar-10-batches-py); "
-                        f"download it there or set data.root=...") from ex
 
-    def tensors(ds):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
+def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels from CIFAR-10's pickled python batches.
 
-    (xt, yt), (xv, yv) = tensors(train), tensors(test)
-    ti = stratified_cap(np.arange(len(yt)), yt.numpy(), subset, seed=0)
-    vi = stratified_cap(np.arange(len(yv)), yv.numpy(), subset, seed=0)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = TensorLoader(xt[ti], yt[ti], batch_size, shuffle=True, generator=generator,
-                                mean=CIFAR_MEAN, std=CIFAR_STD, augment=transform)
-    val_loader = TensorLoader(xv[vi], yv[vi], max(batch_size, 512), mean=CIFAR_MEAN, std=CIFAR_STD)
-    return DataBundle("cifar10", train_loader, val_loader, (3, 32, 32), 10, generator)
+    Read here rather than by torchvision's class, which checks each file's md5 first (seconds per
+    run, and no way to read a small file in the same format).
+    """
+    import pickle
+
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)} (the python version, "
+                        f"cifar-10-python.tar.gz, unpacked under data.root); set data.root=...")
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch["labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.as_tensor(labels, dtype=torch.long)
 
 
 def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_workers: int = 2,
-                subset: int | None = None, augment: dict | None = None, *, seed: int = 0) -> DataBundle:
-    """Images under ``root/train`` and ``root/val`` (one folder per class), resized and center-cropped.
+                subset: int | None = None, augment: dict | None = None, val_size: float | int | None = None,
+                data_seed: int = 0, *, seed: int = 0) -> DataBundle:
+    """Images under ``root/train``, ``root/val`` and optionally ``root/test`` (one folder per class),
+    resized and center-cropped.
 
-    ``augment`` changes the training images only; with ``resized_crop_scale`` a random resized
-    crop of the whole image replaces the resize and center crop.
+    Validation is ``val/``, or with ``val_size`` a stratified split of ``train/`` (seeded by
+    ``data_seed``); the test set, evaluated once at the end, is ``test/`` when it exists, else
+    ``val/`` when validation was carved from ``train/``. ``augment`` changes the training images
+    only; with ``resized_crop_scale`` a random resized crop replaces the resize and center crop.
     """
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
     image_size = int(image_size)
-    augmentation = build_augment(augment, image_size)
+    augmentation = build_augment(augment, image_size, IMAGENET_MEAN)
     root_path = Path(root)
-    for split in ("train", "val"):
+    required = ("train",) if val_size else ("train", "val")
+    for split in required:
         if not (root_path / split).is_dir():
             raise UserError(f"image folder '{root_path / split}' not found: data.root must hold train/ and val/ "
                             f"with one sub-folder per class (nas-cli prep-imagenet writes this layout)")
     resize = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    val_transform = v2.Compose([v2.ToImage(), *resize, *to_float])
-    train_transform = val_transform
+    eval_transform = v2.Compose([v2.ToImage(), *resize, *to_float])
+    train_transform = eval_transform
     if augmentation is not None:
         # augmented while still uint8 (cheaper to crop and resize); the random resized crop sizes it itself
         own_size = augmentation.resized_crop_scale is not None
         train_transform = v2.Compose([v2.ToImage(), *([] if own_size else resize), augmentation.pipeline, *to_float])
     train_ds = ImageFolder(str(root_path / "train"), transform=train_transform)
-    val_ds = ImageFolder(str(root_path / "val"), transform=val_transform)
-    if train_ds.classes != val_ds.classes:
-        raise UserError(f"train/ and val/ under '{root}' hold different class folders")
-    if subset:
-        train_ds = Subset(train_ds, stratified_cap(np.arange(len(train_ds)), np.array(train_ds.targets), subset, 0))
-        val_ds = Subset(val_ds, stratified_cap(np.arange(len(val_ds)), np.array(val_ds.targets), subset, 0))
+    classes, targets = train_ds.classes, np.array(train_ds.targets)
+
+    def folder(split: str):
+        ds = ImageFolder(str(root_path / split), transform=eval_transform)
+        if ds.classes != classes:
+            raise UserError(f"train/ and {split}/ under '{root}' hold different class folders")
+        return Subset(ds, stratified_cap(np.arange(len(ds)), np.array(ds.targets), subset, 0)) if subset else ds
+
+    if val_size:
+        train_idx, val_idx = split_indices(targets, val_size, data_seed, subset)
+        val_ds = Subset(ImageFolder(str(root_path / "train"), transform=eval_transform), val_idx)
+        train_ds = Subset(train_ds, train_idx)
+        val_split = f"{len(val_idx)} held out from train/"
+    else:
+        val_ds, val_split = folder("val"), "val/"
+        if subset:
+            train_ds = Subset(train_ds, stratified_cap(np.arange(len(train_ds)), targets, subset, 0))
+    test_split = next((s for s in ("test", "val" if val_size else None) if s and (root_path / s).is_dir()), None)
     generator = torch.Generator().manual_seed(seed)
     common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": num_workers > 0}
     train_loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **common)
     val_loader = DataLoader(val_ds, shuffle=False, **common)
-    n_classes = len(train_ds.dataset.classes if subset else train_ds.classes)
-    return DataBundle("imagefolder", train_loader, val_loader, (3, image_size, image_size), n_classes, generator)
+    test_loader = DataLoader(folder(test_split), shuffle=False, **common) if test_split else None
+    return DataBundle("imagefolder", train_loader, val_loader, (3, image_size, image_size), len(classes),
+                      generator, test_loader, val_split)

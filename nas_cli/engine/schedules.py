@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from nas_cli.errors import UserError
+
 
 @dataclass
 class Schedule:
@@ -108,23 +110,34 @@ class CyclicCosine(Schedule):
 class Plateau(Schedule):
     """Multiply the lr by ``factor`` when ``monitor`` has not improved for ``patience`` epochs.
 
-    Improvement means falling below ``best * (1 - threshold)`` (for a loss). The lr
-    never drops below ``min_factor`` x base lr.
+    ``mode="min"``: improving means falling below ``best * (1 - threshold)`` (a loss);
+    ``"max"``: rising above ``best * (1 + threshold)`` (an accuracy); None: from the monitor's
+    name (see ``monitor_mode``). The lr never drops below ``min_factor`` x base lr.
     """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 5, threshold: float = 1e-4,
-                 min_factor: float = 0.0, warmup_epochs: float = 0.0):
+                 min_factor: float = 0.0, warmup_epochs: float = 0.0, mode: str | None = None):
         # a plain class: a dataclass field named `factor` would shadow the method
         self.monitor, self.decay, self.patience = monitor, factor, patience
         self.threshold, self.min_factor, self.warmup_epochs = threshold, min_factor, warmup_epochs
-        self.scale, self.best, self.bad_epochs = 1.0, math.inf, 0
+        self.mode = monitor_mode(monitor, mode, "sched.mode")
+        self.scale, self.best, self.bad_epochs = 1.0, (math.inf if self.mode == "min" else -math.inf), 0
 
     def factor(self, epoch: float, epochs: int) -> float:
         return self.scale
 
+    def improved(self, value: float) -> bool:
+        if not math.isfinite(self.best):  # the first epoch
+            return math.isfinite(value)
+        margin = self.threshold * abs(self.best)  # relative, as torch's ReduceLROnPlateau's default
+        return value < self.best - margin if self.mode == "min" else value > self.best + margin
+
     def epoch_end(self, metrics: dict) -> None:
+        if self.monitor not in metrics:
+            raise UserError(f"sched.monitor={self.monitor} is not a column of this run's metrics "
+                            f"({', '.join(sorted(metrics))})")
         value = metrics[self.monitor]
-        if value < self.best * (1 - self.threshold):
+        if self.improved(value):
             self.best, self.bad_epochs = value, 0
             return
         self.bad_epochs += 1
@@ -137,3 +150,16 @@ class Plateau(Schedule):
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+
+
+MAXIMIZED = ("acc", "return", "reward", "score", "map", "auc", "f1")  # name parts of figures that should rise
+
+
+def monitor_mode(monitor: str, mode: str | None, key: str) -> str:
+    """``mode`` checked, or (None) guessed from the monitored figure's name: accuracies, returns, rewards
+    and scores are maximised, everything else (losses, errors) minimised."""
+    if mode is None:
+        return "max" if any(part in monitor.lower() for part in MAXIMIZED) else "min"
+    if mode not in ("min", "max"):
+        raise UserError(f"{key} must be min or max (or null: from the monitor's name), not {mode!r}")
+    return mode

@@ -294,6 +294,15 @@ class Trainer:
         seen = max(seen, 1)
         return {"val_loss": loss_total / seen, "val_acc": correct_total / seen}
 
+    def test(self, net, fit: FitState, loader, loss_fn: LossFn = cross_entropy) -> dict:
+        """The final model (and its weight average) on the test set: ``test_loss``, ``test_acc``."""
+        figures = {k.replace("val_", "test_"): v for k, v in self.evaluate(net, loader, loss_fn).items()}
+        if fit.ema is not None:
+            figures.update({f"{k.replace('val_', 'test_')}_ema": v
+                            for k, v in self.evaluate(fit.ema.module, loader, loss_fn).items()})
+        log.info("test set: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+        return figures
+
     # -- the whole run ---------------------------------------------------------------------
     def fit(
         self,
@@ -311,12 +320,14 @@ class Trainer:
         extra_state: dict | None = None,
         on_epoch_end: Callable[[dict], dict] | None = None,
         figures: Callable[[], dict] | None = None,
+        test_loader: Iterable | None = None,
     ) -> dict:
         """Train in ``run``, evaluate every epoch, checkpoint, and return the run's summary.
 
         ``extra_state``: objects (``state_dict`` / ``load_state_dict``) saved and restored with the
         checkpoint. ``on_epoch_end(row)``: extra columns for the epoch's row. ``figures()``: extra
-        summary figures.
+        summary figures. ``test_loader``: evaluated once, after the last epoch, as ``test_loss`` and
+        ``test_acc`` (never during training, so no decision sees it).
         """
         done = run.finished()
         if done is not None:  # resumed, with nothing left to do: the finished model, as it was
@@ -346,11 +357,14 @@ class Trainer:
             where = f"epoch {fit.epoch}" + (f", batch {state['tally']['loader']['taken']}" if fit.saved_tally else "")
             log.info(f"resumed from {run.dir} after {where}")
         net = self._wrap(model)
-        run.figures = lambda: {**self._figures(fit), **(figures() if figures else {})}
+        tested: dict = {}
+        run.figures = lambda: {**self._figures(fit), **tested, **(figures() if figures else {})}
         progress = TrainingProgress(self.progress)
         try:
             with run, progress:
                 self._epochs(net, fit, run, train_loader, val_loader, loss_fn, progress, on_epoch_end)
+                if run.status == "ok" and test_loader is not None:
+                    tested.update(self.test(net, fit, test_loader, loss_fn))
                 if run.status == "ok" and self.dist.main:
                     checkpoint.save(run.dir / WEIGHTS, {"model": model.state_dict()})
                     if fit.ema is not None:
@@ -534,10 +548,12 @@ class Trainer:
             if key in summary:
                 final = summary.get("final_" + key, float("nan"))
                 table.add_row(key, f"{summary[key]:.4f}", *([] if first == last else [f"{final:.4f}"]))
-        for key in ("snapshot_ensemble_val_acc", "ensemble_val_acc"):
+        for key in ("test_loss", "test_acc", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
+                    "ensemble_test_acc"):
             if key in summary:
                 table.add_row(key, *([""] if first != last else []), f"{summary[key]:.4f}")
-        table.caption = f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
+        table.caption = (f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
+                         + (f"; validation: {summary['val_split']}" if summary.get("val_split") else ""))
         get_console().print(table)
 
 

@@ -6,7 +6,8 @@ import pandas as pd
 
 from nas_cli.errors import UserError
 
-NAMES = {"train_loss": "Training Loss", "train_acc": "Training Accuracy", "val_acc": "Validation Accuracy"}
+NAMES = {"train_loss": "Training Loss", "train_acc": "Training Accuracy", "val_acc": "Validation Accuracy",
+         "test_acc": "Test Accuracy", "test_loss": "Test Loss", "ensemble_test_acc": "Ensemble Test Accuracy"}
 SEED = "seed"
 RUN = "Run"
 
