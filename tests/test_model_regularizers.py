@@ -20,7 +20,7 @@ from nas_cli.errors import UserError
 from nas_cli.hydra_bridge import config_dir, one_line
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.models.init import initialize
-from nas_cli.models.layers import DropConnectLinear, DropPath, FractionalMaxPool
+from nas_cli.models.layers import FMP_RATIO, DropConnectLinear, DropPath, FractionalMaxPool
 from nas_cli.models.mlp import MLP
 from nas_cli.models.resnet import BasicBlock, resnet18
 
@@ -55,7 +55,7 @@ def fans(w: torch.Tensor) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name, keys", [
     ("mlp", {"dropout", "dropconnect", "batchnorm", "init"}),
-    ("cnn", {"dropout", "dropconnect", "batchnorm", "pool", "init"}),
+    ("cnn", {"dropout", "dropconnect", "batchnorm", "pool", "init", "fmp_ratio"}),
     ("resnet18", {"dropout", "drop_path", "batchnorm", "init"}),
 ])
 def test_yaml_exposes_the_options_with_the_constructor_defaults(name, keys):
@@ -263,12 +263,46 @@ def test_models_train_a_step_with_and_without_batchnorm(name, batchnorm):
 
 # -- 5. fractional max-pooling -----------------------------------------------------------------
 
-@pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 12, 28])
-def test_fractional_pool_has_max_pools_shape_and_is_fixed_at_eval(size):
+RATIOS = [1.1, 1.25, math.sqrt(2), 1.5, 1.9]
+
+
+def pooled_side(n: int, alpha: float) -> int:
+    """Graham's N_out for N_in = n: the largest m with m * alpha <= n, i.e. floor(n / alpha)."""
+    return max(m for m in range(n + 1) if m * alpha <= n)
+
+
+def graham_regions(n: int, alpha: float, u: float, overlap: bool) -> list[range]:
+    """Pooling regions of one axis written out: boundaries a_i = ceil(a' (i + u)) - ceil(a' u),
+    a' = n / N_out, i = 0..N_out; region i is [a_i, a_{i+1}) or, overlapping, [a_i, a_{i+1}]."""
+    m = pooled_side(n, alpha)
+    scale = n / m
+    a = [math.ceil(scale * (i + u)) - math.ceil(scale * u) for i in range(m)] + [n]
+    return [range(a[i], min(a[i + 1] + overlap, n)) for i in range(m)]
+
+
+@pytest.mark.parametrize("alpha", RATIOS)
+@pytest.mark.parametrize("size", [2, 3, 5, 7, 12, 28])
+def test_fractional_pool_output_side_is_floor_n_over_alpha(size, alpha):
     x = torch.randn(2, 3, size, size + 1)  # non-square, odd and even sides
-    pool = FractionalMaxPool()
-    assert pool.train()(x).shape == pool.eval()(x).shape == nn.MaxPool2d(2)(x).shape
+    pool = FractionalMaxPool(alpha)
+    expected = (2, 3, pooled_side(size, alpha), pooled_side(size + 1, alpha))
+    assert pool.train()(x).shape == pool.eval()(x).shape == expected
     assert torch.equal(pool(x), pool(x))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("alpha", [math.sqrt(2), 1.7])
+def test_fractional_pool_eval_is_the_max_over_grahams_regions(alpha, overlap):
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 11, 9)
+    out = FractionalMaxPool(alpha, overlap=overlap).eval()(x)
+    rows, cols = graham_regions(11, alpha, 0.5, overlap), graham_regions(9, alpha, 0.5, overlap)
+    assert all(len(r) in ((1, 2) if not overlap else (2, 3)) for r in rows[:-1] + cols[:-1])
+    if not overlap:  # disjoint regions tile the input
+        assert [i for r in rows for i in r] == list(range(11))
+    expected = torch.tensor([[[[x[b, c, list(r)][:, list(q)].max().item() for q in cols] for r in rows]
+                              for c in range(2)] for b in range(2)])
+    torch.testing.assert_close(out, expected)
 
 
 @pytest.mark.parametrize("size", [6, 12, 28, 32])
@@ -279,21 +313,58 @@ def test_fractional_pool_regions_are_random_in_train(size):
     assert len({tuple(pool(x).flatten().tolist()) for _ in range(10)}) > 1
     # every output is the max of some window of the input (here: values are all distinct)
     assert set(pool(x).flatten().tolist()) <= set(x.flatten().tolist())
+    # and each output's gradient goes to exactly one input: its maximum
+    leaf = x.clone().requires_grad_(True)
+    out = pool(leaf)
+    out.sum().backward()
+    assert leaf.grad.sum().item() == pytest.approx(out.numel())
+    assert set(x[leaf.grad > 0].tolist()) == set(out.flatten().tolist())
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.5, 2.5, -1.4])
+def test_fractional_pool_ratio_outside_one_two_is_a_user_error(alpha):
+    with pytest.raises(UserError, match=rf"model.fmp_ratio={alpha} must be in \(1, 2\)"):
+        FractionalMaxPool(alpha)
+    with pytest.raises(UserError, match="model.fmp_ratio"):
+        SmallCNN(SHAPE, 5, pool="fractional", fmp_ratio=alpha)
+
+
+def test_cnn_too_small_input_is_a_user_error_naming_the_pool():
+    with pytest.raises(UserError, match=r"features.3 \(pool 2\): a 1x1 input is too small"):
+        SmallCNN((1, 2, 2), 5, pool="fractional")  # 2 -> 1 -> nothing
+    with pytest.raises(UserError, match=r"features.3 \(pool 2\): a 1x1 input is too small for 2x2 max"):
+        SmallCNN((1, 3, 3), 5, pool="max")  # 3 -> 1 -> nothing
+    with pytest.raises(UserError, match=r"features.1 \(pool 1\): a 1x8 input"):
+        SmallCNN((1, 1, 8), 5, pool="fractional")
+    model = SmallCNN((1, 3, 3), 5, width=4, hidden=8, pool="fractional")  # 3 -> 2 -> 1 -> (4 x 4)
+    assert model(torch.randn(2, 1, 3, 3)).shape == (2, 5)
+    with pytest.raises(UserError, match=r"features.1 \(pool 1\): a 1x1 input"):  # checked at run time too
+        model(torch.randn(2, 1, 1, 1))
 
 
 def test_cnn_fractional_pool_is_random_in_train_and_repeatable_in_eval():
     torch.manual_seed(0)
     model = SmallCNN((1, 28, 28), 10, width=4, hidden=16, pool="fractional")
-    assert sum(isinstance(m, FractionalMaxPool) for m in model.modules()) == 2
+    pools = [m for m in model.modules() if isinstance(m, FractionalMaxPool)]
+    assert len(pools) == 2 and all(p.ratio == FMP_RATIO == math.sqrt(2) for p in pools)
     x = torch.randn(2, 1, 28, 28)
-    maxed = SmallCNN((1, 28, 28), 10, width=4, hidden=16)
-    assert model.features[:4](x).shape == maxed.features[:4](x).shape
+    assert model.features[:2](x).shape == (2, 4, 19, 19)  # floor(28 / sqrt 2) = 19
+    assert model.features[:4](x).shape == (2, 8, 13, 13)  # floor(19 / sqrt 2) = 13
+    assert SmallCNN((1, 28, 28), 10, width=4, pool="fractional", fmp_ratio=1.9).features[:4](x).shape[-1] == 7
     model.train()
     assert not torch.equal(model.features(x), model.features(x))
     model.eval()
     assert torch.equal(model(x), model(x))
     with pytest.raises(UserError, match="model.pool=avg is not one of max, fractional"):
         SmallCNN(SHAPE, 5, pool="avg")
+    cfg = OmegaConf.load(config_dir() / "model" / "cnn.yaml")
+    cfg.pool, cfg.fmp_ratio, cfg.width = "fractional", 1.25, 4
+    built = instantiate(cfg, in_shape=(1, 12, 12), num_classes=3)  # through Hydra, as the CLI builds it
+    assert [m.ratio for m in built.modules() if isinstance(m, FractionalMaxPool)] == [1.25, 1.25]
+    cfg.fmp_ratio = 2
+    with pytest.raises(Exception) as info:
+        instantiate(cfg, in_shape=(1, 12, 12), num_classes=3)
+    assert one_line(info.value).startswith("model.fmp_ratio=2 must be in (1, 2)")
 
 
 # -- 6. stochastic depth -----------------------------------------------------------------------

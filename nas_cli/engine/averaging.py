@@ -12,18 +12,30 @@ from nas_cli.engine.distributed import all_reduce_sum
 from nas_cli.errors import UserError
 
 
+def check_decay(decay) -> float:
+    """An EMA decay in (0, 1), or a UserError (also for a word other than 'polyak')."""
+    try:
+        value = float(decay)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:  # also false for nan
+        raise UserError(f"ema.decay must be in (0, 1) or 'polyak', got {decay}")
+    return value
+
+
 class EMA:
     """An exponential moving average of a model's weights, updated after every optimizer step.
 
-    ``decay`` in (0, 1): ``avg = decay * avg + (1 - decay) * w``. ``decay="polyak"``:
-    the plain running mean of all iterates (Polyak-Ruppert averaging). Buffers (BatchNorm
+    ``decay`` in (0, 1): ``avg = decay * avg + (1 - decay) * w``, starting from the initial
+    weights (the usual EMA, e.g. TensorFlow's ExponentialMovingAverage without its warm-up).
+    ``decay="polyak"``: the plain running mean of the iterates after each step (Polyak-Ruppert
+    averaging), ``mean(w_1..w_T)`` after T steps; the initial weights w_0 are not an iterate of
+    the optimizer and carry no weight (the first update replaces them). Buffers (BatchNorm
     statistics) are copied from the live model, as they are not trained weights.
     """
 
     def __init__(self, model: nn.Module, decay: float | str):
-        if decay != "polyak" and not (0.0 < float(decay) < 1.0):
-            raise UserError(f"ema.decay must be in (0, 1) or 'polyak', got {decay}")
-        self.decay = decay
+        self.decay = decay if decay == "polyak" else check_decay(decay)
         self.module = copy.deepcopy(model).eval()
         self._params, self._buffers = list(self.module.parameters()), list(self.module.buffers())
         for p in self._params:
@@ -33,7 +45,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        weight = 1.0 / (self.updates + 1) if self.decay == "polyak" else 1.0 - float(self.decay)
+        # polyak: avg_t = avg_{t-1} + (w_t - avg_{t-1}) / t; at t = 1 the weight is 1, so avg_1 = w_1
+        weight = 1.0 / self.updates if self.decay == "polyak" else 1.0 - self.decay
         torch._foreach_lerp_(self._params, [p.detach() for p in model.parameters()], weight)  # one call a step
         if self._buffers:
             torch._foreach_copy_(self._buffers, list(model.buffers()))

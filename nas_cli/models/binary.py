@@ -72,17 +72,65 @@ class BinaryActivation(nn.Module):
         return f"ste={self.ste}, k={self.k}, beta={self.beta}"
 
 
+def center_clamp(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's reference projection of latent conv weights: subtract the mean over the
+    input-channel dim (dim 1, one mean per output filter and kernel position), then clamp to [-1, 1]."""
+    return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
+
+
 class XNORConv2d(nn.Conv2d):
     """A convolution with weights ``sign(W) * alpha``, ``alpha`` = mean |W| per output channel (XNOR-Net).
 
     Backward: the clipped identity through sign (gradient where |W| <= 1), plus the
     gradient through alpha, which autograd handles since alpha is computed from W.
+
+    ``clamp_weights=True`` follows the reference code (jiecaoyu/XNOR-Net-PyTorch, BinOp; the
+    paper is silent on it): before binarising, the latent weights are centred over the input
+    channels and clamped to [-1, 1] (``center_clamp``). As there, this is a projection of the
+    stored weights, done once per weight update at the first training forward after it, so the
+    optimizer steps from the projected weights and they stay inside the STE's window (a clamp
+    inside the graph instead would zero the gradient of every clamped weight for good). In eval
+    mode the projection is applied to a copy: the same output, no side effect. The reference
+    also scales the weight gradient by n (1 - 1/c_in); that is a learning-rate factor and is
+    left out here.
     """
 
+    def __init__(self, *args, clamp_weights: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clamp_weights = bool(clamp_weights)
+        self._projected_version = -1  # the weight's version counter right after our last projection
+
+    def latent_weight(self) -> torch.Tensor:
+        """The real-valued weights that get binarised (projected first when ``clamp_weights``)."""
+        if not self.clamp_weights:
+            return self.weight
+        if not self.training:
+            return center_clamp(self.weight)
+        # Project in place once per update: an optimizer step or load bumps the version counter.
+        # Skipping when nothing changed keeps a second forward before backward from modifying a
+        # tensor the first forward's graph saved.
+        if self.weight._version != self._projected_version:
+            with torch.no_grad():
+                self.weight.copy_(center_clamp(self.weight))
+            self._projected_version = self.weight._version
+        return self.weight
+
     def binary_weight(self) -> torch.Tensor:
-        w = self.weight
+        w = self.latent_weight()
         alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
         return binary_sign(w, "clipped") * alpha
 
+    def activation_scale(self, a: torch.Tensor) -> torch.Tensor:
+        """XNOR-Net's K (Sec. 3.2) for the real-valued input ``a`` of the sign: A = mean_c |a|,
+        convolved with a kh x kw box filter of 1/(kh kw) at this conv's stride, padding and
+        dilation (zero padding counts in the mean), so K has the conv output's spatial shape."""
+        mean_abs = a.abs().mean(dim=1, keepdim=True)
+        kh, kw = self.kernel_size
+        box = mean_abs.new_full((1, 1, kh, kw), 1.0 / (kh * kw))
+        return F.conv2d(mean_abs, box, None, self.stride, self.padding, self.dilation)
+
     def forward(self, x):
         return F.conv2d(x, self.binary_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, clamp_weights={self.clamp_weights}"

@@ -7,6 +7,8 @@ rescale what they keep so that the train-time expectation is the eval-time outpu
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,19 +74,97 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class FractionalMaxPool(nn.Module):
-    """Fractional max-pooling (Graham, 2014) halving each side, so shapes match ``nn.MaxPool2d(2)``.
+FMP_RATIO = math.sqrt(2)  # Graham's usual alpha: two layers halve the area once
 
-    Train: pseudo-random pooling regions on every forward. Eval: fixed regions (every sample
-    u = 0.5), so evaluation is repeatable. The windows are 3 wide and overlap (Graham's
-    overlapping variant): with 2-wide windows and an exact halving PyTorch's region sequence
-    is the fixed 2x2 grid on every even side, i.e. plain max-pooling. Regions are random on
-    even sides >= 6; on odd sides they are fixed (3-wide windows at stride 2).
+
+def check_fmp_ratio(ratio: float) -> float:
+    """Graham's pooling fraction alpha must lie in (1, 2): disjoint regions then have 1 or 2 rows."""
+    try:
+        ok = 1.0 < float(ratio) < 2.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"model.fmp_ratio={ratio} must be in (1, 2) (sqrt(2) ~ 1.414 is Graham's default; "
+                        f"for a ratio of 2 use model.pool=max)")
+    return float(ratio)
+
+
+def fmp_output_size(n: int, ratio: float) -> int:
+    """The side after fractional max-pooling: floor(n / alpha)."""
+    return math.floor(n / ratio)
+
+
+def fmp_boundaries(n: int, m: int, u: torch.Tensor) -> torch.Tensor:
+    """Region boundaries 0 = a_0 < a_1 < ... < a_m = n, one row per offset in ``u`` (values in [0, 1)).
+
+    Graham's pseudorandom sequence a_i = ceil(alpha' (i + u)), shifted to start at 0, with
+    alpha' = n / m (alpha up to the floor of the output size), so that it ends exactly at n: the
+    increments are floor(alpha') or ceil(alpha'), i.e. 1 or 2 whenever n <= 2m.
     """
+    scale = n / m
+    i = torch.arange(m, dtype=torch.float64, device=u.device)
+    u = u.to(torch.float64)[:, None]
+    a = torch.ceil(scale * (i + u)) - torch.ceil(scale * u)
+    return torch.cat([a.long(), a.new_full((len(a), 1), n).long()], dim=1)
+
+
+def fmp_indices(boundaries: torch.Tensor, n: int, overlap: bool) -> torch.Tensor:
+    """Input positions pooled into each output, shape (N, m, width): region i is
+    [a_i, a_{i+1}) (disjoint) or [a_i, a_{i+1}] (overlapping, cut at the edge); shorter regions
+    repeat their last position, which leaves their max unchanged."""
+    start, end = boundaries[:, :-1], (boundaries[:, 1:] + int(overlap)).clamp(max=n)
+    width = -(-n // start.shape[1]) + int(overlap)  # ceil(alpha') + overlap, known without a device sync
+    offsets = torch.arange(width, device=boundaries.device)
+    return torch.minimum(start[..., None] + offsets, end[..., None] - 1)
+
+
+def max_over_regions(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max of ``x`` (N, C, H, W) along ``dim`` (2 or 3) over per-sample regions ``index`` (N, m, width)."""
+    n_batch, m, width = index.shape
+    shape = [n_batch, 1, 1, 1]
+    shape[dim] = m * width
+    full = list(x.shape)
+    full[dim] = m * width
+    gathered = x.gather(dim, index.reshape(shape).expand(full))
+    split = full[:dim] + [m, width] + full[dim + 1:]
+    return gathered.reshape(split).amax(dim=dim + 1)
+
+
+class FractionalMaxPool(nn.Module):
+    """Fractional max-pooling (Graham, 2014): each side n shrinks to floor(n / ``ratio``), ratio in (1, 2).
+
+    Pooling regions come from Graham's pseudorandom sequences (``fmp_boundaries``), drawn anew
+    for every sample and forward at train time, one sequence for rows and one for columns; at
+    eval every offset is u = 0.5, so evaluation is repeatable (Graham instead averages several
+    random draws at test time). ``overlap=True`` (default) uses his overlapping regions
+    [a_i, a_{i+1}], which share their border row with the next region; ``False`` tiles the
+    input with disjoint ones. The max over a rectangle is taken rows first, then columns.
+    ``name`` says which layer is meant when an input is too small.
+    """
+
+    def __init__(self, ratio: float = FMP_RATIO, overlap: bool = True, name: str = "fractional max-pool"):
+        super().__init__()
+        self.ratio, self.overlap, self.name = check_fmp_ratio(ratio), bool(overlap), name
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output (height, width); a UserError naming the layer if a side would vanish."""
+        out = (fmp_output_size(h, self.ratio), fmp_output_size(w, self.ratio))
+        if min(out) < 1:
+            raise UserError(f"{self.name}: a {h}x{w} input is too small for fractional max-pooling with "
+                            f"model.fmp_ratio={self.ratio:g} (each side must be >= 2); use larger inputs")
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        kernel = (min(3, h), min(3, w))  # a 2-pixel side can only hold a 2-wide window
-        fixed = None if self.training else torch.full((x.shape[0], x.shape[1], 2), 0.5, dtype=x.dtype,
-                                                      device=x.device)
-        return F.fractional_max_pool2d(x, kernel, output_size=(h // 2, w // 2), _random_samples=fixed)
+        out_h, out_w = self.output_size(h, w)
+        n = x.shape[0]
+        if self.training:
+            u_rows, u_cols = torch.rand(2, n, device=x.device)
+        else:
+            u_rows = u_cols = torch.full((n,), 0.5, device=x.device)
+        rows = fmp_indices(fmp_boundaries(h, out_h, u_rows), h, self.overlap)
+        cols = fmp_indices(fmp_boundaries(w, out_w, u_cols), w, self.overlap)
+        return max_over_regions(max_over_regions(x, rows, 2), cols, 3)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio:g}, overlap={self.overlap}"
