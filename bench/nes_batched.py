@@ -9,7 +9,9 @@ The batched estimate is ``nas_cli.gradients.estimators.nes_gradient`` (populatio
 ``--loop-samples`` members (all M when 0) and its time is scaled to M, said so in the output. Both
 estimates use the same noise when the loop runs all M, and are compared. Peak memory: the growth of
 ru_maxrss (the loop runs first, so the batched phase's growth is its own) and, on CUDA,
-torch.cuda.max_memory_allocated per phase.
+torch.cuda.max_memory_allocated per phase. Last, ``nes_natural``'s batched estimate
+(``natural_nes.estimate``: the same population and noise, plus the sigma gradient and both Fisher values)
+is timed against the batched NES, and its mean direction compared with NES's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 import torch
 
 from nas_cli.gradients import estimators as est
-from nas_cli.gradients import problem
+from nas_cli.gradients import natural_nes, problem
 
 
 def maxrss_mib() -> float:
@@ -38,7 +40,7 @@ def loop_nes(theta, x, y, sigma, pairs, seed, pop_chunk):
     grad = torch.zeros_like(theta, dtype=torch.float64)
     done = 0
     for c, s in enumerate(range(0, pairs, pop_chunk)):
-        eps_chunk = est._noise(c, min(pop_chunk, pairs - s), theta.numel(), seed, theta.device, theta.dtype)
+        eps_chunk = est.noise_chunk(c, min(pop_chunk, pairs - s), theta.numel(), seed, theta.device, theta.dtype)
         for eps in eps_chunk:
             if done == pairs:
                 return grad, done
@@ -113,6 +115,16 @@ def main():
     if done == pairs:
         same = est.cosine(loop_grad / (2 * pairs * a.sigma), batched)
         print(f"  cosine(loop, batched) = {same:.6f} (same noise)")
+
+    sync(device)
+    t0 = time.perf_counter()
+    natural = natural_nes.estimate(f, theta, torch.full_like(theta, a.sigma), 2 * pairs, antithetic=True, seed=7,
+                                   pop_chunk=pop_chunk)
+    sync(device)
+    natural_s = time.perf_counter() - t0
+    print(f"  nes_natural     : {natural_s:9.2f} s  ({natural_s / batched_s:.2f}x the batched NES: + the sigma "
+          f"gradient and the two Fisher estimates; cosine of its mean step to NES's = "
+          f"{est.cosine(-natural.natural_mu, batched):.6f}, same noise)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -128,7 +130,8 @@ def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
         GlobalHydra.instance().clear()
     rows = pd.read_csv(tmp_path / "metrics.csv")
     assert list(rows.columns) == protocol.COLUMNS
-    names = ["ste_clipped", "ste_steep", "ste_swishsign", "ste_polynomial", "nes_40", "nes_200", "cdg"]
+    names = ["ste_clipped", "ste_steep", "ste_swishsign", "ste_polynomial", "nes_40", "nes_200", "nes_natural_40",
+             "nes_natural_200", "cdg"]
     lrs = protocol.lr_grid(6, 3)
     assert len(rows) == 2 * len(names) * len(lrs) * 2 * 2  # num_dim x estimator x lr x init x batch
     assert set(rows.estimator) == set(names) and sorted(rows.lr.unique()) == pytest.approx(lrs)
@@ -164,3 +167,29 @@ def test_grad_bench_errors_are_one_line(tmp_path, args, message):
                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_the_nes_natural_group_reaches_the_settings_and_bad_values_are_user_errors(tmp_path):
+    from nas_cli.commands import grad_bench
+    from nas_cli.errors import UserError
+
+    try:
+        cfg = _compose(tmp_path, ["nes.population=[30]", "nes.sigma=0.02", "nes_natural.fitness=ranks",
+                                  "nes_natural.quantize_from=[mean,sample]", "nes_natural.lr_sigma=0.3"])
+    finally:
+        GlobalHydra.instance().clear()
+    s = grad_bench.settings(cfg, 0)
+    n = s.natural
+    assert (n.fitness, n.fisher, n.sigma_update, n.lr_sigma, n.quantize_from) == (
+        "ranks", "empirical", "additive", 0.3, ["mean", "sample"])
+    assert s.natural_populations == [30] and s.natural_sigma == 0.02      # null: nes's population and sigma
+    assert protocol.natural_lr_scale(s) == pytest.approx(1 / 0.02**2)
+    assert "nes_natural_30" in protocol.estimator_names(s) and "nes_natural_30_sample" in protocol.estimator_names(s)
+    for key, value, message in (("fitness", "shaped", "nes_natural.fitness=shaped is not one of raw, baseline"),
+                                ("quantize_from", ["median"], "nes_natural.quantize_from=['median']: give mean"),
+                                ("sigma", 0.0, "nes_natural.sigma=0.0 must be > 0"),
+                                ("populations", [1], "nes_natural.population=[1]: give population sizes >= 2"),
+                                ("sigma_update", "exp", "nes_natural.sigma_update=exp is not one of")):
+        bad = dataclasses.replace(s, natural=dataclasses.replace(n, **{key: value}))
+        with pytest.raises(UserError, match=re.escape(message)):
+            protocol.validate(bad)

@@ -3,9 +3,10 @@ most after one step?
 
 The problem (``nas_cli.gradients.problem``): ``net(x) = W3 sign(W2 sign(W1 x))``, three ``num_dim x num_dim``
 matrices, MSE to a fixed random teacher of the same form, inputs N(0, 1). Estimators: the four STE
-variants, NES per population size, CDG (the reference). Protocol (``nas_cli.gradients.protocol``): for
-each num_dim x init x batch, every estimator's gradient, one step per lr of the grid, the loss decrease,
-the cosine to CDG. Writes ``metrics.csv`` (one row per num_dim x estimator x lr x init x batch),
+variants, NES per population size (fixed sigma), NES with natural-gradient steps of mu and sigma
+(``nes_natural``, ``nas_cli.gradients.natural_nes``), CDG (the reference).
+Protocol (``nas_cli.gradients.protocol``): for each num_dim x init x batch, every estimator's gradient, one
+step per lr of the grid, the loss decrease, the cosine to CDG. Writes ``metrics.csv`` (one row per num_dim x estimator x lr x init x batch),
 ``best.csv`` / ``best.md`` (the summary table), ``curves.csv``, two PNG plots and ``summary.json``.
 Every block is a safe point: an interrupted run resumes with the blocks it has not done yet.
 """
@@ -58,9 +59,24 @@ def settings(cfg: DictConfig, seed: int) -> protocol.Settings:
             fitness_shaping=bool(cfg.nes.fitness_shaping), delta=float(cfg.cdg.delta),
             k=float(cfg.ste.k), beta=float(cfg.ste.beta), teacher_seed=int(cfg.teacher.seed),
             teacher_scale=float(cfg.teacher.scale), teacher_noise=float(cfg.teacher.noise),
-            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=seed)
+            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=seed,
+            natural=natural_settings(cfg.nes_natural, as_list))
     except (TypeError, ValueError) as ex:
         raise UserError(f"bad grad-bench setting: {ex}") from ex
+
+
+def natural_settings(cfg: DictConfig, as_list) -> protocol.NaturalSettings:
+    """The ``nes_natural`` group (null: the default the yaml comment names)."""
+    def optional(value):
+        return None if value is None else float(value)
+
+    pops = cfg.population
+    return protocol.NaturalSettings(
+        populations=None if pops is None else [int(m) for m in as_list(pops, "nes_natural.population")],
+        sigma=optional(cfg.sigma), antithetic=bool(cfg.antithetic), fitness=str(cfg.fitness),
+        fisher=str(cfg.fisher), lr_scale=optional(cfg.lr_scale), lr_sigma=optional(cfg.lr_sigma),
+        sigma_update=str(cfg.sigma_update), sigma_min=float(cfg.sigma_min),
+        quantize_from=[str(q) for q in as_list(cfg.quantize_from, "nes_natural.quantize_from")])
 
 
 def task(cfg: DictConfig) -> dict:

@@ -9,6 +9,7 @@
   The population is evaluated with batched tensor ops (``batched_losses``), chunked; the noise of each
   chunk comes from its own seeded generator, so it is drawn again for the weighted sum instead of kept:
   memory stays bounded at any M.
+  ``nes_natural`` (``natural_nes``) also steps sigma, by natural gradients; this one keeps sigma fixed.
 * CDG (``cdg_gradient``): for every coordinate j, ``(f(w + delta e_j) - f(w - delta e_j)) / (2 delta)``,
   all coordinates batched the same way. The reference the others are compared with.
 
@@ -45,7 +46,9 @@ def centred_ranks(f: torch.Tensor) -> torch.Tensor:
     return ranks / max(len(f) - 1, 1) - 0.5
 
 
-def _noise(chunk: int, rows: int, dim: int, seed: int, device, dtype) -> torch.Tensor:
+def noise_chunk(chunk: int, rows: int, dim: int, seed: int, device, dtype) -> torch.Tensor:
+    """The standard normal noise of population chunk ``chunk``: its own seeded generator, so it can be drawn
+    again instead of kept, and ``nes`` and ``nes_natural`` see the same noise for the same seed."""
     g = torch.Generator(device=device).manual_seed(seed * 100_003 + chunk)
     return torch.randn(rows, dim, generator=g, device=device, dtype=dtype)
 
@@ -64,7 +67,7 @@ def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: 
     # pass 1: the fitness of every member
     fit_plus, fit_minus = [], []
     for c, s in enumerate(starts):
-        eps = _noise(c, min(pop_chunk, base - s), dim, seed, device, dtype)
+        eps = noise_chunk(c, min(pop_chunk, base - s), dim, seed, device, dtype)
         if antithetic:
             both = f(torch.cat([theta + sigma * eps, theta - sigma * eps]))
             fit_plus.append(both[:len(eps)])
@@ -85,7 +88,7 @@ def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: 
     # pass 2: the same noise again, weighted
     grad = torch.zeros(dim, dtype=torch.float64, device=device)
     for c, s in enumerate(starts):
-        eps = _noise(c, min(pop_chunk, base - s), dim, seed, device, dtype)
+        eps = noise_chunk(c, min(pop_chunk, base - s), dim, seed, device, dtype)
         grad += weights[s:s + len(eps)].to(torch.float64) @ eps.to(torch.float64)
     return (grad / (members * sigma)).to(dtype)
 

@@ -2,7 +2,9 @@
 
 Per num_dim, per init (a student), per batch (fresh inputs, the same teacher): compute every
 estimator's gradient on that batch, then the true loss at ``w - lr g`` for all lrs of the grid at once
-(one batched evaluation, together with ``w`` itself), on the same batch. One row per
+(one batched evaluation, together with ``w`` itself), on the same batch. ``nes_natural`` starts each block
+from ``N(w, sigma^2)``, takes one natural step of mu and sigma per lr, and is measured at the new mean or at
+one sample of the new distribution (``quantize_from``). One row per
 num_dim x estimator x lr x init x batch. ``summarize`` then averages over inits and batches and picks
 each estimator's best lr.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,7 +22,7 @@ import torch
 
 from nas_cli.errors import UserError
 from nas_cli.gradients import estimators as est
-from nas_cli.gradients import problem
+from nas_cli.gradients import natural_nes, problem
 from nas_cli.models.binary import STE_VARIANTS
 
 COLUMNS = ["num_dim", "estimator", "lr", "init", "batch", "loss_before", "loss_after", "loss_decrease",
@@ -34,6 +37,27 @@ def lr_grid(coarse: int = 11, refined: int = 9, low: float = 1e-5, high: float =
     if len(points) == 0:
         raise UserError("lr.coarse and lr.refined are both 0: no learning rate to try")
     return sorted({float(f"{p:.6g}") for p in points})
+
+
+@dataclass
+class NaturalSettings:
+    """``nes_natural``: separable NES with natural-gradient steps of mu and sigma (``natural_nes``).
+
+    ``populations`` / ``sigma`` None: the same as ``nes``'s (a like-for-like comparison, common noise).
+    The step of mu is ``lr_scale x lr`` natural-gradient units (``lr_scale`` None: ``1 / sigma^2``, so a
+    grid lr moves mu as far as it moves the plain estimators); sigma's step is ``lr_sigma`` (None: SNES's).
+    """
+
+    populations: list[int] | None = None
+    sigma: float | None = None
+    antithetic: bool = True
+    fitness: str = "raw"
+    fisher: str = "empirical"
+    lr_scale: float | None = None
+    lr_sigma: float | None = None
+    sigma_update: str = "additive"
+    sigma_min: float = 1e-8
+    quantize_from: list[str] = field(default_factory=lambda: ["mean"])
 
 
 @dataclass
@@ -57,19 +81,36 @@ class Settings:
     init_scale: float = 1.0
     chunk_elements: int = 1 << 24
     seed: int = 0
+    natural: NaturalSettings = field(default_factory=NaturalSettings)
+
+    @property
+    def natural_populations(self) -> list[int]:
+        return list(self.populations if self.natural.populations is None else self.natural.populations)
+
+    @property
+    def natural_sigma(self) -> float:
+        return self.sigma if self.natural.sigma is None else self.natural.sigma
 
 
-KNOWN = (*STE_VARIANTS, "nes", "cdg")
+KNOWN = (*STE_VARIANTS, "nes", "nes_natural", "cdg")
+
+
+def natural_name(m: int, quantize_from: str) -> str:
+    """``nes_natural_<M>`` (final weights: the mean), ``nes_natural_<M>_sample`` (a sample of the search
+    distribution)."""
+    return f"nes_natural_{m}" + ("" if quantize_from == "mean" else f"_{quantize_from}")
 
 
 def estimator_names(s: Settings) -> list[str]:
-    """The row labels: ``ste_<variant>``, ``nes_<M>`` per population, ``cdg``."""
+    """The row labels: ``ste_<variant>``, ``nes_<M>`` and ``nes_natural_<M>[_sample]`` per population, ``cdg``."""
     names = []
     for e in s.estimators:
         if e not in KNOWN:
             raise UserError(f"estimators: '{e}' is not one of {', '.join(KNOWN)}")
         if e == "nes":
             names += [f"nes_{m}" for m in s.populations]
+        elif e == "nes_natural":
+            names += [natural_name(m, q) for m in s.natural_populations for q in s.natural.quantize_from]
         else:
             names.append("cdg" if e == "cdg" else f"ste_{e}")
     return names
@@ -86,19 +127,61 @@ def validate(s: Settings) -> None:
         raise UserError(f"nes.population={list(s.populations)}: give population sizes >= 2, e.g. [500,5000]")
     if any(lr <= 0 for lr in s.lrs):
         raise UserError("every learning rate must be > 0")
+    if "nes_natural" in s.estimators:
+        _validate_natural(s)
     estimator_names(s)
 
 
+def _validate_natural(s: Settings) -> None:
+    n = s.natural
+    pops = s.natural_populations
+    if not pops or min(pops) < (2 if n.antithetic else 1):
+        raise UserError(f"nes_natural.population={pops}: give population sizes >= 2, e.g. [500,5000]")
+    if s.natural_sigma <= 0:
+        raise UserError(f"nes_natural.sigma={s.natural_sigma} must be > 0")
+    natural_nes.check_options(n.fitness, n.fisher, n.sigma_update)
+    bad = [q for q in n.quantize_from if q not in natural_nes.QUANTIZE_FROM]
+    if not n.quantize_from or bad or len(set(n.quantize_from)) < len(n.quantize_from):
+        raise UserError(f"nes_natural.quantize_from={list(n.quantize_from)}: give mean, sample or [mean,sample]")
+    for key in ("lr_scale", "lr_sigma"):
+        value = getattr(n, key)
+        if value is not None and value <= 0:
+            raise UserError(f"nes_natural.{key}={value} must be > 0 (or null for the default)")
+    if n.sigma_min <= 0:
+        raise UserError(f"nes_natural.sigma_min={n.sigma_min} must be > 0")
+
+
+class Estimate(NamedTuple):
+    """One estimator's result at ``theta``: ``grad``, the direction stepped along (``w - lr grad``; for
+    ``nes_natural`` the natural gradient of the expected loss times ``lr_scale``), the seconds it took and,
+    for ``nes_natural``, the whole estimate (mu and sigma) and which final weights its rows measure."""
+
+    grad: torch.Tensor
+    seconds: float
+    natural: natural_nes.NaturalGradient | None = None
+    quantize_from: str = "mean"
+
+
+def natural_lr_scale(s: Settings) -> float:
+    """The natural step of mu per grid lr: ``1 / sigma^2`` unless set (the natural gradient of a Gaussian's
+    mean is ``sigma^2`` times the plain one, so this keeps a grid lr's step the same length for all)."""
+    return 1 / s.natural_sigma**2 if s.natural.lr_scale is None else s.natural.lr_scale
+
+
 def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-              noise_seed: int) -> dict[str, tuple[torch.Tensor, float]]:
+              noise_seed: int) -> dict[str, Estimate]:
     """Every estimator's gradient at ``theta`` on ``(x, y)``, with the seconds it took."""
     def f(rows: torch.Tensor) -> torch.Tensor:
         return problem.batched_losses(rows, x, y, s.chunk_elements)
 
     pop_chunk = max(1, s.chunk_elements // theta.numel())
-    out: dict[str, tuple[torch.Tensor, float]] = {}
+    out: dict[str, Estimate] = {}
     for e in s.estimators:
         runs: Iterable[tuple[str, Callable[[], torch.Tensor]]]
+        if e == "nes_natural":
+            for m in s.natural_populations:
+                out.update(_natural(s, f, theta, m, noise_seed, pop_chunk))
+            continue
         if e == "nes":
             runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.sigma, m, s.antithetic, s.fitness_shaping,
                                                                 seed=noise_seed, pop_chunk=pop_chunk))
@@ -108,12 +191,43 @@ def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
         else:
             runs = [(f"ste_{e}", lambda e=e: est.ste_gradient(theta, x, y, e, s.k, s.beta))]
         for name, compute in runs:
-            _sync(theta.device)
-            start = time.perf_counter()
-            g = compute()
-            _sync(theta.device)
-            out[name] = (g, time.perf_counter() - start)
+            g, seconds = _timed(compute, theta.device)
+            out[name] = Estimate(g, seconds)
     return out
+
+
+def _natural(s: Settings, f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, m: int, noise_seed: int,
+             pop_chunk: int) -> dict[str, Estimate]:
+    """``nes_natural`` with population ``m`` at ``N(theta, sigma^2)``: one estimate, a row label per final-weights
+    choice. The noise seed is ``nes``'s: both see the same population."""
+    n = s.natural
+    sigma = torch.full_like(theta, s.natural_sigma)
+    ng, seconds = _timed(lambda: natural_nes.estimate(f, theta, sigma, m, n.antithetic, n.fitness, n.fisher,
+                                                      seed=noise_seed, pop_chunk=pop_chunk), theta.device)
+    grad = (-natural_lr_scale(s) * ng.natural_mu).to(theta.dtype)   # descent direction on the loss
+    return {natural_name(m, q): Estimate(grad, seconds, ng, q) for q in n.quantize_from}
+
+
+def _timed(compute: Callable[[], object], device: torch.device) -> tuple:
+    _sync(device)
+    start = time.perf_counter()
+    result = compute()
+    _sync(device)
+    return result, time.perf_counter() - start
+
+
+def candidates(s: Settings, theta: torch.Tensor, e: Estimate, lrs: torch.Tensor, noise_seed: int) -> torch.Tensor:
+    """``theta`` itself, then the weights after one step at each lr: ``theta - lr grad``; for ``nes_natural``
+    the natural step of ``(mu, sigma)`` from ``N(theta, sigma^2)`` and its final weights (``quantize_from``):
+    the new mean, or one sample of the new distribution (the same noise ``eps*`` at every lr)."""
+    if e.natural is None:
+        return torch.cat([theta[None], theta[None] - lrs[:, None] * e.grad[None]])
+    n = s.natural
+    lr_sigma = natural_nes.snes_lr_sigma(theta.numel()) if n.lr_sigma is None else n.lr_sigma
+    mu, sigma = natural_nes.update(theta, torch.full_like(theta, s.natural_sigma), e.natural,
+                                   lrs.double() * natural_lr_scale(s), lr_sigma, n.sigma_update, n.sigma_min)
+    eps = natural_nes.sample_noise(theta.numel(), noise_seed, theta.device, theta.dtype)
+    return torch.cat([theta[None], natural_nes.final_weights(mu, sigma.expand_as(mu), e.quantize_from, eps)])
 
 
 def _sync(device: torch.device) -> None:
@@ -145,15 +259,18 @@ def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None]
                 if (int(d), i, b) in skip:
                     continue
                 x, y = prob.batch(b)
-                grads = gradients(s, theta, x, y, noise_seed=s.seed * 7919 + int(d) * 131 + i * 17 + b)
+                noise_seed = s.seed * 7919 + int(d) * 131 + i * 17 + b
+                grads = gradients(s, theta, x, y, noise_seed=noise_seed)
                 if "cdg" in grads:
-                    ref = grads["cdg"][0]
+                    ref = grads["cdg"].grad
                 else:  # the reference is needed for the cosines even when CDG is not compared
-                    ref = gradients(replace(s, estimators=["cdg"]), theta, x, y, 0)["cdg"][0]
+                    ref = gradients(replace(s, estimators=["cdg"]), theta, x, y, 0)["cdg"].grad
                 block = []
-                for name, (g, seconds) in grads.items():
-                    candidates = torch.cat([theta[None], theta[None] - lrs[:, None] * g[None]])
-                    losses = problem.batched_losses(candidates, x, y, s.chunk_elements).cpu().numpy()
+                for name, e in grads.items():
+                    g, seconds = e.grad, e.seconds
+                    weights = candidates(s, theta, e, lrs, noise_seed)
+                    losses = problem.batched_losses(weights, x, y, s.chunk_elements).cpu().numpy()
+                    # loss_before is the student theta for every estimator (a sampled network included)
                     before, cos, norm = float(losses[0]), est.cosine(g, ref), float(g.double().norm())
                     for lr, after in zip(s.lrs, losses[1:]):
                         block.append({"num_dim": int(d), "estimator": name, "lr": lr, "init": i, "batch": b,

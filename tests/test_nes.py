@@ -1,0 +1,163 @@
+"""``nes_natural``: separable NES with natural-gradient steps of mu and sigma (``nas_cli.gradients.natural_nes``).
+
+The hand computations below write the seed note's formulas out in the density's own terms,
+``d log p / d mu = (z - mu) / sigma^2`` and ``d log p / d sigma = ((z - mu)^2 - sigma^2) / sigma^3``, with plain
+Python sums over the members, independently of the code's ``eps`` form and its chunked accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nas_cli.gradients import estimators as est
+from nas_cli.gradients import natural_nes, problem, protocol
+
+
+def _loss(z: float) -> float:  # any non-quadratic loss of one weight
+    return (z - 1.0) ** 2 + 0.5 * math.sin(3 * z)
+
+
+def _drawn_eps(population: int, antithetic: bool, seed: int, pop_chunk: int) -> list[float]:
+    """The noise ``estimate`` draws for one weight: chunk c from ``noise_chunk(c, ...)``, as documented."""
+    base = population // 2 if antithetic else population
+    eps: list[float] = []
+    for c, start in enumerate(range(0, base, pop_chunk)):
+        eps += est.noise_chunk(c, min(pop_chunk, base - start), 1, seed, "cpu", torch.float64)[:, 0].tolist()
+    return eps
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("pop_chunk", [3, 64])
+def test_the_natural_step_of_one_weight_equals_the_hand_computation(antithetic, pop_chunk):
+    mu, sigma, lr_mu, lr_sigma, seed, population = 0.3, 0.5, 0.7, 0.2, 11, 10
+    eps = _drawn_eps(population, antithetic, seed, pop_chunk)
+    zs = [mu + sigma * e for e in eps] + ([mu - sigma * e for e in eps] if antithetic else [])
+    fit = [-_loss(z) for z in zs]                                  # fitness = -loss, raw (the default)
+    m = len(zs)
+    dmu = [(z - mu) / sigma**2 for z in zs]
+    dsig = [((z - mu) ** 2 - sigma**2) / sigma**3 for z in zs]
+    g_mu = sum(f * d for f, d in zip(fit, dmu)) / m
+    g_sig = sum(f * d for f, d in zip(fit, dsig)) / m
+    fisher_mu = sum(d * d for d in dmu) / m
+    fisher_sig = sum(d * d for d in dsig) / m
+    want_mu = mu + lr_mu * g_mu / fisher_mu
+    want_sigma = sigma + lr_sigma * g_sig / fisher_sig
+
+    def f(rows):
+        return torch.tensor([_loss(float(r)) for r in rows[:, 0]], dtype=torch.float64)
+
+    theta = torch.tensor([mu], dtype=torch.float64)
+    g = natural_nes.estimate(f, theta, torch.tensor([sigma], dtype=torch.float64), population, antithetic,
+                             seed=seed, pop_chunk=pop_chunk)
+    for got, want in ((g.grad_mu, g_mu), (g.grad_sigma, g_sig), (g.fisher_mu, fisher_mu),
+                      (g.fisher_sigma, fisher_sig)):
+        assert float(got) == pytest.approx(want, rel=1e-10)
+    new_mu, new_sigma = natural_nes.update(theta, torch.tensor([sigma], dtype=torch.float64), g, lr_mu, lr_sigma)
+    assert float(new_mu) == pytest.approx(want_mu, rel=1e-10)
+    assert float(new_sigma) == pytest.approx(want_sigma, rel=1e-10)
+    assert want_sigma != pytest.approx(sigma)                      # sigma really moved
+    # the explicit-sample entry point agrees (non-antithetic: its rows are the members)
+    if not antithetic:
+        same = natural_nes.from_samples(torch.tensor(eps, dtype=torch.float64)[:, None],
+                                        torch.tensor([-v for v in fit], dtype=torch.float64), sigma)
+        assert float(same.natural_mu) == pytest.approx(g_mu / fisher_mu, rel=1e-10)
+        assert float(same.natural_sigma) == pytest.approx(g_sig / fisher_sig, rel=1e-10)
+    # the multiplicative (SNES) form: sigma exp(eta natural_sigma / sigma)
+    _, mult = natural_nes.update(theta, torch.tensor([sigma], dtype=torch.float64), g, lr_mu, lr_sigma,
+                                 sigma_update="multiplicative")
+    assert float(mult) == pytest.approx(sigma * math.exp(lr_sigma * g_sig / fisher_sig / sigma), rel=1e-10)
+
+
+def test_the_fisher_estimates_approach_one_and_two_over_sigma_squared():
+    sigma = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
+    eps = torch.randn(100_000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = natural_nes.from_samples(eps, torch.zeros(len(eps)), sigma)
+    # relative std at M = 1e5: eps^2 (std 1.4, mean 1) 0.45 %, (eps^2-1)^2 (std 7.5, mean 2) 1.2 %
+    torch.testing.assert_close(g.fisher_mu, 1 / sigma**2, rtol=0.02, atol=0)
+    torch.testing.assert_close(g.fisher_sigma, 2 / sigma**2, rtol=0.05, atol=0)
+    few = natural_nes.from_samples(eps[:20], torch.zeros(20), sigma)
+    assert (few.fisher_sigma * sigma**2 - 2).abs().max() > 0.05                   # an estimate, not the constant
+    # the batched estimator (antithetic pairs) too, and fisher=exact is the closed form
+    mu = torch.zeros(3, dtype=torch.float64)
+    g = natural_nes.estimate(lambda r: r.sum(1), mu, sigma, 200_000, antithetic=True, seed=5, pop_chunk=100_000)
+    torch.testing.assert_close(g.fisher_mu, 1 / sigma**2, rtol=0.02, atol=0)      # 1e5 distinct noise vectors
+    torch.testing.assert_close(g.fisher_sigma, 2 / sigma**2, rtol=0.05, atol=0)
+    exact = natural_nes.estimate(lambda r: r.sum(1), mu, sigma, 10, fisher="exact")
+    torch.testing.assert_close(exact.fisher_mu, 1 / sigma**2)
+    torch.testing.assert_close(exact.fisher_sigma, 2 / sigma**2)
+
+
+A = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+W_STAR = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+
+
+def _quadratic(rows):  # the loss; NES maximises its negative f(w) = -sum a_i (w_i - w*_i)^2
+    return ((rows - W_STAR) ** 2 * A).sum(1)
+
+
+@pytest.mark.parametrize("fitness, sigma_update, steps, tol", [
+    ("raw", "additive", 150, 0.02),            # the defaults: the note's plain estimator and step
+    ("ranks", "multiplicative", 60, 1e-3),     # fitness shaping + SNES's sigma step: geometric convergence
+])
+def test_on_a_quadratic_mu_converges_to_the_optimum_and_sigma_shrinks(fitness, sigma_update, steps, tol):
+    sigma0 = 0.5
+    mu, sigma, history = natural_nes.optimize(_quadratic, torch.zeros(4, dtype=torch.float64), sigma0, steps, 200,
+                                              lr_mu=1.0, fitness=fitness, sigma_update=sigma_update, seed=1)
+    assert (mu - W_STAR).abs().max() < tol, mu
+    assert (sigma < 0.5 * sigma0).all(), sigma
+    assert history[-1]["loss"] < 1e-3 * float(_quadratic(torch.zeros(1, 4, dtype=torch.float64)))
+    if fitness == "raw":  # the spread adapts per weight: narrower where the curvature a_i is larger
+        assert torch.equal(sigma.argsort(), A.argsort(descending=True)), (sigma, A)
+
+
+def test_with_the_exact_fisher_the_mean_step_is_the_fixed_sigma_nes_gradient():
+    """Same seed, same noise: sigma^2 x (the natural gradient of E loss) is nes's plain estimate, so the grid
+    lrs of nes and nes_natural (lr_scale 1/sigma^2) mean the same step; the empirical Fisher only rescales."""
+    d = 3
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(problem.num_params(d), generator=g)
+    x, y = torch.randn(200, d, generator=g), torch.randn(200, d, generator=g)
+    s = protocol.Settings(num_dims=[d], estimators=["nes", "nes_natural"], populations=[400], sigma=0.05,
+                          natural=protocol.NaturalSettings(fisher="exact"))
+    grads = protocol.gradients(s, theta, x, y, noise_seed=9)
+    torch.testing.assert_close(grads["nes_natural_400"].grad, grads["nes_400"].grad, rtol=1e-4, atol=1e-6)
+    s.natural.fisher = "empirical"
+    empirical = protocol.gradients(s, theta, x, y, noise_seed=9)["nes_natural_400"]
+    assert est.cosine(empirical.grad, grads["nes_400"].grad) > 0.95
+    assert not torch.allclose(empirical.grad, grads["nes_400"].grad)
+
+
+def test_quantize_from_measures_the_new_mean_or_one_sample_of_the_new_distribution():
+    d, lrs, seed = 2, [0.1, 1.0], 0
+    s = protocol.Settings(num_dims=[d], estimators=["nes_natural", "cdg"], populations=[30], num_init=1,
+                          num_batch=1, batch_size=100, lrs=lrs, sigma=0.2, seed=seed,
+                          natural=protocol.NaturalSettings(quantize_from=["mean", "sample"], lr_sigma=0.5))
+    rows = protocol.run(s, torch.device("cpu"))
+    prob = problem.Problem(d, s.batch_size, seed, s.teacher_seed, s.teacher_scale, s.teacher_noise,
+                           s.init_scale, torch.device("cpu"))
+    theta, (x, y) = prob.init(0), prob.batch(0)
+    noise_seed = seed * 7919 + d * 131                              # the block's seed (init 0, batch 0)
+
+    def f(r):
+        return problem.batched_losses(r, x, y)
+
+    g = natural_nes.estimate(f, theta, torch.full_like(theta, 0.2), 30, seed=noise_seed)
+    eps_star = natural_nes.sample_noise(theta.numel(), noise_seed, theta.device)
+    sigma_new = (0.2 + 0.5 * g.natural_sigma).float()             # the same sigma step at every grid lr
+    by_name = {(r["estimator"], r["lr"]): r for r in rows}
+    for lr in lrs:
+        mu_new = (theta.double() + lr / 0.2**2 * g.natural_mu).float()   # lr_scale = 1 / sigma^2
+        mean_row, sample_row = by_name[("nes_natural_30", lr)], by_name[("nes_natural_30_sample", lr)]
+        assert mean_row["loss_after"] == pytest.approx(float(problem.loss(mu_new, x, y)), rel=1e-5)
+        sample = mu_new + sigma_new * eps_star
+        assert sample_row["loss_after"] == pytest.approx(float(problem.loss(sample, x, y)), rel=1e-5)
+        assert sample_row["loss_after"] != pytest.approx(mean_row["loss_after"], rel=1e-3)
+        assert sample_row["loss_before"] == mean_row["loss_before"] == pytest.approx(float(problem.loss(theta, x, y)))
+    # final_weights itself: the mean untouched, the sample mu + sigma eps
+    mu, sig = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.1])
+    e = torch.tensor([2.0, -3.0])
+    assert torch.equal(natural_nes.final_weights(mu, sig, "mean", e), mu)
+    torch.testing.assert_close(natural_nes.final_weights(mu, sig, "sample", e), torch.tensor([2.0, -2.3]))
