@@ -45,8 +45,9 @@ def setup(args, order: str, partial: int, reuse: bool = False):
     device = torch.device(args.device)
     shape = (args.in_channels, args.size, args.size)
     model = SearchNetwork(shape, 10, args.channels, args.layers, args.nodes, partial_channels=partial).to(device)
-    arch = Architect(model, order, reuse_train_grad=reuse)
     opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    # the default unrolled step (arch.unrolled=code) reads the weight SGD's momentum buffers
+    arch = Architect(model, order, reuse_train_grad=reuse, weight_optimizer=opt)
 
     def batch():
         return torch.randn(args.batch, *shape, device=device), torch.randint(0, 10, (args.batch,), device=device)

@@ -79,7 +79,7 @@ def test_second_order_gradient_matches_autograd_through_unrolled_step(monkeypatc
     xt, yt = torch.randn(6, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (6,))
     xv, yv = torch.randn(6, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (6,))
     xi = 0.05
-    approx = Architect(net, order="second").alpha_grads(xt, yt, xv, yv, xi)
+    approx = Architect(net, order="second", unrolled="paper").alpha_grads(xt, yt, xv, yv, xi)
     exact = exact_second_order(net, xt, yt, xv, yv, xi)
     first = Architect(net, order="first").alpha_grads(xt, yt, xv, yv, xi)
     scale = max(float(e.abs().max()) for e in exact)
@@ -98,7 +98,7 @@ def test_reused_train_gradient_is_the_gradient_before_the_alpha_step():
     loss_before = torch.nn.functional.cross_entropy(net(xt), yt)  # train-mode BN: batch statistics
     direct = torch.autograd.grad(loss_before, weights, allow_unused=True)
     alpha_before = net.arch.normal.detach().clone()
-    architect = Architect(net, order="second", reuse_train_grad=True)
+    architect = Architect(net, order="second", reuse_train_grad=True, unrolled="paper")
     architect.step(xt, yt, xv, yv, xi=0.025)
     assert not torch.equal(net.arch.normal, alpha_before)  # alpha moved in between
     loss, logits = architect.weight_loss_from_unrolled()
@@ -173,10 +173,9 @@ def test_latency_weight_derives_a_faster_cell():
         g = derive(net.arch.normal, net.arch.reduce, prims, 2)
         results[weight] = term.derived(g, 2, prims)
     assert results[10.0] < results[0.0]
-    mult = LatencyTerm(net.arch, {False: lat, True: lat}, 1.0, form="multiplicative", beta=0.6)
+    mult = LatencyTerm(net.arch, {False: lat, True: lat}, 0.2, form="multiplicative", beta=0.6)
     ce = torch.tensor(2.0)
-    assert torch.isclose(mult(ce), ce * (torch.log(mult.expected() * 1e3) / torch.log(torch.tensor(mult.ref * 1e3)))
-                         ** 0.6)
+    assert torch.isclose(mult(ce), ce * 0.2 * torch.log(mult.expected() * 1e3) ** 0.6)  # FBNet, LAT in us
     assert mult(ce).requires_grad  # alpha gets a gradient from the multiplicative form too
 
 

@@ -34,28 +34,41 @@ class Cell(nn.Module):
         for i in range(self.nodes):
             out = 0
             for k in (2 * i, 2 * i + 1):
-                op_name, j = self.pairs[k]
+                _, j = self.pairs[k]
                 if j >= len(states):
                     raise UserError(f"genotype: node {i} reads state {j}, which does not exist yet")
                 h = self.ops[k](states[j])
-                if self.training and drop_prob > 0 and op_name != "skip_connect":
+                # only identities are exempt: a reduction cell's skip_connect is a FactorizedReduce
+                # (two strided 1x1 convs) and drops like any op, as in DARTS's reference code
+                if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
                     h = drop_path(h, drop_prob)
                 out = out + h
             states.append(out)
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+class AuxiliaryPool(nn.Module):
+    """DARTS's auxiliary pooling: a 5x5 average window at stride 3, padding excluded, which turns the
+    8x8 features of a 32x32 image into 2x2. Other sizes (8 to 10 px give 2x2 too) pool adaptively to 2x2,
+    which the head's 2x2 convolution needs (the reference head supports CIFAR's 8x8 only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if all(8 <= side <= 10 for side in x.shape[-2:]):  # shapes are static: no host sync
+            return F.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False)
+        return F.adaptive_avg_pool2d(x, 2)
+
+
 class AuxiliaryHead(nn.Module):
     """A small classifier on the features after the second reduction (DARTS: weight 0.4 in the loss).
 
-    Pool to 2x2, 1x1 conv to 128, 2x2 conv to 768, linear; the adaptive pool lets it sit on any
-    input size (for 32x32 images the features there are 8x8, as in the paper's CIFAR head).
+    ReLU, pool to 2x2 (``AuxiliaryPool``), 1x1 conv to 128, 2x2 conv to 768, linear. The first ReLU is
+    not in place: it must not change the features the rest of the network reads.
     """
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+            nn.ReLU(inplace=False), AuxiliaryPool(),
             nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True), nn.Flatten())
         self.classifier = nn.Linear(768, num_classes)
@@ -68,9 +81,10 @@ class DARTSNetwork(nn.Module):
     """Stem, ``layers`` cells of the genotype (reductions at 1/3 and 2/3), pooling, linear classifier.
 
     Args:
-        genotype: a ``genotype.json`` (or the search run folder holding one), or a dict.
-        drop_path: the final probability of dropping a non-skip path; the trainer raises it
-            linearly from 0 over the epochs through ``set_epoch`` (used as is without a trainer).
+        genotype: a ``genotype.json`` (or the search run folder holding one), a dict, or a published
+            cell by name (``DARTS_V1``, ``DARTS_V2``, ``PC_DARTS``: see ``nas_cli.nas.darts.genotype``).
+        drop_path: the final probability of dropping an op's path (every op but an identity skip); the
+            trainer raises it linearly from 0 over the epochs through ``set_epoch`` (as is without a trainer).
         auxiliary: an auxiliary head after the second reduction; in training the model then
             returns ``AuxiliaryLogits`` and the loss adds ``auxiliary_weight`` times its cross-entropy.
     """
@@ -80,7 +94,8 @@ class DARTSNetwork(nn.Module):
                  stem_multiplier: int = 3):
         super().__init__()
         if genotype is None:
-            raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts)")
+            raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts) "
+                            "or a published cell: DARTS_V1, DARTS_V2, PC_DARTS")
         if len(in_shape) != 3:
             raise UserError(f"model=darts needs image inputs (C, H, W), got {tuple(in_shape)}")
         if auxiliary and layers < 3:

@@ -1,12 +1,20 @@
 """The bilevel step's architecture half: one Adam step on alpha from a validation batch.
 
-``order="first"``: grad_alpha L_val(w, alpha). ``order="second"``: the unrolled step
-w' = w - xi grad_w L_train(w, alpha), then
+``order="first"``: grad_alpha L_val(w, alpha). ``order="second"``: the unrolled weights w', then
 
     grad_alpha L_val(w', alpha) - xi (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)
 
 with w+- = w +- eps grad_w' L_val(w', alpha) and eps = 0.01 / ||grad_w' L_val(w', alpha)||
 (the finite-difference Hessian-vector product of Liu et al., 2019).
+
+The unrolled weights (``unrolled``), where the paper and its reference code differ:
+
+- ``paper``: w' = w - xi grad_w L_train(w, alpha) (Liu et al., 2019, eq. 6).
+- ``code`` (default): w' = w - xi (momentum buf + grad_w L_train(w, alpha) + wd w), with the weight
+  SGD's momentum, its momentum buffer (zero before the first step) and weight decay: the step the
+  weights really take next (clipping aside), as quark0/darts computes it, which produced Table 1.
+
+The Hessian term is the same for both, since buf and w do not depend on alpha.
 
 ``reuse_train_grad`` (second order only): the weight step that follows reuses grad_w L_train(w, alpha)
 from the unrolled step instead of recomputing it after alpha moved, which saves one of the five
@@ -29,13 +37,21 @@ Penalty = Callable[[torch.Tensor], torch.Tensor]  # (cross-entropy) -> loss with
 
 
 class Architect:
+    """Adam on alpha (``model.arch``); ``weight_optimizer`` is the weights' SGD, read by ``unrolled="code"``."""
+
     def __init__(self, model: nn.Module, order: str = "first", lr: float = 3e-4, betas=(0.5, 0.999),
-                 weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False):
+                 weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False,
+                 unrolled: str = "code", weight_optimizer: torch.optim.Optimizer | None = None):
         if order not in ("first", "second"):
             raise UserError(f"arch.order={order}: use first or second")
         if reuse_train_grad and order != "second":
             raise UserError("arch.reuse_train_grad=true needs arch.order=second (first order has no unrolled step)")
-        self.model, self.order = model, order
+        if unrolled not in ("code", "paper"):
+            raise UserError(f"arch.unrolled={unrolled}: use code (DARTS's reference code) or paper")
+        if order == "second" and unrolled == "code" and not isinstance(weight_optimizer, torch.optim.SGD):
+            raise UserError("arch.unrolled=code unrolls the weights' SGD step (momentum, weight decay): "
+                            "use optim=sgd, or arch.unrolled=paper")
+        self.model, self.order, self.unrolled, self.weight_optimizer = model, order, unrolled, weight_optimizer
         self.reuse_train_grad = reuse_train_grad
         self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
         self.params = list(model.arch.parameters())
@@ -57,14 +73,34 @@ class Architect:
         g_train = torch.autograd.grad(train_loss, w, allow_unused=True)
         if self.reuse_train_grad:
             self.unrolled_train = (train_loss.detach(), logits.detach(), w, g_train)
-        unrolled = {n: (p if g is None else p - xi * g).detach().requires_grad_(True)
-                    for n, p, g in zip(names, w, g_train)}
+        unrolled = {n: u.detach().requires_grad_(True) for n, u in zip(names, self.unrolled_weights(w, g_train, xi))}
         val = self._loss(x_val, y_val, unrolled)
         grads = torch.autograd.grad(val, [*self.params, *unrolled.values()], allow_unused=True)
         d_alpha = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads[:len(self.params)])]
         d_w = [torch.zeros_like(p) if g is None else g for p, g in zip(w, grads[len(self.params):])]
         hessian = self.hessian_vector(d_w, x_train, y_train, w)
         return [a - xi * h for a, h in zip(d_alpha, hessian)]
+
+    def unrolled_weights(self, w, g, xi: float) -> list[torch.Tensor]:
+        """w' from the weights ``w`` and their training gradient ``g`` (see the module docstring).
+
+        A weight without a gradient stays where it is, as SGD leaves it.
+        """
+        if self.unrolled == "paper":
+            return [p if gi is None else p - xi * gi for p, gi in zip(w, g)]
+        group_of = {p: group for group in self.weight_optimizer.param_groups for p in group["params"]}
+        out = []
+        for p, gi in zip(w, g):
+            if gi is None:
+                out.append(p)
+                continue
+            group = group_of[p]
+            step = gi + group["weight_decay"] * p if group["weight_decay"] else gi
+            buf = self.weight_optimizer.state.get(p, {}).get("momentum_buffer")
+            if group["momentum"] and buf is not None:
+                step = step + group["momentum"] * buf
+            out.append(p - xi * step)
+        return out
 
     def hessian_vector(self, vector, x, y, w) -> list[torch.Tensor]:
         """(grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps)."""
@@ -103,12 +139,17 @@ class Architect:
         self.optimizer.step()
 
 
-def exact_second_order(model: nn.Module, x_train, y_train, x_val, y_val, xi: float) -> list[torch.Tensor]:
-    """The second-order gradient by autograd through the unrolled step (create_graph): for tests."""
+def exact_second_order(model: nn.Module, x_train, y_train, x_val, y_val, xi: float,
+                       unroll: Callable | None = None) -> list[torch.Tensor]:
+    """The second-order gradient by autograd through the unrolled step (create_graph): for tests.
+
+    ``unroll(w, g, xi)`` gives w' (``Architect.unrolled_weights``); default the paper's w - xi g.
+    """
     arch = list(model.arch.parameters())
     names, w = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     g = torch.autograd.grad(F.cross_entropy(model(x_train), y_train), w, create_graph=True, allow_unused=True)
-    unrolled = {n: p if gi is None else p - xi * gi for n, p, gi in zip(names, w, g)}
+    steps = unroll(w, g, xi) if unroll else [p if gi is None else p - xi * gi for p, gi in zip(w, g)]
+    unrolled = dict(zip(names, steps))
     val = F.cross_entropy(functional_call(model, unrolled, (x_val,)), y_val)
     grads = torch.autograd.grad(val, arch, allow_unused=True)
     return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(arch, grads)]

@@ -51,6 +51,7 @@ class ChainNetwork(nn.Module):
         width = max(int(c.partition("_")[2] or 0) for c in candidates)
         object.__setattr__(self, "arch", ChainArch(slots, len(candidates)))
         self.detach_arch = False
+        self.epoch = 0  # the epoch in progress (0-based), set by the engine: the arch warmup reads it
         features = math.prod(in_shape)
         self.slots = nn.ModuleList()
         for _ in range(slots):
@@ -65,6 +66,10 @@ class ChainNetwork(nn.Module):
         for slot, w in zip(self.slots, weights):
             h = sum(wk * op(h) for wk, op in zip(w, slot))
         return self.classifier(h)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training engine at each epoch's start (a resumed epoch included)."""
+        self.epoch = epoch
 
     def to(self, *args, **kwargs):
         self.arch.to(*args, **kwargs)

@@ -55,8 +55,41 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
+        """A genotype.json, a search run folder holding one, or a published cell's name (``PUBLISHED``)."""
+        if isinstance(path, str) and path.upper() in PUBLISHED:
+            return cls.from_dict(PUBLISHED[path.upper()].to_dict())
         return cls.from_dict(read_json(path, "model.genotype", "genotype.json",
-                                       "a search run folder or its genotype.json"))
+                                       "a search run folder or its genotype.json, or one of "
+                                       + ", ".join(PUBLISHED)))
+
+
+def _published(normal: str, reduce: str) -> Genotype:
+    """A cell written as 'op<input op<input ...' (two pairs a node, the 4 nodes concatenated)."""
+    def pairs(text):
+        return [(op, int(j)) for op, j in (item.split("<") for item in text.split())]
+    return Genotype(pairs(normal), pairs(reduce), [2, 3, 4, 5], [2, 3, 4, 5])
+
+
+# The cells the papers retrain (from their reference code's genotypes.py), for `model.genotype=NAME`:
+# DARTS_V1 / DARTS_V2: Liu et al. 2019, first / second order (CIFAR-10 test error 3.00 / 2.76 %);
+# PC_DARTS: Xu et al. 2020 on CIFAR-10 (2.57 %).
+PUBLISHED = {
+    "DARTS_V1": _published(
+        "sep_conv_3x3<1 sep_conv_3x3<0 skip_connect<0 sep_conv_3x3<1 skip_connect<0 sep_conv_3x3<1 "
+        "sep_conv_3x3<0 skip_connect<2",
+        "max_pool_3x3<0 max_pool_3x3<1 skip_connect<2 max_pool_3x3<0 max_pool_3x3<0 skip_connect<2 "
+        "skip_connect<2 avg_pool_3x3<0"),
+    "DARTS_V2": _published(
+        "sep_conv_3x3<0 sep_conv_3x3<1 sep_conv_3x3<0 sep_conv_3x3<1 sep_conv_3x3<1 skip_connect<0 "
+        "skip_connect<0 dil_conv_3x3<2",
+        "max_pool_3x3<0 max_pool_3x3<1 skip_connect<2 max_pool_3x3<1 max_pool_3x3<0 skip_connect<2 "
+        "skip_connect<2 max_pool_3x3<1"),
+    "PC_DARTS": _published(
+        "sep_conv_3x3<1 skip_connect<0 sep_conv_3x3<0 dil_conv_3x3<1 sep_conv_5x5<0 sep_conv_3x3<1 "
+        "avg_pool_3x3<0 dil_conv_3x3<1",
+        "sep_conv_5x5<1 max_pool_3x3<0 sep_conv_5x5<1 sep_conv_5x5<2 sep_conv_3x3<0 sep_conv_3x3<3 "
+        "sep_conv_3x3<1 sep_conv_3x3<2"),
+}
 
 
 def _parse(weights: torch.Tensor, primitives: list[str], nodes: int, edge_weights=None,

@@ -7,7 +7,6 @@ Keys are ``op|channels|height|width|stride`` (milliseconds, median of ``repeats`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -88,7 +87,14 @@ def edge_latency(shapes, primitives, table: dict, edges: int) -> dict[bool, torc
 
 
 class LatencyTerm:
-    """E[lat] = sum over edges of softmax(alpha) . latency; the loss CE + lambda E/ref or CE (log E / log ref)^beta."""
+    """E[lat] = sum over edges of softmax(alpha) . latency (ms), and the loss alpha's step minimises.
+
+    ``linear``: CE + weight E[lat] / ref, ref the expected latency of uniform alpha (so ``weight`` is
+    unit-free). ``multiplicative`` (FBNet, Wu et al. 2019): CE * weight * log(LAT)^beta, ``weight``
+    being FBNet's alpha and LAT = E[lat] in microseconds, so that log LAT > 0 for any supernet slower
+    than 1 us (FBNet's milliseconds would make it negative below 1 ms, where the power is undefined).
+    In this form ``weight`` scales the whole loss; beta sets the accuracy/latency trade-off.
+    """
 
     def __init__(self, arch, lat: dict[bool, torch.Tensor], weight: float, form: str = "linear", beta: float = 0.6):
         if form not in ("linear", "multiplicative"):
@@ -126,5 +132,5 @@ class LatencyTerm:
         e = self.expected()
         if self.form == "linear":
             return ce + self.weight * e / self.ref
-        # in microseconds, so both logs are positive for any op slower than 1 us
-        return ce * (torch.log(e * 1e3) / math.log(max(self.ref * 1e3, 1.0 + 1e-6))) ** self.beta
+        log_us = torch.log(e * 1e3).clamp_min(1e-6)  # a supernet under 1 us (never seen) stays defined
+        return ce * self.weight * log_us ** self.beta

@@ -2,20 +2,23 @@
 
 ``search`` splits the training data into a weight part and an architecture part, builds the
 bilevel step (an alpha step on an architecture batch before each weight step, first or second
-order, optionally with a latency term) and hands it to ``Trainer.fit``, which does the rest as
-for any training run: the weight optimizer and schedule (the ``optim`` / ``sched`` groups),
-clipping, evaluation, checkpoints with the architecture state inside, exact resume, the run
-record. Each epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes
-``genotype.json`` (and α heatmaps).
+order, optionally with a latency term; none during ``arch.warmup_epochs``) and hands it to
+``Trainer.fit``, which does the rest as for any training run: the weight optimizer and schedule
+(the ``optim`` / ``sched`` groups; by default stepped once per epoch, as DARTS does), clipping,
+evaluation, checkpoints with the architecture state inside, exact resume, the run record. Each
+epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes ``genotype.json``
+(and α heatmaps).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
 from nas_cli.data.bundle import DataBundle, TensorLoader
 from nas_cli.data.resumable import BatchStream
@@ -38,9 +41,19 @@ SEARCH_HEADLINE = [*HEADLINE, "skip_count"]
 @dataclass
 class ArchOptions:
     """The architecture parameters alpha and their optimizer (DARTS: Adam, lr 3e-4, betas (0.5, 0.999),
-    weight decay 1e-3), the order of the bilevel step, and what is derived from alpha."""
+    weight decay 1e-3), the bilevel step, and what is derived from alpha.
+
+    ``unrolled``: w' of the second-order step, ``code`` (quark0/darts, default: it produced the paper's
+    Table 1) or ``paper`` (see ``nas_cli.nas.darts.architect``). ``warmup_epochs``: epochs of weight
+    steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0). ``weight_lr_every``: the weight lr
+    (and so the unrolled step's xi) follows ``sched`` once per ``epoch``, held at its value at the epoch's
+    start as both reference codes do (default), or every ``step``.
+    """
 
     order: str = "first"
+    unrolled: str = "code"
+    warmup_epochs: int = 0
+    weight_lr_every: str = "epoch"
     reuse_train_grad: bool = False
     fraction: float = 0.5
     lr: float = 3e-4
@@ -79,16 +92,59 @@ def split_train(loader, fraction: float, seed: int) -> tuple[TensorLoader, Tenso
                  for k, idx in enumerate((order[n_arch:], order[:n_arch])))
 
 
+class PerEpoch(Schedule):
+    """``schedule`` held constant within each epoch at its value at the epoch's start (DARTS and
+    PC-DARTS step their cosine scheduler once per epoch); a warmup ramps per epoch too."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+        self.warmup_epochs, self.min_factor = schedule.warmup_epochs, schedule.min_factor
+
+    def factor(self, epoch: float, epochs: int) -> float:
+        return self.schedule.factor(math.floor(epoch), epochs)
+
+    def build(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> LambdaLR:
+        steps_per_epoch = max(1, steps_per_epoch)
+
+        def multiplier(step: int) -> float:
+            epoch = step // steps_per_epoch
+            warm = min(1.0, (epoch + 1) / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
+            return warm * max(self.min_factor, self.factor(epoch, epochs))
+
+        return LambdaLR(optimizer, multiplier)
+
+    def epoch_end(self, metrics: dict) -> None:
+        self.schedule.epoch_end(metrics)
+
+    def cycle_ends(self, epoch: int, epochs: int) -> bool:
+        return self.schedule.cycle_ends(epoch, epochs)
+
+    def state_dict(self) -> dict:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.schedule.load_state_dict(state)
+
+
+def weight_schedule(schedule: Schedule | None, every: str) -> Schedule | None:
+    """The weight lr schedule, stepped every ``step`` or once per ``epoch`` (``arch.weight_lr_every``)."""
+    if every not in ("epoch", "step"):
+        raise UserError(f"arch.weight_lr_every={every}: use epoch (DARTS's reference code) or step")
+    return PerEpoch(schedule) if schedule is not None and every == "epoch" else schedule
+
+
 class BilevelStep:
     """The engine's loss function for search-darts: in training, first an alpha step on the next
-    architecture batch, then the weight step's loss with alpha held constant."""
+    architecture batch (from epoch ``warmup_epochs`` on), then the weight step's loss with alpha held
+    constant. The epoch in progress is the supernet's (the engine sets it through ``set_epoch``)."""
 
-    def __init__(self, supernet, architect: Architect, arch_batches: BatchStream, optimizer, device):
+    def __init__(self, supernet, architect: Architect, arch_batches: BatchStream, optimizer, device,
+                 warmup_epochs: int = 0):
         self.supernet, self.architect, self.arch_batches = supernet, architect, arch_batches
-        self.optimizer, self.device = optimizer, device
+        self.optimizer, self.device, self.warmup_epochs = optimizer, device, warmup_epochs
 
     def __call__(self, net, x, y):
-        if net.training:
+        if net.training and self.supernet.epoch >= self.warmup_epochs:
             xa, ya = next(self.arch_batches)
             # xi, the unrolled step's size, is the weight lr of this very step
             self.architect.step(x, y, xa.to(self.device), ya.to(self.device), xi=self.optimizer.param_groups[0]["lr"])
@@ -127,11 +183,17 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
         raise UserError("optim=lbfgs re-evaluates each step's loss: the bilevel step takes sgd, adam, ...")
     if chain and arch.max_skip is not None:
         raise UserError("arch.max_skip caps skip_connect in DARTS cells: leave it null with supernet=chain")
+    if int(arch.warmup_epochs) != arch.warmup_epochs or arch.warmup_epochs < 0:
+        raise UserError(f"arch.warmup_epochs={arch.warmup_epochs} must be a whole number of epochs, 0 or more")
+    if arch.warmup_epochs >= trainer.epochs:
+        log.warning(f"arch.warmup_epochs={arch.warmup_epochs} >= trainer.epochs={trainer.epochs}: alpha never moves")
+    schedule = weight_schedule(schedule, arch.weight_lr_every)
     supernet.to(run.device)
     w_loader, a_loader = split_train(data.train, arch.fraction, run.seed)
     term = latency_term(supernet, data, latency, run)
     architect = Architect(supernet, arch.order, arch.lr, tuple(arch.betas), arch.weight_decay, objective=term,
-                          reuse_train_grad=arch.reuse_train_grad)
+                          reuse_train_grad=arch.reuse_train_grad, unrolled=arch.unrolled,
+                          weight_optimizer=optimizer)
     arch_batches = BatchStream(a_loader, a_loader.generator)
     kinds = ((False, "chain"),) if chain else ((False, "normal"), (True, "reduce"))
     derived: dict = {}  # the genotype of the last epoch (the summary's, however the run ends)
@@ -166,9 +228,12 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
         return out
 
     log.info(f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
-             f"{type(supernet).__name__}, order {arch.order}, on {data.name} {data.in_shape}, {run.device}; "
+             f"{type(supernet).__name__}, order {arch.order}"
+             f"{f' (unrolled as in the {arch.unrolled})' if arch.order == 'second' else ''}, "
+             f"alpha from epoch {int(arch.warmup_epochs) + 1}, weight lr every {arch.weight_lr_every}, "
+             f"on {data.name} {data.in_shape}, {run.device}; "
              f"run folder {run.dir}")
-    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device)
+    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs))
     return trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
                        generator=w_loader.generator, loss_fn=step,
                        extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,

@@ -120,6 +120,7 @@ class SearchNetwork(nn.Module):
         self.primitives, self.nodes, self.layers = primitives, nodes, layers
         object.__setattr__(self, "arch", ArchParams(nodes, primitives, edge_norm))  # not a submodule
         self.detach_arch = False  # the weight step: alpha as constants (no wasted alpha gradients)
+        self.epoch = 0  # the epoch in progress (0-based), set by the engine: the arch warmup reads it
         self.stem = stem(in_shape[0], stem_multiplier * init_channels)
         self.cells, c_p = build_cells(
             layers, init_channels, stem_multiplier,
@@ -138,6 +139,10 @@ class SearchNetwork(nn.Module):
                 cache[cell.reduction] = (F.softmax(alpha, dim=-1), edge)
             s0, s1 = s1, cell(s0, s1, *cache[cell.reduction])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training engine at each epoch's start (a resumed epoch included)."""
+        self.epoch = epoch
 
     def to(self, *args, **kwargs):
         self.arch.to(*args, **kwargs)
