@@ -40,16 +40,17 @@ def run(variant: str, seed: int, steps: int, root: str) -> dict:
     conf = config_dir()
     agent_cfg = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(conf / "agent" / "dqn.yaml")).items()
                  if k != "_target_"}
-    env = EnvSpec(**OmegaConf.to_container(OmegaConf.load(conf / "env" / "cartpole.yaml")))
+    cartpole = OmegaConf.load(conf / "env" / "cartpole.yaml")  # the env, its lr and its evaluation (global keys)
+    env = EnvSpec(**OmegaConf.to_container(cartpole.env))
     top = OmegaConf.load(conf / "dqn.yaml")
     run_dir = Path(root) / f"{variant}-{seed}"
     agent = DQN(**{**agent_cfg, **VARIANTS[variant]})
-    adam = functools.partial(torch.optim.Adam, lr=top.optim.lr)
+    adam = functools.partial(torch.optim.Adam, lr=cartpole.optim.lr)
     result = train(agent, env, Run(run_dir, "dqn", seed=seed, device="cpu"), total_steps=steps,
-                   eval_every=top.eval.every, eval_episodes=top.eval.episodes, log_every=top.log_every,
+                   eval_every=cartpole.eval.every, eval_episodes=cartpole.eval.episodes, log_every=top.log_every,
                    optimizer=adam, progress=False)
     agent.q.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
-    best = greedy_returns(agent.q.eval(), env.id, 100, seed + 50_000)
+    best = greedy_returns(agent.q.eval(), env, 100, seed + 50_000)
     return {"variant": variant, "seed": seed, "solved_step": result["solved_step"], "best_100": float(best.mean()),
             "train_return": result["train_return_last100"], "steps_per_s": result["steps_per_s"]}
 

@@ -194,7 +194,7 @@ def test_dqn_errors_are_one_line(tmp_path, args, message):
 
 
 def test_nature_cnn_has_the_published_shape():
-    net = QNetwork((4, 84, 84), 6)
+    net = QNetwork((4, 84, 84), 6, hidden=[512])
     convs = (4 * 32 * 64 + 32) + (32 * 64 * 16 + 64) + (64 * 64 * 9 + 64)
     assert sum(p.numel() for p in net.parameters()) == convs + (3136 * 512 + 512) + (512 * 6 + 6)
     assert net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 6)
@@ -202,8 +202,8 @@ def test_nature_cnn_has_the_published_shape():
 
 def test_atari_loop_learns_from_frame_stacks(tmp_path):
     pytest.importorskip("ale_py")
-    env = EnvSpec("ALE/Pong-v5", num_envs=2, atari=True)
-    agent = DQN(learning_starts=40, buffer_size=200, batch_size=8, train_frequency=20, gradient_steps=1)
+    env = EnvSpec("ALE/Pong-v5", num_envs=2, atari=True, frame_stack=4, clip_rewards=True, fire_reset=True)
+    agent = DQN(learning_starts=40, buffer_size=200, batch_size=8, train_frequency=20, gradient_steps=1, hidden=[512])
     result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=80, eval_every=10_000,
                    eval_episodes=1, log_every=40, progress=False)
     assert result["steps"] == 80

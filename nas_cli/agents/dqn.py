@@ -2,7 +2,9 @@
 
 Targets: ``y = r + gamma * (1 - terminated) * Q_target(s', a*)`` with
 ``a* = argmax_a Q_target(s', a)`` (DQN) or ``argmax_a Q_online(s', a)`` (Double DQN).
-A time-limit truncation is not a termination: its target still bootstraps.
+A time-limit truncation is not a termination: its target still bootstraps. With ``env.clip_rewards``
+the replay holds sign(r) (Mnih et al. 2015), while the logged returns stay the game's own; with
+``env.episodic_life`` a lost life is a termination for the target, but a logged episode is a whole game.
 
 Every environment step is a safe point: SIGINT/SIGTERM there write a checkpoint with the
 agent, the replay buffer, the environments' own state and the loop's, and a resumed run
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_cli.agents.envs import EnvSpec, greedy_returns
+from nas_cli.agents.envs import EnvSpec, game_over, greedy_returns
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
 from nas_cli.engine import checkpoint
@@ -94,15 +96,18 @@ class DQN:
 
     Args:
         double: Double DQN targets.
-        dueling: a dueling head, ``aggregation`` mean or max.
-        hidden: hidden layer sizes of the MLP (the last one is the dueling streams' width).
+        dueling: a dueling head, ``aggregation`` mean or max; ``dueling_rescale`` scales the gradient the
+            two streams send into the shared trunk by 1/sqrt(2) (Wang et al. 2016).
+        hidden: hidden layer sizes after the observation (after the convolutions for images; the last one
+            is the dueling streams' width). Nature DQN: [512].
         gamma: discount.
         buffer_size: replay capacity (transitions).  batch_size: transitions per gradient step.
         learning_starts: environment steps before the first update.
         train_frequency: environment steps between updates; gradient_steps: updates each time.
         target_update: environment steps between target updates; ``tau`` 1.0 copies, < 1 is Polyak averaging.
         start_epsilon, end_epsilon, exploration_fraction: epsilon falls linearly over that fraction of the run.
-        loss: mse or huber.  grad_clip: clip the gradient norm (null: off).
+        loss: mse or huber (Huber with delta 1 is the Nature DQN's clipping of the TD error to [-1, 1]).
+        grad_clip: clip the gradient norm (null: off).
     """
 
     def __init__(self, double: bool = False, dueling: bool = False, aggregation: str = "mean",
@@ -110,8 +115,9 @@ class DQN:
                  batch_size: int = 64, learning_starts: int = 1000, train_frequency: int = 256,
                  gradient_steps: int = 128, target_update: int = 10, tau: float = 1.0, start_epsilon: float = 1.0,
                  end_epsilon: float = 0.04, exploration_fraction: float = 0.16, loss: str = "mse",
-                 grad_clip: float | None = 10.0):
+                 grad_clip: float | None = 10.0, dueling_rescale: bool = False):
         self.double, self.dueling, self.aggregation, self.hidden = double, dueling, aggregation, list(hidden)
+        self.dueling_rescale = dueling_rescale
         self.gamma, self.buffer_size, self.batch_size = gamma, int(buffer_size), int(batch_size)
         self.learning_starts, self.train_frequency = int(learning_starts), int(train_frequency)
         self.gradient_steps, self.target_update, self.tau = int(gradient_steps), int(target_update), float(tau)
@@ -124,7 +130,8 @@ class DQN:
               optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> DQN:
         """The networks and ``optimizer(params)`` (a partial of the ``optim`` group, say)."""
         self.device = device
-        self.q = QNetwork(obs_shape, num_actions, self.hidden, self.dueling, self.aggregation).to(device)
+        self.q = QNetwork(obs_shape, num_actions, self.hidden, self.dueling, self.aggregation,
+                          self.dueling_rescale).to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         # fused where the optimizer has it: one kernel for all parameters instead of a dozen small ops each
         # (3x faster for Adam here)
@@ -230,7 +237,7 @@ class Loop:
 
 def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: int, eval_episodes: int,
           log_every: int, optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
-          schedule: Schedule | None = None, progress: bool = True) -> dict:
+          schedule: Schedule | None = None, progress: bool = True, eval_epsilon: float = 0.0) -> dict:
     """The environment loop in ``run``: act, store, learn, evaluate greedily, record, checkpoint."""
     done = run.finished()
     if done is not None:
@@ -240,7 +247,9 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
     threshold, device, seed, n = env.solved_at(), run.device, int(run.seed), env.num_envs
     agent.build(obs_shape, num_actions, device, optimizer)
     agent.schedule(schedule, total_steps)
-    replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if env.atari else torch.float32, device)
+    frames = envs.single_observation_space.dtype == np.uint8  # images stay uint8 in the replay: 4x less memory
+    replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if frames else torch.float32, device,
+                          frame_stack=env.frame_stack > 1)
     draws = RandomDraws(np.random.default_rng(seed), n, num_actions)
     sampler = torch.Generator().manual_seed(seed)
     record, loop = run.record, Loop(n)
@@ -265,7 +274,8 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
         run.figures = lambda: _figures(loop, env, threshold, run)
         with run, TrainingProgress(progress) as bar:
             _steps(agent, envs, env, run, loop, replay, draws, sampler, bar, threshold, total_steps=total_steps,
-                   eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every)
+                   eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every,
+                   eval_epsilon=eval_epsilon)
     finally:
         envs.close()
     return run.summary
@@ -273,7 +283,7 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
 
 def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayBuffer, draws: RandomDraws,
            sampler: torch.Generator, bar, threshold, *, total_steps: int, eval_every: int, eval_episodes: int,
-           log_every: int) -> None:
+           log_every: int, eval_epsilon: float = 0.0) -> None:
     record, device, seed, n = run.record, run.device, int(run.seed), env.num_envs
     recent = deque((r for r, _ in loop.episodes[-100:]), maxlen=100)
 
@@ -288,20 +298,22 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
     while loop.step < total_steps:
         epsilon = agent.epsilon(loop.step, total_steps)
         actions = agent.act(loop.obs, epsilon, draws)
-        next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+        next_obs, rewards, terminated, truncated, info = envs.step(actions)
         valid = ~loop.ended
+        stored = np.sign(rewards) if env.clip_rewards else rewards  # the replay learns from sign(r)...
         if valid.all():
-            replay.add(loop.obs, actions, rewards, next_obs, terminated, truncated)
+            replay.add(loop.obs, actions, stored, next_obs, terminated, truncated)
         elif valid.any():
-            replay.add(loop.obs[valid], actions[valid], rewards[valid], next_obs[valid], terminated[valid],
+            replay.add(loop.obs[valid], actions[valid], stored[valid], next_obs[valid], terminated[valid],
                        truncated[valid])
-        loop.ep_return += rewards * valid
+        loop.ep_return += rewards * valid  # ...the record keeps the game's score
         loop.ep_length += valid
         loop.ended = terminated | truncated
-        for i in np.flatnonzero(loop.ended & valid):
-            loop.episodes.append((float(loop.ep_return[i]), int(loop.ep_length[i])))
-            recent.append(float(loop.ep_return[i]))
-            loop.ep_return[i], loop.ep_length[i] = 0.0, 0
+        if loop.ended.any():
+            for i in np.flatnonzero(game_over(terminated, truncated, info) & valid):  # a whole game, not a life
+                loop.episodes.append((float(loop.ep_return[i]), int(loop.ep_length[i])))
+                recent.append(float(loop.ep_return[i]))
+                loop.ep_return[i], loop.ep_length[i] = 0.0, 0
         loop.obs = next_obs
         loop.step = step = loop.step + n
         if step > agent.learning_starts and step % agent.train_frequency < n:
@@ -313,8 +325,8 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
             agent.update_target()
         evaluated = step % eval_every < n
         if evaluated:
-            score = float(greedy_returns(agent.q, env.id, eval_episodes, seed + 10_000 + step, env.atari,
-                                         device).mean())
+            score = float(greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device,
+                                         eval_epsilon).mean())
             if score > loop.best_eval:
                 loop.best_eval, loop.best_step = score, step
                 checkpoint.save(run.dir / BEST, {"model": agent.q.state_dict()})

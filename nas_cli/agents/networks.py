@@ -11,18 +11,35 @@ from torch import nn
 from nas_cli.errors import UserError
 
 
+class ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient flowing back is multiplied by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
 class DuelingHead(nn.Module):
     """Q(s, a) = V(s) + A(s, a) - mean_a A(s, a)   (or - max_a A(s, a) with ``aggregation='max'``).
 
     Subtracting the mean (or max) makes V and A identifiable: without it any constant
-    could move between them.
+    could move between them. With ``rescale_grad`` the gradient the two streams send back into
+    the shared trunk is multiplied by 1/sqrt(2) (Wang et al. 2016, Sec. 4.2): two streams feed
+    it, so without the factor the trunk's updates are larger than in the single-stream network.
     """
 
-    def __init__(self, features: int, num_actions: int, hidden: int, aggregation: str = "mean"):
+    def __init__(self, features: int, num_actions: int, hidden: int, aggregation: str = "mean",
+                 rescale_grad: bool = False):
         super().__init__()
         if aggregation not in ("mean", "max"):
             raise UserError(f"agent.aggregation={aggregation}: use mean or max")
         self.aggregation = aggregation
+        self.grad_scale = 1 / math.sqrt(2) if rescale_grad else 1.0
         self.value = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.advantage = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
 
@@ -32,36 +49,44 @@ class DuelingHead(nn.Module):
         return a - (a.mean(1, keepdim=True) if self.aggregation == "mean" else a.amax(1, keepdim=True))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.grad_scale != 1.0 and h.requires_grad:
+            h = ScaleGrad.apply(h, self.grad_scale)
         return self.value(h) + self.advantages(h)
+
+
+def nature_trunk(channels: int) -> nn.Sequential:
+    """The Nature DQN's convolutions (Mnih et al. 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, flattened (3136 at 84x84)."""
+    return nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
 
 
 class QNetwork(nn.Module):
     """Observation -> one value per action.
 
-    Vector observations go through an MLP of ``hidden`` layers; image stacks (C, 84, 84)
-    through the Nature DQN CNN (3 convs, 512 units).
+    Vector observations go through an MLP of ``hidden`` layers; image stacks (C, H, W), uint8,
+    through the Nature DQN convolutions first, then the same ``hidden`` layers (Nature: [512]).
+    A dueling head takes the last hidden width as its streams' width, so on Atari the shared trunk
+    ends at the convolutions and each stream has its own 512 units, as in Wang et al. (2016).
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: list[int] = (120, 84),
-                 dueling: bool = False, aggregation: str = "mean"):
+                 dueling: bool = False, aggregation: str = "mean", dueling_rescale: bool = False):
         super().__init__()
         hidden = list(hidden)
         if dueling and not hidden:
             raise UserError("agent.dueling=true needs agent.hidden to name at least one layer (the streams' width)")
         if len(obs_shape) == 3:  # stacked frames, uint8 0..255
-            self.body = nn.Sequential(
-                nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
-                nn.LazyLinear(512), nn.ReLU())
-            self.body(torch.zeros(1, *obs_shape))  # materialize the lazy layer
-            features, self.scale = 512, 1 / 255.0
+            layers = list(nature_trunk(obs_shape[0]))
+            with torch.no_grad():
+                features = nn.Sequential(*layers)(torch.zeros(1, *obs_shape)).shape[1]
+            self.scale = 1 / 255.0
         else:
-            layers, features = [nn.Flatten()], math.prod(obs_shape)
-            for width in hidden[:-1] if dueling else hidden:
-                layers += [nn.Linear(features, width), nn.ReLU()]
-                features = width
-            self.body, self.scale = nn.Sequential(*layers), 1.0
-        self.head = (DuelingHead(features, num_actions, hidden[-1], aggregation) if dueling
+            layers, features, self.scale = [nn.Flatten()], math.prod(obs_shape), 1.0
+        for width in hidden[:-1] if dueling else hidden:
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        self.body = nn.Sequential(*layers)
+        self.head = (DuelingHead(features, num_actions, hidden[-1], aggregation, dueling_rescale) if dueling
                      else nn.Linear(features, num_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -27,13 +27,20 @@ class ReplayBuffer:
     the end of the task, so its target still bootstraps from the next state.
     Each field is one torch tensor with a numpy view of the same memory: the
     per-step ``add`` is a numpy store (a few hundred ns), ``sample`` a torch gather.
+
+    With ``frame_stack`` (observations that are stacks of the last frames, first axis) the next
+    observation of a transition is its observation moved on by one frame, so only its newest frame
+    is kept: 5 frames a transition instead of 8 (35 instead of 56 GB for Atari's 1M transitions).
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32, device="cpu"):
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32, device="cpu",
+                 frame_stack: bool = False):
         self.capacity = int(capacity)
         self.device = torch.device(device)
+        self.frame_stack = frame_stack and len(obs_shape) > 1 and obs_shape[0] > 1
         self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype)
+        next_shape = (1, *obs_shape[1:]) if self.frame_stack else obs_shape
+        self.next_obs = torch.zeros((capacity, *next_shape), dtype=obs_dtype)
         self.actions = torch.zeros(capacity, dtype=torch.long)
         self.rewards = torch.zeros(capacity, dtype=torch.float32)
         self.terminated = torch.zeros(capacity, dtype=torch.bool)
@@ -46,6 +53,8 @@ class ReplayBuffer:
         """Add a batch of transitions (one per environment), given as numpy arrays or sequences."""
         n = len(actions)
         at = self.pos if n == 1 else (self.pos + np.arange(n)) % self.capacity
+        if self.frame_stack:  # the newest frame is all that next_obs adds
+            next_obs = np.asarray(next_obs)[:, -1:]
         for view, values in zip(self._views, (obs, next_obs, actions, rewards, terminated, truncated)):
             view[at] = values[0] if n == 1 else values
         self.pos = (self.pos + n) % self.capacity
@@ -54,7 +63,10 @@ class ReplayBuffer:
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """A uniform batch on ``device``; observations keep their storage dtype (the Q-network casts)."""
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
-        return Batch(**{f: getattr(self, f).index_select(0, idx).to(self.device) for f in FIELDS})
+        batch = {f: getattr(self, f).index_select(0, idx).to(self.device) for f in FIELDS}
+        if self.frame_stack:
+            batch["next_obs"] = torch.cat([batch["obs"][:, 1:], batch["next_obs"]], 1)
+        return Batch(**batch)
 
     def state_dict(self) -> dict:
         return {**{f: getattr(self, f)[: self.size].clone() for f in FIELDS}, "pos": self.pos, "size": self.size}

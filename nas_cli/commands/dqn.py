@@ -29,27 +29,30 @@ def task(cfg: DictConfig) -> dict:
     agent: DQN = instantiate(cfg.agent)
     env = EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
     if cfg.mode == "eval":
-        return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes))
+        return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes),
+                              epsilon=float(cfg.eval.epsilon))
     if cfg.mode != "train":
         raise UserError(f"mode={cfg.mode}: use train or eval")
     total_steps = int(cfg.total_steps)
     run = opts.run(COMMAND, budget={"total_steps": total_steps}, headline=HEADLINE)
     summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),
                     eval_episodes=int(cfg.eval.episodes), log_every=int(cfg.log_every),
-                    optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.sched), progress=opts.progress)
+                    optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.sched), progress=opts.progress,
+                    eval_epsilon=float(cfg.eval.epsilon))
     returns_plot(run.dir / METRICS, run.dir / RETURNS_PLOT, summary["threshold"])
     log.info(f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
              f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s")
     return summary
 
 
-def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int) -> dict:
-    """Greedy returns of a saved agent over ``episodes`` episodes, as a run of its own."""
+def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int,
+                   epsilon: float = 0.0) -> dict:
+    """Greedy (``epsilon``-greedy) returns of a saved agent over ``episodes`` games, as a run of its own."""
     if not source:
         raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
     path = Path(source)
     path = path / BEST if path.is_dir() else path
-    envs = env.make()
+    envs = env.make(num_envs=1, asynchronous=False)
     agent.build(envs.single_observation_space.shape, int(envs.single_action_space.n), opts.device)
     envs.close()
     state = checkpoint.load(path, map_location=opts.device)
@@ -59,10 +62,10 @@ def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | Non
         raise UserError(f"source={path} does not fit this agent/env config ({type(ex).__name__})") from ex
     run = opts.run(COMMAND, headline=EVAL_HEADLINE)
     with run:
-        returns = greedy_returns(agent.q.eval(), env.id, episodes, opts.seed + 20_000, env.atari, opts.device)
+        returns = greedy_returns(agent.q.eval(), env, episodes, opts.seed + 20_000, opts.device, epsilon)
         np.savetxt(run.dir / EVAL_RETURNS, returns)
         run.figures = lambda: {
-            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
+            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns), "epsilon": epsilon,
             "eval_return_mean": float(returns.mean()),
             "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
             "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max())}
