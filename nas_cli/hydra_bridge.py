@@ -38,6 +38,7 @@ RENAMED = {
         "search.heatmap": "arch.heatmap", "search.partial_channels": "supernet.partial_channels",
         "search.edge_norm": "supernet.edge_norm", "space.name": "supernet=darts|chain", "space": "supernet",
         "search.unrolled": "arch.unrolled", "search.arch_warmup_epochs": "arch.warmup_epochs",
+        "arch.weight_lr_every": "sched.every",
     },
     "search-rl": {"child.lr": "optim.lr", "child.weight_decay": "optim.weight_decay",
                   "controller.space": "space=zoph|metaqnn", "space.zoph": "space (with space=zoph)",

@@ -20,7 +20,7 @@ from nas_cli.nas.darts.architect import Architect, exact_second_order
 from nas_cli.nas.darts.genotype import PUBLISHED, Genotype
 from nas_cli.nas.darts.latency import LatencyTerm
 from nas_cli.nas.darts.ops import PRIMITIVES, FactorizedReduce
-from nas_cli.nas.darts.search import BilevelStep, PerEpoch, weight_schedule
+from nas_cli.nas.darts.search import BilevelStep
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
 
 
@@ -141,7 +141,7 @@ def test_unrolled_code_needs_sgd():
 def test_per_epoch_lr_is_the_cosine_at_each_epoch_start():
     steps, epochs, base, floor = 3, 4, 0.025, 0.04
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
-    scheduler = PerEpoch(Cosine(min_factor=floor)).build(opt, steps, epochs)
+    scheduler = Cosine(min_factor=floor, every="epoch").build(opt, steps, epochs)
     seen = []
     for _ in range(steps * epochs):
         seen.append(opt.param_groups[0]["lr"])
@@ -151,9 +151,12 @@ def test_per_epoch_lr_is_the_cosine_at_each_epoch_start():
     for e in range(epochs):
         expected = eta_min + (base - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2
         assert seen[e * steps:(e + 1) * steps] == pytest.approx([expected] * steps, rel=1e-12)
-    cosine = Cosine(min_factor=floor)
-    assert weight_schedule(cosine, "step") is cosine  # per step: the sched group's schedule untouched
-    assert isinstance(weight_schedule(cosine, "epoch"), PerEpoch)
+    per_step = Cosine(min_factor=floor).build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base), steps, epochs)
+    assert per_step.lr_lambdas[0](1) < per_step.lr_lambdas[0](0)  # every="step" (train's default) moves within an epoch
+    # a warmup ramps per epoch too: epoch e gets (e + 1) / warmup_epochs of the lr (cosine starts after it)
+    warm = Cosine(warmup_epochs=2, every="epoch").build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base),
+                                                        steps, epochs).lr_lambdas[0]
+    assert [warm(i) for i in range(steps * 4)] == pytest.approx([0.5] * steps + [1.0] * 2 * steps + [0.5] * steps)
 
 
 def test_arch_warmup_freezes_alpha_then_lets_it_move():
@@ -266,8 +269,7 @@ SEARCH_SHRINK = [*SHRINK, "supernet.layers=3", "supernet.init_channels=4", "supe
 def test_darts_search_preset(tmp_path, monkeypatch):
     cfg = compose_task("search_darts", tmp_path / "c", ["experiment=darts_search_cifar10"])
     assert (cfg.supernet.layers, cfg.supernet.init_channels, cfg.data.batch_size, cfg.trainer.epochs) == (8, 16, 64, 50)
-    assert (cfg.data.val_size, cfg.arch.fraction, cfg.arch.unrolled, cfg.arch.weight_lr_every) == (0, 0.5, "code",
-                                                                                                  "epoch")
+    assert (cfg.data.val_size, cfg.arch.fraction, cfg.arch.unrolled, cfg.sched.every) == (0, 0.5, "code", "epoch")
     from nas_cli.commands import search_darts
 
     built = []

@@ -19,20 +19,31 @@ from nas_cli.errors import UserError
 @dataclass
 class Schedule:
     """Constant lr (``sched=none``); subclasses shape it. ``warmup_epochs`` ramps linearly from 0;
-    after it the lr never falls below ``min_factor`` x base lr."""
+    after it the lr never falls below ``min_factor`` x base lr. ``every="step"``: the lr follows the
+    schedule at every iteration; ``"epoch"``: it is held at the schedule's value at each epoch's start
+    (torch schedulers stepped once an epoch, as DARTS's and PC-DARTS's code do; the warmup then ramps
+    per epoch too)."""
 
     warmup_epochs: float = 0.0
     min_factor: float = 0.0
+    every: str = "step"
+
+    def __post_init__(self) -> None:
+        check_every(self.every)
 
     def factor(self, epoch: float, epochs: int) -> float:
         return 1.0
 
     def build(self, optimizer: Optimizer, steps_per_epoch: int, epochs: int) -> LambdaLR:
         steps_per_epoch = max(1, steps_per_epoch)
+        ramp = self.warmup_epochs * steps_per_epoch  # warmup length in steps
 
         def multiplier(step: int) -> float:
             epoch = step / steps_per_epoch
-            warm = min(1.0, (step + 1) / (self.warmup_epochs * steps_per_epoch)) if self.warmup_epochs > 0 else 1.0
+            if self.every == "epoch":
+                epoch = math.floor(epoch)
+                step = epoch * steps_per_epoch + steps_per_epoch - 1  # the warmup reached by the epoch's end
+            warm = min(1.0, (step + 1) / ramp) if self.warmup_epochs > 0 else 1.0
             return warm * max(self.min_factor, self.factor(epoch, epochs))
 
         return LambdaLR(optimizer, multiplier)
@@ -116,8 +127,10 @@ class Plateau(Schedule):
     """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 5, threshold: float = 1e-4,
-                 min_factor: float = 0.0, warmup_epochs: float = 0.0, mode: str | None = None):
+                 min_factor: float = 0.0, warmup_epochs: float = 0.0, mode: str | None = None,
+                 every: str = "step"):
         # a plain class: a dataclass field named `factor` would shadow the method
+        self.every = check_every(every)
         self.monitor, self.decay, self.patience = monitor, factor, patience
         self.threshold, self.min_factor, self.warmup_epochs = threshold, min_factor, warmup_epochs
         self.mode = monitor_mode(monitor, mode, "sched.mode")
@@ -163,3 +176,10 @@ def monitor_mode(monitor: str, mode: str | None, key: str) -> str:
     if mode not in ("min", "max"):
         raise UserError(f"{key} must be min or max (or null: from the monitor's name), not {mode!r}")
     return mode
+
+
+def check_every(every: str) -> str:
+    if every not in ("step", "epoch"):
+        raise UserError(f"sched.every={every}: use step (the lr changes every iteration) or epoch "
+                        f"(held within each epoch)")
+    return every

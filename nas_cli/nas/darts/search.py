@@ -4,7 +4,7 @@
 bilevel step (an alpha step on an architecture batch before each weight step, first or second
 order, optionally with a latency term; none during ``arch.warmup_epochs``) and hands it to
 ``Trainer.fit``, which does the rest as for any training run: the weight optimizer and schedule
-(the ``optim`` / ``sched`` groups; by default stepped once per epoch, as DARTS does), clipping,
+(the ``optim`` / ``sched`` groups; search-darts' ``sched.every=epoch`` steps it once an epoch, as DARTS does), clipping,
 evaluation, checkpoints with the architecture state inside, exact resume, the run record. Each
 epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes ``genotype.json``
 (and α heatmaps).
@@ -45,15 +45,12 @@ class ArchOptions:
 
     ``unrolled``: w' of the second-order step, ``code`` (quark0/darts, default: it produced the paper's
     Table 1) or ``paper`` (see ``nas_cli.nas.darts.architect``). ``warmup_epochs``: epochs of weight
-    steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0). ``weight_lr_every``: the weight lr
-    (and so the unrolled step's xi) follows ``sched`` once per ``epoch``, held at its value at the epoch's
-    start as both reference codes do (default), or every ``step``.
+    steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0).
     """
 
     order: str = "first"
     unrolled: str = "code"
     warmup_epochs: int = 0
-    weight_lr_every: str = "epoch"
     reuse_train_grad: bool = False
     fraction: float = 0.5
     lr: float = 3e-4
@@ -90,47 +87,6 @@ def split_train(loader, fraction: float, seed: int) -> tuple[TensorLoader, Tenso
                               generator=torch.Generator().manual_seed(seed + 7919 * (k + 1)),
                               mean=mean, std=std, augment=loader.augment)
                  for k, idx in enumerate((order[n_arch:], order[:n_arch])))
-
-
-class PerEpoch(Schedule):
-    """``schedule`` held constant within each epoch at its value at the epoch's start (DARTS and
-    PC-DARTS step their cosine scheduler once per epoch); a warmup ramps per epoch too."""
-
-    def __init__(self, schedule: Schedule):
-        self.schedule = schedule
-        self.warmup_epochs, self.min_factor = schedule.warmup_epochs, schedule.min_factor
-
-    def factor(self, epoch: float, epochs: int) -> float:
-        return self.schedule.factor(math.floor(epoch), epochs)
-
-    def build(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> LambdaLR:
-        steps_per_epoch = max(1, steps_per_epoch)
-
-        def multiplier(step: int) -> float:
-            epoch = step // steps_per_epoch
-            warm = min(1.0, (epoch + 1) / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
-            return warm * max(self.min_factor, self.factor(epoch, epochs))
-
-        return LambdaLR(optimizer, multiplier)
-
-    def epoch_end(self, metrics: dict) -> None:
-        self.schedule.epoch_end(metrics)
-
-    def cycle_ends(self, epoch: int, epochs: int) -> bool:
-        return self.schedule.cycle_ends(epoch, epochs)
-
-    def state_dict(self) -> dict:
-        return self.schedule.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.schedule.load_state_dict(state)
-
-
-def weight_schedule(schedule: Schedule | None, every: str) -> Schedule | None:
-    """The weight lr schedule, stepped every ``step`` or once per ``epoch`` (``arch.weight_lr_every``)."""
-    if every not in ("epoch", "step"):
-        raise UserError(f"arch.weight_lr_every={every}: use epoch (DARTS's reference code) or step")
-    return PerEpoch(schedule) if schedule is not None and every == "epoch" else schedule
 
 
 class BilevelStep:
@@ -187,7 +143,6 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
         raise UserError(f"arch.warmup_epochs={arch.warmup_epochs} must be a whole number of epochs, 0 or more")
     if arch.warmup_epochs >= trainer.epochs:
         log.warning(f"arch.warmup_epochs={arch.warmup_epochs} >= trainer.epochs={trainer.epochs}: alpha never moves")
-    schedule = weight_schedule(schedule, arch.weight_lr_every)
     supernet.to(run.device)
     w_loader, a_loader = split_train(data.train, arch.fraction, run.seed)
     term = latency_term(supernet, data, latency, run)
@@ -230,7 +185,7 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
     log.info(f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
              f"{type(supernet).__name__}, order {arch.order}"
              f"{f' (unrolled as in the {arch.unrolled})' if arch.order == 'second' else ''}, "
-             f"alpha from epoch {int(arch.warmup_epochs) + 1}, weight lr every {arch.weight_lr_every}, "
+             f"alpha from epoch {int(arch.warmup_epochs) + 1}, "
              f"on {data.name} {data.in_shape}, {run.device}; "
              f"run folder {run.dir}")
     step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs))
