@@ -13,12 +13,10 @@ epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and write
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR
 
 from nas_cli.data.bundle import DataBundle, TensorLoader
 from nas_cli.data.resumable import BatchStream
