@@ -14,6 +14,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -25,8 +26,7 @@ from nas_cli.nas.synthetic import synthetic_reward
 IN_SHAPE = (1, 8, 8)  # digits
 RUNS = [("reinforce", "zoph", []),
         ("evolution", "zoph", []), ("random", "zoph", []),
-        ("metaqnn", "metaqnn", ["controller.schedule=[[1.0,40],[0.9,10],[0.8,10],[0.7,10],[0.6,10],[0.5,10],"
-                                "[0.4,10],[0.3,10],[0.2,10],[0.1,10]]", "controller.replay=20"]),
+        ("metaqnn", "metaqnn", []),  # its epsilon schedule: the paper's Table 2 scaled to the budget
         ("evolution", "metaqnn", []), ("random", "metaqnn", [])]
 
 
@@ -41,11 +41,13 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=300, help="children per run at most")
     parser.add_argument("--threshold", type=float, default=0.95)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the controllers' tensors are tiny: more threads only wait on each other
     curves: dict[tuple[str, str], list[list[float]]] = {}
     seconds: dict[tuple[str, str], float] = {}
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         for name, space, overrides in RUNS:
-            cfg = compose("search_rl", overrides=[f"controller={name}", f"space={space}", "reward=synthetic", *overrides])
+            cfg = compose("search_rl", overrides=[f"controller={name}", f"space={space}", "reward=synthetic",
+                                                  f"search.children={args.budget}", *overrides])
             synth = OmegaConf.to_container(cfg.synthetic, resolve=True)
             t0 = time.perf_counter()
             curves[name, space] = [

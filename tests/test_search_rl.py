@@ -22,7 +22,7 @@ from nas_cli.nas.arch import ArchNet, key, load_arch, pool_size
 from nas_cli.nas.children import ChildOptions, Evaluator
 from nas_cli.nas.controllers.metaqnn import MetaQNN
 from nas_cli.nas.controllers.reinforce import Reinforce
-from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace, size_bucket
+from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace
 from nas_cli.runs.signals import Interrupted
 
 SYNTH = ["reward=synthetic", "device=cpu"]
@@ -96,21 +96,25 @@ def test_chains_with_pool_fc_gap_build(fast_tiny_convs):
 # -- MetaQNN --------------------------------------------------------------------------------------
 
 def assert_metaqnn_rules(space, actions, image_size: int) -> set[str]:
-    """Every MetaQNN rule on one path; returns the layer types it used."""
+    """Every MetaQNN rule on one path (written from the paper's Section 4.2 and the reference code's
+    state_enumerator.py with its default bins); returns the layer types it used."""
     assert actions[-1][0] == SM and all(a[0] != SM for a in actions[:-1])
     layers = actions[:-1]
     assert 1 <= len(layers) <= space.max_depth
     assert layers[0][0] != POOL  # no pooling first
-    size, n_fc, kinds = image_size, 0, set()
+    size, n_fc, kinds, last_units = image_size, 0, set(), None
     for prev, (kind, params) in zip([None, *layers], layers):
         prev_kind = prev[0] if prev else None
         assert not (kind == POOL and prev_kind == POOL)  # no pooling right after pooling
         if prev_kind == FC:
-            assert kind == FC
+            assert kind == FC and params[0] <= last_units  # FC -> FC never wider
         assert prev_kind != GAP  # GAP is followed by the softmax only
+        bin_edge = 8 if size > 7 else 4 if size > 3 else 1  # the reference code's image_size_bucket
+        if kind in (CONV, POOL):
+            assert (params[1] if kind == CONV else params[0]) < bin_edge  # kernel below the bin
         if kind == FC:
-            assert 1 <= size <= 8, size  # representation size in (8, 4] or (4, 1]
-            n_fc += 1
+            assert 1 <= size <= 7, size  # FC only with a representation of side 7 or less
+            n_fc, last_units = n_fc + 1, params[0]
         if kind == POOL:
             size = pool_size(size, *params)
         elif kind in (FC, GAP):
@@ -156,7 +160,6 @@ def test_one_q_update_equals_hand_computation():
     assert agent.value(s1, (SM, ())) == pytest.approx(q_sm)
     # earlier transition: r = 0 + gamma * max over the next state's actions (the others still 0.5)
     assert agent.value(s0, c) == pytest.approx(0.5 + 0.01 * (max(q_sm, 0.5) - 0.5))
-    assert size_bucket(9) == 0 and size_bucket(8) == 1 and size_bucket(4) == 2
 
 
 def test_metaqnn_epsilon_schedule_and_greedy():
@@ -164,7 +167,7 @@ def test_metaqnn_epsilon_schedule_and_greedy():
     agent = MetaQNN(space, schedule=[[1.0, 2], [0.0, 1]], replay=5)
     assert [agent.epsilon(m) for m in (0, 1, 2, 5)] == [1.0, 1.0, 0.0, 0.0]
     agent.q = {}
-    agent.models = 2  # greedy: after rewarding one chain a lot, it is proposed
+    agent.seen = {"a", "b"}  # two unique models so far: greedy; after rewarding one chain a lot, it is proposed
     target = [{"type": "conv", "filters": 32, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": []},
               {"type": "gap", "inputs": [0]}]
     for _ in range(2000):
@@ -312,3 +315,95 @@ def test_config_is_commented():
                          ("evolution", "Evolution")):
         cfg = OmegaConf.load(config_dir() / "controller" / f"{name}.yaml")
         assert cfg.get("controller", cfg)._target_.endswith(f".{name if name != 'random' else 'random_search'}.{target}")
+
+
+# -- Zoph & Le: the controller, its depth schedule and reward ----------------------------------------
+
+def test_reinforce_default_is_a_two_layer_lstm_of_35_units(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_search(tmp_path, [])
+    agent = instantiate(cfg.controller, space=instantiate(cfg.space), seed=0, _convert_="all")
+    GlobalHydra.instance().clear()
+    assert [(c.input_size, c.hidden_size) for c in agent.policy.cells] == [(35, 35), (35, 35)]
+    assert agent.reward_power == 3.0
+
+
+def test_depth_schedule_grows_the_sampled_children_at_the_configured_counts():
+    schedule = {"start": 1, "step": 2, "every": 3}
+    agent = Reinforce(ZophSpace(layers=6), seed=0, depth_schedule=schedule)
+    depths = [len(agent.propose()) for _ in range(8)]
+    assert depths == [1, 1, 1, 3, 3, 3, 5, 5]
+    again = Reinforce(ZophSpace(layers=6), seed=1, depth_schedule=schedule)
+    again.load_state_dict(agent.state_dict())  # the schedule's position survives a checkpoint
+    assert [len(again.propose()) for _ in range(4)] == [5, 6, 6, 6]  # capped at space.layers
+    assert [len(Reinforce(ZophSpace(layers=3), seed=0).propose()) for _ in range(2)] == [3, 3]  # null: fixed
+
+
+def test_zoph_reward_is_the_max_of_the_last_5_epochs_cubed():
+    from nas_cli.nas.children import child_score
+
+    accs = [0.9, 0.5, 0.6, 0.7, 0.65, 0.62]  # per-epoch validation accuracies; the 0.9 is 6 epochs back
+    assert child_score(accs, "best", 5) == 0.7 and child_score(accs, "best") == 0.9
+    assert child_score(accs, "final", 5) == 0.62
+    cubed = Reinforce(ZophSpace(layers=2), seed=0, reward_power=3)
+    plain = Reinforce(ZophSpace(layers=2), seed=0, reward_power=1)
+    for agent in (cubed, plain):
+        agent.observe(agent.propose(), child_score(accs, "best", 5))
+    assert cubed.baseline == pytest.approx(0.7 ** 3) and plain.baseline == pytest.approx(0.7)  # b starts at R
+
+
+# -- regularized evolution ---------------------------------------------------------------------------
+
+def test_tournament_samples_with_replacement():
+    """Population [0.1, 0.2, 0.3], tournaments of 2: drawn with replacement (Real et al., Algorithm 1) the
+    worst wins only when drawn twice, 1/9 of the time; without replacement it could never win."""
+    from nas_cli.nas.controllers.evolution import Evolution
+
+    agent = Evolution(ZophSpace(layers=1), seed=0, population=3, sample=2)
+    agent.population = [{"arch": [i], "reward": r} for i, r in enumerate([0.1, 0.2, 0.3])]
+    wins = [agent.tournament()["reward"] for _ in range(9000)]
+    assert [wins.count(r) / len(wins) for r in (0.1, 0.2, 0.3)] == pytest.approx([1 / 9, 3 / 9, 5 / 9], abs=0.02)
+    assert Evolution(ZophSpace(layers=1), population=3, sample=5).sample_size == 5  # may exceed the population
+
+
+# -- presets -------------------------------------------------------------------------------------------
+
+def test_metaqnn_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_task):
+    from hydra.utils import instantiate
+
+    from nas_cli.nas.controllers.metaqnn import PAPER_SCHEDULE
+
+    cfg = compose_search(tmp_path / "c", ["experiment=metaqnn_cifar10"])
+    space = instantiate(cfg.space, in_shape=(3, 32, 32))
+    agent = instantiate(cfg.controller, space=space, seed=0, _convert_="all")
+    assert cfg.data._target_.endswith(".cifar10") and (space.image_size, space.max_depth) == (32, 18)
+    assert sorted({f for f, _ in space.conv}) == [64, 128, 256, 512] and space.fc == [512, 256, 128]
+    assert agent.schedule == [(e, n) for e, n in PAPER_SCHEDULE] and agent.replay == 128
+    assert (cfg.search.trained, cfg.child.epochs, cfg.child.score, cfg.optim.lr) == (2700, 20, "best", 0.001)
+    assert (cfg.sched.step_size, cfg.sched.gamma) == (5, 0.2)
+    s = search_task(tmp_path / "run", "experiment=metaqnn_cifar10", "data=digits", "device=cpu", "progress=false",
+                    "search.children=2", "search.trained=null", "child.epochs=1", "child.subset=60",
+                    "space.max_depth=3", "space.conv_filters=[4]", "space.fc_units=[16]")
+    assert s["status"] == "ok" and s["children"] == 2 and 0.0 <= s["best_reward"] <= 1.0
+
+
+def test_zoph_le_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_task):
+    from hydra.utils import instantiate
+
+    cfg = compose_search(tmp_path / "c", ["experiment=zoph_le_cifar10"])
+    space = instantiate(cfg.space)
+    agent = instantiate(cfg.controller, space=space, seed=0, _convert_="all")
+    assert space.choices == {"kh": [1, 3, 5, 7], "kw": [1, 3, 5, 7], "sh": [1, 2, 3], "sw": [1, 2, 3],
+                             "filters": [24, 36, 48, 64]}
+    assert [c.hidden_size for c in agent.policy.cells] == [35, 35] and agent.optimizer.param_groups[0]["lr"] == 6e-4
+    assert agent.reward_power == 3 and agent.depth() == 6
+    agent.sampled = 1600 * 7
+    assert agent.depth() == 20 and cfg.search.children == 12800
+    assert (cfg.child.epochs, cfg.child.score, cfg.child.score_epochs) == (50, "best", 5)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.1, 0.9, 1e-4, True)
+    s = search_task(tmp_path / "run", "experiment=zoph_le_cifar10", "data=digits", "device=cpu", "progress=false",
+                    "search.children=2", "child.epochs=1", "child.subset=60", "space.filters=[4]",
+                    "controller.depth_schedule.start=2")
+    assert s["status"] == "ok" and s["children"] == 2
+    assert [len(json.loads(j)) for j in pd.read_csv(tmp_path / "run" / "metrics.csv")["json"]] == [2, 2]

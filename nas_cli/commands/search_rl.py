@@ -1,8 +1,8 @@
 """``nas-cli search-rl``: neural architecture search where an agent proposes child networks.
 
 Each child is trained briefly by the one training engine (the ``optim`` / ``sched`` groups) and its
-validation accuracy is the controller's reward (or ``reward=synthetic``: a fixed score, for comparing
-strategies in seconds). Controllers (``conf/controller/``): ``reinforce`` (Zoph & Le 2017), ``metaqnn``
+validation accuracy (``child.score``: the best or the final epoch's) is the controller's reward (or
+``reward=synthetic``: a fixed score, for comparing strategies in seconds). Controllers (``conf/controller/``): ``reinforce`` (Zoph & Le 2017), ``metaqnn``
 (Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph`` or ``metaqnn``).
 """
 
@@ -29,5 +29,7 @@ def task(cfg: DictConfig) -> dict:
                           opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
                           schedule=instantiate(cfg.sched), workers=int(cfg.search.workers))
     children = int(cfg.search.children)
-    run = opts.run(COMMAND, budget={"search.children": children}, headline=HEADLINE)
-    return search(controller, evaluator, run, children, progress=opts.progress)
+    trained = None if cfg.search.get("trained") is None else int(cfg.search.trained)
+    budget = {"search.children": children, **({"search.trained": trained} if trained is not None else {})}
+    run = opts.run(COMMAND, budget=budget, headline=HEADLINE)
+    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained)

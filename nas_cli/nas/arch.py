@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,14 +139,17 @@ class ArchNet(nn.Module):
             probe = probe[:, :, None, None]
         outs: list[torch.Tensor] = []
         # a shape-only dry run: oneDNN's per-shape set-up would cost more than the convolutions
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
-            for layer in self.arch:
-                x = self._gather(probe, outs, layer)
-                module = self._make(layer, x)
-                module.eval()
-                outs.append(module(x))
-                self.layers.append(module)
-            features = self._head_features(outs)
+        # (torch warns about oneDNN's TF32 setting whenever the flags change: irrelevant on a CPU probe)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+            with torch.backends.mkldnn.flags(enabled=False):
+                for layer in self.arch:
+                    x = self._gather(probe, outs, layer)
+                    module = self._make(layer, x)
+                    module.eval()
+                    outs.append(module(x))
+                    self.layers.append(module)
+                features = self._head_features(outs)
         self.classifier = nn.Linear(features.shape[1], num_classes)
 
     @staticmethod

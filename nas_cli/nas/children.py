@@ -31,15 +31,37 @@ from nas_cli.runs.files import CHILDREN
 from nas_cli.runs.lifecycle import Run
 
 REWARDS = ("accuracy", "synthetic")
+SCORES = ("best", "final")
 
 
 @dataclass
 class ChildOptions:
-    """How each child trains (its optimizer and schedule are the ``optim`` / ``sched`` groups)."""
+    """How each child trains (its optimizer and schedule are the ``optim`` / ``sched`` groups) and is scored.
+
+    ``score``: ``best`` (the highest validation accuracy over its epochs: MetaQNN's paper and code, and
+    Zoph & Le's "maximum of the last 5 epochs" with ``score_epochs=5``) or ``final`` (the last epoch's).
+    ``score_epochs``: look only at the last N epochs (None: all of them).
+    """
 
     epochs: int = 2
     subset: int | None = 300  # at most this many training (and validation) examples
     batch_size: int | None = None  # None: the data config's
+    score: str = "best"
+    score_epochs: int | None = None
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise UserError(f"child.score={self.score}: use best or final")
+        if self.score_epochs is not None and int(self.score_epochs) < 1:
+            raise UserError(f"child.score_epochs={self.score_epochs}: use 1 or more (or null: every epoch)")
+
+
+def child_score(val_accs: list[float], score: str = "best", last: int | None = None) -> float:
+    """A child's score from its per-epoch validation accuracies: the best (of the last ``last``) or the final."""
+    if not val_accs:
+        return 0.0
+    window = val_accs[-int(last):] if last else val_accs
+    return float(max(window) if score == "best" else window[-1])
 
 
 @contextlib.contextmanager
@@ -63,7 +85,8 @@ def load_data(data_config: dict, child: ChildOptions, seed: int):
 
 def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule: Schedule | None, device,
                 folder: Path, seed: int) -> float:
-    """Validation accuracy of ``arch`` after ``child.epochs`` epochs (a run in ``folder``)."""
+    """The score of ``arch`` (``child_score`` of its per-epoch validation accuracies) after ``child.epochs``
+    epochs of training (a run in ``folder``)."""
     seed_everything(seed)
     if data.generator is not None:
         data.generator.manual_seed(seed)
@@ -75,7 +98,7 @@ def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule
                               schedule=copy.deepcopy(schedule), generator=data.generator)
     if summary["status"] != "ok":
         return 0.0  # a diverged child scores nothing
-    return float(summary["final_val_acc"])
+    return child_score([float(r["val_acc"]) for r in run.record.rows], child.score, child.score_epochs)
 
 
 _WORKER: dict = {}

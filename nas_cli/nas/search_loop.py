@@ -1,5 +1,8 @@
 """search-rl's loop: propose, evaluate (cached), observe; record every child; checkpoint to resume.
 
+It ends after ``search.children`` proposals, or sooner once ``search.trained`` distinct children were
+trained (cache hits cost no training; MetaQNN's budget is counted that way).
+
 Run folder:
     metrics.csv             one row per child: step, arch, params, reward, seconds, cache_hit, json
     cache.json              reward and params per architecture (a repeat is not retrained)
@@ -33,10 +36,14 @@ COLUMNS = ["step", "arch", "params", "reward", "seconds", "cache_hit", "json"]
 HEADLINE = ["best_reward", "children", "trained"]
 
 
-def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True) -> dict:
-    """Propose and score ``children`` architectures in ``run``; returns the run's summary."""
+def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True,
+           trained: int | None = None) -> dict:
+    """Propose and score ``children`` architectures in ``run`` (or stop sooner, once ``trained`` distinct ones
+    were trained: MetaQNN counts its budget in unique models); returns the run's summary."""
     if children < 1:
         raise UserError(f"search.children={children}: use 1 or more")
+    if trained is not None and trained < 1:
+        raise UserError(f"search.trained={trained}: use 1 or more (or null: no such limit)")
     done = run.finished()
     if done is not None:
         return done
@@ -57,9 +64,10 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
     try:
         with run, TrainingProgress(progress) as bar:
             task = bar.add_task("children", total=children, completed=len(record.rows), info="")
-            while len(record.rows) < children:
+            while len(record.rows) < children and _fresh(record.rows) < (trained or children):
                 step = len(record.rows)
-                batch = [(step + i, controller.propose()) for i in range(min(evaluator.workers, children - step))]
+                size = min(evaluator.workers, children - step, (trained or children) - _fresh(record.rows))
+                batch = [(step + i, controller.propose()) for i in range(size)]
                 for (s, arch), res in zip(batch, evaluator.evaluate(batch)):
                     controller.observe(arch, res["reward"])
                     record.log({"step": s, "arch": describe(arch), "params": res["params"], "reward": res["reward"],
@@ -85,6 +93,11 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
     return summary
 
 
+def _fresh(rows: list[dict]) -> int:
+    """Children trained so far (cache hits not counted)."""
+    return sum(not bool(r["cache_hit"]) for r in rows)
+
+
 def _write_best(run_dir: Path, rows: list[dict]) -> None:
     best = max(rows, key=lambda r: r["reward"])
     write_json(run_dir / BEST_ARCH, {"arch": json.loads(best["json"]), "reward": best["reward"],
@@ -95,7 +108,7 @@ def _figures(controller: Controller, evaluator: Evaluator, rows: list[dict]) -> 
     best = max(rows, key=lambda r: r["reward"]) if rows else None
     return {
         "controller": controller.name, "space": controller.space.kind, "reward": evaluator.kind,
-        "children": len(rows), "trained": sum(not bool(r["cache_hit"]) for r in rows),
+        "children": len(rows), "trained": _fresh(rows),
         "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
         "best_reward": float(best["reward"]) if best else None, "best_arch": best["arch"] if best else None,
         "best_step": int(best["step"]) if best else None, "best_params": int(best["params"]) if best else None,

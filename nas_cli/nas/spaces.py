@@ -17,7 +17,8 @@ TOKENS = ("kh", "kw", "sh", "sw", "filters")  # Zoph & Le's per-layer prediction
 
 class ZophSpace:
     """``layers`` conv layers; each picks filter height/width, stride height/width, number of filters
-    from the choice lists, and any subset of the earlier layers as inputs."""
+    from the choice lists, and any subset of the earlier layers as inputs. REINFORCE's depth schedule
+    samples fewer layers early in a search; ``layers`` is then the most."""
 
     kind = "zoph"
 
@@ -58,29 +59,37 @@ class ZophSpace:
         return child
 
 
-# MetaQNN states: (type, depth, representation-size bucket, fc layers so far, layer parameters)
+# MetaQNN states: (type, depth, representation side, fc layers so far, layer parameters)
 START, CONV, POOL, FC, GAP, SM = "start", "C", "P", "FC", "GAP", "SM"
+SIZE_BINS = (8, 4)  # Baker et al.'s R-size bins (inf, 8], (8, 4], (4, 1]: their lower edges
+KERNEL_LIMITS = ("bin", "side")
 
 
-def size_bucket(n: int) -> int:
-    """Baker et al.'s representation-size bins: 0 for n > 8, 1 for (8, 4], 2 for (4, 1]."""
-    return 0 if n > 8 else (1 if n > 4 else 2)
+def size_bucket(n: int, bins=SIZE_BINS) -> int:
+    """The R-size bin of a side ``n``, named as in the reference code by its lower edge (8, 4), the last one 1.
+
+    With the default bins a side of 8 or more is bin 8 ((inf, 8]), 4..7 is bin 4 ((8, 4]), 1..3 is bin 1.
+    """
+    return next((int(edge) for edge in bins if n >= edge), 1)
 
 
 class MetaQNNSpace:
-    """Chains of C (conv: filters, kernel), P (pool: kernel, stride), FC (units), GAP, then SM.
+    """Chains of C (conv: filters, kernel), P (pool: kernel, stride), FC (units), GAP, then SM (Baker et al. 2017).
 
-    Rules: no pooling first and none right after pooling; FC only when the representation size is in
-    (8, 4] or (4, 1]; at most ``max_fc`` FC layers and only FC or SM after one; SM after GAP; at
-    most ``max_depth`` layers before SM. A state is ``(type, depth, size, n_fc, params)``; the
-    actual side length is carried so the bucket is exact.
+    Rules (paper, Section 4.2 and Table 1; reference code ``state_enumerator.py``): no pooling first and none
+    right after pooling; FC only outside the first R-size bin (a side of 7 or less with the default bins);
+    at most ``max_fc`` FC layers, only FC or SM after one, and an FC layer no wider than the FC before it;
+    conv and pool kernels below the side's bin (``kernel_limit=bin``, the reference code) or at most the
+    side itself (``kernel_limit=side``, the paper's words); SM after GAP; at most ``max_depth`` layers
+    before SM, and never SM first (an empty network). A state is ``(type, depth, side, n_fc, params)`` with
+    the exact side, so pooling is exact; ``key`` buckets it for the Q-table, as the reference code does.
     """
 
     kind = "metaqnn"
 
     def __init__(self, image_size: int | None = None, max_depth: int = 6, conv_filters=(16, 32, 64),
                  conv_kernels=(1, 3, 5), pools=((5, 3), (3, 2), (2, 2)), fc_units=(32, 64, 128), max_fc: int = 2,
-                 in_shape: tuple[int, ...] | None = None):
+                 size_bins=SIZE_BINS, kernel_limit: str = "bin", in_shape: tuple[int, ...] | None = None):
         if image_size is None:  # the side of the input images (1 for vectors)
             if in_shape is None:
                 raise UserError("MetaQNNSpace needs image_size or in_shape")
@@ -93,23 +102,41 @@ class MetaQNNSpace:
         self.pools = [(int(k), int(s)) for k, s in pools]
         self.fc = [int(u) for u in fc_units]
         self.max_fc = int(max_fc)
+        self.size_bins = tuple(int(b) for b in size_bins)
+        if not self.size_bins or list(self.size_bins) != sorted(set(self.size_bins), reverse=True) \
+                or self.size_bins[-1] < 2:
+            raise UserError(f"space.size_bins={list(size_bins)}: give the bins' lower edges, descending, above 1")
+        if kernel_limit not in KERNEL_LIMITS:
+            raise UserError(f"space.kernel_limit={kernel_limit}: use bin or side")
+        self.kernel_limit = kernel_limit
 
     def start(self) -> tuple:
         return (START, 0, self.image_size, 0, ())
 
+    def key(self, state: tuple) -> tuple:
+        """The state as the Q-table sees it: its side replaced by the side's R-size bin."""
+        kind, depth, size, n_fc, params = state
+        return (kind, depth, size_bucket(size, self.size_bins), n_fc, params)
+
+    def _fits(self, kernel: int, size: int) -> bool:
+        if self.kernel_limit == "bin":
+            return kernel < size_bucket(size, self.size_bins)
+        return kernel <= size
+
     def actions(self, state: tuple) -> list[tuple]:
         """The layers allowed after ``state`` (each ``(type, params)``), SM (terminate) included."""
-        kind, depth, size, n_fc, _ = state
+        kind, depth, size, n_fc, params = state
         if kind == SM:
             return []
         if kind == GAP or depth >= self.max_depth:
             return [(SM, ())]
-        if kind == FC:
-            return ([(FC, (u,)) for u in self.fc] if n_fc < self.max_fc else []) + [(SM, ())]
-        out = [(CONV, c) for c in self.conv]
+        if kind == FC:  # FC -> FC: no wider than this one, and at most max_fc in all
+            narrower = [(FC, (u,)) for u in self.fc if u <= params[0]] if n_fc < self.max_fc else []
+            return [*narrower, (SM, ())]
+        out = [(CONV, c) for c in self.conv if self._fits(c[1], size)]
         if kind == CONV:
-            out += [(POOL, p) for p in self.pools]
-        if size_bucket(size) > 0 and self.max_fc > 0:
+            out += [(POOL, p) for p in self.pools if self._fits(p[0], size)]
+        if size_bucket(size, self.size_bins) < self.size_bins[0] and self.max_fc > 0:
             out += [(FC, (u,)) for u in self.fc]
         out.append((GAP, ()))
         if kind != START:
