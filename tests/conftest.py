@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -90,3 +91,12 @@ def fake_job(folder: Path, overrides: dict, summary_: dict | None, curve: list[f
                       "train_acc": [1 - c / 10 for c in curve], "val_acc": [1 - c / 10 for c in curve]}
                      ).to_csv(folder / "metrics.csv", index=False)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine: one torch thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,12 @@ from nas_cli.nas.darts.ops import PRIMITIVES, FactorizedReduce
 from nas_cli.nas.darts.search import BilevelStep
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def fresh_hydra():
     yield
-    torch.set_num_threads(before)
     GlobalHydra.instance().clear()
 
 
