@@ -55,3 +55,31 @@ def test_fuse_bn_errors_are_one_line(tmp_path, args, message):
     out = cli("fuse-bn", *args, cwd=tmp_path)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_the_check_runs_without_tf32_and_restores_the_process_settings():
+    from nas_cli.engine.device import full_precision
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, cudnn.deterministic, matmul.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        cudnn.allow_tf32, cudnn.deterministic, matmul.allow_tf32 = True, True, True
+        torch.set_float32_matmul_precision("high")
+        with full_precision():
+            assert (cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision()) == \
+                (False, False, "highest")
+            assert cudnn.deterministic  # the other cudnn flags are left as they were
+        assert (cudnn.allow_tf32, matmul.allow_tf32, torch.get_float32_matmul_precision()) == (True, True, "high")
+    finally:
+        cudnn.allow_tf32, cudnn.deterministic, matmul.allow_tf32 = saved[:3]
+        torch.set_float32_matmul_precision(saved[3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_cuda_check_means_what_the_cpu_check_means(tmp_path):
+    """With TF32 the ResNet-50 check read ~1e-3 on an H100; in full fp32 it is float rounding."""
+    out = cli("fuse-bn", "source=torchvision:resnet50", "device=cuda", "batch_sizes=[8]", "repeats=2",
+              f"hydra.run.dir={tmp_path / 'tv'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    record = summary(tmp_path / "tv")
+    assert record["check_precision"] == "fp32, TF32 off" and record["max_rel_diff"] < 1e-5

@@ -17,7 +17,7 @@ from rich import get_console
 from rich.table import Table
 
 from nas_cli.engine import checkpoint
-from nas_cli.engine.device import seed_everything
+from nas_cli.engine.device import full_precision, seed_everything
 from nas_cli.engine.latency import median_latencies, n_params
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.transfer import weights_file
@@ -57,7 +57,7 @@ def task(cfg: DictConfig) -> dict:
     with run:
         model, inputs = model.to(opts.device).eval(), inputs.to(opts.device)
         fused, report = fuse_bn(model, scale_warn=float(cfg.scale_warn))
-        with torch.inference_mode():
+        with torch.inference_mode(), full_precision():  # the same figure on every device: no TF32 rounding
             expected, got = model(inputs), fused(inputs)
         max_abs = (expected - got).abs().max().item()
         figures.update({
@@ -65,6 +65,7 @@ def task(cfg: DictConfig) -> dict:
             "pairs_skipped": len(report.skipped),
             "large_scale_channels": sum(p.large_scale_channels for p in report.fused),
             "max_abs_diff": max_abs, "max_rel_diff": max_abs / max(expected.abs().max().item(), 1e-12),
+            "check_precision": "fp32, TF32 off",
             "params_before": n_params(model), "params_after": n_params(fused)})
         with TrainingProgress(opts.progress) as bar:
             task_id = bar.add_task("timing", total=len(batch_sizes), info="")
@@ -160,7 +161,7 @@ def print_report(report: FuseReport, summary: dict, rows: list[dict]) -> None:
     numbers.add_column("figure")
     numbers.add_column("value", justify="right")
     numbers.add_row("max |output difference|", f"{summary['max_abs_diff']:.3g}")
-    numbers.add_row("max difference / max |output|", f"{summary['max_rel_diff']:.3g}")
+    numbers.add_row("max difference / max |output|", f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})")
     numbers.add_row("parameters", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     for r in rows:
         numbers.add_row(f"latency, batch {r['batch_size']}",

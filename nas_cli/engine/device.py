@@ -66,3 +66,24 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+@contextlib.contextmanager
+def full_precision():
+    """fp32 matmuls and convolutions without TF32, whatever this process set.
+
+    CUDA runs fp32 convolutions in TF32 by default (10-bit mantissa): a check that two models
+    compute the same thing would then measure TF32's rounding (~1e-3), not the models.
+    """
+    matmul_tf32, precision = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+    cudnn = torch.backends.cudnn
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        # every cudnn flag passed as it is: flags() resets the ones it is not given
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, benchmark_limit=cudnn.benchmark_limit,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        torch.set_float32_matmul_precision(precision)
