@@ -21,7 +21,7 @@ GROUPS = {  # the groups each command composes (and its --help lists), nothing e
     "train": {"data", "experiment", "hparams_search", "logger", "model", "optim", "regularizer", "sched", "trainer"},
     "search-darts": {"data", "experiment", "optim", "sched", "supernet", "trainer"},
     "search-rl": {"controller", "data", "experiment", "optim", "sched", "space"},
-    "dqn": {"agent", "env", "experiment", "optim", "sched"},
+    "dqn": {"agent", "dqn_env", "env", "experiment", "optim", "sched"},
     "fuse-bn": set(),
     "grad-bench": set(),
     "prep-imagenet": set(),
