@@ -1,13 +1,20 @@
 """Training-time data augmentation from ``torchvision.transforms.v2``, configured by ``data.augment``.
 
 Only training batches are augmented; validation data never is. Randomness comes from
-torch's global RNG, so a seeded run is reproducible and a resumed run continues exactly.
+torch's global RNG (host data), or from a generator on the data's device (device-resident
+data, ``Augment.batch(x, generator=...)``), so a seeded run is reproducible and a resumed
+run continues exactly either way.
+
+With a generator, a batch costs no host sync: every random draw is made on the device and
+every step is a batched tensor op (no ``.item()``, ``.tolist()`` or ``nonzero``), so the
+host can queue the training step right behind it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +24,18 @@ from nas_cli.errors import UserError
 # every key of ``data.augment`` with its "off" value
 DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0,
                                "cutout": 0}
+
+
+@dataclass
+class Draws:
+    """One batch's random parameters, one row (or column) per image; None for a step that is off."""
+
+    boxes: torch.Tensor | None = None    # (n, 4) resized-crop boxes: top, left, height, width
+    shifts: torch.Tensor | None = None   # (2, n) crop offsets (top, left) into the zero-padded image
+    flips: torch.Tensor | None = None    # (n,) bool: mirror this image
+    factors: torch.Tensor | None = None  # (n, k) colour-jitter factors: brightness, contrast[, saturation]
+    order: torch.Tensor | None = None    # (n, k) the order each image gets its k adjustments in
+    centres: tuple[torch.Tensor, torch.Tensor] | None = None  # cutout centres, rows and columns, (n, 1) each
 
 
 class Augment:
@@ -53,25 +72,51 @@ class Augment:
         """One image (a tensor or a ``tv_tensors.Image``, uint8 or float in [0, 1])."""
         return self.pipeline(image)
 
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
+    def batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A float batch (N, C, H, W) in [0, 1]: what :meth:`__call__` does to each image, vectorized.
 
         Same distributions as the v2 transforms (one Python call per image would cost
-        more than a training step of a small network); random draws from torch's global RNG.
+        more than a training step of a small network). ``generator``: None draws from torch's
+        global RNG (host data, as always); a generator on ``x``'s device makes the batch
+        without a host sync (device-resident data), its crops by one batched gather.
         """
-        n, _, h, w = x.shape
+        draws = self.draw(len(x), *x.shape[-2:], generator=generator, device=x.device if generator else None)
+        return self.apply(x, draws, gather=generator is not None)
+
+    def draw(self, n: int, height: int, width: int, *, generator: torch.Generator | None = None,
+             device: torch.device | None = None) -> Draws:
+        """The random parameters of ``n`` images, drawn in one fixed order (the order host runs have
+        always used, so a seed gives the same augmentation as before)."""
+        rand = {"generator": generator, "device": device}
+        d = Draws()
         if self.resized_crop_scale is not None:
-            x = resized_crops(x, random_boxes(n, h, w, self.resized_crop_scale))
+            d.boxes = random_boxes(n, height, width, self.resized_crop_scale, **rand)
         if self.crop_padding:
-            x = random_shift(x, self.crop_padding)
+            d.shifts = torch.randint(0, 2 * self.crop_padding + 1, (2, n), **rand)
         if self.hflip:
-            x = torch.where(torch.rand(n, 1, 1, 1) < 0.5, x.flip(-1), x)
+            d.flips = torch.rand(n, **rand) < 0.5
         if self.color_jitter:
             low, high = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
-            factors = torch.empty(n, self.jitter_ops).uniform_(low, high)
-            x = jitter(x, factors, order=torch.rand(n, self.jitter_ops).argsort(1))
+            d.factors = torch.empty(n, self.jitter_ops, device=device).uniform_(low, high, generator=generator)
+            d.order = torch.rand(n, self.jitter_ops, **rand).argsort(1)
         if self.cutout:
-            x = cutout(x, self.cutout, self.fill)
+            d.centres = torch.randint(0, height, (n, 1), **rand), torch.randint(0, width, (n, 1), **rand)
+        return d
+
+    def apply(self, x: torch.Tensor, d: Draws, *, gather: bool = False) -> torch.Tensor:
+        """The steps, in order, with the parameters ``d``; ``gather``: sync-free kernels throughout
+        (one gather for the shifts, a select for the jitter order) instead of the host's faster
+        per-image slices and row subsets."""
+        if d.boxes is not None:
+            x = resized_crops(x, d.boxes)
+        if d.shifts is not None:
+            x = random_shift(x, self.crop_padding, d.shifts, gather=gather)
+        if d.flips is not None:
+            x = torch.where(d.flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        if d.factors is not None:
+            x = jitter(x, d.factors, d.order, select=gather)
+        if d.centres is not None:
+            x = cutout(x, self.cutout, self.fill, centres=d.centres)
         return x
 
     def _cutout_one(self, image: torch.Tensor) -> torch.Tensor:
@@ -83,47 +128,67 @@ class Augment:
         return tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.TVTensor) else out
 
 
-def cutout(x: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, fill: torch.Tensor,
+           centres: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Paint a ``size`` x ``size`` square of each image (N, C, H, W) with ``fill`` (C, 1, 1).
 
     As DeVries & Taylor (2017) and DARTS's training code: the centre is uniform over the whole
     image, the square is cut at the borders (so holes near an edge are smaller), every image
-    gets one.
+    gets one. ``centres``: each image's hole centre (rows, columns; (n, 1) each), else drawn
+    from torch's global RNG.
     """
     n, _, h, w = x.shape
-    centre_y, centre_x = torch.randint(0, h, (n, 1)), torch.randint(0, w, (n, 1))
+    if centres is None:
+        centres = torch.randint(0, h, (n, 1)), torch.randint(0, w, (n, 1))
+    centre_y, centre_x = (c.to(x.device) for c in centres)
     half = size // 2
-    rows, cols = torch.arange(h), torch.arange(w)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     inside_y = (rows >= centre_y - half) & (rows < centre_y + half)  # (n, h)
     inside_x = (cols >= centre_x - half) & (cols < centre_x + half)  # (n, w)
-    hole = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(x.device)
+    hole = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
     return torch.where(hole, fill.to(x.device, x.dtype), x)
 
 
-def random_shift(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """``v2.RandomCrop(size, padding)`` for a batch: zero-pad, then crop each image at its own offset."""
-    h, w = x.shape[-2:]
+def random_shift(x: torch.Tensor, padding: int, offsets: torch.Tensor | None = None, *,
+                 gather: bool = False) -> torch.Tensor:
+    """``v2.RandomCrop(size, padding)`` for a batch: zero-pad, then crop each image at its own offset.
+
+    ``offsets``: (2, n) top and left offsets into the padded image, in [0, 2 * padding]; else drawn
+    from torch's global RNG. ``gather``: one batched gather (no host sync: what device-resident
+    data needs) instead of per-image slices (several times faster on a CPU, but each slice needs
+    its offset on the host).
+    """
+    n, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    # plain slices: several times faster on CPU than one advanced-indexing gather
-    top, left = torch.randint(0, 2 * padding + 1, (2, len(x))).tolist()
-    return torch.stack([image[:, i:i + h, j:j + w] for image, i, j in zip(padded, top, left)])
+    if offsets is None:
+        offsets = torch.randint(0, 2 * padding + 1, (2, n))
+    if not gather:
+        top, left = offsets.tolist()
+        return torch.stack([image[:, i:i + h, j:j + w] for image, i, j in zip(padded, top, left)])
+    top, left = offsets.to(x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
+    cols = (left[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
 
 
 def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10, *,
+                 generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
     """``v2.RandomResizedCrop``'s crop boxes (top, left, height, width), one row per image.
 
     As v2: up to ``tries`` draws of area and log-uniform aspect ratio, the first that fits
-    wins; an image with none gets the center crop.
+    wins; an image with none gets the center crop. Drawn from ``generator`` on ``device`` (default:
+    torch's global RNG, on the CPU).
     """
-    area = height * width * torch.empty(n, tries).uniform_(*scale).double()
-    aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp().double()
+    area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator).double()
+    aspect = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                           generator=generator).exp().double()
     w, h = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = fits.long().argmax(1, keepdim=True)  # index of the first fitting try
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
-    top = (torch.rand(n) * (height - h + 1)).long()  # uniform in [0, height - h]
-    left = (torch.rand(n) * (width - w + 1)).long()
+    top = (torch.rand(n, generator=generator, device=device) * (height - h + 1)).long()  # uniform in [0, height - h]
+    left = (torch.rand(n, generator=generator, device=device) * (width - w + 1)).long()
     boxes = torch.stack([top, left, h, w], 1)
     # v2's fallback: the whole image, cut to the nearest allowed aspect ratio, centered
     fh, fw = height, width
@@ -131,8 +196,10 @@ def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
         fh = int(round(width / ratio[0]))
     elif width / height > ratio[1]:
         fw = int(round(height * ratio[1]))
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
-    return torch.where(fits.any(1, keepdim=True), boxes, fallback)
+    fallback = ((height - fh) // 2, (width - fw) // 2, fh, fw)
+    ok = fits.any(1)
+    # column by column with Python scalars: a constant tensor would be a host-to-device copy (a sync)
+    return torch.stack([torch.where(ok, boxes[:, k], v) for k, v in enumerate(fallback)], 1)
 
 
 def resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -149,7 +216,7 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 def _interpolate_axis(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Resample ``x`` along ``dim`` from [start, start + length) to ``size`` points, per image."""
     scale = (length / size).float().unsqueeze(1)
-    position = ((torch.arange(size) + 0.5) * scale - 0.5).clamp(min=0)  # (n, size), inside the box
+    position = ((torch.arange(size, device=x.device) + 0.5) * scale - 0.5).clamp(min=0)  # (n, size), inside the box
     below = position.floor().long()
     weight = position - below
     last = (length - 1).unsqueeze(1)
@@ -166,11 +233,14 @@ def _interpolate_axis(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor
     return take(below) * (1 - weight) + take(above) * weight
 
 
-def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, *, select: bool = False) -> torch.Tensor:
     """v2's brightness, contrast and (3 channels) saturation adjustments with each image's own factors.
 
     ``factors[i, k]`` is image i's factor for adjustment k (0 brightness, 1 contrast,
     2 saturation); ``order[i]`` the order image i gets them in, as v2 draws it per image.
+    ``select``: at each step compute every adjustment for the whole batch and keep each image's
+    own (k times the arithmetic, but no host sync), instead of adjusting only the images that
+    take it (whose row indices the host must know).
     """
     from torchvision.transforms.v2.functional import rgb_to_grayscale
 
@@ -185,6 +255,14 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch
         lambda image, f: blend(image, grey(image).mean(dim=(1, 2, 3), keepdim=True), f),
         lambda image, f: blend(image, grey(image), f),
     ][:factors.shape[1]]
+    if select:
+        for step in range(order.shape[1]):
+            out = x
+            for kind, adjust in enumerate(adjustments):
+                mine = (order[:, step] == kind).view(-1, 1, 1, 1)
+                out = torch.where(mine, adjust(x, factors[:, kind].view(-1, 1, 1, 1)), out)
+            x = out
+        return x
     x = x.clone()
     for step in range(order.shape[1]):
         for kind, adjust in enumerate(adjustments):

@@ -21,11 +21,18 @@ class TensorLoader:
     ``augment`` (training loaders only) transforms each image of a batch with its own
     random parameters, on the float image in [0, 1] before normalization. An object with
     a ``batch`` method (``nas_cli.data.augment.Augment``) does the whole batch in one call.
+
+    ``on_device`` (``auto`` | ``true`` | ``false``): whether the engine may keep the tensors on the
+    training device (:meth:`place`, decided by ``nas_cli.data.resident.place_loaders``). A placed
+    loader gathers each batch there with the epoch's permutation (drawn by ``generator`` as on
+    the host, so the batches are the same) and augments it there, its random draws from a
+    generator on the device re-seeded for every batch from one seed per pass that ``generator``
+    draws: ``generator``'s state at the start of a pass still says everything about the pass.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: str | bool = False):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
         self.x, self.y = x, y.long()
@@ -34,6 +41,9 @@ class TensorLoader:
         self.generator = generator
         self.drop_last = drop_last
         self.augment = augment
+        self.on_device = on_device_policy(on_device)
+        self.device: torch.device | None = None  # set by place(): batches are made there
+        self._draws: torch.Generator | None = None  # the augmentation's generator on that device
         shape = (1, -1) + (1,) * (x.dim() - 2)
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(shape)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(shape)
@@ -48,26 +58,82 @@ class TensorLoader:
         self.rank, self.world = rank, world
         return self
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the data takes wherever it is held."""
+        return self.x.nbytes + self.y.nbytes
+
+    def place(self, device: torch.device | str) -> TensorLoader:
+        """Hold the data on ``device`` and make every batch there (see the class docstring)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        self.mean = None if self.mean is None else self.mean.to(device)
+        self.std = None if self.std is None else self.std.to(device)
+        self.device = device
+        self._draws = torch.Generator(device) if self.augment is not None else None
+        return self
+
     def __len__(self) -> int:
         n = len(self.x) / self.batch_size
         return math.floor(n) if self.drop_last else math.ceil(n)
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, start: int):
+        """The pass's batches from batch ``start`` on: the same as skipping that many of a whole pass
+        (its order and random draws depend only on ``generator``'s state and the batch's index), for
+        an exact mid-epoch resume without making the skipped batches. The pass's draws from
+        ``generator`` happen here, at once (as ``iter`` of a ``DataLoader`` draws its seed)."""
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
-            yield self._prepare(self.x[idx]), self.y[idx]
+        pass_seed = self._pass_seed() if self._draws is not None else None
+        if self.device is not None:
+            order = _to_device(order, self.device)  # once a pass, not once a batch
+        return self._batches(order, pass_seed, start)
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _batches(self, order: torch.Tensor, pass_seed: int | None, start: int):
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+            yield self._prepare(self.x[idx], None if pass_seed is None else pass_seed + i), self.y[idx]
+
+    def _pass_seed(self) -> int:
+        """The seed of a pass's augmentation on the device; a host draw, once a pass."""
+        return int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+
+    def _prepare(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.augment is not None:
             batch = getattr(self.augment, "batch", None)
-            x = batch(x) if batch is not None else torch.stack([self.augment(image) for image in x])
+            if seed is not None and batch is not None:  # on the device: its own generator, seeded per batch
+                x = batch(x, generator=self._draws.manual_seed(seed))
+            else:
+                x = batch(x) if batch is not None else torch.stack([self.augment(image) for image in x])
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
+
+
+ON_DEVICE = ("auto", "true", "false")
+
+
+def on_device_policy(value: str | bool | None) -> str:
+    """``data.on_device`` as one of ``auto``, ``true``, ``false`` (YAML gives booleans for the last two)."""
+    if isinstance(value, bool) or value is None:
+        return "true" if value else "false"
+    if str(value).lower() not in ON_DEVICE:
+        raise UserError(f"data.on_device={value!r}: use auto (on a GPU when the data fits), true or false")
+    return str(value).lower()
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without blocking the host (pinned first on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 @dataclass
@@ -96,12 +162,18 @@ def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBund
         loader = getattr(data, name)
         if isinstance(loader, TensorLoader):
             loader.shard(rank, world)
-        elif isinstance(loader, DataLoader):
-            sampler = DistributedSampler(loader.dataset, world, rank, shuffle=shuffle, seed=seed)
-            setattr(data, name, DataLoader(loader.dataset, batch_size=max(1, loader.batch_size // world),
-                                           sampler=sampler, num_workers=loader.num_workers,
-                                           pin_memory=loader.pin_memory,
-                                           persistent_workers=loader.num_workers > 0))
+            continue
+        inner = getattr(loader, "loader", loader)  # a GPU-decoding wrapper holds its DataLoader
+        if isinstance(inner, DataLoader):
+            sampler = DistributedSampler(inner.dataset, world, rank, shuffle=shuffle, seed=seed)
+            workers = inner.num_workers
+            sharded = DataLoader(inner.dataset, batch_size=max(1, inner.batch_size // world), sampler=sampler,
+                                 num_workers=workers, pin_memory=inner.pin_memory, collate_fn=inner.collate_fn,
+                                 persistent_workers=workers > 0, prefetch_factor=inner.prefetch_factor)
+            if inner is loader:
+                setattr(data, name, sharded)
+            else:
+                loader.loader = sharded
     return data
 
 
@@ -151,14 +223,15 @@ def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_id
                   batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None,
                   augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   test: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  val_split: str = "held out from train") -> DataBundle:
+                  val_split: str = "held out from train", on_device: str | bool = "auto") -> DataBundle:
     """Bundle in-memory data: a shuffled (optionally augmented) training loader, fixed-order validation
-    and (``test``: inputs and labels) test loaders."""
+    and (``test``: inputs and labels) test loaders; ``on_device``: see ``TensorLoader``."""
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, mean=mean, std=std,
-                         augment=augment)
+    where = {"mean": mean, "std": std, "on_device": on_device_policy(on_device)}
+    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, augment=augment,
+                         **where)
     eval_batch = eval_batch_size or max(batch_size, 512)
-    val = TensorLoader(x[val_idx], y[val_idx], eval_batch, mean=mean, std=std)
-    test_loader = None if test is None else TensorLoader(*test, eval_batch, mean=mean, std=std)
+    val = TensorLoader(x[val_idx], y[val_idx], eval_batch, **where)
+    test_loader = None if test is None else TensorLoader(*test, eval_batch, **where)
     return DataBundle(name, train, val, tuple(x.shape[1:]), num_classes, generator, test_loader, val_split)

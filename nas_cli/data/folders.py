@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas_cli.data import gpu_decode
 from nas_cli.data.augment import build_augment
 from nas_cli.data.bundle import DataBundle, split_indices, stratified_cap, tensor_bundle
 from nas_cli.errors import UserError
@@ -20,13 +21,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float | int = 5000,
-            subset: int | None = None, data_seed: int = 0, augment: dict | None = None, *,
-            seed: int = 0) -> DataBundle:
+            subset: int | None = None, data_seed: int = 0, augment: dict | None = None,
+            on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
     """CIFAR-10 from ``root``: ``val_size`` training images held out (stratified, seeded by ``data_seed``)
     for validation, the 10,000 test images as the test set; ``augment``: training only.
 
     ``val_size=0`` trains on all 50,000 and validates on the test images (the DARTS retraining
-    protocol); the run record then says so (``val_split: test``).
+    protocol); the run record then says so (``val_split: test``). ``on_device``: keep the images
+    (150 MB as uint8) on the training device (see ``nas_cli.data.resident``).
     """
     transform = build_augment(augment, (3, 32, 32), CIFAR_MEAN)
     folder = Path(root) / "cifar-10-batches-py"
@@ -34,7 +36,8 @@ def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float |
     xt, yt = read_cifar_batches(folder, ["test_batch"])
     test_idx = stratified_cap(np.arange(len(yt)), yt.numpy(), subset, seed=0)
     xt, yt = xt[test_idx], yt[test_idx]
-    common = {"batch_size": batch_size, "seed": seed, "mean": CIFAR_MEAN, "std": CIFAR_STD, "augment": transform}
+    common = {"batch_size": batch_size, "seed": seed, "mean": CIFAR_MEAN, "std": CIFAR_STD, "augment": transform,
+              "on_device": on_device}
     if not val_size:
         train_idx = stratified_cap(np.arange(len(y)), y.numpy(), subset, seed=0)
         x, y = torch.cat([x[train_idx], xt]), torch.cat([y[train_idx], yt])
@@ -66,9 +69,26 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, to
     return torch.from_numpy(np.concatenate(images)), torch.as_tensor(labels, dtype=torch.long)
 
 
-def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_workers: int = 2,
+# worker processes per training process when data.num_workers is null: past ~8, JPEG decoding in
+# workers rarely feeds one GPU faster, while each worker is a process with its own memory and
+# prefetched batches (and under torchrun every rank on the node starts its own)
+MAX_WORKERS = 8
+DECODE = ("cpu", "cuda")
+
+
+def default_workers() -> int:
+    """``min(cores, MAX_WORKERS)``, the cores being this process's share of the node's (its CPU
+    affinity, which SLURM and taskset narrow, split among torchrun's local ranks)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(cores // max(ranks, 1), MAX_WORKERS))
+
+
+def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_workers: int | None = None,
                 subset: int | None = None, augment: dict | None = None, val_size: float | int | None = None,
-                data_seed: int = 0, *, seed: int = 0) -> DataBundle:
+                data_seed: int = 0, prefetch_factor: int = 4, decode: str = "cpu", *, seed: int = 0) -> DataBundle:
     """Images under ``root/train``, ``root/val`` and optionally ``root/test`` (one folder per class),
     resized and center-cropped.
 
@@ -76,12 +96,26 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
     ``data_seed``); the test set, evaluated once at the end, is ``test/`` when it exists, else
     ``val/`` when validation was carved from ``train/``. ``augment`` changes the training images
     only; with ``resized_crop_scale`` a random resized crop replaces the resize and center crop.
+
+    Loading: ``num_workers`` processes (None: :func:`default_workers`), kept across epochs, each
+    ``prefetch_factor`` batches ahead, into pinned memory on a CUDA machine. ``decode``: ``cpu``
+    decodes and transforms each image in the workers; ``cuda`` has the workers only read the
+    files' bytes, and decodes each batch on the GPU (nvJPEG, JPEG files only), then resizes,
+    crops and augments it there (:class:`nas_cli.data.gpu_decode.GpuDecoded`).
     """
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
     image_size = int(image_size)
+    if decode not in DECODE:
+        raise UserError(f"data.decode={decode!r}: use cpu (in the loader's workers) or cuda (nvJPEG on the GPU)")
+    if decode == "cuda":
+        gpu_decode.check_cuda_decode()  # before reading anything: a CPU machine fails at once, in one line
+    workers = default_workers() if num_workers is None else int(num_workers)
+    if workers < 0 or (workers and int(prefetch_factor) < 1):
+        raise UserError(f"data.num_workers={num_workers}, data.prefetch_factor={prefetch_factor}: "
+                        f"use null or 0 or more workers, and a prefetch_factor of 1 or more")
     augmentation = build_augment(augment, image_size, IMAGENET_MEAN)
     root_path = Path(root)
     required = ("train",) if val_size else ("train", "val")
@@ -97,18 +131,21 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
         # augmented while still uint8 (cheaper to crop and resize); the random resized crop sizes it itself
         own_size = augmentation.resized_crop_scale is not None
         train_transform = v2.Compose([v2.ToImage(), *([] if own_size else resize), augmentation.pipeline, *to_float])
-    train_ds = ImageFolder(str(root_path / "train"), transform=train_transform)
+    if decode == "cuda":  # the workers only read bytes: every transform happens on the GPU
+        train_transform = eval_transform = None
+    reader = {"loader": gpu_decode.read_bytes} if decode == "cuda" else {}
+    train_ds = ImageFolder(str(root_path / "train"), transform=train_transform, **reader)
     classes, targets = train_ds.classes, np.array(train_ds.targets)
 
     def folder(split: str):
-        ds = ImageFolder(str(root_path / split), transform=eval_transform)
+        ds = ImageFolder(str(root_path / split), transform=eval_transform, **reader)
         if ds.classes != classes:
             raise UserError(f"train/ and {split}/ under '{root}' hold different class folders")
         return Subset(ds, stratified_cap(np.arange(len(ds)), np.array(ds.targets), subset, 0)) if subset else ds
 
     if val_size:
         train_idx, val_idx = split_indices(targets, val_size, data_seed, subset)
-        val_ds = Subset(ImageFolder(str(root_path / "train"), transform=eval_transform), val_idx)
+        val_ds = Subset(ImageFolder(str(root_path / "train"), transform=eval_transform, **reader), val_idx)
         train_ds = Subset(train_ds, train_idx)
         val_split = f"{len(val_idx)} held out from train/"
     else:
@@ -117,10 +154,19 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
             train_ds = Subset(train_ds, stratified_cap(np.arange(len(train_ds)), targets, subset, 0))
     test_split = next((s for s in ("test", "val" if val_size else None) if s and (root_path / s).is_dir()), None)
     generator = torch.Generator().manual_seed(seed)
-    common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": num_workers > 0}
+    common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
+              "persistent_workers": workers > 0, "prefetch_factor": int(prefetch_factor) if workers else None}
+    if decode == "cuda":
+        common["collate_fn"] = gpu_decode.collate_bytes
     train_loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **common)
     val_loader = DataLoader(val_ds, shuffle=False, **common)
     test_loader = DataLoader(folder(test_split), shuffle=False, **common) if test_split else None
+    if decode == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        batcher = gpu_decode.ImageBatcher(image_size, IMAGENET_MEAN, IMAGENET_STD, augmentation)
+        train_loader = gpu_decode.GpuDecoded(train_loader, batcher, device, generator)
+        evaluation = gpu_decode.ImageBatcher(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        val_loader = gpu_decode.GpuDecoded(val_loader, evaluation, device)
+        test_loader = gpu_decode.GpuDecoded(test_loader, evaluation, device) if test_loader is not None else None
     return DataBundle("imagefolder", train_loader, val_loader, (3, image_size, image_size), len(classes),
                       generator, test_loader, val_split)

@@ -4,7 +4,8 @@ A loader's order (and any per-pass randomness it draws from its generator) is fi
 generator's state when the pass begins; that state plus the number of batches taken says
 exactly where a pass stands. A resumed pass restores the state and draws the same batches
 again, discarding those already used: augmentation draws from torch's global RNG on the way,
-so the caller restores the global RNG after the pass has caught up.
+so the caller restores the global RNG after the pass has caught up. A loader with ``iter_from``
+(``TensorLoader``) starts at the batch directly, making none of the skipped ones.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ class LoaderPass:
         if state and generator is not None:
             generator.set_state(state["start"].cpu())
         self.start = generator.get_state() if generator is not None else None
-        self.taken = 0
+        self.taken = int(state["taken"]) if state else 0
+        start = getattr(loader, "iter_from", None)
+        if start is not None:
+            self._it = start(self.taken)
+            return
         self._it = iter(loader)
-        for _ in range(int(state["taken"]) if state else 0):
+        for _ in range(self.taken):
             next(self._it)
-            self.taken += 1
 
     def __iter__(self):
         return self

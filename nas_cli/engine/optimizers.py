@@ -39,4 +39,4 @@ def closure_batches(optimizer: LBFGS, loader, model) -> TensorLoader:
                         f"(found {', '.join(sorted(set(noisy)))})")
     size = len(loader.x) if optimizer.batch == "full" else int(optimizer.batch)
     return TensorLoader(loader.x, loader.y, size, shuffle=optimizer.batch != "full", generator=loader.generator,
-                        mean=loader.mean, std=loader.std)
+                        mean=loader.mean, std=loader.std, on_device=loader.on_device)

@@ -1,6 +1,7 @@
 """The training engine: one epoch loop for every command that trains a network.
 
-``Trainer.fit`` owns device placement, mixed precision, the per-iteration lr schedule,
+``Trainer.fit`` owns device placement (of the model, and of in-memory data that asks for it:
+``data.on_device``), mixed precision, the per-iteration lr schedule,
 explicit penalties, weight averaging (EMA), snapshot ensembles, evaluation, the rows of the
 run record (``metrics.csv``, ``steps.csv``), checkpoints, exact resume and divergence
 detection, inside the run's lifecycle (``nas_cli.runs.lifecycle.Run``). Commands whose step
@@ -26,6 +27,7 @@ from rich import get_console
 from rich.table import Table
 from torch import nn
 
+from nas_cli.data.resident import place_loaders
 from nas_cli.data.resumable import LoaderPass
 from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
@@ -342,6 +344,8 @@ class Trainer:
                 raise UserError("optim=lbfgs cannot be combined with trainer.precision other than fp32 "
                                 "or trainer.grad_clip")
             train_loader = closure_batches(optimizer, train_loader, model)
+        # in-memory data asked to (data.on_device) lives on the device from here: batches made there
+        place_loaders([train_loader, val_loader, test_loader], self.device)
         fit = FitState(
             model=model, optimizer=optimizer, schedule=schedule,
             scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
