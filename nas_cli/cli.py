@@ -45,6 +45,8 @@ HYDRA_COMMANDS = {
     "search-darts": "Differentiable architecture search (DARTS): bilevel search, latency term, genotype to retrain.",
     "search-rl": "RL architecture search: REINFORCE controller, MetaQNN, evolution and random baselines.",
     "dqn": "Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent).",
+    "pg": "Train a policy-gradient agent (REINFORCE with a baseline, or A2C) on a Gymnasium environment.",
+    "ga": "Evolve MLP policy weights with a genetic algorithm (deep neuroevolution) on a Gymnasium environment.",
     "fuse-bn": "Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain.",
     "prep-imagenet": "Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe.",
     "grad-bench": "Compare gradient estimators (STE variants, NES, CDG) for a network with binary activations.",
@@ -79,13 +81,16 @@ def report(
     value: str = typer.Option("val_acc", "--value", help="Summary figure in the cells of a pivot or one-key table."),
     plot: bool = typer.Option(False, "--plot", help="Also write learning curves of every job as PNG."),
     group: bool = typer.Option(True, "--group/--no-group", help="Average jobs that differ only by seed."),
+    x: list[str] = typer.Option(None, "--x", help="The learning curves' x axis: epoch (curves.png), iterations or "
+                                "samples_seen (curves_<x>.png, beside batch sizes); repeat or comma-separate for "
+                                "several plots; implies --plot."),
 ):
     """Tabulate runs: every summary.json below PATH as a table (report.md, report.csv, plots)."""
     from nas_cli import hydra_bridge
     from nas_cli.commands import report as command
 
     with hydra_bridge.exit_on_error("report"):
-        command.main(path, rows=rows, cols=cols, value=value, plot=plot, group=group)
+        command.main(path, rows=rows, cols=cols, value=value, plot=plot, group=group, x=x)
 
 
 def main() -> None:

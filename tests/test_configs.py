@@ -22,6 +22,8 @@ GROUPS = {  # the groups each command composes (and its --help lists), nothing e
     "search-darts": {"data", "experiment", "optim", "sched", "supernet", "trainer"},
     "search-rl": {"controller", "data", "experiment", "optim", "sched", "space"},
     "dqn": {"agent", "dqn_env", "env", "experiment", "optim", "sched"},
+    "pg": {"env", "experiment", "optim", "pg_env"},
+    "ga": {"env", "experiment"},
     "fuse-bn": set(),
     "grad-bench": set(),
     "prep-imagenet": set(),

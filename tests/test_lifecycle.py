@@ -30,6 +30,10 @@ SEARCH_DARTS = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data
                 "arch.heatmap=false", "threads=1"]
 DQN = ["total_steps=2000", "eval.every=1000", "eval.episodes=2", "log_every=250", "agent.learning_starts=200",
        "agent.train_frequency=4", "agent.gradient_steps=1", "agent.hidden=[16]", "agent.buffer_size=1000"]
+PG = ["total_steps=2000", "eval.every=1000", "eval.episodes=2", "log_every=200", "env.num_envs=2",
+      "agent.hidden=[16]"]
+GA = ["generations=4", "agent.population=16", "agent.truncation=4", "agent.episodes=2", "agent.elite_candidates=3",
+      "agent.elite_episodes=2", "agent.hidden=[8]"]
 GRAD_BENCH = ["num_dims=[2]", "num_init=1", "num_batch=3", "batch_size=200", "nes.population=[20]", "lr.grid=[0.1,1]",
               "plots=false"]
 FUSE_BN = ["source=torchvision:resnet18", "input_shape=[3,32,32]", "num_classes=10", "batch_sizes=[1,2,4]",
@@ -40,12 +44,14 @@ COMMANDS = {
     "train": ([*SMALL_CLI, "trainer.epochs=3"], "nas_cli.engine.trainer.Trainer._backward_step", 11),
     "search-darts": (SEARCH_DARTS, "nas_cli.nas.darts.architect.Architect.step", 4),
     "dqn": (DQN, "nas_cli.agents.dqn.DQN.update", 300),
+    "pg": (PG, "nas_cli.agents.pg.PolicyGradient.update", 40),
+    "ga": (GA, "nas_cli.agents.ga.Evolution.generation", 2),
     "search-rl": (["reward=synthetic", "search.children=6"], "nas_cli.nas.children.Evaluator._score_synthetic", 3),
     "fuse-bn": (FUSE_BN, "nas_cli.commands.fuse_bn.median_latencies", 2),
     "grad-bench": (GRAD_BENCH, "nas_cli.gradients.protocol.gradients", 2),
     "prep-imagenet": (["workers=1"], "nas_cli.tools.imagenet.prepare.extract_class", 2),
 }
-CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl"]
+CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl", "pg", "ga"]
 RESUMABLE = [*CHECKPOINTED, "grad-bench"]  # resumed to the same metrics, compared below (grad-bench: by its rows)
 
 

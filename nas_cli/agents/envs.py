@@ -12,6 +12,7 @@ game's own rewards, so logged returns are the real game's score.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -270,19 +271,30 @@ def greedy_returns(q_net, env: EnvSpec, episodes: int, seed: int, device: torch.
     """Return of one whole game in each of ``episodes`` environments run side by side, acting greedily
     (or epsilon-greedily: the Nature DQN evaluates Atari with epsilon 0.05, so that a policy stuck
     waiting cannot stall a game until its time limit)."""
-    envs = env.make(num_envs=episodes, asynchronous=False)
     rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        q = q_net(torch.as_tensor(obs, device=device))
+        actions = q.argmax(1).cpu().numpy()
+        if epsilon > 0:
+            explore = rng.random(len(obs)) < epsilon
+            actions = np.where(explore, rng.integers(0, q.shape[1], len(obs)), actions)
+        return actions
+
+    return policy_returns(act, env, episodes, seed)
+
+
+@torch.inference_mode()
+def policy_returns(act: Callable[[np.ndarray], np.ndarray], env: EnvSpec, episodes: int, seed: int) -> np.ndarray:
+    """Return of one whole game in each of ``episodes`` environments run side by side, with the actions
+    ``act(observations)`` picks (a batch of observations in, a batch of actions out)."""
+    envs = env.make(num_envs=episodes, asynchronous=False)
     try:
         obs, _ = envs.reset(seed=seed)
         returns = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
-        num_actions = int(envs.single_action_space.n)
         while running.any():
-            actions = q_net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
-            if epsilon > 0:
-                explore = rng.random(episodes) < epsilon
-                actions = np.where(explore, rng.integers(0, num_actions, episodes), actions)
-            obs, rewards, terminated, truncated, info = envs.step(actions)
+            obs, rewards, terminated, truncated, info = envs.step(act(obs))
             returns += rewards * running
             running &= ~game_over(terminated, truncated, info)
         return returns

@@ -124,3 +124,76 @@ class NumpyGreedy:
             if i < len(self.layers) - 1:
                 np.maximum(h, 0, out=h)
         return h.argmax(1)
+
+
+# -- policy-gradient agents (nas-cli pg) -------------------------------------------------------------------------
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(features: int, hidden: list[int], outputs: int, activation: str = "tanh", out_gain: float = 1.0) -> nn.Sequential:
+    """``features -> hidden... -> outputs`` with orthogonal weights and zero biases, as SB3's actor-critic
+    initialises them: gain sqrt(2) in the hidden layers, ``out_gain`` at the output (0.01 for the policy, so
+    the first policy is close to uniform; 1 for the value)."""
+    if activation not in ACTIVATIONS:
+        raise UserError(f"agent.activation={activation}: use {' or '.join(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(features, width), ACTIVATIONS[activation]()]
+        features = width
+    layers.append(nn.Linear(features, outputs))
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    for i, m in enumerate(linears):
+        nn.init.orthogonal_(m.weight, out_gain if i == len(linears) - 1 else math.sqrt(2))
+        nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """A policy head and a state-value head V(s) over one observation.
+
+    Vector observations: two separate MLPs (SB3's default for A2C: the value's regression does not pull
+    on the policy's features). Image stacks: the Nature DQN convolutions shared by both heads, as in A2C
+    on Atari (Mnih et al. 2016). Discrete actions: one logit per action (categorical). Continuous
+    actions (``action_dim``): a diagonal Gaussian with a learned, state-independent log standard
+    deviation starting at ``log_std_init`` (SB3, CleanRL).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], hidden: list[int] = (64, 64), activation: str = "tanh",
+                 num_actions: int | None = None, action_dim: int | None = None, log_std_init: float = 0.0):
+        super().__init__()
+        if (num_actions is None) == (action_dim is None):
+            raise ValueError("give num_actions (discrete) or action_dim (continuous)")
+        self.continuous = action_dim is not None
+        outputs = action_dim if self.continuous else num_actions
+        if len(obs_shape) == 3:  # stacked uint8 frames
+            self.trunk = nature_trunk(obs_shape[0])
+            with torch.no_grad():
+                features = self.trunk(torch.zeros(1, *obs_shape)).shape[1]
+            self.scale = 1 / 255.0
+        else:
+            self.trunk, features, self.scale = nn.Flatten(), math.prod(obs_shape), 1.0
+        self.policy = mlp(features, list(hidden), outputs, activation, out_gain=0.01)
+        self.value = mlp(features, list(hidden), 1, activation, out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((outputs,), float(log_std_init))) if self.continuous else None
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = obs.float()
+        return self.trunk(obs if self.scale == 1.0 else obs * self.scale)
+
+    def distribution(self, h: torch.Tensor) -> torch.distributions.Distribution:
+        """pi(.|s) from the features ``h``: Categorical, or a diagonal Normal (log-probs summed over dims)."""
+        out = self.policy(h)
+        if not self.continuous:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """pi(.|s) and V(s)."""
+        h = self.features(obs)
+        return self.distribution(h), self.value(h).squeeze(-1)
+
+    def most_likely(self, obs: torch.Tensor) -> torch.Tensor:
+        """The greedy action: the arg-max logit, or the Gaussian's mean."""
+        out = self.policy(self.features(obs))
+        return out if self.continuous else out.argmax(-1)

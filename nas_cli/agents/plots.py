@@ -1,4 +1,4 @@
-"""The learning curve of a DQN run: training and greedy-evaluation returns against steps."""
+"""The learning curve of an agent run (dqn, pg): training and evaluation returns against steps."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def returns_plot(metrics_csv: Path, out: Path, threshold: float | None = None) -
     ax.plot(rows["step"], rows["return"], label="training return (mean of last 100 episodes)")
     evals = rows.dropna(subset=["eval_return"])
     ax.plot(evals["step"], evals["eval_return"], "o-", label="greedy evaluation (mean)")
+    if "eval_return_sampled" in rows:  # pg: the policy's own samples too
+        ax.plot(evals["step"], evals["eval_return_sampled"], "s--", label="sampled-action evaluation (mean)")
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", label=f"solved ({threshold:g})")
     ax.set(xlabel="environment step", ylabel="episode return")

@@ -1,0 +1,73 @@
+"""``nas-cli ga``: evolve MLP policy weights with a genetic algorithm (deep neuroevolution, Such et al. 2017)
+on a Gymnasium environment, or evaluate a saved individual."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nas_cli.agents.envs import EnvSpec, greedy_returns
+from nas_cli.agents.ga import GA, HEADLINE, train
+from nas_cli.agents.population import PolicyLayout, check_env
+from nas_cli.engine import checkpoint
+from nas_cli.engine.device import seed_everything
+from nas_cli.errors import UserError
+from nas_cli.runs.files import BEST, EVAL_RETURNS
+from nas_cli.runs.options import RunOptions
+
+log = logging.getLogger(__name__)
+COMMAND = "ga"
+EVAL_HEADLINE = ["eval_return_mean", "eval_return_std", "episodes"]
+
+
+def task(cfg: DictConfig) -> dict:
+    opts = RunOptions.from_config(cfg)
+    seed_everything(opts.seed)
+    ga: GA = instantiate(cfg.agent)
+    env = EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
+    if cfg.mode == "eval":
+        return evaluate_saved(ga, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes))
+    if cfg.mode != "train":
+        raise UserError(f"mode={cfg.mode}: use train or eval")
+    generations = int(cfg.generations)
+    if generations < 1:
+        raise UserError(f"generations={generations}: use 1 or more")
+    run = opts.run(COMMAND, budget={"generations": generations}, headline=HEADLINE)
+    summary = train(ga, env, run, generations=generations, workers=int(cfg.workers), progress=opts.progress)
+    log.info(f"best elite {summary.get('best_eval_return')} at generation {summary.get('best_generation')}; "
+             f"solved at generation {summary.get('solved_generation')} ({summary.get('solved_steps')} steps)")
+    return summary
+
+
+def evaluate_saved(ga: GA, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int) -> dict:
+    """Greedy returns of a saved individual (a run's ``best.pt``) over ``episodes`` games, as a run of its own."""
+    if not source:
+        raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
+    path = Path(source)
+    path = path / BEST if path.is_dir() else path
+    state = checkpoint.load(path, map_location="cpu")
+    net = PolicyLayout(*check_env(env), state.get("hidden", ga.hidden)).network()
+    try:
+        net.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as ex:
+        raise UserError(f"source={path} does not fit this env / agent.hidden ({type(ex).__name__})") from ex
+    net = net.to(opts.device).eval()
+    run = opts.run(COMMAND, headline=EVAL_HEADLINE)
+    with run:
+        returns = greedy_returns(net, env, episodes, opts.seed + 20_000, opts.device)
+        np.savetxt(run.dir / EVAL_RETURNS, returns)
+        run.figures = lambda: {
+            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
+            "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max())}
+    log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} "
+             f"(min {returns.min():.0f}, max {returns.max():.0f})")
+    return run.summary
+
+
+
