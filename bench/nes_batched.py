@@ -11,7 +11,9 @@ estimates use the same noise when the loop runs all M, and are compared. Peak me
 ru_maxrss (the loop runs first, so the batched phase's growth is its own) and, on CUDA,
 torch.cuda.max_memory_allocated per phase. Last, ``nes_natural``'s batched estimate
 (``natural_nes.estimate``: the same population and noise, plus the sigma gradient and both Fisher values)
-is timed against the batched NES, and its mean direction compared with NES's.
+is timed against the batched NES, and its mean direction compared with NES's. And ``reinforce``
+(``reinforce.reinforce_gradient``, ``--reinforce-population`` draws of the stochastic units per input: each
+draw a forward pass over the whole batch, like one NES member) is timed at the populations grad-bench uses.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import torch
 
 from nas_cli.gradients import estimators as est
-from nas_cli.gradients import natural_nes, problem
+from nas_cli.gradients import natural_nes, problem, reinforce
 
 
 def maxrss_mib() -> float:
@@ -61,6 +63,8 @@ def main():
     p.add_argument("--loop-samples", type=int, default=2000, help="members the loop times (0: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--reinforce-population", type=int, nargs="*", default=[10, 100],
+                   help="REINFORCE draws per input to time (grad-bench's default [10, 100])")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -125,6 +129,14 @@ def main():
     print(f"  nes_natural     : {natural_s:9.2f} s  ({natural_s / batched_s:.2f}x the batched NES: + the sigma "
           f"gradient and the two Fisher estimates; cosine of its mean step to NES's = "
           f"{est.cosine(-natural.natural_mu, batched):.6f}, same noise)")
+    for m in a.reinforce_population:
+        sync(device)
+        t0 = time.perf_counter()
+        rf = reinforce.reinforce_gradient(theta, x, y, m, seed=7, chunk_elements=a.chunk_elements)
+        sync(device)
+        rf_s = time.perf_counter() - t0
+        print(f"  reinforce M={m:<5}: {rf_s:9.2f} s  ({rf_s / batched_s * 2 * pairs / m:.2f}x NES's time per member; "
+              f"cosine to NES = {est.cosine(rf, batched):.4f}: the stochastic network's gradient, not the smoothed one)")
 
 
 if __name__ == "__main__":

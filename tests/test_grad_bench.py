@@ -118,7 +118,7 @@ def _compose(run_dir, overrides):
 
 
 SMALL = ["num_dims=[2,3]", "num_init=2", "num_batch=2", "batch_size=300", "nes.population=[40,200]",
-         "lr.coarse=6", "lr.refined=3", "device=cpu"]
+         "reinforce.population=[4,8]", "lr.coarse=6", "lr.refined=3", "device=cpu"]
 
 
 def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
@@ -131,7 +131,7 @@ def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
     rows = pd.read_csv(tmp_path / "metrics.csv")
     assert list(rows.columns) == protocol.COLUMNS
     names = ["ste_clipped", "ste_steep", "ste_swishsign", "ste_polynomial", "nes_40", "nes_200", "nes_natural_40",
-             "nes_natural_200", "cdg"]
+             "nes_natural_200", "reinforce_4", "reinforce_8", "cdg"]
     lrs = protocol.lr_grid(6, 3)
     assert len(rows) == 2 * len(names) * len(lrs) * 2 * 2  # num_dim x estimator x lr x init x batch
     assert set(rows.estimator) == set(names) and sorted(rows.lr.unique()) == pytest.approx(lrs)
@@ -193,3 +193,17 @@ def test_the_nes_natural_group_reaches_the_settings_and_bad_values_are_user_erro
         bad = dataclasses.replace(s, natural=dataclasses.replace(n, **{key: value}))
         with pytest.raises(UserError, match=re.escape(message)):
             protocol.validate(bad)
+
+
+def test_the_reinforce_group_reaches_the_settings(tmp_path):
+    from nas_cli.commands import grad_bench
+
+    try:
+        cfg = _compose(tmp_path, ["reinforce.population=[6,60]", "reinforce.baseline=none",
+                                  "reinforce.temperature=0.5"])
+    finally:
+        GlobalHydra.instance().clear()
+    s = grad_bench.settings(cfg, 0)
+    assert s.reinforce == protocol.ReinforceSettings(populations=[6, 60], baseline="none", temperature=0.5)
+    assert "reinforce" in s.estimators  # in the default run, beside the STEs, NES and CDG
+    assert [n for n in protocol.estimator_names(s) if n.startswith("reinforce")] == ["reinforce_6", "reinforce_60"]

@@ -241,3 +241,31 @@ def test_caption_and_columns_say_what_validation_and_test_are(tmp_path, capsys):
     assert "Test Accuracy" in table.columns and "Validation Accuracy" in table.columns
     caption = (tmp_path / "report.md").read_text().splitlines()[-1]
     assert caption == "val_*: 5000 held out from train; test_*: the test set, once after training"
+
+
+def test_x_axes_are_parsed_and_a_bad_one_is_a_user_error():
+    assert report.x_axes(None) == ["epoch"]
+    assert report.x_axes(["iterations,samples_seen", "iterations"]) == ["iterations", "samples_seen"]
+    with pytest.raises(UserError, match="--x steps is not one of epoch, iterations, samples_seen"):
+        report.x_axes(["steps"])
+
+
+def test_curves_against_samples_seen_draw_each_jobs_own_columns(tmp_path):
+    from nas_cli.report.plots import _steps_on
+
+    for n, batch in enumerate((10, 40)):
+        job = fake_job(tmp_path / str(n), {"data.batch_size": batch}, ok(0.5 + n / 10))
+        iters = [80 // batch * e for e in (1, 2)]
+        pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "train_acc": [0.5, 0.7],
+                      "val_acc": [0.4, 0.6 + n / 10], "iterations": iters, "samples_seen": [80, 160]}
+                     ).to_csv(job / "metrics.csv", index=False)
+        pd.DataFrame({"iteration": range(1, iters[-1] + 1), "loss": 1.0, "loss_ema": 1.0}).to_csv(job / "steps.csv")
+    report.main(tmp_path, x=["samples_seen"])
+    drawn = pd.read_csv(tmp_path / "curves_samples_seen.csv")
+    assert drawn[drawn["job"] == 1]["val_acc"].tolist() == [0.4, 0.7]
+    assert drawn["samples_seen"].tolist() == [80, 160, 80, 160]
+    assert set(drawn["label"]) == {"data.batch_size=10", "data.batch_size=40"}
+    assert (tmp_path / "curves_samples_seen.png").is_file() and not (tmp_path / "curves.png").exists()
+    metrics = pd.read_csv(tmp_path / "0" / "metrics.csv")
+    steps = _steps_on(metrics, tmp_path / "0" / "steps.csv", "samples_seen")  # batch 10: 10 samples a step
+    assert steps["samples_seen"].tolist() == pytest.approx([10.0 * i for i in range(1, 17)])

@@ -4,7 +4,8 @@ most after one step?
 The problem (``nas_cli.gradients.problem``): ``net(x) = W3 sign(W2 sign(W1 x))``, three ``num_dim x num_dim``
 matrices, MSE to a fixed random teacher of the same form, inputs N(0, 1). Estimators: the four STE
 variants, NES per population size (fixed sigma), NES with natural-gradient steps of mu and sigma
-(``nes_natural``, ``nas_cli.gradients.natural_nes``), CDG (the reference).
+(``nes_natural``, ``nas_cli.gradients.natural_nes``), REINFORCE on stochastic binary units (``reinforce``,
+``nas_cli.gradients.reinforce``), CDG (the reference).
 Protocol (``nas_cli.gradients.protocol``): for each num_dim x init x batch, every estimator's gradient, one
 step per lr of the grid, the loss decrease, the cosine to CDG. Writes ``metrics.csv`` (one row per num_dim x estimator x lr x init x batch),
 ``best.csv`` / ``best.md`` (the summary table), ``curves.csv``, two PNG plots and ``summary.json``.
@@ -60,7 +61,10 @@ def settings(cfg: DictConfig, seed: int) -> protocol.Settings:
             k=float(cfg.ste.k), beta=float(cfg.ste.beta), teacher_seed=int(cfg.teacher.seed),
             teacher_scale=float(cfg.teacher.scale), teacher_noise=float(cfg.teacher.noise),
             init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=seed,
-            natural=natural_settings(cfg.nes_natural, as_list))
+            natural=natural_settings(cfg.nes_natural, as_list),
+            reinforce=protocol.ReinforceSettings(
+                populations=[int(m) for m in as_list(cfg.reinforce.population, "reinforce.population")],
+                baseline=str(cfg.reinforce.baseline), temperature=float(cfg.reinforce.temperature)))
     except (TypeError, ValueError) as ex:
         raise UserError(f"bad grad-bench setting: {ex}") from ex
 

@@ -8,14 +8,18 @@ import pandas as pd
 from rich import get_console
 from rich.table import Table
 
+from nas_cli.errors import UserError
 from nas_cli.report.collect import collect
-from nas_cli.report.plots import learning_curves
+from nas_cli.report.plots import X_AXES, learning_curves, plot_path
 from nas_cli.report.tables import long_table, needs_run, one_key_table, pivot_table, varying
 from nas_cli.runs.record import atomic_write
 
 
 def main(path: Path, rows: str | None = None, cols: str | None = None, value: str = "val_acc",
-         plot: bool = False, group: bool = True) -> pd.DataFrame:
+         plot: bool = False, group: bool = True, x: list[str] | None = None) -> pd.DataFrame:
+    """The table (printed, report.md, report.csv); ``plot`` (or any ``x``): learning curves against each
+    x axis in ``x`` (default epoch), curves.png / curves_<x>.png with their numbers as CSV."""
+    axes = x_axes(x)
     frame, keys, headline = collect(path)
     out_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     if rows and cols:
@@ -31,14 +35,24 @@ def main(path: Path, rows: str | None = None, cols: str | None = None, value: st
     console = get_console()
     console.print(to_rich(table, title, caption=note))
     written = [out_dir / "report.md", out_dir / "report.csv"]
-    if plot:
+    if plot or x:
         shown = varying(frame, keys)
         shown += ["job"] if needs_run(frame, shown) else []  # same overrides: the folder tells curves apart
         labels = [", ".join(f"{k}={job[k]}" for k in shown) for _, job in frame.iterrows()]
-        png = learning_curves(frame, labels, out_dir / "curves.png")
-        written += [png] if png else []
+        for axis in axes:
+            png = learning_curves(frame, labels, plot_path(out_dir, axis), x=axis)
+            written += [png, png.with_suffix(".csv")] if png else []
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
     return table
+
+
+def x_axes(x: list[str] | None) -> list[str]:
+    """The x axes asked for (``--x`` repeated or comma-separated), in order, each once; none: epoch."""
+    axes = [a.strip() for item in (x or ["epoch"]) for a in item.split(",") if a.strip()] or ["epoch"]
+    bad = [a for a in axes if a not in X_AXES]
+    if bad:
+        raise UserError(f"--x {bad[0]} is not one of {', '.join(X_AXES)}")
+    return list(dict.fromkeys(axes))
 
 
 def caption(frame: pd.DataFrame) -> str:

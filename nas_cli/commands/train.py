@@ -75,12 +75,13 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     log.info(f"{type(model).__name__} ({n_params(model):,} parameters"
              + (f", {len(frozen)} tensors frozen" if frozen else "") + f") on {data.name} "
              f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}")
+    model_figures = getattr(model, "summary_figures", dict)  # a model's own summary figures (MLP: hidden units)
     run = opts.run(COMMAND, run_dir=run_dir, seed=seed, device=device, budget={"trainer.epochs": trainer.epochs},
-                   headline=headline(data), write=group.main)
+                   headline=[*headline(data), *model_figures()], write=group.main)
     summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
                           generator=data.generator, regularizer=instantiate(cfg.regularizer),
                           ema_decay=cfg.ema.decay, test_loader=data.test,
-                          figures=lambda: {"val_split": data.val_split})
+                          figures=lambda: {"val_split": data.val_split, **model_figures()})
     return summary, model, data
 
 

@@ -2,7 +2,8 @@
 
 Per num_dim, per init (a student), per batch (fresh inputs, the same teacher): compute every
 estimator's gradient on that batch, then the true loss at ``w - lr g`` for all lrs of the grid at once
-(one batched evaluation, together with ``w`` itself), on the same batch. ``nes_natural`` starts each block
+(one batched evaluation, together with ``w`` itself), on the same batch. ``reinforce`` steps along its estimate
+of the gradient of the expected loss of the same network with stochastic binary units (``gradients.reinforce``). ``nes_natural`` starts each block
 from ``N(w, sigma^2)``, takes one natural step of mu and sigma per lr, and is measured at the new mean or at
 one sample of the new distribution (``quantize_from``). One row per
 num_dim x estimator x lr x init x batch. ``summarize`` then averages over inits and batches and picks
@@ -22,7 +23,7 @@ import torch
 
 from nas_cli.errors import UserError
 from nas_cli.gradients import estimators as est
-from nas_cli.gradients import natural_nes, problem
+from nas_cli.gradients import natural_nes, problem, reinforce
 from nas_cli.models.binary import STE_VARIANTS
 
 COLUMNS = ["num_dim", "estimator", "lr", "init", "batch", "loss_before", "loss_after", "loss_decrease",
@@ -61,6 +62,18 @@ class NaturalSettings:
 
 
 @dataclass
+class ReinforceSettings:
+    """``reinforce``: the score-function estimator with stochastic binary units (``gradients.reinforce``).
+
+    ``populations``: draws of the stochastic units per input, one estimator each (``reinforce_<M>``).
+    """
+
+    populations: list[int] = field(default_factory=lambda: [10, 100])
+    baseline: str = "loo"
+    temperature: float = 1.0
+
+
+@dataclass
 class Settings:
     num_dims: list[int]
     estimators: list[str]
@@ -82,6 +95,7 @@ class Settings:
     chunk_elements: int = 1 << 24
     seed: int = 0
     natural: NaturalSettings = field(default_factory=NaturalSettings)
+    reinforce: ReinforceSettings = field(default_factory=ReinforceSettings)
 
     @property
     def natural_populations(self) -> list[int]:
@@ -92,7 +106,7 @@ class Settings:
         return self.sigma if self.natural.sigma is None else self.natural.sigma
 
 
-KNOWN = (*STE_VARIANTS, "nes", "nes_natural", "cdg")
+KNOWN = (*STE_VARIANTS, "nes", "nes_natural", "reinforce", "cdg")
 
 
 def natural_name(m: int, quantize_from: str) -> str:
@@ -102,7 +116,8 @@ def natural_name(m: int, quantize_from: str) -> str:
 
 
 def estimator_names(s: Settings) -> list[str]:
-    """The row labels: ``ste_<variant>``, ``nes_<M>`` and ``nes_natural_<M>[_sample]`` per population, ``cdg``."""
+    """The row labels: ``ste_<variant>``, ``nes_<M>``, ``nes_natural_<M>[_sample]`` and ``reinforce_<M>`` per
+    population, ``cdg``."""
     names = []
     for e in s.estimators:
         if e not in KNOWN:
@@ -111,6 +126,8 @@ def estimator_names(s: Settings) -> list[str]:
             names += [f"nes_{m}" for m in s.populations]
         elif e == "nes_natural":
             names += [natural_name(m, q) for m in s.natural_populations for q in s.natural.quantize_from]
+        elif e == "reinforce":
+            names += [f"reinforce_{m}" for m in s.reinforce.populations]
         else:
             names.append("cdg" if e == "cdg" else f"ste_{e}")
     return names
@@ -129,6 +146,12 @@ def validate(s: Settings) -> None:
         raise UserError("every learning rate must be > 0")
     if "nes_natural" in s.estimators:
         _validate_natural(s)
+    if "reinforce" in s.estimators:
+        r = s.reinforce
+        if not r.populations:
+            raise UserError("reinforce.population=[]: give draws per input, e.g. [10,100]")
+        for m in r.populations:
+            reinforce.check_options(m, r.baseline, r.temperature)
     estimator_names(s)
 
 
@@ -186,6 +209,11 @@ def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
             runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.sigma, m, s.antithetic, s.fitness_shaping,
                                                                 seed=noise_seed, pop_chunk=pop_chunk))
                     for m in s.populations]
+        elif e == "reinforce":
+            r = s.reinforce
+            runs = [(f"reinforce_{m}", lambda m=m, r=r: reinforce.reinforce_gradient(
+                theta, x, y, m, r.baseline, r.temperature, seed=noise_seed, chunk_elements=s.chunk_elements))
+                for m in r.populations]
         elif e == "cdg":
             runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.delta, coord_chunk=pop_chunk))]
         else:
