@@ -6,7 +6,7 @@ SMOKE  := outputs/smoke
 QUIET  := progress=false threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast smoke bench bench-env lint clean
+.PHONY: help install test test-fast smoke bench bench-gpu bench-env lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,12 +34,18 @@ smoke: install  ## one tiny run of every command (prep-imagenet needs the archiv
 	$(BIN)/nas-cli fuse-bn source=$(SMOKE)/train/0 batch_sizes=[1,8] repeats=5 $(QUIET) hydra.run.dir=$(SMOKE)/fuse_bn
 	$(BIN)/nas-cli dqn total_steps=2000 eval.every=1000 eval.episodes=2 agent.learning_starts=500 $(QUIET) \
 		hydra.run.dir=$(SMOKE)/dqn
+	$(BIN)/nas-cli pg total_steps=4000 eval.every=2000 eval.episodes=3 $(QUIET) hydra.run.dir=$(SMOKE)/pg
+	$(BIN)/nas-cli ga generations=2 agent.population=32 agent.episodes=2 agent.elite_episodes=5 $(QUIET) \
+		hydra.run.dir=$(SMOKE)/ga
 	$(BIN)/nas-cli search-darts trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/search_darts
 	$(BIN)/nas-cli train model=darts model.genotype=$(SMOKE)/search_darts/genotype.json data=digits \
 		trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/darts_retrain
 	$(BIN)/nas-cli search-rl search.children=4 child.epochs=1 child.subset=100 $(QUIET) hydra.run.dir=$(SMOKE)/search_rl
 	$(BIN)/nas-cli grad-bench num_dims=[2] num_init=1 num_batch=1 batch_size=200 nes.population=[40] $(QUIET) \
 		hydra.run.dir=$(SMOKE)/grad_bench
+	$(BIN)/nas-cli train -m experiment=init_study model.init=zeros,kaiming data.subset=600 trainer.epochs=1 \
+		model.width=32 $(QUIET) hydra.sweep.dir=$(SMOKE)/init_study
+	$(BIN)/nas-cli report $(SMOKE)/init_study
 	$(BIN)/nas-cli report $(SMOKE)
 
 bench: install bench-env  ## side-by-side benchmarks (print ratios)
@@ -52,6 +58,11 @@ bench: install bench-env  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/rl_search.py
 	$(BIN)/python bench/dqn_cartpole.py
 	$(BIN)/python bench/dqn_speed.py
+	$(BIN)/python bench/pg_cartpole.py
+	$(BIN)/python bench/ga_cartpole.py
+
+bench-gpu: install  ## every GPU figure beside its reference, in one process (one line and exit 0 without CUDA)
+	$(BIN)/python bench/gpu.py
 
 # CleanRL, for bench/dqn_speed.py only: its own venv, since its pins predate ours
 # (it declares Python < 3.11 but its dqn.py runs on 3.11).
