@@ -144,3 +144,4 @@ def test_a_preset_of_another_command_is_refused_in_one_line():
     with pytest.raises(UserError, match="is a preset of `nas-cli train`"):
         _refuse_foreign_presets("dqn", ["experiment=xnor_width_wd_smoke"])
     _refuse_foreign_presets("train", ["-m", "experiment=xnor_width_wd_smoke,xnor_width_wd"])
+

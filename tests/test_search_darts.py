@@ -288,3 +288,36 @@ def test_retraining_schedules_drop_path_and_trains_the_auxiliary_head(tmp_path, 
     assert seen == pytest.approx([0.0, 0.1, 0.2])  # 0.3 * epoch / epochs, from 0
     with pytest.raises(UserError, match="auxiliary"):
         DARTSNetwork((1, 8, 8), 2, GENOTYPE.to_dict(), layers=2, auxiliary=True)
+
+
+def test_drop_last_counts_only_the_images_trained_on(tmp_path, search_task):
+    """100 training images: 50 train the weights, 50 alpha, in batches of 16. Dropping the last partial batch
+    (static shapes for a compiled step) leaves 3 full batches (48 images) an epoch, and metrics.csv says so;
+    the eager default keeps the partial batch of 2 (4 batches, 50 images), as quark0/darts does."""
+    kept = search_task(tmp_path / "kept", "data.n_train=100", "arch.heatmap=false", "trainer.epochs=1")
+    GlobalHydra.instance().clear()
+    dropped = search_task(tmp_path / "dropped", "data.n_train=100", "arch.heatmap=false", "trainer.epochs=1",
+                          "search.drop_last=true")
+    assert kept["status"] == dropped["status"] == "ok"
+    m_kept, m_dropped = (pd.read_csv(tmp_path / d / "metrics.csv").iloc[0] for d in ("kept", "dropped"))
+    assert (m_kept.samples_seen, m_kept.iterations) == (50, 4)
+    assert (m_dropped.samples_seen, m_dropped.iterations) == (48, 3)
+
+
+@pytest.mark.slow
+def test_compiled_search_matches_eager_search(tmp_path, search_task):
+    """search.compile=true (aot_eager: dynamo's and AOTAutograd's capture, the part that could change the
+    results) through the whole command: the same metrics as the eager search, to float rounding."""
+    small = ["supernet.nodes=1", "supernet.primitives=[none,max_pool_3x3,skip_connect,sep_conv_3x3]",
+             "arch.heatmap=false", "trainer.epochs=1", "search.drop_last=true"]
+    eager = search_task(tmp_path / "eager", *small)
+    GlobalHydra.instance().clear()
+    torch._dynamo.reset()
+    compiled = search_task(tmp_path / "compiled", *small, "search.compile=true", "search.backend=aot_eager")
+    assert compiled["genotype"] == eager["genotype"]
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("eager", "compiled"))
+    for col in ("train_loss", "val_loss", "val_acc", "alpha_entropy_normal", "alpha_entropy_reduce"):
+        assert abs(a[col] - b[col]).max() < 1e-5, col
+    GlobalHydra.instance().clear()
+    with pytest.raises(UserError, match="search.backend"):
+        search_task(tmp_path / "bad", *small, "search.compile=true", "search.backend=tvm")

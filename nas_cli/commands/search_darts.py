@@ -11,7 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nas_cli.engine.device import seed_everything
-from nas_cli.nas.darts.search import SEARCH_HEADLINE, ArchOptions, LatencyOptions, search
+from nas_cli.nas.darts.search import (
+    SEARCH_HEADLINE,
+    ArchOptions,
+    LatencyOptions,
+    StepOptions,
+    search,
+)
 from nas_cli.runs.options import RunOptions
 
 COMMAND = "search-darts"
@@ -27,4 +33,5 @@ def task(cfg: DictConfig) -> dict:
     run = opts.run(COMMAND, budget={"trainer.epochs": trainer.epochs}, headline=SEARCH_HEADLINE)
     arch = ArchOptions(**OmegaConf.to_container(cfg.arch, resolve=True))
     latency = LatencyOptions(**OmegaConf.to_container(cfg.latency, resolve=True))
-    return search(supernet, data, trainer, optimizer, instantiate(cfg.sched), run, arch, latency)
+    step = StepOptions(**OmegaConf.to_container(cfg.search, resolve=True))
+    return search(supernet, data, trainer, optimizer, instantiate(cfg.sched), run, arch, latency, step)

@@ -54,6 +54,7 @@ class Architect:
         self.model, self.order, self.unrolled, self.weight_optimizer = model, order, unrolled, weight_optimizer
         self.reuse_train_grad = reuse_train_grad
         self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
+        self._unrolled: list[torch.Tensor] | None = None  # w' of the second-order step, reused step after step
         self.params = list(model.arch.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.objective = objective or (lambda ce: ce)
@@ -62,18 +63,20 @@ class Architect:
         logits = self.model(x) if weights is None else functional_call(self.model, weights, (x,))
         return self.objective(F.cross_entropy(logits, y))
 
-    def alpha_grads(self, x_train, y_train, x_val, y_val, xi: float) -> list[torch.Tensor]:
+    def alpha_grads(self, x_train, y_train, x_val, y_val, xi: float | torch.Tensor) -> list[torch.Tensor]:
         """The architecture gradient this step applies (first or second order)."""
-        if self.order == "first":
-            return list(torch.autograd.grad(self._loss(x_val, y_val), self.params))
+        if self.order == "first":  # alpha of a cell kind the supernet lacks (fewer than 3 cells) gets no gradient
+            grads = torch.autograd.grad(self._loss(x_val, y_val), self.params, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         names, w = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
         # the unrolled weights w' (no graph through them: the Hessian term is by finite differences)
         logits = self.model(x_train)
         train_loss = F.cross_entropy(logits, y_train)
         g_train = torch.autograd.grad(train_loss, w, allow_unused=True)
         if self.reuse_train_grad:
-            self.unrolled_train = (train_loss.detach(), logits.detach(), w, g_train)
-        unrolled = {n: u.detach().requires_grad_(True) for n, u in zip(names, self.unrolled_weights(w, g_train, xi))}
+            # copies: a compiled supernet under CUDA graphs reuses its outputs' memory at its next replay
+            self.unrolled_train = (train_loss.detach().clone(), logits.detach().clone(), w, g_train)
+        unrolled = dict(zip(names, self._unrolled_leaves(self.unrolled_weights(w, g_train, xi))))
         val = self._loss(x_val, y_val, unrolled)
         grads = torch.autograd.grad(val, [*self.params, *unrolled.values()], allow_unused=True)
         d_alpha = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads[:len(self.params)])]
@@ -81,7 +84,19 @@ class Architect:
         hessian = self.hessian_vector(d_w, x_train, y_train, w)
         return [a - xi * h for a, h in zip(d_alpha, hessian)]
 
-    def unrolled_weights(self, w, g, xi: float) -> list[torch.Tensor]:
+    def _unrolled_leaves(self, steps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """w' as leaf tensors (gradients stop there), the same tensors at every step: their values are copied
+        in, so a compiled supernet under CUDA graphs sees its inputs at fixed addresses (no re-recording),
+        and as ``nn.Parameter`` s, so its guards accept them in place of the weights (no second graph)."""
+        with torch.no_grad():
+            if self._unrolled is None or any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
+                                             for a, b in zip(self._unrolled, steps)):
+                # Parameters, as the weights they stand in for: a compiled supernet then reuses its graph
+                self._unrolled = [nn.Parameter(torch.empty_like(u)) for u in steps]
+            torch._foreach_copy_(self._unrolled, [u.detach() for u in steps])
+        return self._unrolled
+
+    def unrolled_weights(self, w, g, xi: float | torch.Tensor) -> list[torch.Tensor]:
         """w' from the weights ``w`` and their training gradient ``g`` (see the module docstring).
 
         A weight without a gradient stays where it is, as SGD leaves it.
@@ -103,19 +118,22 @@ class Architect:
         return out
 
     def hessian_vector(self, vector, x, y, w) -> list[torch.Tensor]:
-        """(grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps)."""
-        eps = float(0.01 / torch.cat([v.flatten() for v in vector]).norm().clamp_min(1e-12))  # one host sync
+        """(grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps).
+
+        eps = 0.01 / ||v|| stays a 0-d tensor on the weights' device: reading it on the host would stall
+        every step until the GPU catches up (and break CUDA-graph capture). The weights move by foreach
+        ops, a few kernels for all of them rather than three per weight.
+        """
+        eps = 0.01 / torch.cat([v.flatten() for v in vector]).norm().clamp_min(1e-12)
+        step = torch._foreach_mul(list(vector), eps)
         with torch.no_grad():
-            for p, v in zip(w, vector):
-                p.add_(v, alpha=eps)
+            torch._foreach_add_(list(w), step)
         g_pos = torch.autograd.grad(F.cross_entropy(self.model(x), y), self.params, allow_unused=True)
         with torch.no_grad():
-            for p, v in zip(w, vector):
-                p.sub_(v, alpha=2 * eps)
+            torch._foreach_sub_(list(w), step, alpha=2)
         g_neg = torch.autograd.grad(F.cross_entropy(self.model(x), y), self.params, allow_unused=True)
         with torch.no_grad():
-            for p, v in zip(w, vector):
-                p.add_(v, alpha=eps)
+            torch._foreach_add_(list(w), step)
         return [torch.zeros_like(p) if a is None else (a - b) / (2 * eps)
                 for p, a, b in zip(self.params, g_pos, g_neg)]
 
@@ -131,7 +149,9 @@ class Architect:
         linear = sum((p * gi).sum() for p, gi in zip(w, g) if gi is not None)
         return loss + (linear - linear.detach()), logits
 
-    def step(self, x_train, y_train, x_val, y_val, xi: float) -> None:
+    def step(self, x_train, y_train, x_val, y_val, xi: float | torch.Tensor) -> None:
+        """One Adam step on alpha. Nothing here reads a device value on the host (``xi`` may be a float or a
+        0-d tensor), so on a GPU the step queues its kernels without waiting for them."""
         grads = self.alpha_grads(x_train, y_train, x_val, y_val, xi)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.params, grads):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_cli.data.bundle import DataBundle, TensorLoader
+from nas_cli.data.resident import place_loaders
 from nas_cli.data.resumable import BatchStream
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.trainer import HEADLINE, Trainer
@@ -59,6 +60,54 @@ class ArchOptions:
 
 
 @dataclass
+class StepOptions:
+    """How the bilevel step runs, not what it computes (the ``search`` block of search_darts.yaml).
+
+    ``compile``: ``torch.compile`` the supernet in place, so every pass of the step (the alpha step's, the
+    unrolled and finite-difference passes, the weight step's, evaluation) runs compiled; inductor also
+    merges the repeated work of the edges leaving one state (the ReLU and pools of one input). ``mode``
+    ``auto`` is ``reduce-overhead`` on CUDA (CUDA graphs: a small supernet's step is launch-bound there)
+    and inductor's default elsewhere. ``backend``: ``inductor`` or ``aot_eager`` (tracing alone, for checks).
+    ``drop_last``: each search loader drops its last partial batch so every step has one shape (one
+    graph); ``auto`` does so only when compiling, since quark0/darts keeps the partial batch (eager default).
+    """
+
+    compile: bool = False
+    mode: str = "auto"
+    backend: str = "inductor"
+    drop_last: bool | str = "auto"
+
+    def drops_last(self) -> bool:
+        if self.drop_last == "auto":
+            return bool(self.compile)
+        if not isinstance(self.drop_last, bool):
+            raise UserError(f"search.drop_last={self.drop_last}: use auto, true or false")
+        return self.drop_last
+
+    def compile_mode(self, device: torch.device) -> str | None:
+        """torch.compile's mode for ``device`` (None: its default)."""
+        if self.mode == "auto":
+            return "reduce-overhead" if device.type == "cuda" else None
+        if self.mode not in COMPILE_MODES:
+            raise UserError(f"search.mode={self.mode}: use auto or one of {', '.join(COMPILE_MODES)}")
+        return None if self.mode == "default" else self.mode
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_supernet(supernet, opts: StepOptions, device: torch.device) -> bool:
+    """Compile ``supernet`` in place (its ``__call__``: the engine and the architect both go through it);
+    True when the compiled module runs under CUDA graphs, whose step boundaries the caller marks."""
+    if opts.backend not in ("inductor", "aot_eager"):
+        raise UserError(f"search.backend={opts.backend}: use inductor or aot_eager")
+    mode = opts.compile_mode(device)
+    # dynamic=False: one shape per step (drop_last), and a fixed-shape graph is what CUDA graphs record
+    supernet.compile(backend=opts.backend, mode=mode, dynamic=False)
+    return device.type == "cuda" and opts.backend == "inductor" and mode in ("reduce-overhead", "max-autotune")
+
+
+@dataclass
 class LatencyOptions:
     """The latency term: off at weight 0 unless a table is given (see ``nas_cli.nas.darts.latency``)."""
 
@@ -70,8 +119,12 @@ class LatencyOptions:
     repeats: int = 5
 
 
-def split_train(loader, fraction: float, seed: int) -> tuple[TensorLoader, TensorLoader]:
-    """The training set as two parts: weights (1 - fraction) and architecture (fraction)."""
+def split_train(loader, fraction: float, seed: int, drop_last: bool = False) -> tuple[TensorLoader, TensorLoader]:
+    """The training set as two parts: weights (1 - fraction) and architecture (fraction).
+
+    ``drop_last``: each part drops its last partial batch (static shapes for a compiled step); the
+    epoch's ``samples`` then count the images trained on, since the engine counts each batch's labels.
+    """
     if not isinstance(loader, TensorLoader):
         raise UserError("search-darts needs in-memory data (data=digits, mnist5k, synthetic or cifar10)")
     if not 0 < fraction < 1:
@@ -79,11 +132,15 @@ def split_train(loader, fraction: float, seed: int) -> tuple[TensorLoader, Tenso
     n = len(loader.x)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_arch = max(1, int(round(n * fraction)))
+    if drop_last and min(n - n_arch, n_arch) < loader.batch_size:
+        raise UserError(f"search.drop_last: a search loader holds {min(n - n_arch, n_arch)} images, fewer than "
+                        f"one batch of data.batch_size={loader.batch_size}: lower the batch size or drop_last=false")
     mean = None if loader.mean is None else loader.mean.flatten()
     std = None if loader.std is None else loader.std.flatten()
     return tuple(TensorLoader(loader.x[idx], loader.y[idx], loader.batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed + 7919 * (k + 1)),
-                              mean=mean, std=std, augment=loader.augment)
+                              mean=mean, std=std, augment=loader.augment, drop_last=drop_last,
+                              on_device=loader.on_device)
                  for k, idx in enumerate((order[n_arch:], order[:n_arch])))
 
 
@@ -93,11 +150,14 @@ class BilevelStep:
     constant. The epoch in progress is the supernet's (the engine sets it through ``set_epoch``)."""
 
     def __init__(self, supernet, architect: Architect, arch_batches: BatchStream, optimizer, device,
-                 warmup_epochs: int = 0):
+                 warmup_epochs: int = 0, cuda_graphs: bool = False):
         self.supernet, self.architect, self.arch_batches = supernet, architect, arch_batches
         self.optimizer, self.device, self.warmup_epochs = optimizer, device, warmup_epochs
+        self.cuda_graphs = cuda_graphs  # a supernet compiled under CUDA graphs: mark where each step begins
 
     def __call__(self, net, x, y):
+        if self.cuda_graphs and net.training:
+            torch.compiler.cudagraph_mark_step_begin()
         if net.training and self.supernet.epoch >= self.warmup_epochs:
             xa, ya = next(self.arch_batches)
             # xi, the unrolled step's size, is the weight lr of this very step
@@ -130,8 +190,9 @@ def latency_term(supernet, data: DataBundle, opts: LatencyOptions, run: Run) -> 
 
 def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Trainer,
            optimizer: torch.optim.Optimizer, schedule: Schedule | None, run: Run, arch: ArchOptions,
-           latency: LatencyOptions) -> dict:
+           latency: LatencyOptions, step_opts: StepOptions | None = None) -> dict:
     """Search in ``run``: train the supernet's weights and alpha together; returns the run's summary."""
+    step_opts = step_opts or StepOptions()
     chain = isinstance(supernet, ChainNetwork)
     if isinstance(optimizer, torch.optim.LBFGS):
         raise UserError("optim=lbfgs re-evaluates each step's loss: the bilevel step takes sgd, adam, ...")
@@ -142,8 +203,11 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
     if arch.warmup_epochs >= trainer.epochs:
         log.warning(f"arch.warmup_epochs={arch.warmup_epochs} >= trainer.epochs={trainer.epochs}: alpha never moves")
     supernet.to(run.device)
-    w_loader, a_loader = split_train(data.train, arch.fraction, run.seed)
-    term = latency_term(supernet, data, latency, run)
+    w_loader, a_loader = split_train(data.train, arch.fraction, run.seed, step_opts.drops_last())
+    # data.on_device: both parts and the validation data decided together (the engine places the rest)
+    place_loaders([w_loader, a_loader, data.val], run.device)
+    term = latency_term(supernet, data, latency, run)  # measured before compiling (its shape hooks run eagerly)
+    graphs = compile_supernet(supernet, step_opts, run.device) if step_opts.compile else False
     architect = Architect(supernet, arch.order, arch.lr, tuple(arch.betas), arch.weight_decay, objective=term,
                           reuse_train_grad=arch.reuse_train_grad, unrolled=arch.unrolled,
                           weight_optimizer=optimizer)
@@ -184,9 +248,10 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
              f"{type(supernet).__name__}, order {arch.order}"
              f"{f' (unrolled as in the {arch.unrolled})' if arch.order == 'second' else ''}, "
              f"alpha from epoch {int(arch.warmup_epochs) + 1}, "
+             f"{'compiled' if step_opts.compile else 'eager'}, "
              f"on {data.name} {data.in_shape}, {run.device}; "
              f"run folder {run.dir}")
-    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs))
+    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs), graphs)
     return trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
                        generator=w_loader.generator, loss_fn=step,
                        extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,

@@ -25,6 +25,14 @@ def num_edges(nodes: int) -> int:
     return sum(2 + i for i in range(nodes))
 
 
+def add_all(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of ``terms`` from the first one on: ``sum()`` starts from 0, one more kernel for nothing."""
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
@@ -59,20 +67,33 @@ class ArchParams(nn.Module):
 
 
 class MixedOp(nn.Module):
-    """sum_k w_k op_k(x); with ``partial`` = K > 1, on 1/K of the channels (PC-DARTS) then shuffled."""
+    """sum_k w_k op_k(x); with ``partial`` = K > 1, on 1/K of the channels (PC-DARTS) then shuffled.
+
+    The ``none`` op adds w * 0: nothing, but a multiply and an add per edge (and their backward), the
+    kernels that make a small supernet launch-bound on a GPU. It is left out of the sum, which gives the
+    same floats (adding a zero is exact, and its weight's gradient was 0 either way) for finite inputs;
+    it stays in ``ops`` so the modules, latency table and derivation still see every primitive.
+    """
 
     def __init__(self, c: int, stride: int, primitives: list[str], partial: int = 1):
         super().__init__()
         self.partial, self.stride, self.primitives = partial, stride, list(primitives)
         self.ops = nn.ModuleList(make_op(p, c // partial, stride, affine=False, pool_bn=True) for p in primitives)
+        self.live = [k for k, p in enumerate(primitives) if p != "none"]  # the ops that add something
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True) if partial > 1 and stride == 2 else None
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k w_k op_k(x) over the ops other than ``none``."""
+        if not self.live:  # a space of ``none`` alone: the zero of the right shape
+            return self.ops[0](x) * weights[0]
+        return add_all([weights[k] * self.ops[k](x) for k in self.live])
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.partial == 1:
-            return sum(w * op(x) for w, op in zip(weights, self.ops))
+            return self.mix(x, weights)
         k = x.shape[1] // self.partial
         xa, xb = x[:, :k], x[:, k:]
-        out = sum(w * op(xa) for w, op in zip(weights, self.ops))
+        out = self.mix(xa, weights)
         if self.pool is not None:
             xb = self.pool(xb)
         return channel_shuffle(torch.cat([out, xb], dim=1), self.partial)
@@ -97,7 +118,7 @@ class SearchCell(nn.Module):
                 out = self.edges[offset + j](h, weights[offset + j])
                 terms.append(out if edge_weights is None else edge_weights[offset + j] * out)
             offset += len(states)
-            states.append(sum(terms))
+            states.append(add_all(terms))
         return torch.cat(states[2:], dim=1)
 
 
