@@ -132,13 +132,13 @@ def test_init_zeroes_biases_and_resets_batchnorm(name, scheme):
 
 @pytest.mark.parametrize("name", BUILDERS)
 def test_init_unknown_scheme_is_a_one_line_user_error(name):
-    with pytest.raises(UserError, match="model.init=he is not one of default, kaiming, xavier, orthogonal"):
+    with pytest.raises(UserError, match="model.init=he is not one of default, kaiming, xavier, orthogonal, zeros, "):
         BUILDERS[name](init="he")
     cfg = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
     cfg.init = "he"
     with pytest.raises(Exception) as info:  # through Hydra, as the CLI builds it
         instantiate(cfg, in_shape=SHAPE, num_classes=5)
-    assert one_line(info.value) == "model.init=he is not one of default, kaiming, xavier, orthogonal"
+    assert one_line(info.value) == "model.init=he is not one of default, kaiming, xavier, orthogonal, zeros, constant"
 
 
 # -- 2. dropout --------------------------------------------------------------------------------
