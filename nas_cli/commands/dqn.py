@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
@@ -12,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from nas_cli.agents.dqn import DQN, HEADLINE, train
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.plots import returns_plot
+from nas_cli.agents.saved import load_weights, return_stats, source_file
 from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
-from nas_cli.runs.files import BEST, EVAL_RETURNS, METRICS, RETURNS_PLOT
+from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -48,27 +48,17 @@ def task(cfg: DictConfig) -> dict:
 def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int,
                    epsilon: float = 0.0) -> dict:
     """Greedy (``epsilon``-greedy) returns of a saved agent over ``episodes`` games, as a run of its own."""
-    if not source:
-        raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
-    path = Path(source)
-    path = path / BEST if path.is_dir() else path
+    path = source_file(source)
     envs = env.make(num_envs=1, asynchronous=False)
     agent.build(envs.single_observation_space.shape, int(envs.single_action_space.n), opts.device)
     envs.close()
-    state = checkpoint.load(path, map_location=opts.device)
-    try:
-        agent.q.load_state_dict(state["model"] if "model" in state else state["agent"]["q"])
-    except (KeyError, RuntimeError) as ex:
-        raise UserError(f"source={path} does not fit this agent/env config ({type(ex).__name__})") from ex
+    load_weights(agent.q, checkpoint.load(path, map_location=opts.device), "q", path)
     run = opts.run(COMMAND, headline=EVAL_HEADLINE)
     with run:
         returns = greedy_returns(agent.q.eval(), env, episodes, opts.seed + 20_000, opts.device, epsilon)
         np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {
-            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns), "epsilon": epsilon,
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-            "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max())}
+        run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
+                               "epsilon": epsilon, **return_stats("eval_return", returns)}
     summary = run.summary
     log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} ± {summary['eval_return_std']:.1f}"
              f" (min {returns.min():.0f}, max {returns.max():.0f})")

@@ -4,7 +4,6 @@ on a Gymnasium environment, or evaluate a saved individual."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
@@ -13,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.ga import GA, HEADLINE, train
 from nas_cli.agents.population import PolicyLayout, check_env
+from nas_cli.agents.saved import load_weights, return_stats, source_file
 from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
-from nas_cli.runs.files import BEST, EVAL_RETURNS
+from nas_cli.runs.files import EVAL_RETURNS
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -45,26 +45,17 @@ def task(cfg: DictConfig) -> dict:
 
 def evaluate_saved(ga: GA, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int) -> dict:
     """Greedy returns of a saved individual (a run's ``best.pt``) over ``episodes`` games, as a run of its own."""
-    if not source:
-        raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
-    path = Path(source)
-    path = path / BEST if path.is_dir() else path
+    path = source_file(source)
     state = checkpoint.load(path, map_location="cpu")
     net = PolicyLayout(*check_env(env), state.get("hidden", ga.hidden)).network()
-    try:
-        net.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as ex:
-        raise UserError(f"source={path} does not fit this env / agent.hidden ({type(ex).__name__})") from ex
+    load_weights(net, state, "model", path)
     net = net.to(opts.device).eval()
     run = opts.run(COMMAND, headline=EVAL_HEADLINE)
     with run:
         returns = greedy_returns(net, env, episodes, opts.seed + 20_000, opts.device)
         np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {
-            "mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-            "eval_return_min": float(returns.min()), "eval_return_max": float(returns.max())}
+        run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
+                               **return_stats("eval_return", returns)}
     log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} "
              f"(min {returns.min():.0f}, max {returns.max():.0f})")
     return run.summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
@@ -12,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.pg import HEADLINE, PolicyGradient, evaluate, train
 from nas_cli.agents.plots import returns_plot
+from nas_cli.agents.saved import load_weights, return_stats, source_file
 from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
-from nas_cli.runs.files import BEST, EVAL_RETURNS, METRICS, RETURNS_PLOT
+from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -45,30 +45,17 @@ def task(cfg: DictConfig) -> dict:
 
 def evaluate_saved(agent: PolicyGradient, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int) -> dict:
     """Returns of a saved agent over ``episodes`` games, most-likely and sampled actions, as a run of its own."""
-    if not source:
-        raise UserError("mode=eval needs source=RUN_FOLDER or source=FILE.pt")
-    path = Path(source)
-    path = path / BEST if path.is_dir() else path
+    path = source_file(source)
     envs = env.make(num_envs=1, asynchronous=False)
     agent.build(envs.single_observation_space, envs.single_action_space, opts.device)
     envs.close()
-    state = checkpoint.load(path, map_location=opts.device)
-    try:
-        agent.net.load_state_dict(state["model"] if "model" in state else state["agent"]["net"])
-    except (KeyError, RuntimeError) as ex:
-        raise UserError(f"source={path} does not fit this agent/env config ({type(ex).__name__})") from ex
+    load_weights(agent.net, checkpoint.load(path, map_location=opts.device), "net", path)
     run = opts.run(COMMAND, headline=EVAL_HEADLINE)
     with run:
         greedy, sampled = evaluate(agent, env, episodes, opts.seed + 20_000)
         np.savetxt(run.dir / EVAL_RETURNS, np.stack([greedy, sampled], 1), header="greedy sampled", fmt="%g")
-
-        def stats(name: str, returns: np.ndarray) -> dict:
-            return {f"{name}_mean": float(returns.mean()),
-                    f"{name}_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-                    f"{name}_min": float(returns.min()), f"{name}_max": float(returns.max())}
-
         run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(greedy),
-                               **stats("eval_return", greedy), **stats("eval_return_sampled", sampled)}
+                               **return_stats("eval_return", greedy), **return_stats("eval_return_sampled", sampled)}
     summary = run.summary
     log.info(f"{len(greedy)} episodes of {path}: return {greedy.mean():.1f} ± {summary['eval_return_std']:.1f} "
              f"with the most likely action, {sampled.mean():.1f} ± {summary['eval_return_sampled_std']:.1f} sampled")
