@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_cli.agents.envs import EnvSpec, game_over, greedy_returns
+from nas_cli.agents.envs import EnvSpec, game_over, greedy_returns, start_episodes
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
 from nas_cli.engine import checkpoint
@@ -263,14 +263,7 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
             sampler.set_state(saved["sampler"])
             record.rows = list(saved["history"])
             record.write_metrics()
-            if saved.get("envs") is not None:
-                envs.load_state_dict(saved["envs"])
-            else:
-                loop.start_episodes(envs.reset(seed=seed + loop.step)[0])
-                log.info(f"resumed at step {loop.step}: this environment's state cannot be saved, so its "
-                         f"episodes restart from a reset")
-        else:
-            loop.start_episodes(envs.reset(seed=seed)[0])
+        start_episodes(envs, loop, seed, saved)
         run.figures = lambda: _figures(loop, env, threshold, run)
         with run, TrainingProgress(progress) as bar:
             _steps(agent, envs, env, run, loop, replay, draws, sampler, bar, threshold, total_steps=total_steps,

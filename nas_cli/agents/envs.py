@@ -12,6 +12,7 @@ game's own rewards, so logged returns are the real game's score.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -300,3 +301,19 @@ def policy_returns(act: Callable[[np.ndarray], np.ndarray], env: EnvSpec, episod
         return returns
     finally:
         envs.close()
+
+
+def start_episodes(envs, loop, seed: int, saved: dict | None) -> None:
+    """Start the episodes of a run, or continue a checkpoint's (``saved``) where it stopped.
+
+    Environments whose state can be saved (``env_state``) resume mid-episode; the others restart
+    from a reset, seeded by the step reached, and the log says so.
+    """
+    if saved is not None and saved.get("envs") is not None:
+        envs.load_state_dict(saved["envs"])
+    elif saved is not None:
+        loop.start_episodes(envs.reset(seed=seed + loop.step)[0])
+        logging.getLogger(__name__).info(f"resumed at step {loop.step}: this environment's state cannot be saved, "
+                                         f"so its episodes restart from a reset")
+    else:
+        loop.start_episodes(envs.reset(seed=seed)[0])

@@ -27,13 +27,13 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from nas_cli.agents import population as pop
 from nas_cli.agents.envs import EnvSpec
+from nas_cli.agents.plots import fitness_plot
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
@@ -303,29 +303,3 @@ def _figures(state: State, env: EnvSpec, threshold, layout: pop.PolicyLayout) ->
             "best_eval_return": state.best_fitness if state.best_generation is not None else None,
             "best_generation": state.best_generation, "threshold": threshold,
             "solved_generation": state.solved_generation, "solved_steps": state.solved_steps}
-
-
-def fitness_plot(metrics_csv: Path, out: Path, threshold: float | None = None) -> Path | None:
-    """Best, mean and median fitness and the elite's re-evaluated fitness against generations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    if not Path(metrics_csv).is_file():
-        return None
-    rows = pd.read_csv(metrics_csv)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in (("best_fitness", "best member"), ("elite_fitness", "elite (re-evaluated)"),
-                       ("median_fitness", "median member"), ("mean_fitness", "mean member")):
-        ax.plot(rows["generation"], rows[key], label=label)
-    if threshold is not None:
-        ax.axhline(threshold, color="grey", linestyle="--", label=f"solved ({threshold:g})")
-    ax.set(xlabel="generation", ylabel="fitness (mean episode return)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out

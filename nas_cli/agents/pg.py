@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_cli.agents.envs import EnvSpec, game_over, policy_returns
+from nas_cli.agents.envs import EnvSpec, game_over, policy_returns, start_episodes
 from nas_cli.agents.networks import ACTIVATIONS, ActorCritic
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
@@ -342,14 +342,7 @@ def train(agent: PolicyGradient, env: EnvSpec, run: Run, *, total_steps: int, ev
             loop.load_state_dict(saved["loop"])
             record.rows = list(saved["history"])
             record.write_metrics()
-            if saved.get("envs") is not None:
-                envs.load_state_dict(saved["envs"])
-            else:
-                loop.start_episodes(envs.reset(seed=seed + loop.step)[0])
-                log.info(f"resumed at step {loop.step}: this environment's state cannot be saved, so its "
-                         f"episodes restart from a reset")
-        else:
-            loop.start_episodes(envs.reset(seed=seed)[0])
+        start_episodes(envs, loop, seed, saved)
         threshold = env.solved_at()
         run.figures = lambda: _figures(loop, env, threshold, run)
         with run, TrainingProgress(progress) as bar:
