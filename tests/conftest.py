@@ -100,3 +100,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class TableNet(torch.nn.Module):
+    """A network whose outputs are rows of a fixed table: row = the observation's first entry (a state)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
+
+    def forward(self, obs):
+        return self.values[obs[:, 0].long()]
+
+
+def in_process(*args: str) -> int:
+    """The real command line in this process (no interpreter start-up); returns its exit code."""
+    from nas_cli.cli import app
+
+    GlobalHydra.instance().clear()
+    try:
+        app(list(args), prog_name="nas-cli")
+    except SystemExit as ex:
+        return ex.code or 0
+    finally:
+        GlobalHydra.instance().clear()
+    return 0

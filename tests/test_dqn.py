@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import cli, summary
+from conftest import TableNet, cli, summary
 
 from nas_cli.agents.dqn import DQN, td_loss, train
 from nas_cli.agents.envs import EnvSpec, make_envs
@@ -29,17 +29,6 @@ def test_replay_is_a_ring_and_samples_what_was_stored():
     assert batch.terminated.equal(batch.rewards == 6)
 
 
-class Table(torch.nn.Module):
-    """Q-values read from a fixed table: row = the observation's first entry (an integer state)."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
-
-    def forward(self, obs):
-        return self.values[obs[:, 0].long()]
-
-
 def batch_of(obs, actions, rewards, next_obs, terminated, truncated) -> Batch:
     t = torch.tensor
     return Batch(t(obs, dtype=torch.float32).view(-1, 1), t(actions), t(rewards, dtype=torch.float32),
@@ -55,7 +44,7 @@ BATCH = batch_of([0, 1, 2], [1, 0, 1], [1.0, 0.5, -1.0], [1, 2, 1], [False, Fals
 @pytest.mark.parametrize("double", [False, True])
 def test_td_targets_match_hand_computation(double):
     gamma = 0.9
-    loss, q = td_loss(Table(ONLINE), Table(TARGET), BATCH, gamma, double)
+    loss, q = td_loss(TableNet(ONLINE), TableNet(TARGET), BATCH, gamma, double)
     # vanilla: max of the target row; double: the target's value at the online arg-max
     next_values = [10.0, 7.0, 10.0] if not double else [2.0, 1.0, 2.0]
     # transition 2 terminated: no bootstrap; transition 1 was truncated: it still bootstraps
@@ -66,7 +55,7 @@ def test_td_targets_match_hand_computation(double):
 
 
 def test_huber_loss_option():
-    loss, q = td_loss(Table(ONLINE), Table(TARGET), BATCH, 0.9, False, loss="huber")
+    loss, q = td_loss(TableNet(ONLINE), TableNet(TARGET), BATCH, 0.9, False, loss="huber")
     diffs = np.array([2.0 - 10.0, 3.0 - 6.8, 4.0 + 1.0])
     expected = np.where(np.abs(diffs) < 1, 0.5 * diffs**2, np.abs(diffs) - 0.5).mean()
     assert loss.item() == pytest.approx(expected)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import SMALL_CLI, summary
-from hydra.core.global_hydra import GlobalHydra
+from conftest import in_process as nas_cli  # the real command line in this process
 
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.signals import Interrupted
@@ -53,20 +53,6 @@ COMMANDS = {
 }
 CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl", "pg", "ga"]
 RESUMABLE = [*CHECKPOINTED, "grad-bench"]  # resumed to the same metrics, compared below (grad-bench: by its rows)
-
-
-def nas_cli(*args: str) -> int:
-    """The real command line in this process; returns its exit code."""
-    from nas_cli.cli import app
-
-    GlobalHydra.instance().clear()
-    try:
-        app(list(args), prog_name="nas-cli")
-    except SystemExit as ex:
-        return ex.code or 0
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import cli, compose_task, summary
+from conftest import TableNet, cli, compose_task, in_process, summary
 
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.pg import Loop, PolicyGradient, Rollout, collect, gae, returns_to_go, train
@@ -20,23 +20,12 @@ from nas_cli.runs.lifecycle import Run
 GAMMA = 0.9
 
 
-class Table(torch.nn.Module):
-    """Outputs read from a fixed table: row = the observation's first entry (an integer state)."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
-
-    def forward(self, obs):
-        return self.values[obs[:, 0].long()]
-
-
 def tabular_agent(logits, values, **kwargs) -> PolicyGradient:
     """An agent over integer states whose policy logits and V are tables."""
     agent = PolicyGradient(**{"algo": "reinforce", "gamma": GAMMA, "max_grad_norm": None, **kwargs})
     agent.build(gym.spaces.Box(0, 3, (1,)), gym.spaces.Discrete(2), torch.device("cpu"))
-    agent.net.policy = Table(logits)
-    agent.net.value = Table([[v] for v in values])
+    agent.net.policy = TableNet(logits)
+    agent.net.value = TableNet([[v] for v in values])
     return agent
 
 
@@ -131,15 +120,6 @@ def episodes(agent: PolicyGradient, envs, n: int, seed: int) -> Rollout:
     loop = Loop(n, eval_every=10**9)
     loop.start_episodes(envs.reset(seed=seed)[0])
     return collect(agent, envs, loop, deque())
-
-
-@pytest.fixture
-def one_thread():
-    """Small tensors: one thread is fastest, and a busy machine does not stall the test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_learned_baseline_lowers_the_policy_gradients_variance(one_thread):
@@ -273,22 +253,6 @@ def test_cartpole_cli_run_then_eval_mode(tmp_path):
     assert np.loadtxt(tmp_path / "ev" / "returns.txt").shape == (4, 2)  # greedy, sampled
 
 
-def nas_cli_here(*args: str) -> int:
-    """The real command line in this process (no interpreter start-up); returns its exit code."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from nas_cli.cli import app
-
-    GlobalHydra.instance().clear()
-    try:
-        app(list(args), prog_name="nas-cli")
-    except SystemExit as ex:
-        return ex.code or 0
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
-
-
 @pytest.mark.parametrize("args, message", [
     (["agent.algo=ppo"], "agent.algo=ppo"),
     (["agent.algo=reinforce", "agent.gae_lambda=0.95"], "agent.gae_lambda=0.95"),
@@ -299,6 +263,6 @@ def nas_cli_here(*args: str) -> int:
 ])
 def test_pg_errors_are_one_line(tmp_path, args, message, capsys, one_thread):
     capsys.readouterr()
-    code = nas_cli_here("pg", *args, "total_steps=100", "progress=false", f"hydra.run.dir={tmp_path / 'run'}")
+    code = in_process("pg", *args, "total_steps=100", "progress=false", f"hydra.run.dir={tmp_path / 'run'}")
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
