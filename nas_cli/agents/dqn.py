@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_cli.agents.envs import EnvSpec, game_over, greedy_returns, start_episodes
+from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, greedy_returns, start_episodes
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
 from nas_cli.engine import checkpoint
@@ -350,9 +350,4 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
 
 
 def _figures(loop: Loop, env: EnvSpec, threshold, run: Run) -> dict:
-    recent = [r for r, _ in loop.episodes[-100:]]
-    return {"env": env.id, "steps": loop.step, "episodes": len(loop.episodes),
-            "train_return_last100": float(np.mean(recent)) if recent else None,
-            "best_eval_return": loop.best_eval if loop.best_step is not None else None,
-            "best_eval_step": loop.best_step, "threshold": threshold, "solved_step": loop.solved_step,
-            "steps_per_s": loop.step / max(run.wall_time, 1e-9)}
+    return episode_figures(loop, env, threshold, run.wall_time)

@@ -317,3 +317,13 @@ def start_episodes(envs, loop, seed: int, saved: dict | None) -> None:
                                          f"so its episodes restart from a reset")
     else:
         loop.start_episodes(envs.reset(seed=seed)[0])
+
+
+def episode_figures(loop, env: EnvSpec, threshold: float | None, wall_time: float) -> dict:
+    """The summary figures of an agent's run (dqn, pg): its episodes, best evaluation and when it was solved."""
+    recent = [r for r, _ in loop.episodes[-100:]]
+    return {"env": env.id, "steps": loop.step, "episodes": len(loop.episodes),
+            "train_return_last100": float(np.mean(recent)) if recent else None,
+            "best_eval_return": loop.best_eval if loop.best_step is not None else None,
+            "best_eval_step": loop.best_step, "threshold": threshold, "solved_step": loop.solved_step,
+            "steps_per_s": loop.step / max(wall_time, 1e-9)}

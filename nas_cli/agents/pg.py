@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_cli.agents.envs import EnvSpec, game_over, policy_returns, start_episodes
+from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, policy_returns, start_episodes
 from nas_cli.agents.networks import ACTIVATIONS, ActorCritic
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
@@ -416,12 +416,6 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
 
 
 def _figures(loop: Loop, env: EnvSpec, threshold, run: Run) -> dict:
-    recent = [r for r, _ in loop.episodes[-100:]]
     wall = run.wall_time
-    return {"env": env.id, "steps": loop.step, "episodes": len(loop.episodes),
-            "train_return_last100": float(np.mean(recent)) if recent else None,
-            "best_eval_return": loop.best_eval if loop.best_step is not None else None,
-            "best_eval_step": loop.best_step, "threshold": threshold, "solved_step": loop.solved_step,
-            "solved_step_sampled": loop.solved_step_sampled,
-            "steps_per_s": loop.step / max(wall, 1e-9),
+    return {**episode_figures(loop, env, threshold, wall), "solved_step_sampled": loop.solved_step_sampled,
             "train_steps_per_s": loop.step / max(wall - loop.eval_seconds, 1e-9)}
