@@ -49,7 +49,7 @@ HYDRA_COMMANDS = {
     "ga": "Evolve MLP policy weights with a genetic algorithm (deep neuroevolution) on a Gymnasium environment.",
     "fuse-bn": "Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain.",
     "prep-imagenet": "Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe.",
-    "grad-bench": "Compare gradient estimators (STE variants, NES, CDG) for a network with binary activations.",
+    "grad-bench": "Compare gradient estimators (STEs, NES, natural NES, REINFORCE, CDG) for a network with sign activations.",
 }
 
 
