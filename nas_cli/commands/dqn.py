@@ -6,15 +6,13 @@ import logging
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nas_cli.agents.dqn import DQN, HEADLINE, train
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.plots import returns_plot
-from nas_cli.agents.saved import load_weights, return_stats, source_file
+from nas_cli.agents.runs import load_weights, return_stats, source_file, start
 from nas_cli.engine import checkpoint
-from nas_cli.engine.device import seed_everything
-from nas_cli.errors import UserError
 from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
@@ -24,15 +22,10 @@ EVAL_HEADLINE = ["eval_return_mean", "eval_return_std", "episodes"]
 
 
 def task(cfg: DictConfig) -> dict:
-    opts = RunOptions.from_config(cfg)
-    seed_everything(opts.seed)
-    agent: DQN = instantiate(cfg.agent)
-    env = EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
+    opts, agent, env = start(cfg)
     if cfg.mode == "eval":
         return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes),
                               epsilon=float(cfg.eval.epsilon))
-    if cfg.mode != "train":
-        raise UserError(f"mode={cfg.mode}: use train or eval")
     total_steps = int(cfg.total_steps)
     run = opts.run(COMMAND, budget={"total_steps": total_steps}, headline=HEADLINE)
     summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),

@@ -6,15 +6,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.ga import GA, HEADLINE, train
 from nas_cli.agents.population import PolicyLayout, check_env
-from nas_cli.agents.saved import load_weights, return_stats, source_file
+from nas_cli.agents.runs import load_weights, return_stats, source_file, start
 from nas_cli.engine import checkpoint
-from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.runs.files import EVAL_RETURNS
 from nas_cli.runs.options import RunOptions
@@ -25,14 +23,9 @@ EVAL_HEADLINE = ["eval_return_mean", "eval_return_std", "episodes"]
 
 
 def task(cfg: DictConfig) -> dict:
-    opts = RunOptions.from_config(cfg)
-    seed_everything(opts.seed)
-    ga: GA = instantiate(cfg.agent)
-    env = EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
+    opts, ga, env = start(cfg)
     if cfg.mode == "eval":
         return evaluate_saved(ga, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes))
-    if cfg.mode != "train":
-        raise UserError(f"mode={cfg.mode}: use train or eval")
     generations = int(cfg.generations)
     if generations < 1:
         raise UserError(f"generations={generations}: use 1 or more")

@@ -1,14 +1,30 @@
-"""A saved agent for ``mode=eval`` (dqn, pg, ga): where its weights are, loading them, the returns' figures."""
+"""What the agent commands (dqn, pg, ga) share around their runs: the start (run options, seeding,
+the agent, the environment, the mode) and, for ``mode=eval``, the saved agent's file, its weights
+and the figures of its returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nas_cli.agents.envs import EnvSpec
+from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.runs.files import BEST
+from nas_cli.runs.options import RunOptions
+
+
+def start(cfg: DictConfig):
+    """``(opts, agent, env)`` of an agent command's config, seeded; ``mode`` must be train or eval."""
+    if cfg.mode not in ("train", "eval"):
+        raise UserError(f"mode={cfg.mode}: use train or eval")
+    opts = RunOptions.from_config(cfg)
+    seed_everything(opts.seed)
+    return opts, instantiate(cfg.agent), EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
 
 
 def source_file(source: str | None) -> Path:
