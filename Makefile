@@ -41,6 +41,11 @@ smoke: install  ## one tiny run of every command (prep-imagenet needs the archiv
 	$(BIN)/nas-cli train model=darts model.genotype=$(SMOKE)/search_darts/genotype.json data=digits \
 		trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/darts_retrain
 	$(BIN)/nas-cli search-rl search.children=4 child.epochs=1 child.subset=100 $(QUIET) hydra.run.dir=$(SMOKE)/search_rl
+	$(BIN)/nas-cli detect data.n_train=300 data.n_val=50 trainer.epochs=2 $(QUIET) hydra.run.dir=$(SMOKE)/detect
+	$(BIN)/python -c "from nas_cli.data.shapes import shapes, save_images; d = shapes(n_train=1, n_val=4); \
+		save_images((next(iter(d.val))[0] * d.val.std + d.val.mean).clamp(0, 1).mul(255).byte(), '$(SMOKE)/images')"
+	$(BIN)/nas-cli detect mode=predict source=$(SMOKE)/detect images=$(SMOKE)/images $(QUIET) \
+		hydra.run.dir=$(SMOKE)/detect_predict
 	$(BIN)/nas-cli grad-bench num_dims=[2] num_init=1 num_batch=1 batch_size=200 nes.population=[40] $(QUIET) \
 		hydra.run.dir=$(SMOKE)/grad_bench
 	$(BIN)/nas-cli train -m experiment=init_study model.init=zeros,kaiming data.subset=600 trainer.epochs=1 \
@@ -55,6 +60,7 @@ bench: install bench-env  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/fuse_bn.py
 	$(BIN)/python bench/prep_imagenet.py
 	$(BIN)/python bench/darts_search.py
+	$(BIN)/python bench/detect.py
 	$(BIN)/python bench/rl_search.py
 	$(BIN)/python bench/dqn_cartpole.py
 	$(BIN)/python bench/dqn_speed.py

@@ -47,6 +47,7 @@ HYDRA_COMMANDS = {
     "dqn": "Train DQN, Double DQN or Dueling DQN on a Gymnasium environment (or evaluate a saved agent).",
     "pg": "Train a policy-gradient agent (REINFORCE with a baseline, or A2C) on a Gymnasium environment.",
     "ga": "Evolve MLP policy weights with a genetic algorithm (deep neuroevolution) on a Gymnasium environment.",
+    "detect": "Train a small one-stage detector (GIoU, objectness, class losses; NMS and soft-NMS mAP), or predict.",
     "fuse-bn": "Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain.",
     "prep-imagenet": "Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe.",
     "grad-bench": "Compare gradient estimators (STEs, NES, natural NES, REINFORCE, CDG) for a network with sign activations.",

@@ -45,6 +45,7 @@ RENAMED = {
                   "space.metaqnn": "space (with space=metaqnn)"},
     "dqn": {"agent.lr": "optim.lr", "agent.max_grad_norm": "agent.grad_clip", "checkpoint": "source"},
     "prep-imagenet": {"subset_seed": "seed"},
+    "detect": {"checkpoint": "source"},
 }
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "provider=")
@@ -197,7 +198,7 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
 
     with exit_on_error(command), signals.handled():
         _refuse_renamed(command, args)
-        _refuse_foreign_presets(command, args)
+        _refuse_foreign_options(command, args)
         if any(a in HELP for a in args):
             print(command_help(config_name, [a for a in args if a not in HELP]))
             return
@@ -239,34 +240,49 @@ def command_help(config_name: str, overrides: list[str]) -> str:
 
 
 def _options(loader, group: str, command: str) -> list[str]:
-    options = loader.get_group_options(group)
-    return [o for o in options if preset_command(o) == command] if group == "experiment" else options
+    return [o for o in loader.get_group_options(group) if belongs(group, o, command)]
 
 
-def preset_command(name: str) -> str | None:
-    """The command a preset (``conf/experiment/NAME.yaml``) belongs to: its ``# command: NAME`` line."""
-    path = config_dir() / "experiment" / f"{name}.yaml"
+def option_commands(group: str, name: str) -> list[str] | None:
+    """The commands an option (``conf/GROUP/NAME.yaml``) is for: its ``# command: A[, B ...]`` line among the
+    leading comments; None when it has none (an option every command that composes the group can take)."""
+    path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
         return None
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         if line.startswith("# command:"):
-            return line.split(":", 1)[1].strip()
+            return [c.strip() for c in line.split(":", 1)[1].split(",") if c.strip()]
     return None
 
 
-def _refuse_foreign_presets(command: str, args: list[str]) -> None:
-    """``experiment=dqn_atari`` on train would fail deep inside Hydra: name the preset's command instead."""
+def belongs(group: str, name: str, command: str) -> bool:
+    owners = option_commands(group, name)
+    return owners is None or command in owners
+
+
+def preset_command(name: str) -> str | None:
+    """The command a preset (``conf/experiment/NAME.yaml``) belongs to (a preset names exactly one)."""
+    owners = option_commands("experiment", name)
+    return owners[0] if owners else None
+
+
+def _refuse_foreign_options(command: str, args: list[str]) -> None:
+    """``experiment=dqn_atari`` on train, or ``data=shapes`` (boxes) on train, would fail deep inside Hydra or
+    the model: name the option's command instead."""
     for arg in args:
         key, _, value = arg.partition("=")
-        if key.lstrip("+") != "experiment" or not value:
+        group = key.lstrip("+")
+        if not value or "." in group or "@" in group or not (config_dir() / group).is_dir():
             continue
-        for name in value.split(","):  # a sweep over presets
-            owner = preset_command(name.strip())
-            if owner is not None and owner != command:
-                raise UserError(f"experiment={name.strip()} is a preset of `nas-cli {owner}`: "
-                                f"run `nas-cli {owner} experiment={name.strip()}`")
+        for name in value.split(","):  # a sweep over options
+            name = name.strip()
+            owners = option_commands(group, name)
+            if owners is not None and command not in owners:
+                what = "a preset" if group == "experiment" else "an option"
+                raise UserError(f"{group}={name} is {what} of `nas-cli {' / '.join(owners)}`: "
+                                f"run `nas-cli {owners[0]} {group}={name}`")
 
 
 def _for_this_process(args: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from nas_cli.cli import HYDRA_COMMANDS
-from nas_cli.hydra_bridge import command_help, config_dir, preset_command
+from nas_cli.hydra_bridge import belongs, command_help, config_dir, preset_command
 
 CONFIGS = {name: name.replace("-", "_") for name in HYDRA_COMMANDS}  # command -> primary config
 SHARED = ("seed", "device", "threads", "progress", "resume")
@@ -24,6 +24,7 @@ GROUPS = {  # the groups each command composes (and its --help lists), nothing e
     "dqn": {"agent", "dqn_env", "env", "experiment", "optim", "sched"},
     "pg": {"env", "experiment", "optim", "pg_env"},
     "ga": {"env", "experiment"},
+    "detect": {"data", "experiment", "model", "optim", "sched", "trainer"},
     "fuse-bn": set(),
     "grad-bench": set(),
     "prep-imagenet": set(),
@@ -47,7 +48,7 @@ def cases() -> list[tuple[str, str, str]]:
             if group.startswith("hydra/") and command != "train":
                 continue  # Hydra's own groups are the same for every command: composed with train's
             out += [(command, group, option) for option in options[group]
-                    if group != "experiment" or preset_command(option) == command]  # presets name their command
+                    if belongs(group, option, command)]  # a tagged option (every preset) names its command(s)
     return out
 
 
@@ -139,9 +140,9 @@ def test_every_preset_names_its_command_and_lists_only_under_it():
 
 def test_a_preset_of_another_command_is_refused_in_one_line():
     from nas_cli.errors import UserError
-    from nas_cli.hydra_bridge import _refuse_foreign_presets
+    from nas_cli.hydra_bridge import _refuse_foreign_options
 
     with pytest.raises(UserError, match="is a preset of `nas-cli train`"):
-        _refuse_foreign_presets("dqn", ["experiment=xnor_width_wd_smoke"])
-    _refuse_foreign_presets("train", ["-m", "experiment=xnor_width_wd_smoke,xnor_width_wd"])
+        _refuse_foreign_options("dqn", ["experiment=xnor_width_wd_smoke"])
+    _refuse_foreign_options("train", ["-m", "experiment=xnor_width_wd_smoke,xnor_width_wd"])
 

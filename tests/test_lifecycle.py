@@ -36,6 +36,7 @@ GA = ["generations=4", "agent.population=16", "agent.truncation=4", "agent.episo
       "agent.elite_episodes=2", "agent.hidden=[8]"]
 GRAD_BENCH = ["num_dims=[2]", "num_init=1", "num_batch=3", "batch_size=200", "nes.population=[20]", "lr.grid=[0.1,1]",
               "plots=false"]
+DETECT = ["data.n_train=48", "data.n_val=16", "data.batch_size=16", "model.width=4", "trainer.epochs=2", "threads=1"]
 FUSE_BN = ["source=torchvision:resnet18", "input_shape=[3,32,32]", "num_classes=10", "batch_sizes=[1,2,4]",
            "repeats=2"]
 
@@ -46,12 +47,13 @@ COMMANDS = {
     "dqn": (DQN, "nas_cli.agents.dqn.DQN.update", 300),
     "pg": (PG, "nas_cli.agents.pg.PolicyGradient.update", 40),
     "ga": (GA, "nas_cli.agents.ga.Evolution.generation", 2),
+    "detect": (DETECT, "nas_cli.engine.trainer.Trainer._backward_step", 5),
     "search-rl": (["reward=synthetic", "search.children=6"], "nas_cli.nas.children.Evaluator._score_synthetic", 3),
     "fuse-bn": (FUSE_BN, "nas_cli.commands.fuse_bn.median_latencies", 2),
     "grad-bench": (GRAD_BENCH, "nas_cli.gradients.protocol.gradients", 2),
     "prep-imagenet": (["workers=1"], "nas_cli.tools.imagenet.prepare.extract_class", 2),
 }
-CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl", "pg", "ga"]
+CHECKPOINTED = ["train", "search-darts", "dqn", "search-rl", "pg", "ga", "detect"]
 RESUMABLE = [*CHECKPOINTED, "grad-bench"]  # resumed to the same metrics, compared below (grad-bench: by its rows)
 
 

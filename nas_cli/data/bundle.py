@@ -35,7 +35,8 @@ class TensorLoader:
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: str | bool = False):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-        self.x, self.y = x, y.long()
+        # class labels as int64; float targets (detection boxes, rows of class and xyxy) as they are
+        self.x, self.y = x, (y if y.is_floating_point() else y.long())
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.generator = generator
@@ -152,6 +153,7 @@ class DataBundle:
     generator: torch.Generator | None = None  # orders the training data; saved in checkpoints
     test: Iterable | None = None
     val_split: str = "held out from train"  # what ``val`` is, for summaries and report captions
+    classes: list[str] | None = None  # class names, where the data has them (detection draws them)
 
 
 def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBundle:

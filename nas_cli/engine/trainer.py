@@ -5,8 +5,13 @@
 explicit penalties, weight averaging (EMA), snapshot ensembles, evaluation, the rows of the
 run record (``metrics.csv``, ``steps.csv``), checkpoints, exact resume and divergence
 detection, inside the run's lifecycle (``nas_cli.runs.lifecycle.Run``). Commands whose step
-differs pass their own ``loss_fn`` (search-darts: the bilevel step), the extra state it keeps
-(``extra_state``), per-epoch columns (``on_epoch_end``) and summary figures (``figures``).
+differs pass their own ``loss_fn`` (search-darts: the bilevel step; detect: the detection losses), the extra
+state it keeps (``extra_state``), per-epoch columns (``on_epoch_end``) and summary figures (``figures``).
+
+A ``loss_fn`` returns ``(loss, logits)``, or ``(loss, logits, parts)`` where ``parts`` names the batch means of
+the loss's terms (logged apart as ``train_loss_<name>`` and ``val_loss_<name>``). ``logits`` None means the task
+has no class prediction to count (detection): no ``*_acc`` columns, and ``fit``'s ``score`` names the figure
+that stands for accuracy (shown on the progress bar, ``best_<score>`` in the summary).
 
 Safe points: after every training batch (SIGINT/SIGTERM there write a mid-epoch checkpoint
 that resumes at the next batch, to the same result) and after every epoch's checkpoint.
@@ -48,10 +53,15 @@ from nas_cli.runs.record import RunRecord, atomic_write
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple]  # (loss, logits | None[, parts])
 AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
 HEADLINE = ["train_loss", "train_acc", "val_acc"]  # what report shows first for a training run
 DIST_STOP_EVERY = 16  # under torchrun, batches between the processes' agreements on a stop signal
+
+
+def scored(out: tuple) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """A ``loss_fn``'s result as (loss, logits or None, named loss terms)."""
+    return (out[0], out[1], out[2]) if len(out) == 3 else (out[0], out[1], {})
 
 
 class EpochTally:
@@ -65,27 +75,40 @@ class EpochTally:
         self.losses = [torch.tensor(v, device=device) for v in s.get("losses", [])]  # 0-d float32 each
         self.correct = [torch.tensor(v, device=device) for v in s.get("correct", [])]
         self.penalties = [torch.tensor(v, device=device) for v in s.get("penalties", [])]
+        self.parts = {k: [torch.tensor(v, device=device) for v in vs] for k, vs in s.get("parts", {}).items()}
         self.counts: list[int] = list(s.get("counts", []))
         self.lr = s.get("lr")
 
-    def add(self, loss: torch.Tensor, penalty: torch.Tensor | None, logits: torch.Tensor, y: torch.Tensor,
-            lr: float) -> None:
+    def add(self, loss: torch.Tensor, penalty: torch.Tensor | None, logits: torch.Tensor | None, y: torch.Tensor,
+            lr: float, parts: dict[str, torch.Tensor] | None = None) -> None:
         self.losses.append(loss.detach().float())
-        self.correct.append((logits.detach().argmax(1) == y).sum())
+        if logits is not None:
+            self.correct.append((logits.detach().argmax(1) == y).sum())
+        for name, value in (parts or {}).items():
+            self.parts.setdefault(name, []).append(value.detach().float())
         if penalty is not None:
             self.penalties.append(penalty.detach().float())
         self.counts.append(y.shape[0])
         self.lr = lr
 
-    def sums(self) -> tuple[float, float, int, int]:
-        """Loss and penalty summed over samples, correct predictions, samples (one host sync)."""
+    def sums(self) -> tuple[float, float, int, int, dict[str, float]]:
+        """Loss and penalty summed over samples, correct predictions, samples, and each loss term summed
+        over samples (one host sync)."""
         if not self.losses:
-            return 0.0, 0.0, 0, 0
+            return 0.0, 0.0, 0, 0, {}
         n = torch.tensor(self.counts, device=self.device, dtype=torch.float32)
+        zero = torch.zeros((), device=self.device)
         loss = (torch.stack(self.losses) * n).sum()
-        penalty = (torch.stack(self.penalties) * n).sum() if self.penalties else torch.zeros((), device=self.device)
-        loss, penalty, correct = torch.stack([loss, penalty, torch.stack(self.correct).sum().float()]).tolist()
-        return loss, penalty, int(correct), int(sum(self.counts))
+        penalty = (torch.stack(self.penalties) * n).sum() if self.penalties else zero
+        correct = torch.stack(self.correct).sum().float() if self.correct else zero
+        parts = [(torch.stack(v) * n).sum() for v in self.parts.values()]
+        loss, penalty, correct, *parts = torch.stack([loss, penalty, correct, *parts]).tolist()
+        return loss, penalty, int(correct), int(sum(self.counts)), dict(zip(self.parts, parts))
+
+    @property
+    def counts_correct(self) -> bool:
+        """Whether the task predicts classes (its batches counted correct predictions)."""
+        return bool(self.correct) or not self.losses
 
     def loss_values(self) -> list[float]:
         return torch.stack(self.losses).tolist() if self.losses else []
@@ -94,6 +117,7 @@ class EpochTally:
         return {"loader": self.loader_pass.state_dict(), "losses": self.loss_values(),
                 "correct": torch.stack(self.correct).tolist() if self.correct else [],
                 "penalties": torch.stack(self.penalties).tolist() if self.penalties else [],
+                "parts": {k: torch.stack(v).tolist() for k, v in self.parts.items()},
                 "counts": self.counts, "lr": self.lr}
 
 
@@ -175,6 +199,7 @@ class Trainer:
         self.logger = logger if logger is not None and dist.main else CSVLogger()
         self.progress = progress and dist.main
         self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
+        self.score = "val_acc"  # fit's ``score``
         set_determinism(self.device, deterministic)
 
     # -- one epoch -------------------------------------------------------------------------
@@ -201,21 +226,21 @@ class Trainer:
             optimizer.step()
 
     def _lbfgs_step(self, net, fit: FitState, x, y, loss_fn: LossFn):
-        """One L-BFGS step; returns the loss, logits and penalty at the parameters it started from."""
+        """One L-BFGS step; returns the loss, logits, penalty and loss terms at the parameters it started from."""
         first: list = []
 
         def closure():
             fit.optimizer.zero_grad(set_to_none=True)
-            loss, logits = loss_fn(net, x, y)
+            loss, logits, parts = scored(loss_fn(net, x, y))
             penalty = fit.regularizer.penalty(fit.model) if fit.regularizer else None
             total = loss + penalty if penalty is not None else loss
             total.backward()
             if not first:
-                first.extend([loss.detach(), logits.detach(), penalty])
+                first.extend([loss.detach(), None if logits is None else logits.detach(), penalty, parts])
             return total
 
         fit.optimizer.step(closure)
-        return first[0], first[1], first[2]
+        return tuple(first)
 
     def train_epoch(self, net: nn.Module, fit: FitState, loader, loss_fn: LossFn = cross_entropy,
                     on_batch: Callable[[], None] | None = None, run: Run | None = None) -> dict:
@@ -233,10 +258,10 @@ class Trainer:
         for x, y in tally.loader_pass:
             x, y = self._to_device(x, y)
             if lbfgs:
-                loss, logits, penalty = self._lbfgs_step(net, fit, x, y, loss_fn)
+                loss, logits, penalty, parts = self._lbfgs_step(net, fit, x, y, loss_fn)
             else:
                 with autocast(self.device, self.precision):
-                    loss, logits = loss_fn(net, x, y)
+                    loss, logits, parts = scored(loss_fn(net, x, y))
                 penalty = fit.regularizer.penalty(fit.model) if fit.regularizer else None
                 self._backward_step(loss + penalty if penalty is not None else loss, fit, params)
             lr = fit.optimizer.param_groups[0]["lr"]  # the lr this step used
@@ -244,16 +269,21 @@ class Trainer:
                 fit.scheduler.step()
             if fit.ema is not None:
                 fit.ema.update(fit.model)
-            tally.add(loss, penalty, logits, y, lr)
+            tally.add(loss, penalty, logits, y, lr, parts)
             if on_batch is not None:
                 on_batch()
             if run is not None:
                 self._stop_point(run, fit, tally.loader_pass.taken)
         fit.tally = None
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
-        loss_total, penalty_total, correct_total, seen = all_reduce_sum(list(tally.sums()), self.device)
+        loss_total, penalty_total, correct_total, seen, parts = tally.sums()
+        loss_total, penalty_total, correct_total, seen, *part_totals = all_reduce_sum(
+            [loss_total, penalty_total, correct_total, seen, *parts.values()], self.device)
         n = max(seen, 1)
-        stats = {"train_loss": loss_total / n, "train_acc": correct_total / n}
+        stats = {"train_loss": loss_total / n}
+        if tally.counts_correct:
+            stats["train_acc"] = correct_total / n
+        stats.update({f"train_loss_{k}": v / n for k, v in zip(parts, part_totals)})
         if fit.regularizer:
             stats["train_penalty"] = penalty_total / n
         return {**stats, "lr": tally.lr if tally.lr is not None else fit.optimizer.param_groups[0]["lr"],
@@ -280,21 +310,29 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, model, loader, loss_fn: LossFn = cross_entropy) -> dict:
-        """Mean loss and accuracy of ``model`` on ``loader`` in eval mode."""
+        """Mean loss (and its terms) and accuracy of ``model`` on ``loader`` in eval mode."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        part_sums: dict[str, torch.Tensor] = {}
+        seen, classes = 0, True
         for x, y in loader:
             x, y = self._to_device(x, y)
             with autocast(self.device, self.precision):
-                loss, logits = loss_fn(model, x, y)
+                loss, logits, parts = scored(loss_fn(model, x, y))
             loss_sum += loss.float() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum()
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0) + value.float() * y.shape[0]
+            if logits is None:
+                classes = False
+            else:
+                correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
-        loss_total, correct_total, seen = all_reduce_sum([loss_sum.item(), correct.item(), seen], self.device)
+        sums = torch.stack([loss_sum, correct.float(), *part_sums.values()]).tolist()
+        loss_total, correct_total, seen, *part_totals = all_reduce_sum([*sums[:2], seen, *sums[2:]], self.device)
         seen = max(seen, 1)
-        return {"val_loss": loss_total / seen, "val_acc": correct_total / seen}
+        figures = {"val_loss": loss_total / seen, **({"val_acc": correct_total / seen} if classes else {})}
+        return {**figures, **{f"val_loss_{k}": v / seen for k, v in zip(part_sums, part_totals)}}
 
     def test(self, net, fit: FitState, loader, loss_fn: LossFn = cross_entropy) -> dict:
         """The final model (and its weight average) on the test set: ``test_loss``, ``test_acc``."""
@@ -323,13 +361,15 @@ class Trainer:
         on_epoch_end: Callable[[dict], dict] | None = None,
         figures: Callable[[], dict] | None = None,
         test_loader: Iterable | None = None,
+        score: str = "val_acc",
     ) -> dict:
         """Train in ``run``, evaluate every epoch, checkpoint, and return the run's summary.
 
         ``extra_state``: objects (``state_dict`` / ``load_state_dict``) saved and restored with the
         checkpoint. ``on_epoch_end(row)``: extra columns for the epoch's row. ``figures()``: extra
         summary figures. ``test_loader``: evaluated once, after the last epoch, as ``test_loss`` and
-        ``test_acc`` (never during training, so no decision sees it).
+        ``test_acc`` (never during training, so no decision sees it). ``score``: the per-epoch figure (higher
+        is better) on the progress bar and in the epoch's log line, ``best_<score>`` in the summary.
         """
         done = run.finished()
         if done is not None:  # resumed, with nothing left to do: the finished model, as it was
@@ -362,6 +402,7 @@ class Trainer:
             log.info(f"resumed from {run.dir} after {where}")
         net = self._wrap(model)
         tested: dict = {}
+        self.score = score
         run.figures = lambda: {**self._figures(fit), **tested, **(figures() if figures else {})}
         progress = TrainingProgress(self.progress)
         try:
@@ -414,8 +455,9 @@ class Trainer:
             fit.record.log(row)
             fit.epoch = epoch + 1
             self.logger.log(row, epoch + 1)
-            log.info(_epoch_line(row, self.epochs))
-            progress.update(epochs_bar, advance=1, info=f"val_acc {row['val_acc']:.4f}", refresh=True)
+            log.info(_epoch_line(row, self.epochs, self.score))
+            progress.update(epochs_bar, advance=1, info=f"{self.score} {row.get(self.score, math.nan):.4f}",
+                            refresh=True)
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
                 run.status = "diverged"
                 log.warning(f"loss is {row['train_loss']} at epoch {epoch + 1}: run diverged, stopping")
@@ -529,8 +571,8 @@ class Trainer:
                    "averaged_epochs": [rows[-n]["epoch"], rows[-1]["epoch"]] if n else None}
         summary.update(fit.record.last_n_means(AVERAGED + ["train_penalty"], n) if n else {})
         summary.update({f"final_{k}": last[k] for k in AVERAGED if k in last})
-        if rows:
-            summary["best_val_acc"] = max(r["val_acc"] for r in rows)
+        if rows and self.score in rows[-1]:
+            summary[f"best_{self.score}"] = max(r[self.score] for r in rows if self.score in r)
         snapshot_accs = [r["val_acc_snapshots"] for r in rows if "val_acc_snapshots" in r]
         if snapshot_accs:
             summary["snapshots"] = len(snapshot_accs)
@@ -552,18 +594,18 @@ class Trainer:
             if key in summary:
                 final = summary.get("final_" + key, float("nan"))
                 table.add_row(key, f"{summary[key]:.4f}", *([] if first == last else [f"{final:.4f}"]))
-        for key in ("test_loss", "test_acc", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
-                    "ensemble_test_acc"):
-            if key in summary:
+        finals = ["test_loss", "test_acc", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
+                  "ensemble_test_acc", *summary.get("headline", [])]  # a command's own headline figures (detect: mAP)
+        for key in dict.fromkeys(k for k in finals if k not in AVERAGED):
+            if isinstance(summary.get(key), float):
                 table.add_row(key, *([""] if first != last else []), f"{summary[key]:.4f}")
         table.caption = (f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
                          + (f"; validation: {summary['val_split']}" if summary.get("val_split") else ""))
         get_console().print(table)
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
-    extra = "".join(f"  {k} {row[k]:.4f}" for k in ("val_acc_ema", "val_acc_snapshots", "train_penalty")
-                    if k in row)
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}{extra}  lr {row['lr']:.3g}  "
+def _epoch_line(row: dict, epochs: int, score: str = "val_acc") -> str:
+    shown = ["train_loss", "train_acc", "val_loss", score, "val_acc_ema", "val_acc_snapshots", "train_penalty"]
+    figures = "".join(f"  {k} {row[k]:.4f}" for k in dict.fromkeys(shown) if k in row)
+    return (f"epoch {row['epoch']}/{epochs}{figures}  lr {row['lr']:.3g}  "
             f"{row['epoch_time_s']:.1f}s  {row['samples_per_s']:.0f} samples/s")

@@ -19,7 +19,10 @@ from nas_cli.runs.files import STEPS
 
 X_AXES = ("epoch", "iterations", "samples_seen")
 X_LABELS = {"epoch": "epoch", "iterations": "iteration (optimizer steps)", "samples_seen": "training samples seen"}
-CURVE_COLUMNS = ["train_loss", "val_loss", "train_acc", "val_acc"]
+LOSS_COLUMNS = ["train_loss", "val_loss"]
+# the middle panel: a job's score curve (solid) and its companion (dashed), the first pair its metrics have
+SCORES = [("val_acc", "train_acc", "accuracy (solid: val, dashed: train)"),
+          ("val_map50_nms", "val_map_nms", "val mAP with NMS (solid: @0.5, dashed: @[.5:.95])")]
 
 
 def plot_path(out_dir: Path, x: str = "epoch") -> Path:
@@ -46,19 +49,20 @@ def learning_curves(frame: pd.DataFrame, labels: list[str], out: Path, x: str = 
         line, = ax_loss.plot(xs, metrics["val_loss"], label=label, **style)
         color = line.get_color()
         ax_loss.plot(xs, metrics["train_loss"], "--", color=color, alpha=0.7)
-        ax_acc.plot(xs, metrics["val_acc"], color=color, label=label, **style)
-        ax_acc.plot(xs, metrics["train_acc"], "--", color=color, alpha=0.7)
+        solid, dashed, score_label = next(pair for pair in SCORES if set(pair[:2]) <= set(metrics.columns))
+        ax_acc.plot(xs, metrics[solid], color=color, label=label, **style)
+        ax_acc.plot(xs, metrics[dashed], "--", color=color, alpha=0.7)
         steps = _steps_on(metrics, Path(job["_metrics"]).with_name(STEPS), x)
         if steps is not None:
             ax_steps.plot(steps[x], steps["loss"], color=color, alpha=0.15, linewidth=0.8)
             ax_steps.plot(steps[x], steps["loss_ema"], color=color, label=label)
-        drawn.append(metrics[["epoch", *_extra(x), *CURVE_COLUMNS]].assign(job=job["job"], label=label))
+        drawn.append(metrics[["epoch", *_extra(x), *LOSS_COLUMNS, solid, dashed]].assign(job=job["job"], label=label))
     if not drawn:
         plt.close(fig)
         return None
     label = X_LABELS[x]
     ax_loss.set(xlabel=label, ylabel="loss (solid: val, dashed: train)", yscale="log")
-    ax_acc.set(xlabel=label, ylabel="accuracy (solid: val, dashed: train)")
+    ax_acc.set(xlabel=label, ylabel=score_label)
     ax_steps.set(xlabel=label, ylabel="training loss (faint: raw, line: EMA)", yscale="log")
     for ax in (ax_loss, ax_acc, ax_steps):
         ax.grid(alpha=0.3)
@@ -86,8 +90,9 @@ def _curve(path: Path, x: str) -> pd.DataFrame | None:
         metrics = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return None
-    needed = {"epoch", x, *CURVE_COLUMNS}
-    if metrics.empty or not needed <= set(metrics.columns):
+    needed = {"epoch", x, *LOSS_COLUMNS}
+    if metrics.empty or not needed <= set(metrics.columns) or not any(set(p[:2]) <= set(metrics.columns)
+                                                                      for p in SCORES):
         return None  # not a training run (fuse-bn's rows are batch sizes), or one from before the column
     return metrics
 

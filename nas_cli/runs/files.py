@@ -38,6 +38,12 @@ BEST_ARCH = "best_arch.json"
 CACHE = "cache.json"                         # reward and parameters per architecture
 CHILDREN = "children"                        # each trained child's own run folder
 
+# detect
+DETECTOR = "detector.json"                   # what predicting needs besides model.pt (model config, classes, ...)
+DETECTIONS_PLOT = "detections.png"           # validation images with their detections, after training
+PREDICTIONS = "predictions"                  # mode=predict: each image with its boxes drawn
+DETECTIONS = "detections.json"               # mode=predict: every image's detections
+
 # fuse-bn
 FUSED = "fused.pt"
 

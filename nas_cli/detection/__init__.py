@@ -1,0 +1,7 @@
+"""Object detection: a small one-stage, anchor-free detector and the parts around it (``nas-cli detect``).
+
+Modules: ``boxes`` (box geometry: areas, IoU / GIoU / CIoU and their losses), ``nms`` (NMS, per-class NMS and
+Soft-NMS as batched torch functions), ``assign`` (which ground truth each prediction learns from), ``losses``
+(box, objectness and class losses), ``model`` (the detector), ``evaluate`` (mAP) and ``predict`` (``mode=predict``).
+Nothing is imported here, so ``import nas_cli.detection.boxes`` stays light.
+"""
