@@ -269,3 +269,27 @@ def test_curves_against_samples_seen_draw_each_jobs_own_columns(tmp_path):
     metrics = pd.read_csv(tmp_path / "0" / "metrics.csv")
     steps = _steps_on(metrics, tmp_path / "0" / "steps.csv", "samples_seen")  # batch 10: 10 samples a step
     assert steps["samples_seen"].tolist() == pytest.approx([10.0 * i for i in range(1, 17)])
+
+
+def test_runs_of_several_commands_get_a_table_each_with_only_their_columns(tmp_path, capsys):
+    """A folder holding train and detect runs: report.md has a section per command, each with the columns its runs
+    fill (no column of dashes); report.csv keeps the whole table."""
+    fake_job(tmp_path / "0", {"model.width": 8}, ok(0.81, command="train"))
+    fake_job(tmp_path / "1", {"model.width": 16}, ok(0.86, command="train"))
+    detect = ["train_loss", "val_loss", "val_map50_nms", "val_map50_softnms"]
+    fake_job(tmp_path / "2", {"data.n_train": 800}, {"status": "ok", "command": "detect", "headline": detect,
+                                                     "train_loss": 0.5, "val_loss": 1.1, "val_map50_nms": 0.96,
+                                                     "val_map50_softnms": 0.97})
+    table = report.main(tmp_path)
+    assert set(table["Command"]) == {"train", "detect"}
+    markdown = (tmp_path / "report.md").read_text()
+    sections = {s.split("\n", 1)[0]: s for s in markdown.split("### ")[1:]}
+    assert set(sections) == {"train", "detect"}
+    train_header = sections["train"].splitlines()[2]
+    detect_header = sections["detect"].splitlines()[2]
+    assert "Width" in train_header and "Validation Accuracy" in train_header and "mAP" not in train_header
+    assert "N Train" in detect_header and "Val mAP@0.5 NMS" in detect_header and "Width" not in detect_header
+    assert "| - |" not in sections["detect"] and "| - |" not in sections["train"]
+    assert len(pd.read_csv(tmp_path / "report.csv")) == 3
+    out = capsys.readouterr().out
+    assert out.count("jobs under") == 2  # one printed table per command

@@ -84,6 +84,8 @@ def check_detection_data(data: DataBundle) -> None:
     if y is None or y.dim() != 3 or y.shape[-1] != 5 or not data.classes:
         raise UserError(f"data {data.name} has no boxes: detect trains on detection data "
                         "(data=shapes or data=coco)")
+    if len(data.val.y) == 0:
+        raise UserError("no validation images (data.val_size=0?): detect measures mAP on them every epoch")
 
 
 def predict(cfg: DictConfig, opts: RunOptions, post: Postprocess) -> dict:

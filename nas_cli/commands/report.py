@@ -29,11 +29,15 @@ def main(path: Path, rows: str | None = None, cols: str | None = None, value: st
     else:
         table, title = long_table(frame, keys, headline, group=group), f"{len(frame)} jobs under {path}"
     note = caption(frame)
-    markdown = to_markdown(table) + (f"\n\n{note}" if note else "")
+    parts = by_command(table)
+    markdown = "\n\n".join((f"### {name}\n\n" if len(parts) > 1 else "") + to_markdown(part)
+                           for name, part in parts) + (f"\n\n{note}" if note else "")
     atomic_write(out_dir / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(markdown + "\n"))
     console = get_console()
-    console.print(to_rich(table, title, caption=note))
+    for i, (name, part) in enumerate(parts):
+        console.print(to_rich(part, f"{title}: {name}" if len(parts) > 1 else title,
+                              caption=note if i == len(parts) - 1 else ""))
     written = [out_dir / "report.md", out_dir / "report.csv"]
     if plot or x:
         shown = varying(frame, keys)
@@ -44,6 +48,19 @@ def main(path: Path, rows: str | None = None, cols: str | None = None, value: st
             written += [png, png.with_suffix(".csv")] if png else []
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
     return table
+
+
+def by_command(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A table of several commands' runs as one table per command, each with only the columns its runs fill
+    (runs of train and of dqn share few keys and figures: side by side they are mostly dashes). report.csv
+    keeps the whole table."""
+    if "Command" not in table:
+        return [("", table)]
+    parts = []
+    for name, part in table.groupby("Command", sort=False):
+        filled = [c for c in part.columns if c != "Command" and (part[c].astype(str) != "-").any()]
+        parts.append((str(name), part[filled].reset_index(drop=True)))
+    return parts
 
 
 def x_axes(x: list[str] | None) -> list[str]:
