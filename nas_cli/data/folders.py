@@ -1,6 +1,9 @@
 """Data read from a local folder named in the config; never downloaded.
 
 * ``cifar10``: the python-pickle CIFAR-10 (``root/cifar-10-batches-py``), held in memory.
+* ``cifar100``: the python-pickle CIFAR-100 (``root/cifar-100-python``), fine or coarse labels.
+  (MNIST / Fashion-MNIST IDX files: ``nas_cli.data.idx``; SVHN .mat files: ``nas_cli.data.svhn``;
+  all three share :func:`held_out_bundle`.)
 * ``imagefolder``: ``root/train/<class>/*`` and ``root/val/<class>/*`` (what ``prep-imagenet`` writes).
 """
 
@@ -34,17 +37,62 @@ def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float |
     folder = Path(root) / "cifar-10-batches-py"
     x, y = read_cifar_batches(folder, [f"data_batch_{k}" for k in range(1, 6)])
     xt, yt = read_cifar_batches(folder, ["test_batch"])
+    return held_out_bundle("cifar10", (x, y), (xt, yt), 10, CIFAR_MEAN, CIFAR_STD, batch_size=batch_size,
+                           val_size=val_size, subset=subset, data_seed=data_seed, augment=transform,
+                           on_device=on_device, seed=seed)
+
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR100_LABELS = {"fine": 100, "coarse": 20}  # label kind -> number of classes
+
+
+def cifar100(root: str = "data/cifar100", batch_size: int = 128, val_size: float | int = 5000,
+             subset: int | None = None, data_seed: int = 0, label: str = "fine", augment: dict | None = None,
+             on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+    """CIFAR-100 (python version, ``root/cifar-100-python/{train,test}``), split like :func:`cifar10`.
+
+    ``label``: ``fine`` (the 100 classes everyone reports) or ``coarse`` (the 20 superclasses).
+    Class names come from ``meta`` when it is there (it is not needed to train).
+    """
+    if label not in CIFAR100_LABELS:
+        raise UserError(f"data.label={label!r}: use fine (100 classes) or coarse (20 superclasses)")
+    transform = build_augment(augment, (3, 32, 32), CIFAR100_MEAN)
+    folder = Path(root) / "cifar-100-python"
+    missing = [n for n in ("train", "test") if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"CIFAR-100 not found: {folder} lacks {', '.join(missing)} (the python version, "
+                        f"cifar-100-python.tar.gz, unpacked under data.root); set data.root=...")
+    key = f"{label}_labels"
+    train, test = read_cifar_pickle(folder / "train", key), read_cifar_pickle(folder / "test", key)
+    data = held_out_bundle("cifar100", train, test, CIFAR100_LABELS[label], CIFAR100_MEAN, CIFAR100_STD,
+                           batch_size=batch_size, val_size=val_size, subset=subset, data_seed=data_seed,
+                           augment=transform, on_device=on_device, seed=seed)
+    data.classes = _cifar100_names(folder / "meta", f"{label}_label_names")
+    return data
+
+
+def held_out_bundle(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                    num_classes: int, mean, std, *, batch_size: int, val_size: float | int, subset: int | None,
+                    data_seed: int, augment, on_device: str | bool, seed: int) -> DataBundle:
+    """The protocol every in-memory set with an official test split follows (CIFAR, MNIST, SVHN).
+
+    Validation: ``val_size`` training images (stratified, seeded by ``data_seed``, so fixed across
+    training seeds); the official test split is the test set, evaluated once at the end. ``val_size=0``
+    trains on the whole training split and validates on the test split (``val_split: test``, no test
+    set). ``subset`` caps every part (stratified, fixed seed). ``augment``: a built augmentation.
+    """
+    (x, y), (xt, yt) = train, test
     test_idx = stratified_cap(np.arange(len(yt)), yt.numpy(), subset, seed=0)
     xt, yt = xt[test_idx], yt[test_idx]
-    common = {"batch_size": batch_size, "seed": seed, "mean": CIFAR_MEAN, "std": CIFAR_STD, "augment": transform,
+    common = {"batch_size": batch_size, "seed": seed, "mean": mean, "std": std, "augment": augment,
               "on_device": on_device}
     if not val_size:
         train_idx = stratified_cap(np.arange(len(y)), y.numpy(), subset, seed=0)
         x, y = torch.cat([x[train_idx], xt]), torch.cat([y[train_idx], yt])
-        return tensor_bundle("cifar10", x, y, np.arange(len(train_idx)), np.arange(len(train_idx), len(y)), 10,
+        return tensor_bundle(name, x, y, np.arange(len(train_idx)), np.arange(len(train_idx), len(y)), num_classes,
                              val_split="test", **common)
     train_idx, val_idx = split_indices(y.numpy(), val_size, data_seed, subset)
-    return tensor_bundle("cifar10", x, y, train_idx, val_idx, 10, test=(xt, yt),
+    return tensor_bundle(name, x, y, train_idx, val_idx, num_classes, test=(xt, yt),
                          val_split=f"{len(val_idx)} held out from train", **common)
 
 
@@ -54,19 +102,46 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, to
     Read here rather than by torchvision's class, which checks each file's md5 first (seconds per
     run, and no way to read a small file in the same format).
     """
-    import pickle
-
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise UserError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)} (the python version, "
                         f"cifar-10-python.tar.gz, unpacked under data.root); set data.root=...")
-    images, labels = [], []
-    for name in names:
-        with open(folder / name, "rb") as f:
+    parts = [read_cifar_pickle(folder / name, "labels") for name in names]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def read_cifar_pickle(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and the ``label_key`` labels of one CIFAR python pickle.
+
+    The official files are Python 2 pickles (latin1 text, ``str`` keys once loaded); ``bytes`` keys,
+    as a Python 3 writer with ``b"data"`` makes them, are read too.
+    """
+    batch = _load_pickle(path)
+    if "data" not in batch or label_key not in batch:
+        raise UserError(f"{path} is not a CIFAR python batch: it lacks 'data' or '{label_key}'")
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(images), torch.as_tensor(np.asarray(batch[label_key]), dtype=torch.long)
+
+
+def _load_pickle(path: Path) -> dict:
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
             batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch["labels"])
-    return torch.from_numpy(np.concatenate(images)), torch.as_tensor(labels, dtype=torch.long)
+    except (pickle.UnpicklingError, EOFError, ValueError) as ex:
+        raise UserError(f"{path} is not a readable pickle ({ex}); unpack the python version again") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a CIFAR python batch (a pickled dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar100_names(meta: Path, key: str) -> list[str] | None:
+    """Class names from CIFAR-100's ``meta`` file, or None when it is absent (only names need it)."""
+    if not meta.is_file():
+        return None
+    names = _load_pickle(meta).get(key)
+    return None if names is None else [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 # worker processes per training process when data.num_workers is null: past ~8, JPEG decoding in
