@@ -17,7 +17,7 @@ app = typer.Typer(
     help="Experiment runner for deep-learning research: training recipes, NAS, RL and tools, "
          "configured with Hydra. Run `nas-cli COMMAND --help` for a command's config groups and options.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (Typer): completes command names
     pretty_exceptions_enable=False,
 )
 

@@ -206,6 +206,9 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
             main()
+        from nas_cli.runs.tracking import upload_late_artifacts
+
+        upload_late_artifacts()  # plots a command drew after its run ended (dqn's returns.png), to its tracker
 
 
 def _refuse_renamed(command: str, args: list[str]) -> None:

@@ -19,15 +19,15 @@ CONFIGS = {name: name.replace("-", "_") for name in HYDRA_COMMANDS}  # command -
 SHARED = ("seed", "device", "threads", "progress", "resume")
 GROUPS = {  # the groups each command composes (and its --help lists), nothing else
     "train": {"data", "experiment", "hparams_search", "logger", "model", "optim", "regularizer", "sched", "trainer"},
-    "search-darts": {"data", "experiment", "optim", "sched", "supernet", "trainer"},
-    "search-rl": {"controller", "data", "experiment", "optim", "sched", "space"},
-    "dqn": {"agent", "dqn_env", "env", "experiment", "optim", "sched"},
-    "pg": {"env", "experiment", "optim", "pg_env"},
-    "ga": {"env", "experiment"},
-    "detect": {"data", "experiment", "model", "optim", "sched", "trainer"},
-    "fuse-bn": set(),
-    "grad-bench": set(),
-    "prep-imagenet": set(),
+    "search-darts": {"logger", "data", "experiment", "optim", "sched", "supernet", "trainer"},
+    "search-rl": {"logger", "controller", "data", "experiment", "optim", "sched", "space"},
+    "dqn": {"logger", "agent", "dqn_env", "env", "experiment", "optim", "sched"},
+    "pg": {"logger", "env", "experiment", "optim", "pg_env"},
+    "ga": {"logger", "env", "experiment"},
+    "detect": {"logger", "data", "experiment", "model", "optim", "sched", "trainer"},
+    "fuse-bn": {"logger"},
+    "grad-bench": {"logger"},
+    "prep-imagenet": {"logger"},
 }
 
 

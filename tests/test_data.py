@@ -80,6 +80,13 @@ def test_imagefolder_reads_a_tree_made_here(tmp_path):
     x, y = next(iter(data.train))
     assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32
     assert len(labels_of(data.val)) == 6
+    # MixUp on a folder: the training batches get soft labels (distributions over the 3 classes), validation not
+    mixed = imagefolder(str(tmp_path), image_size=16, batch_size=5, num_workers=0, augment={"mixup_alpha": 0.4})
+    _, soft = next(iter(mixed.train))
+    assert soft.shape == (5, 3) and torch.allclose(soft.sum(1), torch.ones(5)) and (soft < 1).any()
+    assert next(iter(mixed.val))[1].dim() == 1
+    with pytest.raises(UserError, match="decode=cpu"):
+        imagefolder(str(tmp_path), image_size=16, num_workers=0, augment={"mixup_alpha": 0.4}, decode="cuda")
 
 
 def test_missing_folders_are_user_errors(tmp_path):

@@ -24,12 +24,16 @@ from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
 from nas_cli.runs.files import CONFIG, FUSED
 from nas_cli.runs.options import RunOptions
+from nas_cli.tools import export as exporter
 from nas_cli.tools.fuse_bn import FuseReport, fuse_bn
 
 log = logging.getLogger(__name__)
 TORCHVISION = "torchvision:"
 COMMAND = "fuse-bn"
 HEADLINE = ["pairs_fused", "pairs_skipped", "max_rel_diff"]
+# export=FORMAT's file, beside today's fused.pt (a state_dict, kept as it is)
+EXPORTED = {"onnx": "fused.onnx", "torchscript": "fused_torchscript.pt"}
+LATENCY_KEY = {"onnx": "onnxruntime", "torchscript": "torchscript"}  # its latency column: latency_ms_<this>
 
 
 @dataclass
@@ -40,13 +44,18 @@ class Source:
     weights: str | None = None  # torchvision only: a state_dict file (otherwise random weights and BN statistics)
     num_classes: int = 1000  # torchvision only
     input_shape: tuple[int, ...] = (3, 224, 224)  # torchvision only: the check's and the timing's input
+    pick: str = "last"  # a run folder only: its final model.pt (last) or its best epoch's best.pt (best)
 
 
 def task(cfg: DictConfig) -> dict:
     opts = RunOptions.from_config(cfg)
     seed_everything(opts.seed)
     batch_sizes = [int(b) for b in cfg.batch_sizes]
-    source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape))
+    source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape),
+                    str(cfg.get("source_weights", "last")))
+    fmt = _export_format(cfg.get("export"))
+    if fmt == "onnx":
+        exporter.require_onnx()  # a missing extra is a one-line error before any work
     model, inputs, described = load_source(source, max(batch_sizes), opts.seed)
     run = opts.run(COMMAND, headline=HEADLINE)
     done = run.finished()
@@ -67,20 +76,64 @@ def task(cfg: DictConfig) -> dict:
             "max_abs_diff": max_abs, "max_rel_diff": max_abs / max(expected.abs().max().item(), 1e-12),
             "check_precision": "fp32, TF32 off",
             "params_before": n_params(model), "params_after": n_params(fused)})
+        timed = {"unfused": model, "fused": fused}
+        if fmt is not None:
+            timed[LATENCY_KEY[fmt]] = export_and_check(fused, inputs, run.dir, fmt, cfg, figures)
         with TrainingProgress(opts.progress) as bar:
             task_id = bar.add_task("timing", total=len(batch_sizes), info="")
             for size in batch_sizes:
                 copies = -(-size // len(inputs))  # too few real inputs: repeat them
                 x = inputs.repeat(copies, *[1] * (inputs.dim() - 1))[:size]
-                times = median_latencies({"unfused": model, "fused": fused}, x, repeats=int(cfg.repeats))
-                run.record.log({"batch_size": size, "latency_ms_unfused": 1e3 * times["unfused"],
-                                "latency_ms_fused": 1e3 * times["fused"], "speedup": times["unfused"] / times["fused"]})
+                times = median_latencies(timed, x, repeats=int(cfg.repeats))
+                row = {"batch_size": size, **{f"latency_ms_{k}": 1e3 * t for k, t in times.items()},
+                       "speedup": times["unfused"] / times["fused"]}
+                if fmt is not None:  # every batch size runs through the file's dynamic batch axis: check each
+                    row["export_max_rel_diff"] = check_export(fused, timed[LATENCY_KEY[fmt]], x,
+                                                             run.dir / EXPORTED[fmt], cfg)
+                    figures["export_max_rel_diff"] = max(figures["export_max_rel_diff"], row["export_max_rel_diff"])
+                run.record.log(row)
                 figures[f"speedup_bs{size}"] = times["unfused"] / times["fused"]
                 bar.tick(task_id)
                 run.stop_point()
         checkpoint.save(run.dir / FUSED, {"model": fused.state_dict(), "source": source.source})
     print_report(report, run.summary, run.record.rows)
     return run.summary
+
+
+def _export_format(value) -> str | None:
+    if value is None or str(value).lower() in ("null", "none", "false"):
+        return None
+    if str(value) not in EXPORTED:
+        raise UserError(f"export={value}: choose null, {' or '.join(EXPORTED)}")
+    return str(value)
+
+
+def export_and_check(fused: torch.nn.Module, inputs: torch.Tensor, run_dir: Path, fmt: str, cfg: DictConfig,
+                     figures: dict) -> torch.nn.Module:
+    """Write the fused model as ``fmt`` and check the file on the check's inputs (see ``check_export``).
+
+    Returns the loaded file as a module, so it is timed beside torch's models.
+    """
+    opset = int(cfg.get("export_opset", 18))
+    path = exporter.export(fused, inputs, run_dir / EXPORTED[fmt], fmt, opset=opset)
+    runner, runs_on = exporter.load_exported(path, fmt, inputs.device)
+    figures.update({"export": fmt, "export_file": path.name, "export_runtime": runs_on,
+                    **({"export_opset": opset} if fmt == "onnx" else {})})
+    figures["export_max_rel_diff"] = check_export(fused, runner, inputs, path, cfg)
+    return runner
+
+
+def check_export(fused: torch.nn.Module, runner: torch.nn.Module, x: torch.Tensor, path: Path,
+                 cfg: DictConfig) -> float:
+    """max |torch - file| / max |torch| on ``x`` in full fp32; past ``export_rtol`` the file goes and the run fails."""
+    with torch.inference_mode(), full_precision():
+        diff = exporter.max_rel_diff(fused(x), runner(x))
+    tolerance = float(cfg.get("export_rtol", 1e-4))
+    if not diff <= tolerance:  # also catches NaN
+        path.unlink(missing_ok=True)  # a file that fails its check is not left for someone to deploy
+        raise UserError(f"export: {path.name} differs from the fused torch model by {diff:.3g} (max difference / "
+                        f"max |output|, batch {len(x)}), more than export_rtol={tolerance:g}; the file was removed")
+    return diff
 
 
 def load_source(source: Source, batch: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
@@ -90,7 +143,7 @@ def load_source(source: Source, batch: int, seed: int) -> tuple[torch.nn.Module,
         return _torchvision(name[len(TORCHVISION):], source, batch, seed)
     if not Path(name).exists():
         raise UserError(f"source={name}: no such run folder or file (or use torchvision:NAME)")
-    weights = weights_file(name)
+    weights = weights_file(name, source.pick, "source")
     run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
     config_file = run_dir / CONFIG
     if not config_file.is_file():
@@ -163,7 +216,13 @@ def print_report(report: FuseReport, summary: dict, rows: list[dict]) -> None:
     numbers.add_row("max |output difference|", f"{summary['max_abs_diff']:.3g}")
     numbers.add_row("max difference / max |output|", f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})")
     numbers.add_row("parameters", f"{summary['params_before']:,} -> {summary['params_after']:,}")
+    if "export" in summary:
+        numbers.add_row(f"{summary['export_file']} ({summary['export_runtime']}) vs fused torch",
+                        f"{summary['export_max_rel_diff']:.3g} (max difference / max |output|)")
+    exported = next((k for k in LATENCY_KEY.values() if rows and f"latency_ms_{k}" in rows[0]), None)
     for r in rows:
+        extra = f", {exported} {r[f'latency_ms_{exported}']:.2f} ms" if exported else ""
         numbers.add_row(f"latency, batch {r['batch_size']}",
-                        f"{r['latency_ms_unfused']:.2f} ms -> {r['latency_ms_fused']:.2f} ms ({r['speedup']:.2f}x)")
+                        f"{r['latency_ms_unfused']:.2f} ms -> {r['latency_ms_fused']:.2f} ms ({r['speedup']:.2f}x)"
+                        + extra)
     console.print(numbers)

@@ -4,6 +4,8 @@ Each child is trained briefly by the one training engine (the ``optim`` / ``sche
 validation accuracy (``child.score``: the best or the final epoch's) is the controller's reward (or
 ``reward=synthetic``: a fixed score, for comparing strategies in seconds). Controllers (``conf/controller/``): ``reinforce`` (Zoph & Le 2017), ``metaqnn``
 (Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph`` or ``metaqnn``).
+``search.executor``: where children train: ``inline`` (this process or ``search.workers`` processes) or as
+submitit jobs (``local``, ``debug``, ``slurm``), ``search.batch`` a round (``nas_cli/nas/executors.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from nas_cli.errors import UserError
 from nas_cli.nas.children import ChildOptions, Evaluator, load_data
+from nas_cli.nas.executors import EXECUTORS, JobRunner, SlurmOptions
 from nas_cli.nas.search_loop import HEADLINE, search
 from nas_cli.runs.options import RunOptions
 
@@ -27,9 +31,22 @@ def task(cfg: DictConfig) -> dict:
     controller = instantiate(cfg.controller, space=space, seed=opts.seed, _convert_="all")
     evaluator = Evaluator(str(cfg.reward), OmegaConf.to_container(cfg.synthetic, resolve=True), opts.run_dir,
                           opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
-                          schedule=instantiate(cfg.sched), workers=int(cfg.search.workers))
+                          schedule=instantiate(cfg.sched), workers=int(cfg.search.workers),
+                          runner=_runner(cfg, opts), job_device=str(cfg.device))
     children = int(cfg.search.children)
     trained = None if cfg.search.get("trained") is None else int(cfg.search.trained)
     budget = {"search.children": children, **({"search.trained": trained} if trained is not None else {})}
     run = opts.run(COMMAND, budget=budget, headline=HEADLINE)
-    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained)
+    batch = None if cfg.search.get("batch") is None else int(cfg.search.batch)
+    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained, batch=batch)
+
+
+def _runner(cfg: DictConfig, opts: RunOptions) -> JobRunner | None:
+    """The submitit runner of ``search.executor`` (None: ``inline``, children train in this process)."""
+    kind = str(cfg.search.get("executor", "inline"))
+    if kind not in EXECUTORS:
+        raise UserError(f"search.executor={kind}: use {' | '.join(EXECUTORS)}")
+    if kind == "inline":
+        return None
+    slurm = SlurmOptions(**OmegaConf.to_container(cfg.search.slurm, resolve=True))
+    return JobRunner(kind, opts.run_dir, slurm, retries=int(cfg.search.retries), poll_s=float(cfg.search.poll_s))

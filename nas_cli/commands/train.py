@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -21,6 +20,7 @@ from nas_cli.engine.averaging import ensemble_accuracy
 from nas_cli.engine.device import seed_everything
 from nas_cli.engine.distributed import Dist
 from nas_cli.engine.latency import n_params
+from nas_cli.engine.losses import cross_entropy, smoothed_cross_entropy
 from nas_cli.engine.trainer import HEADLINE, Trainer
 from nas_cli.errors import UserError
 from nas_cli.runs.files import MEMBERS, MEMBERS_TABLE, METRICS
@@ -64,10 +64,9 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     if group.enabled:
         shard_bundle(data, group.rank, group.world, seed)
     model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
-    logger = instantiate(cfg.logger, run_dir=run_dir, hparams=_overrides()) if group.main else None
-    trainer: Trainer = instantiate(cfg.trainer, device=device, progress=opts.progress, dist=group, logger=logger)
+    trainer: Trainer = instantiate(cfg.trainer, device=device, progress=opts.progress, dist=group)
     if cfg.init_from:
-        transfer.load_pretrained(model, cfg.init_from)
+        transfer.load_pretrained(model, cfg.init_from, cfg.get("init_from_weights", "last"))
     frozen = transfer.freeze(model, cfg.freeze)
     model.to(device)  # before the optimizer: some (Adagrad) make their state as they are built
     optimizer = instantiate(cfg.optim)(params=transfer.param_groups(model, cfg.backbone_lr_scale))
@@ -81,6 +80,9 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
                           generator=data.generator, regularizer=instantiate(cfg.regularizer),
                           ema_decay=cfg.ema.decay, test_loader=data.test,
+                          # smoothing shapes training only: val/test losses stay plain cross-entropy, comparable
+                          loss_fn=smoothed_cross_entropy(float(cfg.get("loss", {}).get("label_smoothing", 0.0))),
+                          eval_loss_fn=cross_entropy,
                           figures=lambda: {"val_split": data.val_split, **model_figures()})
     return summary, model, data
 
@@ -88,12 +90,6 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
 def headline(data) -> list[str]:
     """The summary figures a report shows first: the test accuracy too when the data has a test set."""
     return [*HEADLINE, "test_acc"] if data.test is not None else HEADLINE
-
-
-def _overrides() -> dict:
-    """The run's command-line overrides as hyper-parameters (what a sweep varies)."""
-    pairs = (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
-    return {k.lstrip("+~"): v for k, v in pairs}
 
 
 def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, device) -> dict:

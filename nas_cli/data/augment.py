@@ -8,6 +8,9 @@ run continues exactly either way.
 With a generator, a batch costs no host sync: every random draw is made on the device and
 every step is a batched tensor op (no ``.item()``, ``.tolist()`` or ``nonzero``), so the
 host can queue the training step right behind it.
+
+MixUp/CutMix (``mixup_alpha``, ``cutmix_alpha``: :class:`Mixing`) mixes whole training
+batches and their labels after the per-image steps, with the same generator.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from nas_cli.errors import UserError
 
 # every key of ``data.augment`` with its "off" value
 DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0,
-                               "cutout": 0}
+                               "cutout": 0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
 
 
 @dataclass
@@ -42,15 +45,20 @@ class Augment:
     """Augments one (C, H, W) image with :meth:`__call__`, or a whole batch with :meth:`batch`.
 
     Steps, in order: random resized crop, shift by a zero-padded random crop, horizontal
-    flip, color jitter, cutout. Each image gets its own random parameters. ``fill``: the
+    flip, color jitter, cutout. Each image gets its own random parameters. ``mixing``
+    (MixUp/CutMix, None when off) mixes images and labels of a whole batch afterwards; being
+    about labels too, it is the loader's to call (``TensorLoader``), not part of these steps. ``fill``: the
     per-channel value (in [0, 1]) cutout paints, the data's mean, so that a hole is 0 after
     normalization as in DeVries & Taylor's and DARTS's code (which cut normalized images).
     """
 
     def __init__(self, size: tuple[int, int], channels: int, *, hflip: bool, crop_padding: int,
                  resized_crop_scale: tuple[float, float] | None, color_jitter: float, cutout: int = 0,
-                 fill: Sequence[float] | float = 0.0):
+                 fill: Sequence[float] | float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
         from torchvision.transforms import v2  # imported here: torchvision is slow to import
+
+        # whole-batch mixing, after the per-image steps: the loader calls it with the labels (see Mixing)
+        self.mixing = Mixing(mixup_alpha, cutmix_alpha) if mixup_alpha or cutmix_alpha else None
 
         self.hflip, self.crop_padding = hflip, crop_padding
         self.resized_crop_scale, self.color_jitter = resized_crop_scale, color_jitter
@@ -66,7 +74,8 @@ class Augment:
             v2.ColorJitter(*strength) if color_jitter else None,
             self._cutout_one if cutout else None,
         ]
-        self.pipeline = v2.Compose([s for s in steps if s is not None])
+        # v2.Compose refuses an empty list (only mixing on): the identity then
+        self.pipeline = v2.Compose([s for s in steps if s is not None] or [v2.Identity()])
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """One image (a tensor or a ``tv_tensors.Image``, uint8 or float in [0, 1])."""
@@ -126,6 +135,115 @@ class Augment:
         fill = (self.fill * 255).round().to(image.dtype) if image.dtype == torch.uint8 else self.fill
         out = cutout(image.unsqueeze(0), self.cutout, fill)[0]
         return tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.TVTensor) else out
+
+
+@dataclass
+class MixDraws:
+    """One batch's MixUp/CutMix parameters, 0-d tensors (on the data's device: no host sync); None when off."""
+
+    mixup_lam: torch.Tensor | None = None   # MixUp's lambda ~ Beta(mixup_alpha, mixup_alpha)
+    cutmix_lam: torch.Tensor | None = None  # CutMix's lambda ~ Beta(cutmix_alpha, cutmix_alpha), before the box
+    cut: torch.Tensor | None = None         # bool: with both on, whether this batch gets CutMix (else MixUp)
+    centre: tuple[torch.Tensor, torch.Tensor] | None = None  # CutMix box centre: row, column
+
+
+class Mixing:
+    """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a training batch, as
+    ``torchvision.transforms.v2.MixUp`` / ``CutMix`` (and ``RandomChoice`` of the two, p = 1/2
+    each, when both are on, as torchvision's and timm's reference scripts do).
+
+    As v2: one lambda per batch, each image paired with its neighbour in the (already shuffled)
+    batch (``roll(1)``), CutMix's box centred uniformly with half-sides ``int(sqrt(1 - lam) / 2 * side)``
+    cut at the borders and the label weight corrected to the area kept. Written out here rather
+    than calling v2 because v2 draws from torch's global RNG with host syncs (``float(lam)``,
+    ``int(box)``); these draws come from the loader's generator, on the data's device.
+    Labels become soft (N, classes) targets: the loss is cross-entropy with probabilities.
+    """
+
+    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixed batch and its soft labels; ``generator`` as ``Augment.batch``'s (None: torch's global RNG)."""
+        draws = self.draw(*x.shape[-2:], generator=generator, device=x.device if generator else None)
+        return self.apply(x, y, num_classes, draws)
+
+    def draw(self, height: int, width: int, *, generator: torch.Generator | None = None,
+             device: torch.device | None = None) -> MixDraws:
+        """The batch's parameters, in a fixed order: MixUp's lambda, CutMix's lambda, the choice, the centre."""
+        rand = {"generator": generator, "device": device}
+        d = MixDraws()
+        if self.mixup_alpha:
+            d.mixup_lam = beta(self.mixup_alpha, **rand)
+        if self.cutmix_alpha:
+            d.cutmix_lam = beta(self.cutmix_alpha, **rand)
+            if self.mixup_alpha:
+                d.cut = torch.rand((), **rand) < 0.5
+            d.centre = torch.randint(0, height, (), **rand), torch.randint(0, width, (), **rand)
+        return d
+
+    @staticmethod
+    def apply(x: torch.Tensor, y: torch.Tensor, num_classes: int, d: MixDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix with the parameters ``d``: ``keep`` is the weight of each image's own pixels (lambda
+        everywhere for MixUp, 0 inside the box and 1 outside for CutMix), ``lam`` its label's weight."""
+        h, w = x.shape[-2:]
+        keep = lam = None
+        if d.mixup_lam is not None:
+            keep = lam = d.mixup_lam.to(x.device)
+        if d.cutmix_lam is not None:
+            box = cutmix_box(d.cutmix_lam.to(x.device), (c.to(x.device) for c in d.centre), h, w)
+            outside = ~box_mask(box, h, w)
+            kept = 1 - (box[2] - box[0]) * (box[3] - box[1]) / (h * w)  # the area actually kept, as v2
+            if d.cut is None:
+                keep, lam = outside.to(x.dtype), kept.float()
+            else:
+                cut = d.cut.to(x.device)
+                keep, lam = torch.where(cut, outside.to(x.dtype), keep), torch.where(cut, kept.float(), lam)
+        target = y.float() if y.is_floating_point() else F.one_hot(y, num_classes).float()
+        mixed = x * keep + x.roll(1, 0) * (1 - keep)
+        return mixed, target * lam + target.roll(1, 0) * (1 - lam)
+
+
+class MixCollate:
+    """A ``DataLoader``'s ``collate_fn`` that mixes each collated training batch (folder data, whose
+    images are transformed one by one in the workers). Its draws come from the worker's torch RNG,
+    which the loader seeds from its generator every pass, so a seeded pass replays exactly."""
+
+    def __init__(self, mixing: Mixing, num_classes: int):
+        self.mixing, self.num_classes = mixing, int(num_classes)
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.utils.data import default_collate
+
+        x, y = default_collate(batch)
+        return self.mixing(x, y, self.num_classes)
+
+
+def beta(alpha: float, *, generator: torch.Generator | None = None,
+         device: torch.device | None = None) -> torch.Tensor:
+    """One draw of Beta(alpha, alpha) as a 0-d tensor: the first part of a Dirichlet(alpha, alpha) draw,
+    the sampler that ``torch.distributions.Beta`` uses, called directly because only it takes a generator."""
+    return torch._sample_dirichlet(torch.full((2,), float(alpha), device=device), generator=generator)[0]
+
+
+def cutmix_box(lam: torch.Tensor, centre, height: int, width: int) -> torch.Tensor:
+    """v2.CutMix's box (top, left, bottom, right; end-exclusive) for ``lam`` and a centre (row, column):
+    half-sides ``int(side * sqrt(1 - lam) / 2)``, cut at the image's borders."""
+    row, col = centre
+    r = 0.5 * (1 - lam).sqrt()
+    half_h, half_w = (r * height).long(), (r * width).long()  # int() of a positive number: floor
+    return torch.stack([(row - half_h).clamp(min=0), (col - half_w).clamp(min=0),
+                        (row + half_h).clamp(max=height), (col + half_w).clamp(max=width)])
+
+
+def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(1, 1, height, width) bool: True inside ``box`` (top, left, bottom, right)."""
+    rows = torch.arange(height, device=box.device)
+    cols = torch.arange(width, device=box.device)
+    inside_y = (rows >= box[0]) & (rows < box[2])
+    inside_x = (cols >= box[1]) & (cols < box[3])
+    return (inside_y[:, None] & inside_x[None, :]).view(1, 1, height, width)
 
 
 def cutout(x: torch.Tensor, size: int, fill: torch.Tensor,
@@ -302,7 +420,7 @@ def parse(augment: Mapping | None) -> dict:
         raise UserError(f"unknown data.augment key(s) {', '.join(map(str, unknown))}; "
                         f"valid keys: {', '.join(DEFAULTS)}")
     options = {**DEFAULTS, **augment}
-    hflip, padding, scale, strength, hole = (options[k] for k in DEFAULTS)
+    hflip, padding, scale, strength, hole, mixup, cutmix = (options[k] for k in DEFAULTS)
     if not isinstance(hflip, bool):
         raise UserError(f"data.augment.hflip must be true or false, not {hflip!r}")
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
@@ -318,5 +436,9 @@ def parse(augment: Mapping | None) -> dict:
         raise UserError(f"data.augment.color_jitter must be a number >= 0, not {strength!r}")
     if isinstance(hole, bool) or not isinstance(hole, int) or hole < 0:
         raise UserError(f"data.augment.cutout must be the hole's side in pixels (>= 0, 0: off), not {hole!r}")
+    for key, alpha in (("mixup_alpha", mixup), ("cutmix_alpha", cutmix)):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
+            raise UserError(f"data.augment.{key} must be the Beta(alpha, alpha) parameter, a number >= 0 "
+                            f"(0: off; 1.0 is a common choice), not {alpha!r}")
     return {"hflip": hflip, "crop_padding": padding, "resized_crop_scale": scale, "color_jitter": float(strength),
-            "cutout": hole}
+            "cutout": hole, "mixup_alpha": float(mixup), "cutmix_alpha": float(cutmix)}

@@ -28,11 +28,16 @@ class TensorLoader:
     the host, so the batches are the same) and augments it there, its random draws from a
     generator on the device re-seeded for every batch from one seed per pass that ``generator``
     draws: ``generator``'s state at the start of a pass still says everything about the pass.
+
+    MixUp/CutMix (``augment.mixing``, not None) mixes each training batch after its per-image
+    augmentation, with the same randomness (the device generator, else torch's global RNG), and
+    yields soft labels (N, ``num_classes``) instead of class indices.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: str | bool = False):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: str | bool = False,
+                 num_classes: int | None = None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
         # class labels as int64; float targets (detection boxes, rows of class and xyxy) as they are
@@ -42,6 +47,11 @@ class TensorLoader:
         self.generator = generator
         self.drop_last = drop_last
         self.augment = augment
+        self.mixing = getattr(augment, "mixing", None)
+        self.num_classes = num_classes
+        if self.mixing is not None and num_classes is None:
+            raise UserError("data.augment.mixup_alpha / cutmix_alpha mix the batches of `train` (and search-rl's "
+                            "children) only; set them to 0 for this command")
         self.on_device = on_device_policy(on_device)
         self.device: torch.device | None = None  # set by place(): batches are made there
         self._draws: torch.Generator | None = None  # the augmentation's generator on that device
@@ -98,13 +108,27 @@ class TensorLoader:
     def _batches(self, order: torch.Tensor, pass_seed: int | None, start: int):
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
-            yield self._prepare(self.x[idx], None if pass_seed is None else pass_seed + i), self.y[idx]
+            seed = None if pass_seed is None else pass_seed + i
+            if self.mixing is None:
+                yield self._prepare(self.x[idx], seed), self.y[idx]
+            else:
+                yield self._mix(self._augmented(self.x[idx], seed), self.y[idx], seed is not None)
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor, on_device: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp/CutMix of the augmented batch, before normalization (mixing is linear: either order gives the
+        same batch); on the device it continues the batch's generator, so a batch's index still fixes it."""
+        x, y = self.mixing(x, y, self.num_classes, generator=self._draws if on_device else None)
+        return self._normalized(x), y
 
     def _pass_seed(self) -> int:
         """The seed of a pass's augmentation on the device; a host draw, once a pass."""
         return int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
 
     def _prepare(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        return self._normalized(self._augmented(x, seed))
+
+    def _augmented(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """The batch as floats in [0, 1] (``uint8`` scaled), augmented image by image."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.augment is not None:
@@ -113,6 +137,9 @@ class TensorLoader:
                 x = batch(x, generator=self._draws.manual_seed(seed))
             else:
                 x = batch(x) if batch is not None else torch.stack([self.augment(image) for image in x])
+        return x
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x
@@ -232,7 +259,7 @@ def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_id
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
     where = {"mean": mean, "std": std, "on_device": on_device_policy(on_device)}
     train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, augment=augment,
-                         **where)
+                         num_classes=num_classes, **where)
     eval_batch = eval_batch_size or max(batch_size, 512)
     val = TensorLoader(x[val_idx], y[val_idx], eval_batch, **where)
     test_loader = None if test is None else TensorLoader(*test, eval_batch, **where)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nas_cli.data import gpu_decode
-from nas_cli.data.augment import build_augment
+from nas_cli.data.augment import MixCollate, build_augment
 from nas_cli.data.bundle import DataBundle, split_indices, stratified_cap, tensor_bundle
 from nas_cli.errors import UserError
 
@@ -233,7 +233,12 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
               "persistent_workers": workers > 0, "prefetch_factor": int(prefetch_factor) if workers else None}
     if decode == "cuda":
         common["collate_fn"] = gpu_decode.collate_bytes
-    train_loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **common)
+    mixing = getattr(augmentation, "mixing", None)
+    if mixing is not None and decode == "cuda":
+        raise UserError("data.augment.mixup_alpha / cutmix_alpha need data.decode=cpu for image folders")
+    # MixUp/CutMix mix each collated training batch (validation and test never)
+    train_collate = {"collate_fn": MixCollate(mixing, len(classes))} if mixing is not None else {}
+    train_loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **common, **train_collate)
     val_loader = DataLoader(val_ds, shuffle=False, **common)
     test_loader = DataLoader(folder(test_split), shuffle=False, **common) if test_split else None
     if decode == "cuda":

@@ -38,7 +38,7 @@ from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
 from nas_cli.engine.distributed import Dist, all_reduce_sum, gather
-from nas_cli.engine.loggers import CSVLogger
+from nas_cli.engine.early_stop import BestCheckpoint, EarlyStopping
 from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.optimizers import LBFGS, closure_batches
 from nas_cli.engine.progress import TrainingProgress
@@ -47,16 +47,28 @@ from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.smoothing import smooth
 from nas_cli.errors import UserError
 from nas_cli.runs import signals
-from nas_cli.runs.files import EMA_WEIGHTS, SNAPSHOTS, STEPS, WEIGHTS
+from nas_cli.runs.files import BEST, EMA_WEIGHTS, SNAPSHOTS, STEPS, WEIGHTS
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.record import RunRecord, atomic_write
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple]  # (loss, logits | None[, parts])
-AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"]
+AVERAGED = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema", "train_acc5", "val_acc5"]
+TOP5_ABOVE = 10  # top-5 accuracy (``*_acc5``) is recorded for models with more classes than this
 HEADLINE = ["train_loss", "train_acc", "val_acc"]  # what report shows first for a training run
 DIST_STOP_EVERY = 16  # under torchrun, batches between the processes' agreements on a stop signal
+
+
+def hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Correct top-1 and (more than ``TOP5_ABOVE`` classes, else None) top-5 predictions in a batch, as
+    device tensors. Soft labels (MixUp/CutMix) count against their dominant class: the image that
+    makes up most of the mixed input, the usual convention for training accuracy under mixing."""
+    labels = y.argmax(1) if y.is_floating_point() and y.dim() == 2 else y
+    top1 = (logits.argmax(1) == labels).sum()
+    if logits.shape[1] <= TOP5_ABOVE:
+        return top1, None
+    return top1, (logits.topk(5, 1).indices == labels.unsqueeze(1)).any(1).sum()
 
 
 def scored(out: tuple) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -74,6 +86,7 @@ class EpochTally:
         self.loader_pass, self.device = loader_pass, device
         self.losses = [torch.tensor(v, device=device) for v in s.get("losses", [])]  # 0-d float32 each
         self.correct = [torch.tensor(v, device=device) for v in s.get("correct", [])]
+        self.correct5 = [torch.tensor(v, device=device) for v in s.get("correct5", [])]  # top-5, many classes only
         self.penalties = [torch.tensor(v, device=device) for v in s.get("penalties", [])]
         self.parts = {k: [torch.tensor(v, device=device) for v in vs] for k, vs in s.get("parts", {}).items()}
         self.counts: list[int] = list(s.get("counts", []))
@@ -83,7 +96,10 @@ class EpochTally:
             lr: float, parts: dict[str, torch.Tensor] | None = None) -> None:
         self.losses.append(loss.detach().float())
         if logits is not None:
-            self.correct.append((logits.detach().argmax(1) == y).sum())
+            top1, top5 = hits(logits.detach(), y)
+            self.correct.append(top1)
+            if top5 is not None:
+                self.correct5.append(top5)
         for name, value in (parts or {}).items():
             self.parts.setdefault(name, []).append(value.detach().float())
         if penalty is not None:
@@ -91,19 +107,21 @@ class EpochTally:
         self.counts.append(y.shape[0])
         self.lr = lr
 
-    def sums(self) -> tuple[float, float, int, int, dict[str, float]]:
-        """Loss and penalty summed over samples, correct predictions, samples, and each loss term summed
-        over samples (one host sync)."""
+    def sums(self) -> tuple[float, float, int, int | None, int, dict[str, float]]:
+        """Loss and penalty summed over samples, correct top-1 and top-5 (None: not counted) predictions,
+        samples, and each loss term summed over samples (one host sync)."""
         if not self.losses:
-            return 0.0, 0.0, 0, 0, {}
+            return 0.0, 0.0, 0, None, 0, {}
         n = torch.tensor(self.counts, device=self.device, dtype=torch.float32)
         zero = torch.zeros((), device=self.device)
         loss = (torch.stack(self.losses) * n).sum()
         penalty = (torch.stack(self.penalties) * n).sum() if self.penalties else zero
         correct = torch.stack(self.correct).sum().float() if self.correct else zero
         parts = [(torch.stack(v) * n).sum() for v in self.parts.values()]
-        loss, penalty, correct, *parts = torch.stack([loss, penalty, correct, *parts]).tolist()
-        return loss, penalty, int(correct), int(sum(self.counts)), dict(zip(self.parts, parts))
+        correct5 = torch.stack(self.correct5).sum().float() if self.correct5 else zero
+        loss, penalty, correct, correct5, *parts = torch.stack([loss, penalty, correct, correct5, *parts]).tolist()
+        return (loss, penalty, int(correct), int(correct5) if self.correct5 else None, int(sum(self.counts)),
+                dict(zip(self.parts, parts)))
 
     @property
     def counts_correct(self) -> bool:
@@ -116,6 +134,7 @@ class EpochTally:
     def state_dict(self) -> dict:
         return {"loader": self.loader_pass.state_dict(), "losses": self.loss_values(),
                 "correct": torch.stack(self.correct).tolist() if self.correct else [],
+                "correct5": torch.stack(self.correct5).tolist() if self.correct5 else [],
                 "penalties": torch.stack(self.penalties).tolist() if self.penalties else [],
                 "parts": {k: torch.stack(v).tolist() for k, v in self.parts.items()},
                 "counts": self.counts, "lr": self.lr}
@@ -141,6 +160,8 @@ class FitState:
     pending_rng: dict | None = None  # a mid-epoch checkpoint's RNG, set once its pass has caught up
     step_losses: list[float] = field(default_factory=list)
     snapshots: list[nn.Module] = field(default_factory=list)
+    early_stop: EarlyStopping = field(default_factory=EarlyStopping)  # off unless it has a monitor
+    best: BestCheckpoint = field(default_factory=lambda: BestCheckpoint(None))  # off unless it has a monitor
 
 
 class Trainer:
@@ -159,9 +180,13 @@ class Trainer:
         compile: run the model through ``torch.compile``.
         loss_window: window (iterations) of the simple moving average of the training loss.
         loss_ema: weight of the newest iteration in the exponential moving average of the loss.
+        early_stop: stop when a metrics column stops improving (``EarlyStopping`` or its keyword
+            arguments; None: off). The summary says ``stopped_early`` and why; ``status`` stays ok.
+        best: keep the best epoch's weights as ``best.pt`` (``BestCheckpoint`` or its keyword arguments;
+            None: off, the default here so that internal fits such as search-rl's children write nothing;
+            the trainer config turns it on with ``monitor: score``).
         device: where to train (from ``nas_cli.engine.device.resolve_device``).
         progress: draw a progress bar when stdout is a terminal.
-        logger: where rows go besides the run record (``logger=tensorboard``).
         dist: the process group under torchrun: data is sharded by the caller, gradients are
             averaged by DistributedDataParallel, metrics summed over processes, and only rank 0 writes.
     """
@@ -178,11 +203,12 @@ class Trainer:
         deterministic: bool = False,
         loss_window: int = 50,
         loss_ema: float = 0.02,
+        early_stop: EarlyStopping | dict | None = None,
+        best: BestCheckpoint | dict | None = None,
         *,
         device: torch.device,
         progress: bool = True,
         dist: Dist = Dist(),
-        logger: CSVLogger | None = None,
     ):
         self.epochs = int(epochs)
         self.last_n = int(last_n)
@@ -196,10 +222,11 @@ class Trainer:
         self.loss_ema = float(loss_ema)
         self.device = torch.device(device)
         self.dist = dist
-        self.logger = logger if logger is not None and dist.main else CSVLogger()
         self.progress = progress and dist.main
         self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
         self.score = "val_acc"  # fit's ``score``
+        self.early_stop = early_stop if isinstance(early_stop, EarlyStopping) else EarlyStopping(**(early_stop or {}))
+        self.best = best if isinstance(best, BestCheckpoint) else BestCheckpoint(**({"monitor": None} | dict(best or {})))
         set_determinism(self.device, deterministic)
 
     # -- one epoch -------------------------------------------------------------------------
@@ -276,13 +303,15 @@ class Trainer:
                 self._stop_point(run, fit, tally.loader_pass.taken)
         fit.tally = None
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
-        loss_total, penalty_total, correct_total, seen, parts = tally.sums()
-        loss_total, penalty_total, correct_total, seen, *part_totals = all_reduce_sum(
-            [loss_total, penalty_total, correct_total, seen, *parts.values()], self.device)
+        loss_total, penalty_total, correct_total, correct5, seen, parts = tally.sums()
+        loss_total, penalty_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum(
+            [loss_total, penalty_total, correct_total, correct5 or 0, seen, *parts.values()], self.device)
         n = max(seen, 1)
         stats = {"train_loss": loss_total / n}
         if tally.counts_correct:
             stats["train_acc"] = correct_total / n
+        if correct5 is not None:
+            stats["train_acc5"] = correct5_total / n
         stats.update({f"train_loss_{k}": v / n for k, v in zip(parts, part_totals)})
         if fit.regularizer:
             stats["train_penalty"] = penalty_total / n
@@ -314,8 +343,9 @@ class Trainer:
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        correct5 = torch.zeros((), dtype=torch.long, device=self.device)
         part_sums: dict[str, torch.Tensor] = {}
-        seen, classes = 0, True
+        seen, classes, top5 = 0, True, False
         for x, y in loader:
             x, y = self._to_device(x, y)
             with autocast(self.device, self.precision):
@@ -326,12 +356,17 @@ class Trainer:
             if logits is None:
                 classes = False
             else:
-                correct += (logits.argmax(1) == y).sum()
+                top1, in_top5 = hits(logits, y)
+                correct += top1
+                if in_top5 is not None:
+                    correct5, top5 = correct5 + in_top5, True
             seen += y.shape[0]
-        sums = torch.stack([loss_sum, correct.float(), *part_sums.values()]).tolist()
-        loss_total, correct_total, seen, *part_totals = all_reduce_sum([*sums[:2], seen, *sums[2:]], self.device)
+        sums = torch.stack([loss_sum, correct.float(), correct5.float(), *part_sums.values()]).tolist()
+        loss_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum([*sums[:3], seen, *sums[3:]],
+                                                                                        self.device)
         seen = max(seen, 1)
-        figures = {"val_loss": loss_total / seen, **({"val_acc": correct_total / seen} if classes else {})}
+        figures = {"val_loss": loss_total / seen, **({"val_acc": correct_total / seen} if classes else {}),
+                   **({"val_acc5": correct5_total / seen} if top5 else {})}
         return {**figures, **{f"val_loss_{k}": v / seen for k, v in zip(part_sums, part_totals)}}
 
     def test(self, net, fit: FitState, loader, loss_fn: LossFn = cross_entropy) -> dict:
@@ -362,6 +397,7 @@ class Trainer:
         figures: Callable[[], dict] | None = None,
         test_loader: Iterable | None = None,
         score: str = "val_acc",
+        eval_loss_fn: LossFn | None = None,
     ) -> dict:
         """Train in ``run``, evaluate every epoch, checkpoint, and return the run's summary.
 
@@ -369,7 +405,9 @@ class Trainer:
         checkpoint. ``on_epoch_end(row)``: extra columns for the epoch's row. ``figures()``: extra
         summary figures. ``test_loader``: evaluated once, after the last epoch, as ``test_loss`` and
         ``test_acc`` (never during training, so no decision sees it). ``score``: the per-epoch figure (higher
-        is better) on the progress bar and in the epoch's log line, ``best_<score>`` in the summary.
+        is better) on the progress bar and in the epoch's log line, ``best_<score>`` in the summary, and what
+        ``trainer.best.monitor: score`` keeps as ``best.pt``. ``eval_loss_fn``: the loss of ``val_loss`` and
+        ``test_loss`` when it differs from training's (train's label smoothing: plain cross-entropy there).
         """
         done = run.finished()
         if done is not None:  # resumed, with nothing left to do: the finished model, as it was
@@ -393,6 +431,7 @@ class Trainer:
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
             ema=EMA(model, ema_decay) if ema_decay is not None else None,
             record=run.record, extra=dict(extra_state or {}),
+            early_stop=self.early_stop.fresh(), best=self.best.fresh(score),
         )
         state = run.load_checkpoint(map_location=self.device)
         if state is not None:
@@ -405,24 +444,22 @@ class Trainer:
         self.score = score
         run.figures = lambda: {**self._figures(fit), **tested, **(figures() if figures else {})}
         progress = TrainingProgress(self.progress)
-        try:
-            with run, progress:
-                self._epochs(net, fit, run, train_loader, val_loader, loss_fn, progress, on_epoch_end)
-                if run.status == "ok" and test_loader is not None:
-                    tested.update(self.test(net, fit, test_loader, loss_fn))
-                if run.status == "ok" and self.dist.main:
-                    checkpoint.save(run.dir / WEIGHTS, {"model": model.state_dict()})
-                    if fit.ema is not None:
-                        checkpoint.save(run.dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
-        finally:
-            if run.summary is not None:
-                self.logger.finish(run.summary)
+        with run, progress:
+            self._epochs(net, fit, run, train_loader, val_loader, (loss_fn, eval_loss_fn or loss_fn), progress,
+                         on_epoch_end)
+            if run.status == "ok" and test_loader is not None:
+                tested.update(self.test(net, fit, test_loader, eval_loss_fn or loss_fn))
+            if run.status == "ok" and self.dist.main:
+                checkpoint.save(run.dir / WEIGHTS, {"model": model.state_dict()})
+                if fit.ema is not None:
+                    checkpoint.save(run.dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
         if self.dist.main:
             self.print_summary(run.summary)
         return run.summary
 
-    def _epochs(self, net, fit: FitState, run: Run, train_loader, val_loader, loss_fn, progress,
+    def _epochs(self, net, fit: FitState, run: Run, train_loader, val_loader, loss_fns: tuple, progress,
                 on_epoch_end) -> None:
+        loss_fn, eval_loss_fn = loss_fns
         rows = fit.record.rows
         iterations = rows[-1]["iterations"] if rows else 0
         samples = rows[-1]["samples_seen"] if rows else 0
@@ -437,9 +474,9 @@ class Trainer:
             tick = time.perf_counter()
             stats = self.train_epoch(net, fit, train_loader, loss_fn, lambda: progress.tick(batches_bar), run)
             train_time = time.perf_counter() - tick
-            stats.update(self.evaluate(net, val_loader, loss_fn))
+            stats.update(self.evaluate(net, val_loader, eval_loss_fn))
             if fit.ema is not None:
-                stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader, loss_fn).items()})
+                stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader, eval_loss_fn).items()})
             if fit.schedule is not None and fit.schedule.cycle_ends(epoch + 1, self.epochs):
                 stats["val_acc_snapshots"] = self._snapshot(fit, run, epoch + 1, val_loader)
             iterations += stats.pop("iterations")
@@ -454,7 +491,6 @@ class Trainer:
                         "samples_per_s": epoch_samples / max(train_time, 1e-9)})
             fit.record.log(row)
             fit.epoch = epoch + 1
-            self.logger.log(row, epoch + 1)
             log.info(_epoch_line(row, self.epochs, self.score))
             progress.update(epochs_bar, advance=1, info=f"{self.score} {row.get(self.score, math.nan):.4f}",
                             refresh=True)
@@ -464,8 +500,15 @@ class Trainer:
                 return
             if fit.schedule is not None:
                 fit.schedule.epoch_end(row)
-            if self.checkpoint:
+            if fit.best.update(row) and self.dist.main:
+                checkpoint.save(run.dir / BEST, {"model": fit.model.state_dict(), "epoch": epoch + 1,
+                                                 "monitor": fit.best.watch.monitor, "value": fit.best.watch.best})
+            stop = fit.early_stop.update(row)
+            if self.checkpoint:  # before stopping too: a resumed run then finds the decision taken
                 self._save(run, fit)
+            if stop:
+                log.info(f"stopping early after epoch {epoch + 1}: {fit.early_stop.reason()}")
+                return
             self._stop_point(run, fit)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -518,6 +561,7 @@ class Trainer:
             "scaler": fit.scaler.state_dict(), "ema": fit.ema.state_dict() if fit.ema else None,
             "snapshots": [m.state_dict() for m in fit.snapshots],
             "extra": {name: obj.state_dict() for name, obj in fit.extra.items()},
+            "early_stop": fit.early_stop.state_dict(), "best": fit.best.state_dict(),
             "rng": rng, "history": fit.record.rows, "steps": fit.step_losses})
 
     def _restore(self, state: dict, fit: FitState) -> None:
@@ -541,6 +585,8 @@ class Trainer:
             snapshot = copy.deepcopy(fit.model)
             snapshot.load_state_dict(weights)
             fit.snapshots.append(snapshot.eval())
+        fit.early_stop.load_state_dict(state.get("early_stop") or {})
+        fit.best.load_state_dict(state.get("best") or {})
         fit.record.rows = list(state["history"])
         fit.step_losses = list(state.get("steps", []))
         fit.epoch = int(state["epoch"])
@@ -578,7 +624,7 @@ class Trainer:
             summary["snapshots"] = len(snapshot_accs)
             summary["snapshot_ensemble_val_acc"] = snapshot_accs[-1]
         summary.update({"iterations": last.get("iterations", 0), "samples_seen": last.get("samples_seen", 0)})
-        return summary
+        return {**summary, **fit.best.figures(), **fit.early_stop.figures()}
 
     @staticmethod
     def print_summary(summary: dict) -> None:
@@ -594,7 +640,7 @@ class Trainer:
             if key in summary:
                 final = summary.get("final_" + key, float("nan"))
                 table.add_row(key, f"{summary[key]:.4f}", *([] if first == last else [f"{final:.4f}"]))
-        finals = ["test_loss", "test_acc", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
+        finals = ["test_loss", "test_acc", "test_acc5", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
                   "ensemble_test_acc", *summary.get("headline", [])]  # a command's own headline figures (detect: mAP)
         for key in dict.fromkeys(k for k in finals if k not in AVERAGED):
             if isinstance(summary.get(key), float):

@@ -10,7 +10,9 @@ from torch import nn
 
 from nas_cli.engine import checkpoint
 from nas_cli.errors import UserError
-from nas_cli.runs.files import CHECKPOINT, WEIGHTS
+from nas_cli.runs.files import BEST, CHECKPOINT, WEIGHTS
+
+PICKS = ("last", "best")  # which weights of a run folder: the final model.pt, or best.pt (trainer.best)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,20 @@ def head_name(model: nn.Module) -> str:
     return names[-1]
 
 
-def weights_file(path: str | Path) -> Path:
-    """``init_from`` may name a run folder (its model.pt, else its last checkpoint) or a file."""
+def weights_file(path: str | Path, pick: str = "last", key: str = "init_from") -> Path:
+    """The weights a run folder stands for, or ``path`` itself when it is a file.
+
+    ``pick="last"``: the final model.pt, else the last checkpoint (an unfinished run); ``"best"``: best.pt,
+    the best epoch's weights (``trainer.best``). ``key`` names the option in the error lines.
+    """
+    if pick not in PICKS:
+        raise UserError(f"{key}_weights={pick}: use last (model.pt) or best (best.pt)")
     path = Path(path)
+    if path.is_dir() and pick == "best":
+        if not (path / BEST).is_file():
+            raise UserError(f"{key}={path}: no {BEST} in that run folder (trained with trainer.best.monitor=null?); "
+                            f"use {key}_weights=last")
+        return path / BEST
     if path.is_dir():
         for candidate in (path / WEIGHTS, path / CHECKPOINT):
             if candidate.is_file():
@@ -34,13 +47,13 @@ def weights_file(path: str | Path) -> Path:
     return path
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Copy every weight whose name and shape match; report what was skipped.
+def load_pretrained(model: nn.Module, path: str | Path, pick: str = "last") -> dict[str, list[str]]:
+    """Copy every weight whose name and shape match; report what was skipped. ``pick``: see ``weights_file``.
 
     A head with another class count has another shape, so it keeps its fresh
     initialization: that is how the head gets replaced.
     """
-    source = checkpoint.load(weights_file(path))["model"]
+    source = checkpoint.load(weights_file(path, pick))["model"]
     own = model.state_dict()
     loaded = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     report = {

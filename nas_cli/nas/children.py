@@ -4,6 +4,8 @@ Each trained child is a run of its own in ``children/<step>/`` (no checkpoints, 
 trained with the ``optim`` / ``sched`` groups like any network. ``workers=N`` trains up to N
 children at once in separate processes (spawned, one torch thread each), each loading the data
 once; they ignore SIGINT/SIGTERM and stop at their next batch when the search is asked to stop.
+With a ``runner`` (``search.executor=local|debug|slurm``, ``nas_cli/nas/executors.py``) each new child is a
+submitit job instead, synthetic ones included, trained by the same ``train_child``.
 """
 
 from __future__ import annotations
@@ -134,11 +136,13 @@ class Evaluator:
         data: the children's data; ``data_config``: the config it was built from (workers rebuild it).
         optimizer: a callable ``optimizer(params=...)`` (the ``optim`` group); ``schedule``: the ``sched`` group.
         cache: rewards already known (a resumed search's).
+        runner: a ``JobRunner``: new children are submitit jobs (None: this process and its workers).
+        job_device: the ``device`` setting the jobs resolve themselves (a SLURM node's GPU); None: ``device``.
     """
 
     def __init__(self, reward: str, synthetic: dict, run_dir: Path, device, data, data_config: dict, seed: int,
                  child: ChildOptions, optimizer, schedule: Schedule | None, workers: int = 1,
-                 cache: dict | None = None):
+                 cache: dict | None = None, runner=None, job_device: str | None = None):
         if reward not in REWARDS:
             raise UserError(f"reward={reward}: use accuracy or synthetic")
         if int(workers) < 1:
@@ -149,6 +153,7 @@ class Evaluator:
         self.cache: dict[str, dict] = dict(cache or {})
         self._pool: ProcessPoolExecutor | None = None
         self._stop = None
+        self.runner, self.job_device = runner, job_device
 
     def params(self, arch: list[dict]) -> int:
         return param_count(arch, self.data.in_shape, self.data.num_classes)
@@ -164,7 +169,9 @@ class Evaluator:
             if k not in self.cache and k not in todo:
                 todo[k] = (step, arch)
         fresh: dict[str, dict] = {}
-        if self.kind == "synthetic":
+        if self.runner is not None:
+            fresh = self._submit_all(todo)
+        elif self.kind == "synthetic":
             for k, (_, arch) in todo.items():
                 t0 = time.perf_counter()
                 fresh[k] = {"reward": self._score_synthetic(arch), "params": self.params(arch),
@@ -202,6 +209,19 @@ class Evaluator:
             reward, seconds = fut.result()  # re-raises a worker's failure (or its Interrupted)
             out[k] = {"reward": reward, "params": self.params(todo[k][1]), "seconds": seconds}
         return out
+
+    def _submit_all(self, todo: dict[str, tuple[int, list[dict]]]) -> dict[str, dict]:
+        """New children as submitit jobs; results carry ``error`` where a job failed for good."""
+        from nas_cli.nas.executors import ChildJob
+
+        threads = self.runner.slurm.cpus_per_task if self.runner.kind != "debug" else None
+        jobs = {k: ChildJob(arch=arch, step=step, seed=self.seed, folder=str(self.run_dir / CHILDREN / str(step)),
+                            kind=self.kind, synthetic=self.synthetic, data_config=self.data_config,
+                            child=self.child, optimizer=self.optimizer, schedule=self.schedule,
+                            device=str(self.job_device or self.device), threads=threads)
+                for k, (step, arch) in todo.items()}
+        results = self.runner.run(jobs)
+        return {k: {**res, "params": self.params(todo[k][1])} for k, res in results.items()}
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:

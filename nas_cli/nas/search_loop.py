@@ -5,11 +5,17 @@ trained (cache hits cost no training; MetaQNN's budget is counted that way).
 
 Run folder:
     metrics.csv             one row per child: step, arch, params, reward, seconds, cache_hit, json
-    cache.json              reward and params per architecture (a repeat is not retrained)
+    cache.json              reward and params per architecture (a repeat is not retrained); ``error``: its job failed
+    jobs/                   search.executor=local|debug|slurm: submitit's files, results.json (this round's arrivals)
     checkpoints/last.pt     controller state (random state included), rows and cache after each batch of children
     best_arch.json          the best architecture so far (``nas-cli train model=rl_child model.arch=PATH``)
     children/<step>/        each trained child's own run (reward=accuracy)
     summary.json
+
+``search.batch`` children are proposed per round (null: ``search.workers``), all before any is
+observed, so the controller's path depends on the batch, not on where the children train:
+``search.executor=inline`` (this process, or ``search.workers`` processes) and ``local|debug|slurm``
+(submitit jobs, ``nas_cli/nas/executors.py``) give the same history for the same seed and batch.
 
 The end of each batch of children is the safe point: SIGINT/SIGTERM during a batch stop its
 children at their next training batch, and a resumed search trains them again from the same
@@ -37,9 +43,13 @@ HEADLINE = ["best_reward", "children", "trained"]
 
 
 def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True,
-           trained: int | None = None) -> dict:
+           trained: int | None = None, batch: int | None = None) -> dict:
     """Propose and score ``children`` architectures in ``run`` (or stop sooner, once ``trained`` distinct ones
-    were trained: MetaQNN counts its budget in unique models); returns the run's summary."""
+    were trained: MetaQNN counts its budget in unique models), ``batch`` per round (None: the evaluator's
+    workers); returns the run's summary."""
+    batch = evaluator.workers if batch is None else int(batch)
+    if batch < 1:
+        raise UserError(f"search.batch={batch}: use 1 or more (or null: search.workers)")
     if children < 1:
         raise UserError(f"search.children={children}: use 1 or more")
     if trained is not None and trained < 1:
@@ -59,16 +69,16 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
         record.write_metrics()
         log.info(f"resumed after child {len(record.rows)} of {children}")
     log.info(f"search-rl: controller={controller.name} ({controller.space.kind} space), reward={evaluator.kind}, "
-             f"{children} children, {evaluator.workers} worker(s), {run.device}; run folder {run.dir}")
+             f"{children} children, {batch} a round, {_where(evaluator)}, {run.device}; run folder {run.dir}")
     run.figures = lambda: _figures(controller, evaluator, record.rows)
     try:
         with run, TrainingProgress(progress) as bar:
             task = bar.add_task("children", total=children, completed=len(record.rows), info="")
             while len(record.rows) < children and _fresh(record.rows) < (trained or children):
                 step = len(record.rows)
-                size = min(evaluator.workers, children - step, (trained or children) - _fresh(record.rows))
-                batch = [(step + i, controller.propose()) for i in range(size)]
-                for (s, arch), res in zip(batch, evaluator.evaluate(batch)):
+                size = min(batch, children - step, (trained or children) - _fresh(record.rows))
+                proposals = [(step + i, controller.propose()) for i in range(size)]
+                for (s, arch), res in zip(proposals, evaluator.evaluate(proposals)):
                     controller.observe(arch, res["reward"])
                     record.log({"step": s, "arch": describe(arch), "params": res["params"], "reward": res["reward"],
                                 "seconds": res["seconds"], "cache_hit": res["cache_hit"],
@@ -83,6 +93,8 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
                 atomic_write(run.dir / CACHE, lambda tmp, text=cache: Path(tmp).write_text(text))
                 run.save_checkpoint({"controller_name": controller.name, "controller": controller.state_dict(),
                                      "history": record.rows, "cache": cache})
+                if evaluator.runner is not None:
+                    evaluator.runner.forget()  # this round is in the checkpoint now
                 run.stop_point()
     finally:
         evaluator.close()
@@ -91,6 +103,12 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
              f"({summary['cache_hits']} cache hits): {summary['best_arch']}; "
              f"retrain: nas-cli train model=rl_child model.arch={run.dir / BEST_ARCH}")
     return summary
+
+
+def _where(evaluator: Evaluator) -> str:
+    if evaluator.runner is not None:
+        return f"children as {evaluator.runner.kind} submitit jobs"
+    return f"{evaluator.workers} worker(s)"
 
 
 def _fresh(rows: list[dict]) -> int:
@@ -110,6 +128,7 @@ def _figures(controller: Controller, evaluator: Evaluator, rows: list[dict]) -> 
         "controller": controller.name, "space": controller.space.kind, "reward": evaluator.kind,
         "children": len(rows), "trained": _fresh(rows),
         "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
+        "failed_children": sum("error" in res for res in evaluator.cache.values()),  # jobs that failed for good (reward 0)
         "best_reward": float(best["reward"]) if best else None, "best_arch": best["arch"] if best else None,
         "best_step": int(best["step"]) if best else None, "best_params": int(best["params"]) if best else None,
     }

@@ -16,6 +16,8 @@ and versions. It is written atomically, in a ``finally``, whatever ends the run:
     return run.summary
 
 Runs nest (ensemble members, search-rl children): the outermost one owns the signal handlers.
+A ``tracker`` (``logger=``, ``nas_cli.runs.tracking``) follows the run: it starts with it, gets each
+written ``metrics.csv``'s new rows, and ends with the summary and the status.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from nas_cli.runs import signals
 from nas_cli.runs.files import CHECKPOINT
 from nas_cli.runs.record import RunRecord, read_summary, versions
+from nas_cli.runs.tracking import Tracker
 
 log = logging.getLogger(__name__)
 RESERVED = ("status", "command", "error")  # the lifecycle's to write, never a command's figure
@@ -50,15 +53,18 @@ class Run:
             a finished run is resumed only when asked for more.
         headline: the summary keys that ``report`` shows first for this command.
         write: False on every process but rank 0 of a multi-process run.
+        tracker: where the record goes besides the folder (``logger=``); None: nowhere.
     """
 
     def __init__(self, run_dir: str | Path, command: str, *, seed: int | None, device: torch.device | str,
                  resume: bool = False, budget: dict | None = None, headline: list[str] | None = None,
-                 write: bool = True):
+                 write: bool = True, tracker: Tracker | None = None):
         self.dir = Path(run_dir)
         self.command, self.seed, self.device = command, seed, torch.device(device)
         self.resume, self.budget, self.headline = bool(resume), dict(budget or {}), list(headline or [])
         self.record = RunRecord(self.dir, write=write)
+        self.tracker = tracker if tracker is not None and write else Tracker()
+        self.record.on_write = self.tracker.rows
         self.previous = read_summary(self.dir) if self.resume else None
         self.status = "ok"  # what the run ends as if nothing goes wrong (a command may set "diverged")
         self.figures: Callable[[], dict] | None = None
@@ -115,6 +121,7 @@ class Run:
         raise signals.Interrupted(signum)
 
     def __enter__(self) -> Run:
+        self.tracker.start(resume=self.resume, seed=self.seed, command=self.command)  # may refuse: nothing written
         self._signals = signals.handled()
         self._signals.__enter__()
         self._started = time.perf_counter()
@@ -134,6 +141,7 @@ class Run:
             status, error = "failed", f"{type(ex).__name__}: {ex}"
         try:
             self._write(status, error)
+            self.tracker.finish(self.summary, self.record.rows, status)
         finally:
             self._signals.__exit__(kind, ex, tb)
         return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +34,8 @@ class RunOptions:
     threads: int | None  # torch's CPU threads; None: torch's default
     progress: bool
     resume: bool  # the bridge has turned resume=PATH into this run folder
+    logger: dict[str, Any] | None = None  # the ``logger`` group's node (tracker); None: the run record alone
+    tracking: Any = None  # the tracker's ``nas_cli.runs.tracking.Context`` (config, overrides, names)
 
     @classmethod
     def from_config(cls, cfg) -> RunOptions:
@@ -50,14 +53,34 @@ class RunOptions:
             raise UserError(f"progress={progress}: expected true or false")
         if threads is not None:
             torch.set_num_threads(threads)
-        return cls(Path(HydraConfig.get().runtime.output_dir), seed, resolve_device(str(cfg.device)), threads,
-                   progress, not is_off(cfg.resume) or requeued())
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        logger, context = _logger(cfg, run_dir)
+        return cls(run_dir, seed, resolve_device(str(cfg.device)), threads, progress,
+                   not is_off(cfg.resume) or requeued(), logger, context)
 
     def run(self, command: str, *, budget: dict | None = None, headline: list[str] | None = None,
             run_dir: str | Path | None = None, seed: int | None = None, device: torch.device | str | None = None,
             write: bool = True):
         """The command's run with these options (another folder, seed or device for an ensemble member)."""
+        from nas_cli.runs import tracking
         from nas_cli.runs.lifecycle import Run
 
-        return Run(run_dir or self.run_dir, command, seed=self.seed if seed is None else seed,
-                   device=device or self.device, resume=self.resume, budget=budget, headline=headline, write=write)
+        run_dir = Path(run_dir or self.run_dir)
+        tracker = tracking.make(self.logger, run_dir, self.tracking) if write else None
+        return Run(run_dir, command, seed=self.seed if seed is None else seed, device=device or self.device,
+                   resume=self.resume, budget=budget, headline=headline, write=write, tracker=tracker)
+
+
+def _logger(cfg, run_dir: Path) -> tuple[dict | None, Any]:
+    """The ``logger`` node as a plain dict and the tracker's context; a tracker that cannot run fails here."""
+    from omegaconf import OmegaConf
+
+    from nas_cli.runs import tracking
+
+    tracking.upload_late_artifacts()  # the previous job's (a multirun's jobs share this process)
+    node = cfg.get("logger")
+    if node is None:
+        return None, None
+    logger = OmegaConf.to_container(node, resolve=True)
+    tracking.check(logger)
+    return logger, tracking.context_from_config(cfg, run_dir)

@@ -59,6 +59,7 @@ class RunRecord:
         self.dir = Path(run_dir)
         self.rows: list[dict] = list(rows or [])
         self.write = write  # False on every process but rank 0 of a multi-process run
+        self.on_write = None  # called with the rows after each write of the table (the run's tracker)
 
     def log(self, row: dict, write: bool = True) -> None:
         """Add a row; ``write=False`` keeps it in memory until the next write (for loops that log often)."""
@@ -71,6 +72,8 @@ class RunRecord:
             return
         frame = pd.DataFrame(self.rows)
         atomic_write(self.dir / METRICS, lambda tmp: frame.to_csv(tmp, index=False))
+        if self.on_write is not None:
+            self.on_write(self.rows)
 
     def write_summary(self, summary: dict) -> None:
         if self.write:

@@ -1,0 +1,28 @@
+"""Shell completion (Typer's): the script names the program, and completing a prefix yields command names."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from nas_cli.cli import HYDRA_COMMANDS, app
+
+
+def test_show_completion_prints_a_script_for_nas_cli(tmp_path):
+    result = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="nas-cli",
+                                env={"HOME": str(tmp_path)})
+    assert result.exit_code == 0
+    assert "complete -o default -F _nas_cli_completion nas-cli" in result.output
+    assert "_NAS_CLI_COMPLETE=complete_bash" in result.output
+    assert not any(tmp_path.iterdir())  # --show-completion prints; it installs nothing
+
+
+def test_completion_completes_command_names():
+    def complete(words: str) -> set[str]:
+        env = {"_NAS_CLI_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+        result = CliRunner().invoke(app, [], prog_name="nas-cli", env=env)
+        assert result.exit_code == 0
+        return set(result.output.split())
+
+    assert complete("nas-cli tr") == {"train"}
+    assert complete("nas-cli se") == {n for n in HYDRA_COMMANDS if n.startswith("se")} == {"search-darts", "search-rl"}
+    assert complete("nas-cli rep") == {"report"}
