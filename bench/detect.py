@@ -115,7 +115,6 @@ def map_section(quick: bool) -> Table:
     from omegaconf import OmegaConf
 
     from nas_cli.detection.evaluate import METHODS, Postprocess, detect
-    from nas_cli.detection.model import Detector
     from nas_cli.engine import checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +125,7 @@ def map_section(quick: bool) -> Table:
         summary = json.loads((run / "summary.json").read_text())
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         data = instantiate(cfg.data, seed=cfg.seed)
-        model = Detector(data.in_shape, data.num_classes, **{k: v for k, v in cfg.model.items() if k != "_target_"})
+        model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
         model.load_state_dict(checkpoint.load(run / "model.pt")["model"])
         model.eval()
         post = Postprocess(**OmegaConf.to_container(cfg.postprocess))

@@ -64,7 +64,11 @@ def _best(boxes, scores, labels, post: Postprocess) -> dict[str, torch.Tensor]:
 def detect(out: DetectorOutput, post: Postprocess, method: str = "nms") -> list[dict[str, torch.Tensor]]:
     """Detections of every image of a batch after ``method`` (nms | softnms, both per class), best first,
     at most ``max_detections`` an image."""
-    c = candidates(out, post)
+    return clean(candidates(out, post), post, method)
+
+
+def clean(c: Candidates, post: Postprocess, method: str) -> list[dict[str, torch.Tensor]]:
+    """A batch's candidates after ``method`` (see ``detect``)."""
     if method == "nms":
         found = []
         for boxes, scores, labels, valid in zip(*c):
@@ -98,10 +102,10 @@ def mean_average_precision(model, loader, device: torch.device, post: Postproces
     metrics = {m: MeanAveragePrecision(box_format="xyxy", iou_type="bbox") for m in methods}
     model.eval()
     for x, y in loader:
-        out = model(x.to(device, non_blocking=True))
+        cands = candidates(model(x.to(device, non_blocking=True)), post)  # once, for every method
         truth = [{k: v.cpu() for k, v in t.items()} for t in ground_truth(y)]
         for method, metric in metrics.items():
-            found = [{k: v.cpu() for k, v in d.items()} for d in detect(out, post, method)]
+            found = [{k: v.cpu() for k, v in d.items()} for d in clean(cands, post, method)]
             metric.update(found, truth)
     figures = {}
     for method, metric in metrics.items():
