@@ -1,7 +1,7 @@
 """Build hook: the top-level ``conf/`` ships inside the wheel as ``nas_cli/conf``.
 
 A source checkout reads ``conf/`` in place; an installed wheel has no checkout, so
-the build copies the configs next to the package (see ``nas_cli.hydra_bridge.config_dir``).
+the build copies the configs next to the package (see ``nas_cli.config_files.config_dir``).
 """
 
 import shutil

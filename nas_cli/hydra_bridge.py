@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from nas_cli.config_files import config_dir
 from nas_cli.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -50,13 +51,6 @@ RENAMED = {
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "provider=")
 _STOP = "Config search path"  # Hydra appends its search path: never what the user needs
-
-
-def config_dir() -> Path:
-    """The configs: ``nas_cli/conf`` in an installed wheel, ``conf/`` in a source checkout."""
-    package = Path(__file__).resolve().parent
-    packaged = package / "conf"
-    return packaged if packaged.is_dir() else package.parent / "conf"
 
 
 @contextmanager
