@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
