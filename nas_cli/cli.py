@@ -95,4 +95,7 @@ def report(
 
 
 def main() -> None:
+    from nas_cli.runs import signals
+
+    signals.exit_after_stop()  # this process ends with the command: a late signal must not kill it unreported
     app()

@@ -158,25 +158,45 @@ def exit_on_error(command: str):
 
     An interrupted run (SIGINT, SIGTERM) exits with 128 + the signal's number and says how to resume.
     """
+    from nas_cli.runs import launch
     from nas_cli.runs.signals import Interrupted
 
     console = Console(stderr=True, highlight=False)
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    launch.resume_command = None  # the folder this command line takes sets it
     try:
         yield
+    except Exception as ex:
+        stopped = _stopped_job(ex)
+        if stopped is None:
+            if user_wants_traceback:
+                raise
+            console.print(Text.assemble(("error", "bold red"), f": {one_line(ex)}"), soft_wrap=True)
+            sys.exit(EXIT_USER_ERROR if _is_user_error(ex) else EXIT_FAILURE)
+        _interrupted(console, command, stopped.exit_code, stopped.name, launch.resume_command)
     except KeyboardInterrupt as ex:
         code, how = EXIT_INTERRUPTED, "SIGINT"
         if isinstance(ex, Interrupted):
             code, how = ex.exit_code, (f"a second {ex.name}: from the last checkpoint" if ex.hard else ex.name)
         where = getattr(ex, "run_dir", None) or "true"
-        console.print(Text.assemble(("interrupted", "yellow"),
-                                    f" ({how}): continue with `nas-cli {command} resume={where}`"), soft_wrap=True)
-        sys.exit(code)
-    except Exception as ex:
-        if user_wants_traceback:
-            raise
-        console.print(Text.assemble(("error", "bold red"), f": {one_line(ex)}"), soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR if _is_user_error(ex) else EXIT_FAILURE)
+        _interrupted(console, command, code, how, launch.resume_command or f"nas-cli {command} resume={where}")
+
+
+def _interrupted(console: Console, command: str, code: int, how: str, resume: str | None) -> None:
+    console.print(Text.assemble(("interrupted", "yellow"), f" ({how}): continue with `{resume}`"), soft_wrap=True)
+    sys.exit(code)
+
+
+def _stopped_job(ex: BaseException):
+    """The ``JobStopped`` behind a sweep's failure (a job in a worker process was interrupted), or None."""
+    from nas_cli.runs.signals import JobStopped
+
+    cur = ex
+    while cur is not None:
+        if isinstance(cur, JobStopped):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def run(command: str, task: Callable, config_name: str, args: list[str]) -> None:
@@ -197,11 +217,28 @@ def run(command: str, task: Callable, config_name: str, args: list[str]) -> None
             return
         args = _for_this_process(resolve_resume(config_name, args))  # run folders are named after the config
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
-        with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
-            main()
+        with _folder(command, config_name, args) as args:
+            with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
+                main()
         from nas_cli.runs.tracking import upload_late_artifacts
 
         upload_late_artifacts()  # plots a command drew after its run ended (dqn's returns.png), to its tracker
+
+
+@contextmanager
+def _folder(command: str, config_name: str, args: list[str]):
+    """The run's folder, chosen and locked before Hydra writes into it (rank 0 of torchrun only)."""
+    from nas_cli.engine.distributed import launched_rank
+    from nas_cli.runs import folders, launch
+
+    if launched_rank() != 0:
+        yield args
+        return
+    try:
+        with launch.run_folder(command, config_name, args) as args:
+            yield args
+    finally:
+        folders.release_all()
 
 
 def _refuse_renamed(command: str, args: list[str]) -> None:

@@ -125,3 +125,13 @@ def in_process(*args: str) -> int:
     finally:
         GlobalHydra.instance().clear()
     return 0
+
+
+@pytest.fixture(autouse=True)
+def release_run_folders():
+    """A task called in this process keeps its run folder's lock until the process ends: give it up after
+    each test, as the command line does after each command."""
+    yield
+    from nas_cli.runs import folders
+
+    folders.release_all()

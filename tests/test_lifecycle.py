@@ -273,10 +273,15 @@ def test_kill_signals_from_outside_then_resume_to_the_same_result(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143
     assert summary(term)["status"] == "interrupted" and summary(term)["epochs"] >= 1
-    # SIGKILL: no chance to write anything; the summary still says running, the last epoch's checkpoint is there
+    # SIGKILL: no chance to write anything; the summary still says running, the checkpoint is there, the lock is gone
     killed = tmp_path / "killed"
     proc = start(killed)
     wait_for_first_epoch(proc, killed)
+    # a second process on a live run's folder is refused before it writes a byte there
+    hydra_files = {p: p.read_bytes() for p in (killed / ".hydra").iterdir()}
+    for second in ([f"resume={killed}"], [*SLOW_TRAIN, f"hydra.run.dir={killed}"]):
+        assert nas_cli("train", *second) == 2
+        assert {p: p.read_bytes() for p in (killed / ".hydra").iterdir()} == hydra_files
     proc.kill()
     proc.wait(60)
     assert summary(killed)["status"] == "running"

@@ -74,14 +74,15 @@ def val_names() -> dict[str, str]:
     raise AssertionError("not enough validation names")
 
 
-def write_devkit(path: Path, upto: int) -> None:
-    """A devkit like the real one: meta.mat's synsets (ids 1..1000 in wnid order) and the ground truth."""
+def write_devkit(path: Path, upto: int, renamed: dict[str, str] | None = None) -> None:
+    """A devkit like the real one: meta.mat's synsets (ids 1..1000 in wnid order) and the ground truth;
+    ``renamed`` writes other names than the real WNIDs into meta.mat (a hostile or broken devkit)."""
     from scipy.io import savemat
 
     all_wnids = sorted(set(SHIPPED.values()))
     synsets = np.zeros((len(all_wnids) + 2, 1), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O")])
     for i, wnid in enumerate(all_wnids):
-        synsets[i, 0] = (i + 1, wnid)
+        synsets[i, 0] = (i + 1, (renamed or {}).get(wnid, wnid))
     synsets[-2, 0] = (1001, "n00001740")  # non-leaf synsets follow the classes in the real file
     synsets[-1, 0] = (1002, "n00002137")
     mat = io.BytesIO()

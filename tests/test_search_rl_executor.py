@@ -22,6 +22,7 @@ from nas_cli.nas import children as children_module
 from nas_cli.nas import executors
 from nas_cli.nas.children import ChildOptions, Evaluator
 from nas_cli.nas.executors import JobRunner
+from nas_cli.nas.search_loop import ChildrenFailed
 from nas_cli.nas.spaces import ZophSpace
 from nas_cli.runs.signals import Interrupted
 
@@ -129,12 +130,15 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
         raise RuntimeError("node lost (simulated)")
 
     monkeypatch.setattr(executors, "run_child", broken)
-    failed = search_task(tmp_path / "failed", *SYNTH, "search.children=2", "search.batch=2",
-                         "search.executor=debug", "search.retries=1")
-    assert failed["status"] == "ok" and failed["failed_children"] == 2 and failed["best_reward"] == 0.0
+    with pytest.raises(ChildrenFailed, match=r"all 2 children failed; the first \(child 0\): RuntimeError: node lost"):
+        search_task(tmp_path / "failed", *SYNTH, "search.children=2", "search.batch=2",
+                    "search.executor=debug", "search.retries=1")
+    failed = summary(tmp_path / "failed")
+    assert failed["status"] == "failed" and failed["failed_children"] == 2 and failed["best_reward"] is None
     cache = json.loads((tmp_path / "failed" / "cache.json").read_text())
     assert all(r["reward"] == 0.0 and "node lost (simulated)" in r["error"] for r in cache.values())
     assert (pd.read_csv(tmp_path / "failed" / "metrics.csv")["reward"] == 0.0).all()
+    assert not (tmp_path / "failed" / "best_arch.json").exists()
 
 
 def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, search_task, monkeypatch):

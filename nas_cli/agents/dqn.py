@@ -10,6 +10,9 @@ Every environment step is a safe point: SIGINT/SIGTERM there write a checkpoint 
 agent, the replay buffer, the environments' own state and the loop's, and a resumed run
 continues to the same result (environments whose state lives outside Python, such as Atari's
 emulator, restart their episodes from a reset instead).
+
+A non-finite loss, Q-value or return (or weights, before an evaluation) ends the run as ``diverged`` at
+its next row, as the training engine does: the rows stay, the checkpoint and ``best.pt`` stay finite.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, greedy_returns, start_episodes
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
+from nas_cli.agents.runs import diverged
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.schedules import Schedule
@@ -317,21 +321,28 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
         if step % agent.target_update < n:
             agent.update_target()
         evaluated = step % eval_every < n
-        if evaluated:
-            score = float(greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device,
-                                         eval_epsilon).mean())
-            if score > loop.best_eval:
-                loop.best_eval, loop.best_step = score, step
-                checkpoint.save(run.dir / BEST, {"model": agent.q.state_dict()})
-            if loop.solved_step is None and threshold is not None and score >= threshold:
-                loop.solved_step = step
         if step - loop.last_logged >= log_every or evaluated or step >= total_steps:
+            loss_mean = torch.stack(loop.losses).mean().item() if loop.losses else None
+            q_mean = torch.stack(loop.q).mean().item() if loop.q else None
+            train_return = float(np.mean(recent)) if recent else None
+            stop = diverged(run, f"step {step}", {"loss": loss_mean, "q_mean": q_mean, "return": train_return},
+                            agent.params if evaluated else None)
+            evaluated = evaluated and not stop
+            if evaluated:
+                score = float(greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device,
+                                             eval_epsilon).mean())
+                stop = diverged(run, f"step {step}", {"eval_return": score})
+                if score > loop.best_eval and not stop:
+                    loop.best_eval, loop.best_step = score, step
+                    checkpoint.save(run.dir / BEST, {"model": agent.q.state_dict()})
+                if loop.solved_step is None and threshold is not None and score >= threshold and not stop:
+                    loop.solved_step = step
             now = time.perf_counter()
             row = {"step": step, "episodes": len(loop.episodes),
-                   "return": float(np.mean(recent)) if recent else math.nan,
+                   "return": math.nan if train_return is None else train_return,
                    "length": float(np.mean([ln for _, ln in loop.episodes[-100:]])) if loop.episodes else math.nan,
-                   "loss": torch.stack(loop.losses).mean().item() if loop.losses else math.nan,
-                   "q_mean": torch.stack(loop.q).mean().item() if loop.q else math.nan,
+                   "loss": math.nan if loss_mean is None else loss_mean,
+                   "q_mean": math.nan if q_mean is None else q_mean,
                    "epsilon": epsilon, "eval_return": score if evaluated else math.nan,
                    "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9)}
             # the table is rewritten whole (atomically): at evaluations and every 10 s, not every row
@@ -340,6 +351,8 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
             last_write = now if write else last_write
             loop.losses, loop.q, tick, loop.last_logged = [], [], now, step
             bar.update(task, completed=step, info=f"return {row['return']:.1f}", refresh=True)
+            if stop:  # the rows so far stay; the checkpoint stays the last finite one
+                break
             if evaluated:
                 log.info(f"step {step}: eval return {score:.1f} (best {loop.best_eval:.1f}), "
                          f"train return {row['return']:.1f}, epsilon {epsilon:.3f}, "

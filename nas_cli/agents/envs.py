@@ -175,17 +175,37 @@ def env_state(env) -> list[dict] | None:
     return layers
 
 
+BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
+                  "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+
+
 def load_env_state(env, layers: list[dict]) -> None:
+    """Put back what ``env_state`` saved. A checkpoint may come from someone else: it sets only data attributes
+    (no method or class attribute is shadowed), plain values where the layer holds plain values, and names no
+    callable beyond numpy's bit generators."""
     for layer, saved in zip(_layers(env), layers):
+        have = vars(layer)
         for name, value in saved.items():
-            if isinstance(value, dict) and "rng" in value:
+            current = have.get(name)
+            if name.startswith("__") or callable(getattr(type(layer), name, None)):
+                raise UserError(f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
+                                "which is not a data attribute of this environment")
+            if isinstance(value, dict) and "rng" in value and isinstance(current, (np.random.Generator, type(None))):
                 state = json.loads(value["rng"])
-                rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+                make = BIT_GENERATORS.get(state.get("bit_generator")) if isinstance(state, dict) else None
+                if make is None:
+                    raise UserError(f"the checkpoint's environment state names an unknown bit generator for {name}")
+                rng = np.random.Generator(make())
                 rng.bit_generator.state = state
                 value = rng
-            elif isinstance(value, dict) and "array" in value:
+            elif isinstance(value, dict) and "array" in value and isinstance(current, (np.ndarray, type(None))):
                 value = value["array"].numpy().copy()
+            elif not isinstance(value, _PLAIN + (tuple,)) or not isinstance(current, _PLAIN + (tuple, np.generic)):
+                raise UserError(f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
+                                "which this environment does not hold as a plain value")
             setattr(layer, name, value)
+
+
 
 
 def _ale_env(env_id: str, noop_max: int, frame_skip: int, screen_size: int) -> gym.Env:

@@ -17,7 +17,8 @@ candidate of the next elite selection (``elite_in_population=false``).
 
 Every generation ends at a safe point: the checkpoint holds the next population, the elite, the
 generator's state and the counters; environment seeds are a function of (seed, generation), so a
-resumed run continues to the same metrics as an uninterrupted one.
+resumed run continues to the same metrics as an uninterrupted one. A non-finite return, or a mutation
+that leaves weights past float range, ends the run after that generation's row as ``diverged``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from nas_cli.agents import population as pop
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.plots import fitness_plot
+from nas_cli.agents.runs import diverged
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
@@ -219,6 +221,14 @@ class Evolution:
         returns, lengths = self.evaluate(members, generation_seeds(seed, g, POPULATION, (len(members), ga.episodes)))
         fitness = torch.from_numpy(returns.mean(1))
         episodes, steps = returns.size, int(lengths.sum())
+        if diverged(self.run, f"generation {g + 1}", {"mean_fitness": float(fitness.mean())}):
+            # counted, but no elite and no next generation: best.pt stays that of a finite generation
+            state.evaluations += episodes
+            state.env_steps += steps
+            state.generation = g + 1
+            return {**self._fitness_row(g, fitness), "elite_fitness": math.nan, "sigma": ga.sigma_at(g),
+                    "evaluations": state.evaluations, "env_steps": state.env_steps,
+                    "seconds": time.perf_counter() - tick}
         if ga.elite_candidates:
             pool = ga.candidates(fitness, state.elite_index)
             checked = members[pool]
@@ -245,10 +255,16 @@ class Evolution:
         state.elite = elite.cpu()
         state.members = ga.next_generation(members.cpu(), fitness, state.elite, sigma, generator)
         state.elite_index = 0 if ga.elite_in_population else None
-        return {"generation": g + 1, "best_fitness": float(fitness.max()), "mean_fitness": float(fitness.mean()),
-                "median_fitness": float(fitness.median()), "elite_fitness": elite_fitness, "sigma": sigma,
+        # a mutation past float range (a huge sigma) leaves weights that play, but as no network does
+        diverged(self.run, f"generation {g + 1}", {}, [state.members])
+        return {**self._fitness_row(g, fitness), "elite_fitness": elite_fitness, "sigma": sigma,
                 "evaluations": state.evaluations, "env_steps": state.env_steps,
                 "seconds": time.perf_counter() - tick}
+
+    @staticmethod
+    def _fitness_row(g: int, fitness: torch.Tensor) -> dict:
+        return {"generation": g + 1, "best_fitness": float(fitness.max()), "mean_fitness": float(fitness.mean()),
+                "median_fitness": float(fitness.median())}
 
 
 def train(ga: GA, env: EnvSpec, run: Run, *, generations: int, workers: int = 1, progress: bool = True) -> dict:
@@ -285,6 +301,8 @@ def train(ga: GA, env: EnvSpec, run: Run, *, generations: int, workers: int = 1,
             while state.generation < generations:
                 row = this.generation(state, generator)
                 record.log(row)
+                if run.status == "diverged":  # its row is kept; the checkpoint stays the last finite one
+                    break
                 save()
                 bar.update(task, completed=state.generation, info=f"elite {row['elite_fitness']:.1f}", refresh=True)
                 log.info(f"generation {row['generation']}: best {row['best_fitness']:.1f}, mean "

@@ -11,6 +11,7 @@ a truncated one (a time limit) is worth V(final observation): returns bootstrap 
 
 Every update is a safe point: SIGINT/SIGTERM there write a checkpoint with the agent, its optimizer, the
 action sampler's RNG, the environments' own state and the loop's, so a resumed run ends as an uninterrupted one.
+A non-finite loss or return (or weights, before an evaluation) ends the run there as ``diverged``, its rows kept.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, policy_returns, start_episodes
 from nas_cli.agents.networks import ACTIVATIONS, ActorCritic
+from nas_cli.agents.runs import diverged
 from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
@@ -377,21 +379,26 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
         for key, value in zip(loop.window, (losses.policy, losses.value, losses.entropy)):
             loop.window[key].append(value.item())
         step = loop.step
-        evaluated = step >= loop.next_eval or step >= total_steps
+        evaluating = step >= loop.next_eval or step >= total_steps
+        measured = {k: v[-1] for k, v in loop.window.items()}
+        stop = diverged(run, f"step {step}", {**measured, "return": float(np.mean(recent)) if recent else None},
+                        agent.params if evaluating else None)
+        evaluated = evaluating and not stop
         if evaluated:
             started = time.perf_counter()
             greedy, sampled = evaluate(agent, env, eval_episodes, seed + 10_000 + step)
             score, score_sampled = float(greedy.mean()), float(sampled.mean())
             loop.eval_seconds += time.perf_counter() - started
             loop.next_eval = (step // eval_every + 1) * eval_every
-            if score > loop.best_eval:
+            stop = diverged(run, f"step {step}", {"eval_return": score, "eval_return_sampled": score_sampled})
+            if score > loop.best_eval and not stop:
                 loop.best_eval, loop.best_step = score, step
                 checkpoint.save(run.dir / BEST, {"model": agent.net.state_dict()})
-            if threshold is not None and loop.solved_step is None and score >= threshold:
+            if threshold is not None and loop.solved_step is None and score >= threshold and not stop:
                 loop.solved_step = step
-            if threshold is not None and loop.solved_step_sampled is None and score_sampled >= threshold:
+            if threshold is not None and loop.solved_step_sampled is None and score_sampled >= threshold and not stop:
                 loop.solved_step_sampled = step
-        if step - loop.last_logged >= log_every or evaluated:
+        if step - loop.last_logged >= log_every or evaluated or stop:
             now = time.perf_counter()
             row = {"step": step, "episodes": len(loop.episodes),
                    "return": float(np.mean(recent)) if recent else math.nan,
@@ -406,11 +413,13 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
             loop.window = {k: [] for k in loop.window}
             tick, loop.last_logged = now, step
             bar.update(task, completed=min(step, total_steps), info=f"return {row['return']:.1f}", refresh=True)
-            if evaluated:
+            if evaluated and not stop:
                 log.info(f"step {step}: eval return {score:.1f} greedy, {score_sampled:.1f} sampled "
                          f"(best {loop.best_eval:.1f}), train return {row['return']:.1f}, "
                          f"{row['steps_per_s']:.0f} steps/s")
                 save()
+        if stop:  # the rows so far stay; the checkpoint stays the last finite one
+            break
         run.stop_point(save)
     record.write_metrics()
 

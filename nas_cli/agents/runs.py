@@ -1,12 +1,16 @@
 """What the agent commands (dqn, pg, ga) share around their runs: the start (run options, seeding,
-the agent, the environment, the mode) and, for ``mode=eval``, the saved agent's file, its weights
-and the figures of its returns."""
+the agent, the environment, the mode), the divergence check of their loops and, for ``mode=eval``, the
+saved agent's file, its weights and the figures of its returns."""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -15,7 +19,10 @@ from nas_cli.agents.envs import EnvSpec
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.runs.files import BEST
+from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
+
+log = logging.getLogger(__name__)
 
 
 def start(cfg: DictConfig):
@@ -25,6 +32,26 @@ def start(cfg: DictConfig):
     opts = RunOptions.from_config(cfg)
     seed_everything(opts.seed)
     return opts, instantiate(cfg.agent), EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
+
+
+def diverged(run: Run, where: str, figures: dict[str, float | None],
+             weights: Iterable[torch.Tensor] | None = None) -> bool:
+    """True, with the run marked ``diverged``, when a measured figure (a loss, a return; None: not measured
+    this time) or one of ``weights`` is NaN or infinite. The loop then logs its row and stops there, keeping
+    its rows and its last finite checkpoint, as the training engine does with a non-finite loss.
+
+    ``weights``: where an evaluation follows, since an update can blow the weights up after the last finite
+    loss, and greedy play of such weights must not become ``best.pt``.
+    """
+    bad = [f"{name} {value}" for name, value in figures.items() if value is not None and not math.isfinite(value)]
+    tensors = [w.detach() for w in weights or ()]
+    if tensors and not bool(torch.stack([torch.isfinite(w).all() for w in tensors]).all()):  # one host sync
+        bad.append("non-finite weights")
+    if not bad:
+        return False
+    run.status = "diverged"
+    log.warning(f"{', '.join(bad)} at {where}: run diverged, stopping")
+    return True
 
 
 def source_file(source: str | None) -> Path:

@@ -23,6 +23,7 @@ from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.engine.latency import n_params
 from nas_cli.errors import UserError
+from nas_cli.runs import saved_config
 from nas_cli.runs.files import DETECTIONS, DETECTIONS_PLOT, DETECTOR, PREDICTIONS, WEIGHTS
 from nas_cli.runs.options import RunOptions
 from nas_cli.runs.record import atomic_write
@@ -93,7 +94,9 @@ def predict(cfg: DictConfig, opts: RunOptions, post: Postprocess) -> dict:
     files = image_files(cfg.images)
     source = source_folder(cfg.source)
     meta = DetectorMeta.load(source / DETECTOR)
-    model = instantiate({**meta.model, "in_shape": meta.in_shape, "num_classes": len(meta.classes)})
+    # the run may come from elsewhere: its detector.json is data, rebuilt only from nas-cli's own targets
+    node = saved_config.checked_node({"model": meta.model}, "model", f"source={cfg.source}: {source / DETECTOR}")
+    model = instantiate({**node, "in_shape": meta.in_shape, "num_classes": len(meta.classes)})
     try:
         model.load_state_dict(checkpoint.load(source / WEIGHTS, map_location="cpu")["model"])
     except (KeyError, RuntimeError) as ex:

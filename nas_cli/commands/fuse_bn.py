@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich import get_console
 from rich.table import Table
 
@@ -22,6 +22,7 @@ from nas_cli.engine.latency import median_latencies, n_params
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
+from nas_cli.runs import saved_config
 from nas_cli.runs.files import CONFIG, FUSED
 from nas_cli.runs.options import RunOptions
 from nas_cli.tools import export as exporter
@@ -148,10 +149,20 @@ def load_source(source: Source, batch: int, seed: int) -> tuple[torch.nn.Module,
     config_file = run_dir / CONFIG
     if not config_file.is_file():
         raise UserError(f"source={name}: no {config_file} to rebuild the model from (is it a nas-cli run?)")
-    run_cfg = OmegaConf.load(config_file)
-    data = instantiate(run_cfg.data, seed=run_cfg.get("seed", 0))
-    model = instantiate(run_cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
-    model.load_state_dict(checkpoint.load(weights)["model"])
+    # the run may come from elsewhere: its config is data, rebuilt only from nas-cli's own targets
+    where = f"source={name}: {config_file}"
+    run_cfg = saved_config.load(config_file, where)
+    data_node = saved_config.checked_node(run_cfg, "data", where)
+    model_node = saved_config.checked_node(run_cfg, "model", where)
+    seed = saved_config.plain_value(run_cfg, "seed", where, default=0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"{where}: seed={seed!r} is not a whole number; {saved_config.REFUSED}")
+    data = instantiate(data_node, seed=seed)
+    model = instantiate(model_node, in_shape=data.in_shape, num_classes=data.num_classes)
+    try:
+        model.load_state_dict(checkpoint.load(weights)["model"])
+    except (KeyError, RuntimeError) as ex:
+        raise UserError(f"source={name}: {weights} does not fit the model of {config_file}") from ex
     images, seen = [], 0
     for x, _ in data.val:  # real validation images
         images.append(x)
@@ -214,7 +225,8 @@ def print_report(report: FuseReport, summary: dict, rows: list[dict]) -> None:
     numbers.add_column("figure")
     numbers.add_column("value", justify="right")
     numbers.add_row("max |output difference|", f"{summary['max_abs_diff']:.3g}")
-    numbers.add_row("max difference / max |output|", f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})")
+    numbers.add_row("max difference / max |output|",
+                    f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})")
     numbers.add_row("parameters", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     if "export" in summary:
         numbers.add_row(f"{summary['export_file']} ({summary['export_runtime']}) vs fused torch",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
 from nas_cli.data.bundle import shard_bundle
@@ -37,6 +37,7 @@ def task(cfg: DictConfig) -> dict | float:
 
     Returns the summary, or the figure named by ``optimized_metric`` for sweepers that optimize one.
     """
+    check_model_files(cfg.model)  # a genotype or an architecture from elsewhere: refused before anything starts
     opts = RunOptions.from_config(cfg)
     device = opts.device
     group = distributed.setup(device)
@@ -54,6 +55,18 @@ def task(cfg: DictConfig) -> dict | float:
         distributed.teardown()
     metric = cfg.get("optimized_metric")
     return float(summary[metric]) if metric else summary
+
+
+def check_model_files(model: DictConfig) -> None:
+    """The files a model is built from (``model.genotype``, ``model.arch``), read and checked by the model
+    class's own ``check_config``: a broken one is one line before the run folder, its data or its model."""
+    try:
+        target = get_object(str(model._target_))
+    except Exception:  # noqa: BLE001 - a target that cannot be found is instantiate's to report, as before
+        return
+    check = getattr(target, "check_config", None)
+    if check is not None:
+        check(model)
 
 
 def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, device,

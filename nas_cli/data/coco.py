@@ -3,7 +3,10 @@
 Layout: ``root/annotations.json`` with the images in ``root/images/<file_name>``, split at random into train
 and val; or ``root/train/`` and ``root/val/``, each with its own ``annotations.json`` and ``images/``, used as
 the two splits. Images are decoded with PIL in the main process and held as uint8 tensors: the folder is
-expected to be small (thousands of images); streaming a large dataset is left to a later issue.
+expected to be small (thousands of images); a large dataset would need streaming, which this does not do.
+
+An annotations file may come from elsewhere: its ``file_name`` values are names inside ``images/``, never paths
+that leave it (absolute, or with ``..``).
 """
 
 from __future__ import annotations
@@ -140,8 +143,9 @@ def read_split(folder: Path, height: int, width: int) -> Split:
         position[entry["id"]] = i
     images = torch.empty((len(entries), 3, height, width), dtype=torch.uint8)
     factors = []
-    for i, entry in enumerate(entries):
-        images[i], factor = read_image(folder / "images" / str(entry["file_name"]), path, height, width)
+    files = [image_file(folder / "images", entry["file_name"], path, i) for i, entry in enumerate(entries)]
+    for i, file in enumerate(files):
+        images[i], factor = read_image(file, path, height, width)
         factors.append(factor)
     rows = [[] for _ in entries]
     for j, ann in enumerate(data["annotations"]):
@@ -163,6 +167,16 @@ def load_json(path: Path) -> dict:
     if missing:
         raise UserError(f"{path}: not a COCO annotations file (no list {', '.join(missing)})")
     return data
+
+
+def image_file(images: Path, file_name, listed_in: Path, i: int) -> Path:
+    """``images/<file_name>``, refused unless the name stays inside ``images/``: relative, no ``..``."""
+    name = str(file_name)
+    absolute = name.startswith(("/", "\\")) or name[1:2] == ":"  # a drive letter counts too
+    if not name or absolute or ".." in name.replace("\\", "/").split("/") or "\0" in name:
+        raise UserError(f"{listed_in}: images[{i}].file_name={name!r} is not a name inside {images} "
+                        f"(absolute, or with '..'): refused")
+    return images / name
 
 
 def check_categories(categories: list, path: Path) -> list[int]:

@@ -123,12 +123,26 @@ def read_cifar_pickle(path: Path, label_key: str) -> tuple[torch.Tensor, torch.T
     return torch.from_numpy(images), torch.as_tensor(np.asarray(batch[label_key]), dtype=torch.long)
 
 
+# What a CIFAR batch may be made of: plain containers and numpy arrays. A data folder may come from
+# someone else, and an unrestricted pickle can call any function while it loads.
+_PICKLE_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                   for name in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # protocol 2 writes bytes with encode
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+
 def _load_pickle(path: Path) -> dict:
     import pickle
 
+    class DataOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) not in _PICKLE_GLOBALS:
+                raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file has no need of")
+            return super().find_class(module, name)
+
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = DataOnly(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as ex:
         raise UserError(f"{path} is not a readable pickle ({ex}); unpack the python version again") from None
     if not isinstance(batch, dict):

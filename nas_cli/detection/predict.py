@@ -21,11 +21,20 @@ PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#4
 
 class DetectorMeta:
     """What predicting needs besides the weights, saved as ``detector.json`` by the training run: the
-    model's config, the input shape, the class names and the normalisation of the training data."""
+    model's config, the input shape, the class names and the normalisation of the training data.
+
+    The file may come from elsewhere: ``model`` is data until ``nas_cli.runs.saved_config.checked_node``
+    has passed it (the predicting command does so before building anything)."""
 
     def __init__(self, model: dict, in_shape, classes: list[str], mean, std):
-        self.model, self.in_shape, self.classes = dict(model), [int(v) for v in in_shape], list(classes)
+        if not isinstance(model, dict):
+            raise TypeError(f"model is {type(model).__name__}, not a mapping")
+        self.model, self.in_shape, self.classes = dict(model), [int(v) for v in in_shape], [str(c) for c in classes]
         self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+        if len(self.in_shape) != 3 or min(self.in_shape) < 1:
+            raise ValueError(f"in_shape {self.in_shape} is not [channels, height, width]")
+        if not self.classes:
+            raise ValueError("no class names")
 
     def save(self, path: Path) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(vars(self), indent=2)))

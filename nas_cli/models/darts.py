@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from omegaconf import Container, OmegaConf
 from torch import nn
 
 from nas_cli.engine.losses import AuxiliaryLogits
 from nas_cli.errors import UserError
 from nas_cli.models.layers import check_prob, drop_path
 from nas_cli.nas.darts.genotype import Genotype
-from nas_cli.nas.darts.ops import PRIMITIVES, build_cells, make_op, preprocess, stem
+from nas_cli.nas.darts.ops import build_cells, make_op, preprocess, stem
 
 
 class Cell(nn.Module):
@@ -18,12 +21,7 @@ class Cell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.pre0, self.pre1 = preprocess(c_pp, c_p, c, reduction_prev, affine=True)
-        if len(pairs) % 2:
-            raise UserError("genotype: every node needs two (op, input) pairs")
-        for op, _ in pairs:
-            if op not in PRIMITIVES or op == "none":
-                raise UserError(f"genotype: '{op}' is not a DARTS op (or is 'none')")
-        self.pairs = list(pairs)
+        self.pairs = list(pairs)  # checked when the genotype was read (Genotype.from_dict)
         self.nodes = len(pairs) // 2
         self.concat = list(concat) or list(range(2, 2 + self.nodes))
         self.ops = nn.ModuleList(make_op(op, c, 2 if reduction and j < 2 else 1, affine=True) for op, j in pairs)
@@ -35,8 +33,6 @@ class Cell(nn.Module):
             out = 0
             for k in (2 * i, 2 * i + 1):
                 _, j = self.pairs[k]
-                if j >= len(states):
-                    raise UserError(f"genotype: node {i} reads state {j}, which does not exist yet")
                 h = self.ops[k](states[j])
                 # only identities are exempt: a reduction cell's skip_connect is a FactorizedReduce
                 # (two strided 1x1 convs) and drops like any op, as in DARTS's reference code
@@ -77,6 +73,21 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x))
 
 
+def read_genotype(genotype) -> Genotype:
+    """``model.genotype``: a file, a search run folder, a published cell's name, or a dict written inline."""
+    if genotype is None:
+        raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts) "
+                        "or a published cell: DARTS_V1, DARTS_V2, PC_DARTS")
+    if isinstance(genotype, Container):
+        genotype = OmegaConf.to_container(genotype, resolve=True)
+    if isinstance(genotype, dict):
+        return Genotype.from_dict(genotype)
+    if not isinstance(genotype, (str, Path)):
+        raise UserError(f"model.genotype={genotype}: use a genotype.json, a search run folder, DARTS_V1, DARTS_V2 "
+                        f"or PC_DARTS, or a dict with 'normal' and 'reduce'")
+    return Genotype.load(genotype)
+
+
 class DARTSNetwork(nn.Module):
     """Stem, ``layers`` cells of the genotype (reductions at 1/3 and 2/3), pooling, linear classifier.
 
@@ -93,16 +104,11 @@ class DARTSNetwork(nn.Module):
                  drop_path: float = 0.0, auxiliary: bool = False, auxiliary_weight: float = 0.4,
                  stem_multiplier: int = 3):
         super().__init__()
-        if genotype is None:
-            raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts) "
-                            "or a published cell: DARTS_V1, DARTS_V2, PC_DARTS")
+        g = self.genotype = read_genotype(genotype)
         if len(in_shape) != 3:
             raise UserError(f"model=darts needs image inputs (C, H, W), got {tuple(in_shape)}")
         if auxiliary and layers < 3:
             raise UserError(f"model.auxiliary=true needs a second reduction: model.layers >= 3 (got {layers})")
-        g = Genotype.from_dict(dict(genotype)) if not isinstance(genotype, (str, bytes)) and hasattr(
-            genotype, "keys") else Genotype.load(genotype)
-        self.genotype = g
         self.drop_path = self.drop_prob = check_prob("drop_path", float(drop_path))
         self.auxiliary_weight = float(auxiliary_weight)
         self.stem = stem(in_shape[0], stem_multiplier * init_channels)
@@ -118,6 +124,11 @@ class DARTSNetwork(nn.Module):
         self.aux_at = 2 * layers // 3 if auxiliary else None  # the second reduction cell
         self.auxiliary = AuxiliaryHead(widths[self.aux_at], num_classes) if auxiliary else None
         self.classifier = nn.Linear(c_p, num_classes)
+
+    @staticmethod
+    def check_config(model) -> None:
+        """``model.genotype`` read and checked from the config alone: before a run or its data exist."""
+        read_genotype(model.get("genotype"))
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Drop-path schedule: 0 at the first epoch, rising linearly towards ``drop_path``."""

@@ -11,6 +11,13 @@ class RLChild(ArchNet):
     """The child network of a search's ``best_arch.json`` (or an inline list of layers)."""
 
     def __init__(self, in_shape, num_classes: int, arch=None):
-        if isinstance(arch, Container):
-            arch = OmegaConf.to_container(arch, resolve=True)
-        super().__init__(load_arch(arch), in_shape, num_classes)
+        super().__init__(load_arch(_plain(arch)), in_shape, num_classes)
+
+    @staticmethod
+    def check_config(model) -> None:
+        """``model.arch`` read and checked from the config alone: before a run or its data exist."""
+        load_arch(_plain(model.get("arch")))
+
+
+def _plain(arch):
+    return OmegaConf.to_container(arch, resolve=True) if isinstance(arch, Container) else arch

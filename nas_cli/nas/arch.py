@@ -33,9 +33,11 @@ from torch import nn
 
 from nas_cli.engine.latency import n_params
 from nas_cli.errors import UserError
+from nas_cli.runs.files import BEST_ARCH
 from nas_cli.runs.record import read_json
 
 TYPES = ("conv", "pool", "fc", "gap")
+SIZES = {"conv": ("filters", "kh", "kw", "sh", "sw"), "pool": ("kernel", "stride"), "fc": ("units",), "gap": ()}
 
 
 def canonical(arch: list[dict]) -> list[dict]:
@@ -48,8 +50,7 @@ def canonical(arch: list[dict]) -> list[dict]:
         inputs = sorted({int(j) for j in layer.get("inputs", [i - 1] if i else [])})
         if any(j < 0 or j >= i for j in inputs):
             raise UserError(f"architecture layer {i}: inputs {inputs} must be earlier layers (0..{i - 1})")
-        keys = {"conv": ("filters", "kh", "kw", "sh", "sw"), "pool": ("kernel", "stride"), "fc": ("units",),
-                "gap": ()}[kind]
+        keys = SIZES[kind]
         try:
             entry = {"type": kind, **{k: int(layer[k]) for k in keys}, "inputs": inputs}
         except KeyError as ex:
@@ -85,15 +86,49 @@ def describe(arch: list[dict]) -> str:
 
 
 def load_arch(source) -> list[dict]:
-    """An architecture from a list, a ``best_arch.json`` (its ``arch`` key) or a JSON file holding the list."""
+    """An architecture from a list, a ``best_arch.json`` (its ``arch`` key) or a JSON file holding the list,
+    checked whole (``check_layers``) before any network is built."""
     if source is None:
         raise UserError("model.arch is not set: pass model.arch=PATH (a search's best_arch.json)")
+    where, prefix = "model.arch", ""
     if isinstance(source, (str, Path)):
-        data = read_json(source, "model.arch", "best_arch.json", "a search run folder or its best_arch.json")
-        source = data["arch"] if isinstance(data, dict) and "arch" in data else data
-    if not isinstance(source, (list, tuple)) or not source:
-        raise UserError("an architecture is a non-empty list of layers")
+        file = Path(source) / BEST_ARCH if Path(source).is_dir() else Path(source)
+        data = read_json(source, "model.arch", BEST_ARCH, "a search run folder or its best_arch.json")
+        where = f"model.arch={file}"
+        if isinstance(data, dict) and "arch" in data:
+            data, prefix = data["arch"], "arch"
+        source = data
+    check_layers(source, where, prefix)
     return canonical([dict(layer) for layer in source])
+
+
+def check_layers(layers, where: str = "model.arch", prefix: str = "") -> None:
+    """A one-line ``UserError`` naming ``where`` (the file), the layer's key and the rule, for an architecture
+    that someone wrote or edited: layer types, their sizes (whole numbers, 1 or more) and inputs (earlier
+    layers only). A proposal of a controller needs no check: it is built by the rules."""
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise UserError(f"{where}: {prefix or 'the architecture'} is not a non-empty list of layers")
+    for i, layer in enumerate(layers):
+        at = f"{where}: {prefix}[{i}]"
+        if not isinstance(layer, dict):
+            raise UserError(f"{at} is not a layer (a dict with a 'type' and its sizes)")
+        kind = layer.get("type", "conv")
+        if kind not in TYPES:
+            raise UserError(f"{at}.type '{kind}' is not a layer type: use {', '.join(TYPES)}")
+        for name in SIZES[kind]:
+            if name not in layer:
+                raise UserError(f"{at}: a {kind} layer needs '{name}' ({', '.join(SIZES[kind])})")
+            if not _whole(layer[name]) or layer[name] < 1:
+                raise UserError(f"{at}.{name} is {json.dumps(layer[name])}: a size is a whole number, 1 or more")
+        inputs = layer.get("inputs", [])
+        if not isinstance(inputs, (list, tuple)) or not all(_whole(j) and 0 <= j < i for j in inputs):
+            rule = ("layer 0 reads the image alone: []" if i == 0
+                    else f"layer {i} reads earlier layers, 0..{i - 1} ([]: the image)")
+            raise UserError(f"{at}.inputs is {json.dumps(inputs)}: {rule}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:

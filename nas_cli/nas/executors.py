@@ -10,6 +10,10 @@ re-submits only the children whose result never arrived, and still records the o
 A job that fails (an exception in the child, a node failure, a time limit) is submitted again up to
 ``retries`` times; after that the child scores 0.0, like a diverged child, and its error text is kept
 in ``cache.json`` (``error``) and in the search's log. submitit's own logs are in ``jobs/<job id>_*``.
+That text is the child's own exception (``ValueError: Invalid learning rate: -1``): the job writes it,
+one line, to ``children/<step>/error.txt`` before it fails. submitit hands back only a formatted
+traceback with log paths after it (local, slurm) or the exception itself (debug), and nothing at all
+from a job killed from outside; only then is the cause read from submitit's report instead.
 
 Zoph & Le (2017) trained 800 children at once; ``search.batch`` is how many children a round proposes
 (and submits), ``search.slurm.*`` what each job asks SLURM for.
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("inline", "local", "debug", "slurm")
 JOBS = "jobs"                                # submitit's pickles and logs, one set per job
 ARRIVED = Path(JOBS) / "results.json"        # results as they arrive: what a resumed round need not redo
+CHILD_ERROR = "error.txt"                    # in a child's folder: why its last attempt failed, one line
 
 
 @dataclass
@@ -97,9 +102,22 @@ def run_child(job: ChildJob) -> float:
                              Path(job.folder), job.seed + job.step))
 
 
+def run_job(job: ChildJob) -> float:
+    """What a job runs: ``run_child``, keeping the one-line cause of a failure in the child's folder
+    (``CHILD_ERROR``), where the search reads it back whatever the executor does with the exception."""
+    error = Path(job.folder) / CHILD_ERROR
+    error.unlink(missing_ok=True)  # an earlier attempt's: this attempt may succeed
+    try:
+        return run_child(job)  # the module's, looked up now (tests replace it to make jobs fail)
+    except Exception as ex:
+        text = exception_line(ex)
+        atomic_write(error, lambda tmp: Path(tmp).write_text(text + "\n"))
+        raise
+
+
 def _job_function():
-    """``run_child`` looked up at submit time (tests replace it to make jobs fail)."""
-    return run_child
+    """The function each job runs, looked up at submit time."""
+    return run_job
 
 
 class JobRunner:
@@ -172,7 +190,7 @@ class JobRunner:
                     if error is None:
                         out[k] = {"reward": float(handle.result()), "seconds": time.time() - t0}
                     else:  # any failure of a job (the child's exception, a lost node, a time limit) is the child's
-                        text = _one_line(error)
+                        text = failure(job, error)
                         if attempt <= self.retries:
                             log.warning(f"child {job.step}: job {handle.job_id} failed ({text}); "
                                         f"submitting it again ({attempt}/{self.retries})")
@@ -211,8 +229,39 @@ def _cancel(handle) -> None:
         log.debug(f"cancel {handle.job_id}: {error}")
 
 
-def _one_line(error: BaseException) -> str:
-    """A job's failure in one line (submitit wraps the child's traceback in a long message)."""
-    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    return f"{type(error).__name__}: {last}"[:300]
+def exception_line(ex: BaseException) -> str:
+    """``Type: message`` in one line, as a run's summary records an exception."""
+    message = " ".join(ln.strip() for ln in str(ex).splitlines() if ln.strip())
+    return f"{type(ex).__name__}: {message}"[:MAX_ERROR] if message else type(ex).__name__
+
+
+MAX_ERROR = 300  # characters of a child's error kept in cache.json and the search's summary
+
+
+def failure(job: ChildJob, error: BaseException) -> str:
+    """Why a job failed, one line: what the child wrote (``run_job``), else what submitit reports."""
+    try:
+        text = (Path(job.folder) / CHILD_ERROR).read_text().strip()
+    except OSError:
+        text = ""
+    return text[:MAX_ERROR] if text else _submitit_cause(error)
+
+
+_RULE = "-" * 10  # submitit sets a job's traceback and its stderr apart with lines of dashes
+
+
+def _submitit_cause(error: BaseException) -> str:
+    """The cause in submitit's report of a failed job. A ``FailedJobError`` holds the child's traceback
+    between rules of dashes, followed by log paths: its last traceback line is the exception. An
+    ``UncompletedJobError`` (no result: killed, timed out) says so in its first lines, with the tail of
+    the job's stderr between rules. Anything else (a debug job's own exception) is itself the cause."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    rules = [i for i, ln in enumerate(lines) if ln.startswith(_RULE)]
+    name = type(error).__name__
+    if name == "FailedJobError" and len(rules) >= 2 and rules[1] > rules[0] + 1:
+        return lines[rules[1] - 1][:MAX_ERROR]  # "ValueError: Invalid learning rate: -1"
+    if name == "UncompletedJobError" and rules:
+        head = " ".join(lines[:rules[0] - 1]) if rules[0] > 1 else lines[0]
+        stream = lines[rules[0] + 1:]
+        return (f"{name}: {head}" + (f"; stderr ends: {stream[-1]}" if stream else ""))[:MAX_ERROR]
+    return exception_line(error)

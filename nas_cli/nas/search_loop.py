@@ -1,14 +1,17 @@
 """search-rl's loop: propose, evaluate (cached), observe; record every child; checkpoint to resume.
 
 It ends after ``search.children`` proposals, or sooner once ``search.trained`` distinct children were
-trained (cache hits cost no training; MetaQNN's budget is counted that way).
+trained (cache hits cost no training; MetaQNN's budget is counted that way). A child whose job failed
+for good scores 0.0 and is no candidate for the best; a search in which every child failed found
+nothing, and fails with the first child's error.
 
 Run folder:
     metrics.csv             one row per child: step, arch, params, reward, seconds, cache_hit, json
     cache.json              reward and params per architecture (a repeat is not retrained); ``error``: its job failed
     jobs/                   search.executor=local|debug|slurm: submitit's files, results.json (this round's arrivals)
     checkpoints/last.pt     controller state (random state included), rows and cache after each batch of children
-    best_arch.json          the best architecture so far (``nas-cli train model=rl_child model.arch=PATH``)
+    best_arch.json          the best architecture so far among the children that did not fail
+                            (``nas-cli train model=rl_child model.arch=PATH``)
     children/<step>/        each trained child's own run (reward=accuracy)
     summary.json
 
@@ -40,6 +43,10 @@ from nas_cli.runs.record import atomic_write, write_json
 log = logging.getLogger(__name__)
 COLUMNS = ["step", "arch", "params", "reward", "seconds", "cache_hit", "json"]
 HEADLINE = ["best_reward", "children", "trained"]
+
+
+class ChildrenFailed(RuntimeError):
+    """Every child of a search failed: there is no result to report (the cause is the children's)."""
 
 
 def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True,
@@ -84,11 +91,12 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
                                 "seconds": res["seconds"], "cache_hit": res["cache_hit"],
                                 "json": json.dumps(canonical(arch))}, write=False)
                     best = max(r["reward"] for r in record.rows)
-                    log.info(f"child {s + 1}/{children}: reward {res['reward']:.4f} (best {best:.4f})"
+                    outcome = f"failed ({res['error']})" if "error" in res else f"reward {res['reward']:.4f}"
+                    log.info(f"child {s + 1}/{children}: {outcome} (best {best:.4f})"
                              f"{' [cache]' if res['cache_hit'] else ''}  {describe(arch)}")
                     bar.update(task, advance=1, info=f"best {best:.4f}", refresh=True)
                 record.write_metrics()
-                _write_best(run.dir, record.rows)
+                _write_best(run.dir, _succeeded(record.rows, evaluator.cache))
                 cache = json.dumps(evaluator.cache)
                 atomic_write(run.dir / CACHE, lambda tmp, text=cache: Path(tmp).write_text(text))
                 run.save_checkpoint({"controller_name": controller.name, "controller": controller.state_dict(),
@@ -96,6 +104,7 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
                 if evaluator.runner is not None:
                     evaluator.runner.forget()  # this round is in the checkpoint now
                 run.stop_point()
+            _fail_if_none_succeeded(record.rows, evaluator.cache)
     finally:
         evaluator.close()
     summary = run.summary
@@ -116,14 +125,36 @@ def _fresh(rows: list[dict]) -> int:
     return sum(not bool(r["cache_hit"]) for r in rows)
 
 
+def _error(row: dict, cache: dict[str, dict]) -> str | None:
+    """Why a child's job failed for good (None: it did not fail)."""
+    return cache.get(key(json.loads(row["json"])), {}).get("error")
+
+
+def _succeeded(rows: list[dict], cache: dict[str, dict]) -> list[dict]:
+    """The children whose reward is a score, not a failed job's 0.0."""
+    return [r for r in rows if _error(r, cache) is None]
+
+
+def _fail_if_none_succeeded(rows: list[dict], cache: dict[str, dict]) -> None:
+    if not rows or _succeeded(rows, cache):
+        return
+    first = min(rows, key=lambda r: r["step"])
+    step, error = int(first["step"]), _error(first, cache)
+    raise ChildrenFailed(f"the search's only child (child {step}) failed: {error}" if len(rows) == 1
+                         else f"all {len(rows)} children failed; the first (child {step}): {error}")
+
+
 def _write_best(run_dir: Path, rows: list[dict]) -> None:
+    if not rows:  # no child has a score yet: no best to name
+        return
     best = max(rows, key=lambda r: r["reward"])
     write_json(run_dir / BEST_ARCH, {"arch": json.loads(best["json"]), "reward": best["reward"],
                                      "params": int(best["params"]), "step": int(best["step"]), "string": best["arch"]})
 
 
 def _figures(controller: Controller, evaluator: Evaluator, rows: list[dict]) -> dict:
-    best = max(rows, key=lambda r: r["reward"]) if rows else None
+    scored = _succeeded(rows, evaluator.cache)
+    best = max(scored, key=lambda r: r["reward"]) if scored else None
     return {
         "controller": controller.name, "space": controller.space.kind, "reward": evaluator.kind,
         "children": len(rows), "trained": _fresh(rows),

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import torch
 
-from nas_cli.runs import signals
+from nas_cli.runs import folders, signals
 from nas_cli.runs.files import CHECKPOINT
 from nas_cli.runs.record import RunRecord, read_summary, versions
 from nas_cli.runs.tracking import Tracker
 
 log = logging.getLogger(__name__)
 RESERVED = ("status", "command", "error")  # the lifecycle's to write, never a command's figure
+_open = 0  # runs entered and not yet left in this process (nested runs: ensemble members, children)
 
 
 class Run:
@@ -70,6 +71,7 @@ class Run:
         self.figures: Callable[[], dict] | None = None
         self.summary: dict | None = None
         self._started: float | None = None
+        self._started_at: str | None = None  # when this run first started (kept over resumes)
 
     # -- before the run starts --------------------------------------------------------------
     def finished(self) -> dict | None:
@@ -118,21 +120,30 @@ class Run:
             return
         if save is not None:
             save()
-        raise signals.Interrupted(signum)
+        raise signals.stopped(signum)
 
     def __enter__(self) -> Run:
         self.tracker.start(resume=self.resume, seed=self.seed, command=self.command)  # may refuse: nothing written
+        global _open
         self._signals = signals.handled()
         self._signals.__enter__()
         self._started = time.perf_counter()
+        self._started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        folders.mark_started(self.dir)
+        _open += 1
         self._write("running")
         return self
 
     def __exit__(self, kind, ex, tb) -> bool:
+        global _open
+        _open -= 1
         error = None
+        stopped = isinstance(ex, KeyboardInterrupt)
+        if stopped:
+            signals.no_hard_stop()  # the record comes first
         if ex is None:
             status = self.status
-        elif isinstance(ex, KeyboardInterrupt):
+        elif stopped:
             status = "interrupted"
             error = str(ex) or "stopped by SIGINT"
             if isinstance(ex, signals.Interrupted) and ex.run_dir is None:
@@ -140,10 +151,14 @@ class Run:
         else:
             status, error = "failed", f"{type(ex).__name__}: {ex}"
         try:
-            self._write(status, error)
-            self.tracker.finish(self.summary, self.record.rows, status)
+            with signals.finishing(stopped):  # however many signals arrive now, the record gets written
+                self._write(status, error)
+                self.tracker.finish(self.summary, self.record.rows, status)
         finally:
             self._signals.__exit__(kind, ex, tb)
+        if stopped and _open == 0 and signals.in_sweep_worker():
+            signum = getattr(ex, "signum", 2)
+            raise signals.JobStopped(signum, str(self.dir)) from ex  # the launcher lets the other jobs finish
         return False
 
     # -- the summary ------------------------------------------------------------------------
@@ -170,7 +185,7 @@ class Run:
             "wall_time_s": wall, "device": str(self.device), "device_hours": wall / 3600.0,
             "gpu_hours": wall / 3600.0 if gpu else 0.0, "seed": self.seed,
             "resumes": int(prev.get("resumes", -1)) + 1 if prev else 0,
-            "started": prev.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": prev.get("started") or self._started_at,
             "host": socket.gethostname(), "pid": os.getpid(),  # a resume leaves a live run alone
             "versions": versions(),
         })

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from nas_cli.errors import UserError
+from nas_cli.runs import folders, signals  # noqa: F401  (signals: a sweep worker keeps stop requests from import on)
 
 _OFF = {"false", "0", "no", "off", "null", "none"}
 
@@ -54,9 +55,11 @@ class RunOptions:
         if threads is not None:
             torch.set_num_threads(threads)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        resume = not is_off(cfg.resume) or requeued()
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write nothing of their own
+            folders.claim(run_dir, resume=resume)  # the command line holds it already; a sweep's job takes it here
         logger, context = _logger(cfg, run_dir)
-        return cls(run_dir, seed, resolve_device(str(cfg.device)), threads, progress,
-                   not is_off(cfg.resume) or requeued(), logger, context)
+        return cls(run_dir, seed, resolve_device(str(cfg.device)), threads, progress, resume, logger, context)
 
     def run(self, command: str, *, budget: dict | None = None, headline: list[str] | None = None,
             run_dir: str | Path | None = None, seed: int | None = None, device: torch.device | str | None = None,

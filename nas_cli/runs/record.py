@@ -10,7 +10,7 @@ import json
 import math
 import os
 import platform
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,33 @@ from nas_cli.runs.files import METRICS, SUMMARY
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half.
+
+    The file gets the mode ``open(path, "w")`` would give it (0666 less the umask), so that a run folder in a
+    shared project folder is readable to whom the umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(tmp)
+        write(str(tmp))  # a str, as the writers have always been given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_temporary(path: Path) -> Path:
+    """An empty, new file beside ``path``: created by ``os.open`` with 0666, so that the kernel applies the
+    umask (and a folder's default ACL) as for any file; ``tempfile.mkstemp`` would make it 0600."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another writer's temporary file: pick another name
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: Path, data: Any) -> None:

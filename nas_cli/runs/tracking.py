@@ -10,11 +10,16 @@ The run lifecycle (``nas_cli.runs.lifecycle.Run``) drives a tracker; no command 
 ``logger=tensorboard`` writes event files into the run folder; ``logger=mlflow`` makes each run an MLflow
 run (MLflow is an optional extra, imported only then). Only the writing process of a multi-process run
 tracks (``RunOptions.run`` gives the others no tracker).
+
+A tracking server that does not answer is refused before the run starts (``check``: one line, in seconds);
+one that goes away mid-run costs seconds (half a minute at most), not MLflow's minutes of retries, then one
+warning, and the run goes on with its folder's record alone.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +38,12 @@ STATE = "tracking.json"  # in the run folder: the tracker's run id and how many 
 STEP_KEYS = ("step", "epoch", "generation", "iteration")  # a row's step: the first of these it has, else its index
 NOT_FIGURES = {"pid", "seed", "resumes"}  # numbers in summary.json that are not results
 ARTIFACTS = (SUMMARY, METRICS, ".hydra/config.yaml", ".hydra/overrides.yaml")  # besides every *.png
+# MLflow's HTTP client retries a failed call 7 times with doubling waits (about four minutes) and waits 120 s for
+# an answer: a server gone down would stall the run that long. The tracker's calls ask for seconds instead
+# (where the environment sets none of these), and stop tracking on the first failure.
+MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_TIMEOUT_S = 3  # seconds for the one try, before a run, that its server answers (or $MLFLOW_HTTP_REQUEST_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -89,12 +100,16 @@ def _flatten(node, prefix: str = ""):
 
 
 def check(logger_cfg) -> None:
-    """Fail now, with one line, when the chosen tracker cannot run (its package is not installed)."""
+    """Fail now, with one line, when the chosen tracker cannot run (its package is not installed, its server
+    does not answer)."""
     if logger_cfg is None or not logger_cfg.get("_target_"):
         return
     from hydra.utils import get_class
+    from omegaconf import OmegaConf
 
-    getattr(get_class(logger_cfg["_target_"]), "check", lambda: None)()
+    options = OmegaConf.to_container(logger_cfg, resolve=True) if OmegaConf.is_config(logger_cfg) else dict(logger_cfg)
+    cls = get_class(options.pop("_target_"))
+    getattr(cls, "check", lambda **_: None)(**{k: v for k, v in options.items() if not k.startswith("_")})
 
 
 def row_step(row: dict, index: int) -> int:
@@ -126,20 +141,36 @@ class Tracker:
         self.context = context or Context()
         self.started = False
         self.sent = 0
-        self.failed = False
+        self._failed = False
         self.parent: Tracker | None = None
+
+    @staticmethod
+    def check(**options) -> None:
+        """Refuse (``UserError``) a tracker with these ``logger.*`` options that cannot run; called before the run."""
+
+    @property
+    def failed(self) -> bool:
+        """Tracking has stopped, for this run and every run it is nested in (they share one store)."""
+        return self._failed or (self.parent is not None and self.parent.failed)
 
     # -- driven by the lifecycle ---------------------------------------------------------------
     def start(self, *, resume: bool, seed: int | None, command: str) -> None:
         state = self._load_state() if resume else {}
         self.sent = int(state.get("sent", 0))
         self.parent = next((t for t in reversed(Tracker._active) if type(t) is type(self)), None)
+        if self.failed:  # nested in a run whose tracking has stopped: untracked too, without another warning
+            return
         try:
-            self._open(state, seed, command)
+            with self._calls():
+                self._open(state, seed, command)
         except UserError:
             raise
-        except Exception as ex:  # a store that cannot be reached or written: before anything is written
-            raise UserError(f"{type(self).__name__} could not start ({type(ex).__name__}: {ex}); "
+        except Exception as ex:
+            if self.parent is not None:  # a nested run (ensemble member) starts mid-run: the outer run goes on
+                self._stop(ex)
+                return
+            # a store that cannot be reached or written: before anything is written
+            raise UserError(f"{type(self).__name__} could not start ({type(ex).__name__}: {reason(ex)}); "
                             f"check the logger.* options") from ex
         self.started = True
         Tracker._active.append(self)
@@ -151,8 +182,9 @@ class Tracker:
             return
         self._guard(self._send, [(row_step(row, i), numeric(row.items())) for i, row in
                                  enumerate(rows[self.sent:], start=self.sent)])
-        self.sent = len(rows)
-        self._save_state()
+        if not self.failed:  # rows that did not go out stay unsent: a resume sends them
+            self.sent = len(rows)
+            self._save_state()
 
     def finish(self, summary: dict, rows: list[dict], status: str) -> None:
         if not self.started:
@@ -176,15 +208,30 @@ class Tracker:
     def _state(self) -> dict:
         return {}
 
+    def _calls(self) -> contextlib.AbstractContextManager:
+        """The settings the tracker's calls to its store run under."""
+        return contextlib.nullcontext()
+
     # -- helpers ---------------------------------------------------------------------------------
     def _guard(self, fn, *args) -> None:
         """A tracker that fails mid-run (a server gone) must not lose the run: warn once and stop tracking."""
         try:
-            fn(*args)
+            with self._calls():
+                fn(*args)
         except Exception as ex:
-            self.failed = True
-            log.warning(f"{type(self).__name__}: tracking stopped ({type(ex).__name__}: {ex}); "
-                        f"the run record in {self.dir} is complete")
+            self._stop(ex)
+
+    def _stop(self, ex: Exception) -> None:
+        """Stop tracking this run and the runs it is nested in (one store: one warning, not one a run)."""
+        if self.failed:
+            return
+        self._failed = True
+        outer = self.parent
+        while outer is not None:
+            outer._failed = True
+            outer = outer.parent
+        log.warning(f"{type(self).__name__}: tracking stopped ({type(ex).__name__}: {reason(ex)}); "
+                    f"the run goes on, and its record in {self.dir} is complete")
 
     def _load_state(self) -> dict:
         path = self.dir / STATE if self.dir is not None else None
@@ -262,11 +309,18 @@ class MLflowTracker(Tracker):
         self.uploaded: dict[str, float] = {}
 
     @staticmethod
-    def check() -> None:
+    def check(tracking_uri: str | None = None, **_) -> None:
+        """MLflow is installed and, for a server, something answers there (in seconds: see ``probe``)."""
         try:
             import mlflow  # noqa: F401
         except ImportError as ex:
             raise UserError("logger=mlflow needs MLflow: pip install 'nas-cli[mlflow]' (or mlflow-skinny)") from ex
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri and uri.lower().startswith(("http://", "https://")):
+            probe(uri, f"logger.tracking_uri={uri}" if tracking_uri else f"MLFLOW_TRACKING_URI={uri}")
+
+    def _calls(self) -> contextlib.AbstractContextManager:
+        return bounded_http()
 
     def _open(self, state: dict, seed: int | None, command: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -361,6 +415,54 @@ def store_uri(tracking_uri: str | None) -> str:
     return uri
 
 
+def probe(uri: str, option: str) -> None:
+    """Refuse, with one line, a tracking server that does not answer within ``PROBE_TIMEOUT_S`` (one try; the
+    user's ``MLFLOW_HTTP_REQUEST_TIMEOUT`` instead, where set, for a server known to be slow).
+
+    Any HTTP answer will do: what the server then says (a login needed, say) is for the run's first call, with
+    the tracker's retries, to report.
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    timeout = int(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or PROBE_TIMEOUT_S)
+    try:
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout,
+                     raise_on_status=False)
+    except Exception as ex:
+        raise UserError(f"{option}: no tracking server answers there ({reason(ex)}); start it, name another, "
+                        f"or track into a local store (drop logger.tracking_uri) or not at all (logger=csv)") from ex
+
+
+@contextlib.contextmanager
+def bounded_http():
+    """MLflow's HTTP calls inside take seconds to fail, not minutes (``MLFLOW_HTTP``, where the environment sets
+    none), and their retries are not each a warning line: the tracker's one warning says what happened."""
+    unset = [key for key in MLFLOW_HTTP if key not in os.environ]
+    os.environ.update({key: MLFLOW_HTTP[key] for key in unset})
+    pool = logging.getLogger("urllib3.connectionpool")
+    level = pool.level
+    pool.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool.setLevel(level)
+        for key in unset:
+            os.environ.pop(key, None)
+
+
+def reason(ex: BaseException) -> str:
+    """What failed, in a few words: MLflow's HTTP errors carry the whole URL and connection pool."""
+    text = str(ex)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip()
+    if "timed out" in text or "timeout exception" in text:  # requests' and MLflow's words for it
+        return "no answer in time"
+    line = text.strip().splitlines()[0] if text.strip() else type(ex).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
 def artifact_root(uri: str, experiment: str) -> str | None:
     """A SQLite store keeps artifacts beside its database (MLflow's own default is ./mlruns of the cwd)."""
     if not uri.startswith("sqlite:///"):
@@ -386,7 +488,8 @@ def upload_late_artifacts() -> None:
     while _after_exit:
         tracker = _after_exit.pop()
         try:
-            tracker.upload()
+            with tracker._calls():
+                tracker.upload()
         except Exception as ex:
             log.warning(f"MLflow: could not upload {tracker.dir}'s late artifacts ({type(ex).__name__}: {ex})")
 

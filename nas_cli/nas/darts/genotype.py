@@ -4,6 +4,13 @@ Each intermediate node keeps its two strongest incoming edges (strength: the edg
 non-``none`` softmax weight, times its edge-normalisation weight when there is one), each with
 its arg-max non-``none`` op. ``max_skip`` caps skip_connect in the normal cell: the weakest
 skips give way to their edge's next op (or edge) until at most ``max_skip`` remain.
+
+A genotype read from JSON is someone's data: it is checked whole when loaded, before any run
+starts, against the rules of quark0/darts' ``Cell``: node ``i`` (0-based) adds two ops, each on
+a state that already exists, ``states[0..i+1]`` (0 and 1 are the cell's inputs, ``2 + k`` the
+output of node ``k``); ops are DARTS ops other than ``none``; ``concat`` lists intermediate
+nodes (2..nodes+1), left out for all of them. A genotype of a search that did not end ``ok``
+(its folder's ``summary.json``) is refused: its alpha is not a result.
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from nas_cli.errors import UserError
-from nas_cli.runs.record import read_json
+from nas_cli.nas.darts.ops import PRIMITIVES
+from nas_cli.runs.files import GENOTYPE, GENOTYPES
+from nas_cli.runs.record import read_json, read_summary
+
+OPS = [p for p in PRIMITIVES if p != "none"]  # what a derived cell's edge can hold: 'none' is no edge
 
 
 @dataclass
@@ -44,23 +55,80 @@ class Genotype:
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
 
     @classmethod
-    def from_dict(cls, data: dict) -> Genotype:
-        try:
-            return cls(normal=[(str(o), int(j)) for o, j in data["normal"]],
-                       reduce=[(str(o), int(j)) for o, j in data["reduce"]],
-                       normal_concat=[int(i) for i in data.get("normal_concat") or []],
-                       reduce_concat=[int(i) for i in data.get("reduce_concat") or []])
-        except (KeyError, TypeError, ValueError) as ex:
-            raise UserError(f"not a DARTS genotype (needs 'normal' and 'reduce' lists of [op, input]): {ex}") from ex
+    def from_dict(cls, data, source: str = "model.genotype") -> Genotype:
+        """The genotype in ``data`` (a genotype.json's content), checked whole: a broken one is a one-line
+        ``UserError`` that names ``source`` (the file), the key and the rule it breaks."""
+        if not isinstance(data, dict) or "normal" not in data or "reduce" not in data:
+            raise UserError(f"{source}: not a DARTS genotype (needs 'normal' and 'reduce' lists of [op, input] "
+                            f"pairs)")
+        cells = {kind: _cell(data[kind], kind, source) for kind in ("normal", "reduce")}
+        return cls(normal=cells["normal"], reduce=cells["reduce"],
+                   normal_concat=_concat(data, "normal", len(cells["normal"]) // 2, source),
+                   reduce_concat=_concat(data, "reduce", len(cells["reduce"]) // 2, source))
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
         """A genotype.json, a search run folder holding one, or a published cell's name (``PUBLISHED``)."""
         if isinstance(path, str) and path.upper() in PUBLISHED:
-            return cls.from_dict(PUBLISHED[path.upper()].to_dict())
-        return cls.from_dict(read_json(path, "model.genotype", "genotype.json",
+            return cls.from_dict(PUBLISHED[path.upper()].to_dict(), path.upper())
+        file = Path(path) / GENOTYPE if Path(path).is_dir() else Path(path)
+        _refuse_unfinished_search(path, file.parent)
+        return cls.from_dict(read_json(path, "model.genotype", GENOTYPE,
                                        "a search run folder or its genotype.json, or one of "
-                                       + ", ".join(PUBLISHED)))
+                                       + ", ".join(PUBLISHED)), f"model.genotype={file}")
+
+
+def _cell(pairs, kind: str, source: str) -> list[tuple[str, int]]:
+    """A cell's (op, input) pairs, two per node, each input a state that exists when the node runs."""
+    if not isinstance(pairs, list) or not pairs or len(pairs) % 2:
+        count = f"{len(pairs)} pairs" if isinstance(pairs, list) else f"a {type(pairs).__name__}"
+        raise UserError(f"{source}: {kind} has {count}: a cell is a list of [op, input] pairs, two per node "
+                        f"(at least one node)")
+    out = []
+    for k, pair in enumerate(pairs):
+        where = f"{source}: {kind}[{k}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise UserError(f"{where} is {json.dumps(pair)}: each entry is an [op, input] pair")
+        op, j = pair
+        if op not in OPS:
+            raise UserError(f"{where}: '{op}' is not a DARTS op: use one of {', '.join(OPS)}")
+        node = k // 2
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j <= node + 1:
+            raise UserError(f"{where}: input {json.dumps(j)} is not a state node {node} can read: node i reads "
+                            f"0 or 1 (the cell's inputs) or 2..i+1 (an earlier node), so 0..{node + 1} here")
+        out.append((op, j))
+    return out
+
+
+def _concat(data: dict, kind: str, nodes: int, source: str) -> list[int]:
+    """The nodes a cell concatenates (2..nodes+1); left out (or null): all of them."""
+    name = f"{kind}_concat"
+    concat = data.get(name)
+    if concat is None:
+        return list(range(2, 2 + nodes))
+    rule = f"the intermediate nodes whose outputs the cell concatenates, 2..{nodes + 1} (leave it out for all)"
+    if not isinstance(concat, list) or not concat:
+        raise UserError(f"{source}: {name} is {json.dumps(concat)}: list {rule}")
+    for i in concat:
+        if isinstance(i, bool) or not isinstance(i, int) or not 2 <= i <= nodes + 1:
+            raise UserError(f"{source}: {name} holds {json.dumps(i)}: list {rule}")
+    return list(concat)
+
+
+def _refuse_unfinished_search(source, folder: Path) -> None:
+    """A genotype in a search-darts run folder is a result only if that search ended ``ok``."""
+    summary = read_summary(folder)
+    if not summary or summary.get("command") != "search-darts" or summary.get("status") == "ok":
+        return
+    status = summary.get("status")
+    error = " ".join(str(summary.get("error") or "see its log").split())[:200]
+    why = {"diverged": "diverged (a non-finite loss)", "failed": f"failed ({error})",
+           "interrupted": f"was interrupted: finish it with nas-cli search-darts resume={folder}",
+           "running": "has not finished (running, or killed)"}.get(status, f"ended {status}")
+    epochs = sorted((folder / GENOTYPES).glob("epoch_*.json"))
+    instead = f"retrain an epoch's ({epochs[-1]}, ...) or search again" if epochs else "search again"
+    raise UserError(f"model.genotype={source}: the search in {folder} {why}, so it has no genotype to retrain; "
+                    f"{instead}")
 
 
 def _published(normal: str, reduce: str) -> Genotype:

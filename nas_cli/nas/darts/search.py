@@ -6,13 +6,17 @@ order, optionally with a latency term; none during ``arch.warmup_epochs``) and h
 ``Trainer.fit``, which does the rest as for any training run: the weight optimizer and schedule
 (the ``optim`` / ``sched`` groups; search-darts' ``sched.every=epoch`` steps it once an epoch, as DARTS does), clipping,
 evaluation, checkpoints with the architecture state inside, exact resume, the run record. Each
-epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes ``genotype.json``
-(and α heatmaps).
+epoch adds the derived genotype and alpha's entropy to ``metrics.csv`` and writes it to
+``genotypes/epoch_NNN.json`` (and α heatmaps). ``genotype.json``, the search's result, is written
+once the search has ended ``ok``: a diverged, failed or interrupted search has none (its alpha is
+no result), as a diverged training run has no ``model.pt``. An epoch whose loss is not finite
+derives nothing: the engine stops the search there.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -219,6 +223,8 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
         return supernet.derive() if chain else supernet.derive(arch.max_skip)
 
     def on_epoch_end(row: dict) -> dict:
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            return {}  # diverged: the engine ends the search; the genotype of non-finite alpha means nothing
         genotype = derived["genotype"] = derive()
         columns = {"alpha_entropy_normal": alpha_entropy(supernet.arch.normal)}
         if not chain:
@@ -228,7 +234,6 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
             with torch.no_grad():
                 columns["expected_latency_ms"] = float(term.expected())
             columns["derived_latency_ms"] = term.derived(genotype, supernet.nodes, supernet.primitives)
-        genotype.save(run.dir / GENOTYPE)
         genotype.save(run.dir / GENOTYPES / f"epoch_{row['epoch']:03d}.json")
         if arch.heatmap:
             alpha_heatmaps(supernet.arch, supernet.primitives if not chain else supernet.candidates, run.dir, kinds)
@@ -237,7 +242,8 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
     def figures() -> dict:
         rows = run.record.rows
         last = rows[-1] if rows else {}
-        genotype = derived.get("genotype") or (derive() if rows else None)  # a resumed run: alpha as restored
+        # a resumed run: alpha as restored, if finite; the genotype of the last finite epoch otherwise
+        genotype = derived.get("genotype") or (derive() if rows and _finite(supernet.arch) else None)
         out = {"genotype": genotype.to_dict() if genotype else None,
                "genotype_str": str(genotype) if genotype else None, "skip_count": last.get("skip_count")}
         if term is not None:
@@ -252,8 +258,24 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
              f"on {data.name} {data.in_shape}, {run.device}; "
              f"run folder {run.dir}")
     step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs), graphs)
-    return trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
-                       generator=w_loader.generator, loss_fn=step,
-                       extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,
-                                    "arch_batches": arch_batches},
-                       on_epoch_end=on_epoch_end, figures=figures)
+    try:
+        summary = trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
+                              generator=w_loader.generator, loss_fn=step,
+                              extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,
+                                           "arch_batches": arch_batches},
+                              on_epoch_end=on_epoch_end, figures=figures)
+    finally:
+        ended = run.summary["status"] if run.summary else None  # None: refused, or finished before: left alone
+        if ended not in (None, "ok"):  # an extended search's earlier result is no longer its result
+            (run.dir / GENOTYPE).unlink(missing_ok=True)
+    if ended == "ok":
+        (derived.get("genotype") or derive()).save(run.dir / GENOTYPE)
+    elif ended is not None:
+        folder = run.dir / GENOTYPES
+        kept = f"; the genotype of each finite epoch is in {folder}" if folder.is_dir() else ""
+        log.warning(f"the search ended {ended}: no {GENOTYPE}{kept}")
+    return summary
+
+
+def _finite(arch) -> bool:
+    return all(bool(torch.isfinite(a).all()) for a in arch.parameters())

@@ -12,16 +12,30 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import tarfile
 from importlib import resources
 from pathlib import Path
 
 from nas_cli.errors import UserError
 
+WNID = re.compile(r"n[0-9]{8}")  # a WordNet noun id: the class folder's name, so nothing else may pass
 SHIPPED = "val_labels.csv.gz"
 META = "data/meta.mat"
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 N_VAL = 50_000
+
+
+def is_wnid(text: str) -> bool:
+    """Whether ``text`` is a WordNet noun id (``n01440764``): the only names a class folder gets."""
+    return WNID.fullmatch(text) is not None
+
+
+def check_wnids(wnids, where: str) -> None:
+    """Refuse a table whose ids could name a folder outside ``dst`` (``/abs``, ``../x``): it is data, not paths."""
+    bad = next((w for w in wnids if not is_wnid(w)), None)
+    if bad is not None:
+        raise UserError(f"{where}: WNID {bad!r} is not a WordNet id (n and 8 digits): refused, nothing was written")
 
 
 def val_name(index: int) -> str:
@@ -36,7 +50,9 @@ def shipped() -> dict[str, str]:
     header = next(rows)
     if header != ["file", "wnid"]:
         raise UserError(f"the shipped {SHIPPED} is damaged (header {header})")
-    return {file: wnid for file, wnid in rows}
+    table = {file: wnid for file, wnid in rows}
+    check_wnids(table.values(), f"the shipped {SHIPPED}")
+    return table
 
 
 def from_devkit(path: str | Path) -> dict[str, str]:
@@ -67,11 +83,12 @@ def from_devkit(path: str | Path) -> dict[str, str]:
         wnids = [str(x) for x in synsets["WNID"].ravel()]
     except Exception as ex:
         raise UserError(f"{path}: {META} is not the devkit's synsets table ({type(ex).__name__}: {ex})") from None
+    check_wnids(wnids, f"{path}: {META}")  # the whole table, before any of it is used
     by_id = dict(zip(ids, wnids))
     labels: dict[str, str] = {}
-    for i, line in enumerate(truth.decode().split(), start=1):
-        if int(line) not in by_id:
-            raise UserError(f"{path}: {GROUND_TRUTH} line {i}: class id {line} is not in {META}")
+    for i, line in enumerate(truth.decode(errors="replace").split(), start=1):
+        if not line.isdigit() or int(line) not in by_id:
+            raise UserError(f"{path}: {GROUND_TRUTH} line {i}: class id {line[:20]!r} is not in {META}")
         labels[val_name(i)] = by_id[int(line)]
     return labels
 

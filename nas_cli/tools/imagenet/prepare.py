@@ -32,7 +32,12 @@ from nas_cli.runs import signals
 from nas_cli.runs.record import atomic_write
 from nas_cli.tools.imagenet import labels as labels_mod
 from nas_cli.tools.imagenet.archives import ArchiveError, Member, open_raw, scan
-from nas_cli.tools.imagenet.extract import check_folder, extract_class, extract_val_chunk
+from nas_cli.tools.imagenet.extract import (
+    check_folder,
+    extract_class,
+    extract_val_chunk,
+    partial_dir,
+)
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -151,7 +156,7 @@ def _train_classes(train_tar: Path) -> list[ClassJob]:
     jobs = []
     for m in members:
         wnid, ext = os.path.splitext(m.name)
-        if ext != ".tar" or "/" in wnid or not wnid:
+        if ext != ".tar" or not labels_mod.is_wnid(wnid):  # the name becomes a folder: a WNID and nothing else
             raise ArchiveError(f"{train_tar.name}: member {m.name!r} is not a class archive (<wnid>.tar)")
         jobs.append(ClassJob(wnid, m.offset, m.size))
     if len({j.wnid for j in jobs}) != len(jobs):
@@ -193,6 +198,9 @@ def plan(opts: Options) -> tuple[Plan, dict]:
     if opts.classes is not None:
         if state.get("chosen"):
             p.chosen = list(state["chosen"])
+            if not all(isinstance(w, str) and labels_mod.is_wnid(w) for w in p.chosen):
+                raise UserError(f"{dst / STATE}: its chosen classes are not all WNIDs: delete it to start {dst} "
+                                f"afresh")
         else:
             universe = p.train_wnids or sorted({label_map[os.path.basename(m.name)] for m in val_members})
             if opts.classes > len(universe):
@@ -230,10 +238,32 @@ def plan(opts: Options) -> tuple[Plan, dict]:
     p.bytes_needed = need
     probe = dst if dst.exists() else next(d for d in dst.parents if d.exists())
     p.bytes_free = shutil.disk_usage(probe).free
+    _check_outputs(p)
     state["subset"] = key
     if p.chosen is not None:
         state["chosen"] = p.chosen
     return p, state
+
+
+def _check_outputs(p: Plan) -> None:
+    """Every class folder the plan writes (its partial twin, a finished one fix_images may rewrite) lies inside
+    ``dst`` once resolved.
+
+    The WNIDs are checked where they are read (archive, devkit); this also refuses a link inside ``dst``
+    that points elsewhere. File names inside a class folder are archive members, already refused when
+    absolute or holding ``..``.
+    """
+    train = p.dst / "train"
+    folders = [f for j in p.train_todo for f in (train / j.wnid, partial_dir(train, j.wnid))]
+    folders += [train / w for w in p.train_done]
+    if "val" in p.splits and not p.val_done:
+        folders += [f for w in sorted({w for _, w in p.val_members}) for f in (p.dst / "val" / w,
+                                                                             p.dst / VAL_PARTIAL / w)]
+    for folder in folders:
+        resolved = folder.resolve()
+        if resolved == p.dst or not resolved.is_relative_to(p.dst):
+            raise UserError(f"dst={p.dst}: {folder.relative_to(p.dst)} would be written at {resolved}, outside "
+                            f"dst (a link inside it?): refused, nothing was written")
 
 
 def _describe(key: dict) -> str:
