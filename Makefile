@@ -6,7 +6,7 @@ SMOKE  := outputs/smoke
 QUIET  := progress=false threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast smoke bench bench-gpu bench-env lint clean
+.PHONY: help install test test-fast smoke bench bench-gpu bench-env lint config-docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,7 @@ smoke: install  ## one tiny run of every command (prep-imagenet needs the archiv
 	$(BIN)/nas-cli report $(SMOKE)
 
 bench: install bench-env  ## side-by-side benchmarks (print ratios)
+	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/nes_batched.py
@@ -78,6 +79,9 @@ $(CLEANRL)/bin/python:
 	$(PYTHON) -m venv $(CLEANRL)
 	$(CLEANRL)/bin/python -m pip install --quiet --no-deps --ignore-requires-python cleanrl==1.2.0
 	$(CLEANRL)/bin/python -m pip install --quiet torch gymnasium==0.29.1 stable-baselines3==2.3.2 tensorboard
+
+config-docs: install  ## CONFIG.md: every key of every shipped config, from the YAML (a test keeps it current)
+	$(BIN)/python -m nas_cli.schema > CONFIG.md
 
 lint: install  ## ruff
 	$(BIN)/ruff check nas_cli tests bench

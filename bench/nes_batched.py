@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from nas_cli.commands.grad_bench import shipped_settings
 from nas_cli.gradients import estimators as est
 from nas_cli.gradients import natural_nes, problem, reinforce
 
@@ -54,17 +55,18 @@ def loop_nes(theta, x, y, sigma, pairs, seed, pop_chunk):
 
 
 def main():
+    shipped = shipped_settings()  # grad-bench's defaults, from conf/grad_bench.yaml
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--population", type=int, default=50000)
     p.add_argument("--num-dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256, help="shared inputs per evaluation (the study: 160000)")
-    p.add_argument("--sigma", type=float, default=0.01)
-    p.add_argument("--chunk-elements", type=int, default=1 << 24)
+    p.add_argument("--sigma", type=float, default=shipped.nes.sigma)
+    p.add_argument("--chunk-elements", type=int, default=shipped.chunk_elements)
     p.add_argument("--loop-samples", type=int, default=2000, help="members the loop times (0: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--reinforce-population", type=int, nargs="*", default=[10, 100],
-                   help="REINFORCE draws per input to time (grad-bench's default [10, 100])")
+    p.add_argument("--reinforce-population", type=int, nargs="*", default=shipped.reinforce.population,
+                   help="REINFORCE draws per input to time (default: grad-bench's reinforce.population)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -58,12 +58,10 @@ def _hydra_command(name: str, summary: str) -> None:
     module = name.replace("-", "_")
 
     def command(ctx: typer.Context):
-        import importlib
-
         from nas_cli import hydra_bridge
 
-        task = importlib.import_module(f"nas_cli.commands.{module}").task  # lazily: torch loads only when needed
-        hydra_bridge.run(name, task, module, ctx.args)
+        # the module by name: the bridge imports it (and torch) only to run, never to print --help
+        hydra_bridge.run(name, f"nas_cli.commands.{module}", module, ctx.args)
 
     app.command(name, help=summary, **HYDRA_COMMAND)(command)
 

@@ -95,17 +95,18 @@ def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
 
 
 ERRORS = {
-    "unknown key": (["train", "foo=1"], "Could not override 'foo'"),
-    "unknown group option": (["train", "model=transformer"], "Could not find 'model/transformer'"),
+    "unknown key": (["train", "foo=1"], "foo: nas-cli train has no such key"),
+    "a typo of a key": (["train", "optim.lrr=0.1"], "did you mean optim.lr"),
+    "unknown group option": (["train", "model=transformer"], "model=transformer: nas-cli train has no such model option"),
     "missing cifar folder": (["train", "data=cifar10", "data.root=nowhere"], "CIFAR-10 not found: nowhere/cifar-10-batches-py lacks data_batch_1"),
     "missing image folder": (["train", "data=imagefolder", "data.root=nowhere"], "nowhere/train' not found"),
     "root not given": (["train", "data=imagefolder"], "data.root has no default"),
-    "bad value": (["train", "trainer.epochs=many"], "bad value in trainer"),
+    "bad value": (["train", "trainer.epochs=many"], "trainer.epochs=many: expected a whole number ≥ 1"),
     "no gpu": (["train", "device=cuda"], "no CUDA GPU"),
     "nothing to resume": (["train", "resume=true"], "no interrupted run"),
     "report of nothing": (["report", "nowhere"], "no such folder"),
     "a key that moved": (["search-darts", "search.order=second"], "search.order is now arch.order"),
-    "threads of zero": (["dqn", "threads=0"], "threads=0: expected a positive whole number"),
+    "threads of zero": (["dqn", "threads=0"], "threads=0: expected a whole number ≥ 1 or null"),
     "a seed that is no number": (["grad-bench", "seed=abc"], "seed=abc: expected a whole number"),
     "resume of no run": (["fuse-bn", "resume=nowhere"], "resume=nowhere: not a run folder"),
     "lbfgs for dqn": (["dqn", "optim=lbfgs"], "optim=lbfgs needs a fixed data set"),

@@ -17,14 +17,14 @@ from nas_cli.hydra_bridge import belongs, command_help, config_dir, preset_comma
 
 CONFIGS = {name: name.replace("-", "_") for name in HYDRA_COMMANDS}  # command -> primary config
 SHARED = ("seed", "device", "threads", "progress", "resume")
-GROUPS = {  # the groups each command composes (and its --help lists), nothing else
+GROUPS = {  # the groups each command's --help lists: those it composes that offer it an option of their own
     "train": {"data", "experiment", "hparams_search", "logger", "model", "optim", "regularizer", "sched", "trainer"},
     "search-darts": {"logger", "data", "experiment", "optim", "sched", "supernet", "trainer"},
     "search-rl": {"logger", "controller", "data", "experiment", "optim", "sched", "space"},
-    "dqn": {"logger", "agent", "dqn_env", "env", "experiment", "optim", "sched"},
-    "pg": {"logger", "env", "experiment", "optim", "pg_env"},
-    "ga": {"logger", "env", "experiment"},
-    "detect": {"logger", "data", "experiment", "model", "optim", "sched", "trainer"},
+    "dqn": {"logger", "agent", "env", "experiment", "optim", "sched"},  # dqn_env follows env: no choice of its own
+    "pg": {"logger", "env", "optim"},  # pg_env follows env; no preset is pg's, ga's or detect's
+    "ga": {"logger", "env"},
+    "detect": {"logger", "data", "model", "optim", "sched", "trainer"},
     "fuse-bn": {"logger"},
     "grad-bench": {"logger"},
     "prep-imagenet": {"logger"},

@@ -92,7 +92,7 @@ def test_detect_trains_reports_and_predicts(tmp_path):
     (["data=digits"], "data=digits is an option of `nas-cli train"),
     (["mode=predict"], "needs images=FOLDER"),
     (["mode=predict", "images=/nonexistent"], "is not a folder"),
-    (["mode=serve"], "mode=serve: use train or predict"),
+    (["mode=serve"], "mode=serve: expected train or predict"),
     (["checkpoint=/x"], "checkpoint is now source"),
 ])
 def test_detect_bad_input_is_one_line(args, message, tmp_path, capsys):

@@ -106,7 +106,7 @@ def test_batched_losses_match_the_one_network_loss_in_any_chunking():
 
 
 def test_lr_grid_joins_the_coarse_and_refined_grids():
-    grid = protocol.lr_grid(11, 9)
+    grid = protocol.lr_grid(11, 9, 1e-5, 1.0, 1e-2)
     assert grid[0] == pytest.approx(1e-5) and grid[-1] == pytest.approx(1.0)
     assert sum(1e-2 <= lr <= 1 for lr in grid) == 9  # the coarse half decades in [1e-2, 1] are refined points
     assert len(grid) == 6 + 9
@@ -132,7 +132,7 @@ def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
     assert list(rows.columns) == protocol.COLUMNS
     names = ["ste_clipped", "ste_steep", "ste_swishsign", "ste_polynomial", "nes_40", "nes_200", "nes_natural_40",
              "nes_natural_200", "reinforce_4", "reinforce_8", "cdg"]
-    lrs = protocol.lr_grid(6, 3)
+    lrs = protocol.lr_grid(6, 3, 1e-5, 1.0, 1e-2)
     assert len(rows) == 2 * len(names) * len(lrs) * 2 * 2  # num_dim x estimator x lr x init x batch
     assert set(rows.estimator) == set(names) and sorted(rows.lr.unique()) == pytest.approx(lrs)
     assert list(rows[rows.estimator == "cdg"].cosine_to_cdg) == pytest.approx([1.0] * (len(rows) // len(names)))
@@ -158,7 +158,7 @@ RUN = ("import sys; from nas_cli import hydra_bridge; from nas_cli.commands impo
 
 
 @pytest.mark.parametrize("args, message", [
-    (["estimators=[clipped,adam]"], "estimators: 'adam' is not one of"),
+    (["estimators=[clipped,adam]"], "estimators=[clipped, adam]: expected a list drawn from"),
     (["num_dims=[0]"], "num_dims=[0]"),
     (["nes.population=[1]"], "nes.population=[1]"),
 ])
@@ -178,8 +178,8 @@ def test_the_nes_natural_group_reaches_the_settings_and_bad_values_are_user_erro
                                   "nes_natural.quantize_from=[mean,sample]", "nes_natural.lr_sigma=0.3"])
     finally:
         GlobalHydra.instance().clear()
-    s = grad_bench.settings(cfg, 0)
-    n = s.natural
+    s = grad_bench.settings(cfg)
+    n = s.nes_natural
     assert (n.fitness, n.fisher, n.sigma_update, n.lr_sigma, n.quantize_from) == (
         "ranks", "empirical", "additive", 0.3, ["mean", "sample"])
     assert s.natural_populations == [30] and s.natural_sigma == 0.02      # null: nes's population and sigma
@@ -188,9 +188,9 @@ def test_the_nes_natural_group_reaches_the_settings_and_bad_values_are_user_erro
     for key, value, message in (("fitness", "shaped", "nes_natural.fitness=shaped is not one of raw, baseline"),
                                 ("quantize_from", ["median"], "nes_natural.quantize_from=['median']: give mean"),
                                 ("sigma", 0.0, "nes_natural.sigma=0.0 must be > 0"),
-                                ("populations", [1], "nes_natural.population=[1]: give population sizes >= 2"),
+                                ("population", [1], "nes_natural.population=[1]: give population sizes >= 2"),
                                 ("sigma_update", "exp", "nes_natural.sigma_update=exp is not one of")):
-        bad = dataclasses.replace(s, natural=dataclasses.replace(n, **{key: value}))
+        bad = dataclasses.replace(s, nes_natural=dataclasses.replace(n, **{key: value}))
         with pytest.raises(UserError, match=re.escape(message)):
             protocol.validate(bad)
 
@@ -203,7 +203,7 @@ def test_the_reinforce_group_reaches_the_settings(tmp_path):
                                   "reinforce.temperature=0.5"])
     finally:
         GlobalHydra.instance().clear()
-    s = grad_bench.settings(cfg, 0)
-    assert s.reinforce == protocol.ReinforceSettings(populations=[6, 60], baseline="none", temperature=0.5)
+    s = grad_bench.settings(cfg)
+    assert s.reinforce == protocol.ReinforceSettings(population=[6, 60], baseline="none", temperature=0.5)
     assert "reinforce" in s.estimators  # in the default run, beside the STEs, NES and CDG
     assert [n for n in protocol.estimator_names(s) if n.startswith("reinforce")] == ["reinforce_6", "reinforce_60"]

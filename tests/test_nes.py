@@ -1,6 +1,6 @@
 """``nes_natural``: separable NES with natural-gradient steps of mu and sigma (``nas_cli.gradients.natural_nes``).
 
-The hand computations below write the seed note's formulas out in the density's own terms,
+The hand computations below write separable NES's formulas (Wierstra et al. 2014) out in the density's own terms,
 ``d log p / d mu = (z - mu) / sigma^2`` and ``d log p / d sigma = ((z - mu)^2 - sigma^2) / sigma^3``, with plain
 Python sums over the members, independently of the code's ``eps`` form and its chunked accumulation.
 """
@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from nas_cli.commands.grad_bench import shipped_settings
 from nas_cli.gradients import estimators as est
 from nas_cli.gradients import natural_nes, problem, protocol
 
@@ -99,7 +100,7 @@ def _quadratic(rows):  # the loss; NES maximises its negative f(w) = -sum a_i (w
 
 
 @pytest.mark.parametrize("fitness, sigma_update, steps, tol", [
-    ("raw", "additive", 150, 0.02),            # the defaults: the note's plain estimator and step
+    ("raw", "additive", 150, 0.02),            # the defaults: the plain estimator and step
     ("ranks", "multiplicative", 60, 1e-3),     # fitness shaping + SNES's sigma step: geometric convergence
 ])
 def test_on_a_quadratic_mu_converges_to_the_optimum_and_sigma_shrinks(fitness, sigma_update, steps, tol):
@@ -120,11 +121,11 @@ def test_with_the_exact_fisher_the_mean_step_is_the_fixed_sigma_nes_gradient():
     g = torch.Generator().manual_seed(2)
     theta = torch.randn(problem.num_params(d), generator=g)
     x, y = torch.randn(200, d, generator=g), torch.randn(200, d, generator=g)
-    s = protocol.Settings(num_dims=[d], estimators=["nes", "nes_natural"], populations=[400], sigma=0.05,
-                          natural=protocol.NaturalSettings(fisher="exact"))
+    s = shipped_settings(f"num_dims=[{d}]", "estimators=[nes,nes_natural]", "nes.population=[400]", "nes.sigma=0.05",
+                         "nes_natural.fisher=exact")
     grads = protocol.gradients(s, theta, x, y, noise_seed=9)
     torch.testing.assert_close(grads["nes_natural_400"].grad, grads["nes_400"].grad, rtol=1e-4, atol=1e-6)
-    s.natural.fisher = "empirical"
+    s.nes_natural.fisher = "empirical"
     empirical = protocol.gradients(s, theta, x, y, noise_seed=9)["nes_natural_400"]
     assert est.cosine(empirical.grad, grads["nes_400"].grad) > 0.95
     assert not torch.allclose(empirical.grad, grads["nes_400"].grad)
@@ -132,11 +133,11 @@ def test_with_the_exact_fisher_the_mean_step_is_the_fixed_sigma_nes_gradient():
 
 def test_quantize_from_measures_the_new_mean_or_one_sample_of_the_new_distribution():
     d, lrs, seed = 2, [0.1, 1.0], 0
-    s = protocol.Settings(num_dims=[d], estimators=["nes_natural", "cdg"], populations=[30], num_init=1,
-                          num_batch=1, batch_size=100, lrs=lrs, sigma=0.2, seed=seed,
-                          natural=protocol.NaturalSettings(quantize_from=["mean", "sample"], lr_sigma=0.5))
+    s = shipped_settings(f"num_dims=[{d}]", "estimators=[nes_natural,cdg]", "nes.population=[30]", "num_init=1",
+                         "num_batch=1", "batch_size=100", f"lr.grid={lrs}", "nes.sigma=0.2", f"seed={seed}",
+                         "nes_natural.quantize_from=[mean,sample]", "nes_natural.lr_sigma=0.5")
     rows = protocol.run(s, torch.device("cpu"))
-    prob = problem.Problem(d, s.batch_size, seed, s.teacher_seed, s.teacher_scale, s.teacher_noise,
+    prob = problem.Problem(d, s.batch_size, seed, s.teacher.seed, s.teacher.scale, s.teacher.noise,
                            s.init_scale, torch.device("cpu"))
     theta, (x, y) = prob.init(0), prob.batch(0)
     noise_seed = seed * 7919 + d * 131                              # the block's seed (init 0, batch 0)

@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+from nas_cli.commands.grad_bench import shipped_settings
 from nas_cli.errors import UserError
 from nas_cli.gradients import problem, protocol
 from nas_cli.gradients import reinforce as rf
@@ -74,13 +75,14 @@ def test_the_same_seed_gives_the_same_draws_in_any_chunking(tiny):
 
 
 def test_reinforce_joins_the_protocol_with_its_cosine_to_cdg():
-    s = protocol.Settings(num_dims=[2], estimators=["reinforce", "cdg"], num_init=1, num_batch=1, batch_size=500,
-                          lrs=[0.1, 1.0], reinforce=protocol.ReinforceSettings(populations=[4, 16]))
+    s = shipped_settings("num_dims=[2]", "estimators=[reinforce,cdg]", "num_init=1", "num_batch=1", "batch_size=500",
+                         "lr.grid=[0.1,1.0]", "reinforce.population=[4,16]")
     rows = protocol.run(s, torch.device("cpu"))
     names = {r["estimator"] for r in rows}
     assert protocol.estimator_names(s) == ["reinforce_4", "reinforce_16", "cdg"] and names == set(
         protocol.estimator_names(s))
-    prob = problem.Problem(2, 500, 0, 1234, 1.0, 0.0, 1.0, torch.device("cpu"))
+    prob = problem.Problem(2, s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise, s.init_scale,
+                           torch.device("cpu"))
     x, y = prob.batch(0)
     theta = prob.init(0)
     noise_seed = s.seed * 7919 + 2 * 131
@@ -93,13 +95,12 @@ def test_reinforce_joins_the_protocol_with_its_cosine_to_cdg():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"baseline": "ema"}, "reinforce.baseline=ema is not one of loo, none"),
-    ({"populations": [1]}, "reinforce.population=1 is too small"),
-    ({"temperature": 0.0}, "reinforce.temperature=0.0 must be > 0"),
-    ({"populations": []}, "reinforce.population=[]"),
+    ("reinforce.baseline=ema", "reinforce.baseline=ema is not one of loo, none"),
+    ("reinforce.population=[1]", "reinforce.population=1 is too small"),
+    ("reinforce.temperature=0.0", "reinforce.temperature=0.0 must be > 0"),
+    ("reinforce.population=[]", "reinforce.population=[]"),
 ])
 def test_bad_reinforce_settings_are_user_errors(change, message):
-    s = protocol.Settings(num_dims=[2], estimators=["reinforce"],
-                          reinforce=dataclasses.replace(protocol.ReinforceSettings(), **change))
+    s = shipped_settings("num_dims=[2]", "estimators=[reinforce]", change)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         protocol.validate(s)

@@ -19,7 +19,8 @@ def ok(val_acc, train_loss=0.1, train_acc=0.9, **extra):
 
 @pytest.fixture
 def sweep(tmp_path):
-    """width x weight decay x 3 seeds, one diverged job, one job that died before writing a summary."""
+    """width x weight decay x 3 seeds, one diverged job, one job that died in its first epoch without a summary
+    (its metrics.csv has no row yet), and the leftover of a job that never started (Hydra's files alone: no row)."""
     accs = {}
     n = 0
     for width in (96, 192):
@@ -32,7 +33,9 @@ def sweep(tmp_path):
                 n += 1
     fake_job(tmp_path / str(n), {"model.width": 256, "optim.weight_decay": "0", "seed": 0},
              {"status": "diverged", "train_loss": float("nan"), "train_acc": 0.1, "val_acc": 0.1})
-    fake_job(tmp_path / str(n + 1), {"model.width": 256, "optim.weight_decay": "5e-05", "seed": 0}, None)
+    dead = fake_job(tmp_path / str(n + 1), {"model.width": 256, "optim.weight_decay": "5e-05", "seed": 0}, None)
+    (dead / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc\n")
+    fake_job(tmp_path / str(n + 2), {"model.width": 512, "optim.weight_decay": "0", "seed": 0}, None)
     return tmp_path, accs
 
 

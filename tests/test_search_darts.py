@@ -160,7 +160,7 @@ def test_latency_weight_derives_a_faster_cell():
             for a in (net.arch.normal, net.arch.reduce):
                 a[:, prims.index("sep_conv_5x5")] += 0.05
         term = LatencyTerm(net.arch, {False: lat, True: lat}, weight)
-        arch = Architect(net, lr=3e-2, objective=term)
+        arch = Architect(net, "first", lr=3e-2, objective=term)
         x, y = torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,))
         for _ in range(6):
             arch.step(x, y, x, y, xi=0.0)

@@ -53,8 +53,8 @@ def task(cfg: DictConfig) -> dict:
     seed_everything(opts.seed)
     batch_sizes = [int(b) for b in cfg.batch_sizes]
     source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape),
-                    str(cfg.get("source_weights", "last")))
-    fmt = _export_format(cfg.get("export"))
+                    str(cfg.source_weights))
+    fmt = _export_format(cfg.export)
     if fmt == "onnx":
         exporter.require_onnx()  # a missing extra is a one-line error before any work
     model, inputs, described = load_source(source, max(batch_sizes), opts.seed)
@@ -115,7 +115,7 @@ def export_and_check(fused: torch.nn.Module, inputs: torch.Tensor, run_dir: Path
 
     Returns the loaded file as a module, so it is timed beside torch's models.
     """
-    opset = int(cfg.get("export_opset", 18))
+    opset = int(cfg.export_opset)
     path = exporter.export(fused, inputs, run_dir / EXPORTED[fmt], fmt, opset=opset)
     runner, runs_on = exporter.load_exported(path, fmt, inputs.device)
     figures.update({"export": fmt, "export_file": path.name, "export_runtime": runs_on,
@@ -129,7 +129,7 @@ def check_export(fused: torch.nn.Module, runner: torch.nn.Module, x: torch.Tenso
     """max |torch - file| / max |torch| on ``x`` in full fp32; past ``export_rtol`` the file goes and the run fails."""
     with torch.inference_mode(), full_precision():
         diff = exporter.max_rel_diff(fused(x), runner(x))
-    tolerance = float(cfg.get("export_rtol", 1e-4))
+    tolerance = float(cfg.export_rtol)
     if not diff <= tolerance:  # also catches NaN
         path.unlink(missing_ok=True)  # a file that fails its check is not left for someone to deploy
         raise UserError(f"export: {path.name} differs from the fused torch model by {diff:.3g} (max difference / "

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.table import Table
 
+from nas_cli.config_files import config_dir
 from nas_cli.engine.device import seed_everything
 from nas_cli.engine.progress import TrainingProgress
-from nas_cli.errors import UserError
 from nas_cli.gradients import plots, protocol
 from nas_cli.runs.files import BEST_MARKDOWN, BEST_TABLE, CURVES, DIM_PLOT, LR_PLOT, METRICS
 from nas_cli.runs.options import RunOptions
@@ -35,57 +35,20 @@ COMMAND = "grad-bench"
 HEADLINE = ["winners", "rows"]
 
 
-def settings(cfg: DictConfig, seed: int) -> protocol.Settings:
-    """The protocol's settings from the config (``lr.grid`` set: that exact grid)."""
-    def as_list(value, key):
-        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-        if isinstance(value, (int, float, str)):
-            value = [value]
-        if not isinstance(value, list):
-            raise UserError(f"{key}={value}: expected a list, e.g. {key}=[a,b]")
-        return value
-
-    if cfg.lr.grid is not None:
-        lrs = sorted(float(v) for v in as_list(cfg.lr.grid, "lr.grid"))
-    else:
-        lrs = protocol.lr_grid(int(cfg.lr.coarse), int(cfg.lr.refined), float(cfg.lr.low), float(cfg.lr.high),
-                               float(cfg.lr.refined_low))
-    try:
-        return protocol.Settings(
-            num_dims=[int(d) for d in as_list(cfg.num_dims, "num_dims")],
-            estimators=[str(e) for e in as_list(cfg.estimators, "estimators")],
-            populations=[int(m) for m in as_list(cfg.nes.population, "nes.population")],
-            num_init=int(cfg.num_init), num_batch=int(cfg.num_batch), batch_size=int(cfg.batch_size), lrs=lrs,
-            sigma=float(cfg.nes.sigma), antithetic=bool(cfg.nes.antithetic),
-            fitness_shaping=bool(cfg.nes.fitness_shaping), delta=float(cfg.cdg.delta),
-            k=float(cfg.ste.k), beta=float(cfg.ste.beta), teacher_seed=int(cfg.teacher.seed),
-            teacher_scale=float(cfg.teacher.scale), teacher_noise=float(cfg.teacher.noise),
-            init_scale=float(cfg.init_scale), chunk_elements=int(cfg.chunk_elements), seed=seed,
-            natural=natural_settings(cfg.nes_natural, as_list),
-            reinforce=protocol.ReinforceSettings(
-                populations=[int(m) for m in as_list(cfg.reinforce.population, "reinforce.population")],
-                baseline=str(cfg.reinforce.baseline), temperature=float(cfg.reinforce.temperature)))
-    except (TypeError, ValueError) as ex:
-        raise UserError(f"bad grad-bench setting: {ex}") from ex
+def settings(cfg: DictConfig) -> protocol.Settings:
+    """The protocol's settings: the config's keys as they are (conf/grad_bench.yaml holds every default)."""
+    return protocol.Settings.from_config(OmegaConf.to_container(cfg, resolve=True))
 
 
-def natural_settings(cfg: DictConfig, as_list) -> protocol.NaturalSettings:
-    """The ``nes_natural`` group (null: the default the yaml comment names)."""
-    def optional(value):
-        return None if value is None else float(value)
-
-    pops = cfg.population
-    return protocol.NaturalSettings(
-        populations=None if pops is None else [int(m) for m in as_list(pops, "nes_natural.population")],
-        sigma=optional(cfg.sigma), antithetic=bool(cfg.antithetic), fitness=str(cfg.fitness),
-        fisher=str(cfg.fisher), lr_scale=optional(cfg.lr_scale), lr_sigma=optional(cfg.lr_sigma),
-        sigma_update=str(cfg.sigma_update), sigma_min=float(cfg.sigma_min),
-        quantize_from=[str(q) for q in as_list(cfg.quantize_from, "nes_natural.quantize_from")])
+def shipped_settings(*overrides: str) -> protocol.Settings:
+    """The settings of the shipped conf/grad_bench.yaml with ``key=value`` overrides (for tests and benches)."""
+    return settings(OmegaConf.merge(OmegaConf.load(config_dir() / "grad_bench.yaml"),
+                                    OmegaConf.from_dotlist(list(overrides))))
 
 
 def task(cfg: DictConfig) -> dict:
     opts = RunOptions.from_config(cfg)
-    s = settings(cfg, opts.seed)
+    s = settings(cfg)
     protocol.validate(s)
     seed_everything(s.seed)
     run = opts.run(COMMAND, headline=HEADLINE)

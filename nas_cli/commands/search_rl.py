@@ -33,17 +33,16 @@ def task(cfg: DictConfig) -> dict:
                           opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
                           schedule=instantiate(cfg.sched), workers=int(cfg.search.workers),
                           runner=_runner(cfg, opts), job_device=str(cfg.device))
-    children = int(cfg.search.children)
-    trained = None if cfg.search.get("trained") is None else int(cfg.search.trained)
+    children, trained = int(cfg.search.children), cfg.search.trained
     budget = {"search.children": children, **({"search.trained": trained} if trained is not None else {})}
     run = opts.run(COMMAND, budget=budget, headline=HEADLINE)
-    batch = None if cfg.search.get("batch") is None else int(cfg.search.batch)
-    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained, batch=batch)
+    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained,
+                  batch=cfg.search.batch)
 
 
 def _runner(cfg: DictConfig, opts: RunOptions) -> JobRunner | None:
     """The submitit runner of ``search.executor`` (None: ``inline``, children train in this process)."""
-    kind = str(cfg.search.get("executor", "inline"))
+    kind = cfg.search.executor
     if kind not in EXECUTORS:
         raise UserError(f"search.executor={kind}: use {' | '.join(EXECUTORS)}")
     if kind == "inline":

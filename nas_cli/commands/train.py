@@ -53,7 +53,7 @@ def task(cfg: DictConfig) -> dict | float:
                    else train_ensemble(cfg, opts, run_dir, size, device))
     finally:
         distributed.teardown()
-    metric = cfg.get("optimized_metric")
+    metric = cfg.optimized_metric
     return float(summary[metric]) if metric else summary
 
 
@@ -79,7 +79,7 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
     trainer: Trainer = instantiate(cfg.trainer, device=device, progress=opts.progress, dist=group)
     if cfg.init_from:
-        transfer.load_pretrained(model, cfg.init_from, cfg.get("init_from_weights", "last"))
+        transfer.load_pretrained(model, cfg.init_from, cfg.init_from_weights)
     frozen = transfer.freeze(model, cfg.freeze)
     model.to(device)  # before the optimizer: some (Adagrad) make their state as they are built
     optimizer = instantiate(cfg.optim)(params=transfer.param_groups(model, cfg.backbone_lr_scale))
@@ -94,7 +94,7 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
                           generator=data.generator, regularizer=instantiate(cfg.regularizer),
                           ema_decay=cfg.ema.decay, test_loader=data.test,
                           # smoothing shapes training only: val/test losses stay plain cross-entropy, comparable
-                          loss_fn=smoothed_cross_entropy(float(cfg.get("loss", {}).get("label_smoothing", 0.0))),
+                          loss_fn=smoothed_cross_entropy(float(cfg.loss.label_smoothing)),
                           eval_loss_fn=cross_entropy,
                           figures=lambda: {"val_split": data.val_split, **model_figures()})
     return summary, model, data

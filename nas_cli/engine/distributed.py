@@ -28,11 +28,6 @@ class Dist:
         return self.rank == 0
 
 
-def launched_rank() -> int:
-    """This process's rank as torchrun set it (0 outside torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def setup(device: torch.device) -> Dist:
     """Join the process group torchrun prepared (a no-op in a plain run)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -43,7 +43,9 @@ def weights_file(path: str | Path, pick: str = "last", key: str = "init_from") -
         for candidate in (path / WEIGHTS, path / CHECKPOINT):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"init_from={path}: no {WEIGHTS} or {CHECKPOINT} in that run folder")
+        raise UserError(f"{key}={path}: no {WEIGHTS} or {CHECKPOINT} in that run folder")
+    if not path.is_file():
+        raise UserError(f"{key}={path}: no such run folder or weights file")
     return path
 
 

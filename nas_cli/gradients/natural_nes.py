@@ -9,8 +9,8 @@ log-derivatives of the density give the search gradients (Wierstra et al. 2014, 
     grad_mu J    ~ 1/M sum_i F_i eps_i / sigma
     grad_sigma J ~ 1/M sum_i F_i (eps_i^2 - 1) / sigma
 
-The Fisher information of the diagonal Gaussian in ``(mu, sigma)`` is ``diag(1/sigma^2, 2/sigma^2)``; as the
-seed note does, it is estimated from the same samples, per weight and separately for ``mu`` and ``sigma``::
+The Fisher information of the diagonal Gaussian in ``(mu, sigma)`` is ``diag(1/sigma^2, 2/sigma^2)``; by
+default it is estimated from the same samples, per weight and separately for ``mu`` and ``sigma``::
 
     F_mu    ~ 1/M sum_i (eps_i / sigma)^2                  -> 1 / sigma^2
     F_sigma ~ 1/M sum_i ((eps_i^2 - 1) / sigma)^2          -> 2 / sigma^2
@@ -23,13 +23,13 @@ seed note does, it is estimated from the same samples, per weight and separately
                                                             first order, cannot step sigma below 0)
 
 sigma is floored at ``sigma_min`` either way (an additive step can overshoot below 0). The default is the
-additive step, the note's; the paper's SNES uses the multiplicative one (and fitness shaping).
+additive step, the plain natural-gradient one; the paper's SNES uses the multiplicative one (and fitness shaping).
 
-Fitness options, off by default (``fitness="raw"``, the plain log-derivative estimator the note describes):
+Fitness options, off by default (``fitness="raw"``, the plain log-derivative estimator):
 ``"baseline"`` subtracts the population's mean fitness, ``"ranks"`` replaces it by centred ranks (fitness
 shaping). ``antithetic`` (on by default, as for ``nes``) draws the noise in pairs ``+-eps``.
 
-The final weights (the note's Q1) are the mean ``mu`` or one sample ``mu + sigma eps*``; either is then run
+The final weights are the mean ``mu`` or one sample ``mu + sigma eps*``; either is then run
 through the quantized network (grad-bench's hard-sign forward), see ``final_weights``.
 
 The population is evaluated in chunks like ``estimators.nes_gradient``, with the very same noise for a given
@@ -194,7 +194,7 @@ def sample_noise(n: int, seed: int, device: torch.device, dtype: torch.dtype = t
 
 def final_weights(mu: torch.Tensor, sigma: torch.Tensor, quantize_from: str,
                   eps: torch.Tensor | None = None) -> torch.Tensor:
-    """The weights handed to the quantized network (the note's Q1): ``mu`` itself, or the sample
+    """The weights handed to the quantized network: ``mu`` itself, or the sample
     ``mu + sigma eps`` (``eps`` from ``sample_noise``). grad-bench's network quantizes its activations
     (hard sign forward), so these real weights are what the true loss is measured at."""
     if quantize_from == "mean":

@@ -13,9 +13,9 @@ each estimator's best lr.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,7 @@ COLUMNS = ["num_dim", "estimator", "lr", "init", "batch", "loss_before", "loss_a
            "relative_decrease", "cosine_to_cdg", "grad_norm", "grad_time_s"]
 
 
-def lr_grid(coarse: int = 11, refined: int = 9, low: float = 1e-5, high: float = 1.0,
-            refined_low: float = 1e-2) -> list[float]:
+def lr_grid(coarse: int, refined: int, low: float, high: float, refined_low: float) -> list[float]:
     """``coarse`` log-spaced lrs on [low, high] joined with ``refined`` log-spaced on [refined_low, high]."""
     points = np.concatenate([np.logspace(np.log10(low), np.log10(high), coarse) if coarse > 0 else [],
                              np.logspace(np.log10(refined_low), np.log10(high), refined) if refined > 0 else []])
@@ -40,70 +39,143 @@ def lr_grid(coarse: int = 11, refined: int = 9, low: float = 1e-5, high: float =
     return sorted({float(f"{p:.6g}") for p in points})
 
 
+# The settings mirror conf/grad_bench.yaml block by block, field by key, and carry no defaults: the yaml is
+# the one place a default is written, and ``Settings.from_config`` builds them from a config node as it is.
+
+@dataclass
+class TeacherSettings:
+    """``teacher``: the fixed random teacher, one per num_dim (``problem.Problem``)."""
+
+    seed: int
+    scale: float
+    noise: float
+
+
+@dataclass
+class SteSettings:
+    """``ste``: the parameters of the steep and swishsign straight-through estimators."""
+
+    k: float
+    beta: float
+
+
+@dataclass
+class NesSettings:
+    """``nes``: NES with a fixed sigma, one estimator per population size (``nes_<M>``)."""
+
+    population: list[int]
+    sigma: float
+    antithetic: bool
+    fitness_shaping: bool
+
+
 @dataclass
 class NaturalSettings:
     """``nes_natural``: separable NES with natural-gradient steps of mu and sigma (``natural_nes``).
 
-    ``populations`` / ``sigma`` None: the same as ``nes``'s (a like-for-like comparison, common noise).
+    ``population`` / ``sigma`` None: the same as ``nes``'s (a like-for-like comparison, common noise).
     The step of mu is ``lr_scale x lr`` natural-gradient units (``lr_scale`` None: ``1 / sigma^2``, so a
     grid lr moves mu as far as it moves the plain estimators); sigma's step is ``lr_sigma`` (None: SNES's).
+    ``quantize_from``: one choice or a list of them (one row label each).
     """
 
-    populations: list[int] | None = None
-    sigma: float | None = None
-    antithetic: bool = True
-    fitness: str = "raw"
-    fisher: str = "empirical"
-    lr_scale: float | None = None
-    lr_sigma: float | None = None
-    sigma_update: str = "additive"
-    sigma_min: float = 1e-8
-    quantize_from: list[str] = field(default_factory=lambda: ["mean"])
+    population: list[int] | None
+    sigma: float | None
+    antithetic: bool
+    fitness: str
+    fisher: str
+    lr_scale: float | None
+    lr_sigma: float | None
+    sigma_update: str
+    sigma_min: float
+    quantize_from: list[str]
+
+    def __post_init__(self):
+        if isinstance(self.quantize_from, str):
+            self.quantize_from = [self.quantize_from]
 
 
 @dataclass
 class ReinforceSettings:
     """``reinforce``: the score-function estimator with stochastic binary units (``gradients.reinforce``).
 
-    ``populations``: draws of the stochastic units per input, one estimator each (``reinforce_<M>``).
+    ``population``: draws of the stochastic units per input, one estimator each (``reinforce_<M>``).
     """
 
-    populations: list[int] = field(default_factory=lambda: [10, 100])
-    baseline: str = "loo"
-    temperature: float = 1.0
+    population: list[int]
+    baseline: str
+    temperature: float
+
+
+@dataclass
+class CdgSettings:
+    """``cdg``: coordinate central differences of the true loss (the reference)."""
+
+    delta: float
+
+
+@dataclass
+class LrGrid:
+    """``lr``: the step sizes, ``grid`` itself when given, else the coarse and refined log grids joined."""
+
+    low: float
+    high: float
+    coarse: int
+    refined: int
+    refined_low: float
+    grid: list[float] | None
+
+    def values(self) -> list[float]:
+        if self.grid is not None:
+            return sorted(float(v) for v in self.grid)
+        return lr_grid(self.coarse, self.refined, self.low, self.high, self.refined_low)
 
 
 @dataclass
 class Settings:
+    """The protocol's settings: conf/grad_bench.yaml's keys, less the run's own (device, plots, ...)."""
+
     num_dims: list[int]
+    num_init: int
+    num_batch: int
+    batch_size: int
+    init_scale: float
+    teacher: TeacherSettings
     estimators: list[str]
-    populations: list[int] = field(default_factory=lambda: [500])
-    num_init: int = 3
-    num_batch: int = 10
-    batch_size: int = 160000
-    lrs: list[float] = field(default_factory=lr_grid)
-    sigma: float = 0.01
-    antithetic: bool = True
-    fitness_shaping: bool = False
-    delta: float = 0.01
-    k: float = 2.0
-    beta: float = 5.0
-    teacher_seed: int = 1234
-    teacher_scale: float = 1.0
-    teacher_noise: float = 0.0
-    init_scale: float = 1.0
-    chunk_elements: int = 1 << 24
-    seed: int = 0
-    natural: NaturalSettings = field(default_factory=NaturalSettings)
-    reinforce: ReinforceSettings = field(default_factory=ReinforceSettings)
+    ste: SteSettings
+    nes: NesSettings
+    nes_natural: NaturalSettings
+    reinforce: ReinforceSettings
+    cdg: CdgSettings
+    lr: LrGrid
+    chunk_elements: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> Settings:
+        """The settings of a config node (plain containers): each field is the key of its name."""
+        return _from_node(cls, node)
+
+    @property
+    def lrs(self) -> list[float]:
+        return self.lr.values()
 
     @property
     def natural_populations(self) -> list[int]:
-        return list(self.populations if self.natural.populations is None else self.natural.populations)
+        n = self.nes_natural
+        return list(self.nes.population if n.population is None else n.population)
 
     @property
     def natural_sigma(self) -> float:
-        return self.sigma if self.natural.sigma is None else self.natural.sigma
+        return self.nes.sigma if self.nes_natural.sigma is None else self.nes_natural.sigma
+
+
+def _from_node(cls: type, node: Mapping[str, Any]):
+    """``cls`` (a settings dataclass) from the node of its shape; a field that is a settings dataclass
+    itself is built from its sub-node."""
+    hints = get_type_hints(cls)
+    return cls(**{f.name: _from_node(hints[f.name], node[f.name]) if is_dataclass(hints[f.name]) else node[f.name]
+                  for f in fields(cls)})
 
 
 KNOWN = (*STE_VARIANTS, "nes", "nes_natural", "reinforce", "cdg")
@@ -123,11 +195,11 @@ def estimator_names(s: Settings) -> list[str]:
         if e not in KNOWN:
             raise UserError(f"estimators: '{e}' is not one of {', '.join(KNOWN)}")
         if e == "nes":
-            names += [f"nes_{m}" for m in s.populations]
+            names += [f"nes_{m}" for m in s.nes.population]
         elif e == "nes_natural":
-            names += [natural_name(m, q) for m in s.natural_populations for q in s.natural.quantize_from]
+            names += [natural_name(m, q) for m in s.natural_populations for q in s.nes_natural.quantize_from]
         elif e == "reinforce":
-            names += [f"reinforce_{m}" for m in s.reinforce.populations]
+            names += [f"reinforce_{m}" for m in s.reinforce.population]
         else:
             names.append("cdg" if e == "cdg" else f"ste_{e}")
     return names
@@ -140,23 +212,23 @@ def validate(s: Settings) -> None:
     for key in ("num_init", "num_batch", "batch_size", "chunk_elements"):
         if getattr(s, key) < 1:
             raise UserError(f"{key}={getattr(s, key)} must be >= 1")
-    if "nes" in s.estimators and (not s.populations or min(s.populations) < 2):
-        raise UserError(f"nes.population={list(s.populations)}: give population sizes >= 2, e.g. [500,5000]")
+    if "nes" in s.estimators and (not s.nes.population or min(s.nes.population) < 2):
+        raise UserError(f"nes.population={list(s.nes.population)}: give population sizes >= 2, e.g. [500,5000]")
     if any(lr <= 0 for lr in s.lrs):
         raise UserError("every learning rate must be > 0")
     if "nes_natural" in s.estimators:
         _validate_natural(s)
     if "reinforce" in s.estimators:
         r = s.reinforce
-        if not r.populations:
+        if not r.population:
             raise UserError("reinforce.population=[]: give draws per input, e.g. [10,100]")
-        for m in r.populations:
+        for m in r.population:
             reinforce.check_options(m, r.baseline, r.temperature)
     estimator_names(s)
 
 
 def _validate_natural(s: Settings) -> None:
-    n = s.natural
+    n = s.nes_natural
     pops = s.natural_populations
     if not pops or min(pops) < (2 if n.antithetic else 1):
         raise UserError(f"nes_natural.population={pops}: give population sizes >= 2, e.g. [500,5000]")
@@ -188,7 +260,7 @@ class Estimate(NamedTuple):
 def natural_lr_scale(s: Settings) -> float:
     """The natural step of mu per grid lr: ``1 / sigma^2`` unless set (the natural gradient of a Gaussian's
     mean is ``sigma^2`` times the plain one, so this keeps a grid lr's step the same length for all)."""
-    return 1 / s.natural_sigma**2 if s.natural.lr_scale is None else s.natural.lr_scale
+    return 1 / s.natural_sigma**2 if s.nes_natural.lr_scale is None else s.nes_natural.lr_scale
 
 
 def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -206,18 +278,18 @@ def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                 out.update(_natural(s, f, theta, m, noise_seed, pop_chunk))
             continue
         if e == "nes":
-            runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.sigma, m, s.antithetic, s.fitness_shaping,
+            runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.nes.sigma, m, s.nes.antithetic, s.nes.fitness_shaping,
                                                                 seed=noise_seed, pop_chunk=pop_chunk))
-                    for m in s.populations]
+                    for m in s.nes.population]
         elif e == "reinforce":
             r = s.reinforce
             runs = [(f"reinforce_{m}", lambda m=m, r=r: reinforce.reinforce_gradient(
                 theta, x, y, m, r.baseline, r.temperature, seed=noise_seed, chunk_elements=s.chunk_elements))
-                for m in r.populations]
+                for m in r.population]
         elif e == "cdg":
-            runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.delta, coord_chunk=pop_chunk))]
+            runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.cdg.delta, coord_chunk=pop_chunk))]
         else:
-            runs = [(f"ste_{e}", lambda e=e: est.ste_gradient(theta, x, y, e, s.k, s.beta))]
+            runs = [(f"ste_{e}", lambda e=e: est.ste_gradient(theta, x, y, e, s.ste.k, s.ste.beta))]
         for name, compute in runs:
             g, seconds = _timed(compute, theta.device)
             out[name] = Estimate(g, seconds)
@@ -228,7 +300,7 @@ def _natural(s: Settings, f: Callable[[torch.Tensor], torch.Tensor], theta: torc
              pop_chunk: int) -> dict[str, Estimate]:
     """``nes_natural`` with population ``m`` at ``N(theta, sigma^2)``: one estimate, a row label per final-weights
     choice. The noise seed is ``nes``'s: both see the same population."""
-    n = s.natural
+    n = s.nes_natural
     sigma = torch.full_like(theta, s.natural_sigma)
     ng, seconds = _timed(lambda: natural_nes.estimate(f, theta, sigma, m, n.antithetic, n.fitness, n.fisher,
                                                       seed=noise_seed, pop_chunk=pop_chunk), theta.device)
@@ -250,7 +322,7 @@ def candidates(s: Settings, theta: torch.Tensor, e: Estimate, lrs: torch.Tensor,
     the new mean, or one sample of the new distribution (the same noise ``eps*`` at every lr)."""
     if e.natural is None:
         return torch.cat([theta[None], theta[None] - lrs[:, None] * e.grad[None]])
-    n = s.natural
+    n = s.nes_natural
     lr_sigma = natural_nes.snes_lr_sigma(theta.numel()) if n.lr_sigma is None else n.lr_sigma
     mu, sigma = natural_nes.update(theta, torch.full_like(theta, s.natural_sigma), e.natural,
                                    lrs.double() * natural_lr_scale(s), lr_sigma, n.sigma_update, n.sigma_min)
@@ -279,7 +351,7 @@ def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None]
     rows: list[dict] = []
     lrs = torch.tensor(s.lrs, device=device, dtype=torch.float32)
     for d in s.num_dims:
-        prob = problem.Problem(int(d), s.batch_size, s.seed, s.teacher_seed, s.teacher_scale, s.teacher_noise,
+        prob = problem.Problem(int(d), s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise,
                                s.init_scale, device)
         for i in range(s.num_init):
             theta = prob.init(i)

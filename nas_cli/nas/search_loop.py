@@ -49,8 +49,8 @@ class ChildrenFailed(RuntimeError):
     """Every child of a search failed: there is no result to report (the cause is the children's)."""
 
 
-def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, progress: bool = True,
-           trained: int | None = None, batch: int | None = None) -> dict:
+def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, *, progress: bool,
+           trained: int | None, batch: int | None) -> dict:
     """Propose and score ``children`` architectures in ``run`` (or stop sooner, once ``trained`` distinct ones
     were trained: MetaQNN counts its budget in unique models), ``batch`` per round (None: the evaluator's
     workers); returns the run's summary."""

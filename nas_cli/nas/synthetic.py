@@ -22,16 +22,15 @@ import numpy as np
 
 from nas_cli.nas.arch import canonical, key
 
-DEFAULT_WEIGHTS = {"conv": 3.0, "depth": 1.0, "skip": 1.0, "pool": 1.0, "fc": 1.0}
-
 
 def _g(d: float) -> float:
     return math.exp(-d * d)
 
 
-def synthetic_reward(arch: list[dict], filters: float = 36, kernel: float = 3, stride: float = 1, depth: float = 4,
-                     skip_density: float = 0.3, pools: float = 1, fcs: float = 1, weights: dict | None = None,
-                     noise: float = 0.0, seed: int = 0) -> float:
+def synthetic_reward(arch: list[dict], *, filters: float, kernel: float, stride: float, depth: float,
+                     skip_density: float, pools: float, fcs: float, weights: dict[str, float], noise: float,
+                     seed: int) -> float:
+    """The reward of ``arch`` under the ``synthetic`` block's targets and weights (one weight per term)."""
     arch = canonical(arch)
     convs = [layer for layer in arch if layer["type"] == "conv"]
     terms = {}
@@ -49,8 +48,7 @@ def synthetic_reward(arch: list[dict], filters: float = 36, kernel: float = 3, s
     terms["skip"] = _g(((skips / possible if possible else 0.0) - skip_density) / 0.25)
     terms["pool"] = _g(sum(layer["type"] == "pool" for layer in arch) - pools)
     terms["fc"] = _g(sum(layer["type"] == "fc" for layer in arch) - fcs)
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
-    reward = sum(w[k] * terms[k] for k in terms) / sum(w[k] for k in terms)
+    reward = sum(weights[k] * terms[k] for k in terms) / sum(weights[k] for k in terms)
     if noise:
         digest = hashlib.sha256(f"{seed}:{key(arch)}".encode()).digest()
         reward += float(np.random.default_rng(int.from_bytes(digest[:8], "little")).normal(0.0, noise))

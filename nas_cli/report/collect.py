@@ -17,11 +17,14 @@ HEADLINE = ["train_loss", "train_acc", "val_acc"]  # runs from before summaries 
 
 
 def job_dirs(root: Path) -> list[Path]:
-    """Folders holding a run record or Hydra's job files (a job that died early has only the latter).
+    """Folders holding a run record: a summary.json, or the metrics.csv of a job whose summary is lost (it
+    died mid-run, before summaries said ``running`` from the start).
 
-    A record inside another job's folder (an ensemble member) belongs to that job, not to the table.
+    Hydra's job files alone (``.hydra/``, a log) are no run: what a refused or never-started job leaves
+    behind, ignored. A record inside another job's folder (an ensemble member) belongs to that job.
     """
-    found = {p.parent for p in root.rglob(SUMMARY)} | {p.parent.parent for p in root.rglob(str(OVERRIDES))}
+    found = {p.parent for p in root.rglob(SUMMARY)} | {
+        p.parent.parent for p in root.rglob(str(OVERRIDES)) if (p.parent.parent / METRICS).is_file()}
     jobs = [d for d in found if not any(parent in found for parent in d.parents)]
     return sorted(jobs, key=lambda d: [_natural(part) for part in d.relative_to(root).parts])
 
@@ -65,7 +68,8 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
         root = root.parent
     jobs = job_dirs(root)
     if not jobs:
-        raise UserError(f"no runs under {root}: expected folders with {SUMMARY} or {OVERRIDES}")
+        raise UserError(f"no runs under {root}: expected folders with {SUMMARY} (a folder with only {OVERRIDES.parent}/ "
+                        "holds a job that never started)")
     rows, keys, headline = [], [], []
     for job in jobs:
         overrides = read_overrides(job)
@@ -73,7 +77,7 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
         summary = read_summary(job)
         if summary is not None:  # a job without one says nothing about which figures matter
             headline += [k for k in summary.get("headline", HEADLINE) if k not in headline]
-        summary = summary or {"status": "failed", "error": f"no {SUMMARY} (the job died before it ran)"}
+        summary = summary or {"status": "failed", "error": f"no {SUMMARY} (the job died mid-run)"}
         flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
         if summary.get("averaged_epochs"):  # [first, last] (null before the first epoch): hashable, for the caption
             flat["averaged_epochs"] = tuple(summary["averaged_epochs"])

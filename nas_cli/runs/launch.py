@@ -66,20 +66,44 @@ def run_folder(command: str, config_name: str, args: list[str]) -> Iterator[list
         yield args
         return
     if given is None:
-        folder, created = folders.new_folder(OUTPUTS / config_name / "runs"), True
+        folder = OUTPUTS / config_name / "runs"
+        made = _first_missing(folder)
+        folder, created = folders.new_folder(folder), True
         args = [*args, f"hydra.run.dir={folder}"]
     else:
         folder = Path(given)
+        made = _first_missing(folder)
         created = not folder.exists()
     try:
         folders.claim(folder, resume=resume, how_to_resume=shlex.join(["nas-cli", command, f"resume={folder}"]))
-    except UserError:
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    resume_command = shlex.join(["nas-cli", command, f"resume={folder}"])
-    with folders.Transaction(folder, created=created):
-        yield args
+        resume_command = shlex.join(["nas-cli", command, f"resume={folder}"])
+        with folders.Transaction(folder, created=created):
+            yield args
+    finally:
+        if created and not folder.exists():  # refused: the folders made for it go too (outputs/<command>/runs)
+            _remove_empty(folder.parent, made)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    missing = None
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_empty(folder: Path, upto: Path | None) -> None:
+    if upto is None:
+        return
+    for p in (folder, *folder.parents):
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or not ours: stop there
+            return
+        if p == upto:
+            return
 
 
 @contextmanager
@@ -87,7 +111,9 @@ def _sweep(command: str, config_name: str, args: list[str], resume: bool) -> Ite
     global resume_command
     given = _value(args, "hydra.sweep.dir")
     created = given is None
+    made = None
     if created:
+        made = _first_missing(OUTPUTS / config_name / "multiruns")
         sweep = folders.new_folder(OUTPUTS / config_name / "multiruns")
         args = [*args, f"hydra.sweep.dir={sweep}"]
     else:
@@ -117,3 +143,4 @@ def _sweep(command: str, config_name: str, args: list[str], resume: bool) -> Ite
             os.environ[signals.SWEEP_PARENT] = saved
         if created and not any(sweep.glob(f"*/{SUMMARY}")):  # no job began: a refused sweep leaves nothing
             shutil.rmtree(sweep, ignore_errors=True)
+            _remove_empty(sweep.parent, made)

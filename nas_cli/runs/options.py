@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nas_cli.errors import UserError
 from nas_cli.runs import folders, signals  # noqa: F401  (signals: a sweep worker keeps stop requests from import on)
+from nas_cli.runs.rank import launched_rank
+
+if TYPE_CHECKING:
+    import torch
 
 _OFF = {"false", "0", "no", "off", "null", "none"}
 
@@ -53,10 +55,12 @@ class RunOptions:
         if not isinstance(progress, bool):
             raise UserError(f"progress={progress}: expected true or false")
         if threads is not None:
+            import torch
+
             torch.set_num_threads(threads)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         resume = not is_off(cfg.resume) or requeued()
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write nothing of their own
+        if launched_rank() == 0:  # torchrun's other ranks write nothing of their own
             folders.claim(run_dir, resume=resume)  # the command line holds it already; a sweep's job takes it here
         logger, context = _logger(cfg, run_dir)
         return cls(run_dir, seed, resolve_device(str(cfg.device)), threads, progress, resume, logger, context)

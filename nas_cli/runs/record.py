@@ -14,8 +14,6 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from nas_cli.runs.files import METRICS, SUMMARY
 
 
@@ -86,6 +84,8 @@ class RunRecord:
     def write_metrics(self) -> None:
         if not self.write:
             return
+        import pandas as pd  # here: the command line reads summaries before it needs tables
+
         frame = pd.DataFrame(self.rows)
         atomic_write(self.dir / METRICS, lambda tmp: frame.to_csv(tmp, index=False))
         if self.on_write is not None:
@@ -97,6 +97,8 @@ class RunRecord:
 
     def last_n_means(self, keys: list[str], n: int) -> dict[str, float]:
         """Mean of each key over the last ``n`` rows (the figure sweep tables report)."""
+        import pandas as pd
+
         tail = pd.DataFrame(self.rows[-n:]) if self.rows else pd.DataFrame()
         return {k: float(tail[k].mean()) for k in keys if k in tail}
 

@@ -13,7 +13,6 @@ resumes in its own folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -22,6 +21,7 @@ from nas_cli.errors import UserError
 from nas_cli.runs.files import CHECKPOINT, CONFIG, HYDRA, OVERRIDES, SUMMARY
 from nas_cli.runs.folders import holder
 from nas_cli.runs.options import is_off
+from nas_cli.runs.rank import launched_rank
 from nas_cli.runs.record import read_summary
 
 RESUMABLE = ("interrupted", "failed", "running")  # a diverged run would diverge again
@@ -98,7 +98,7 @@ def _named_folder(value: str) -> Path:
 
 def _lead() -> bool:
     """Not one of torchrun's other ranks, which resume the folder rank 0 holds."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return launched_rank() == 0
 
 
 def resolve_resume(command: str, args: list[str]) -> list[str]:

@@ -39,7 +39,7 @@ Penalty = Callable[[torch.Tensor], torch.Tensor]  # (cross-entropy) -> loss with
 class Architect:
     """Adam on alpha (``model.arch``); ``weight_optimizer`` is the weights' SGD, read by ``unrolled="code"``."""
 
-    def __init__(self, model: nn.Module, order: str = "first", lr: float = 3e-4, betas=(0.5, 0.999),
+    def __init__(self, model: nn.Module, order: str, lr: float = 3e-4, betas=(0.5, 0.999),
                  weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False,
                  unrolled: str = "code", weight_optimizer: torch.optim.Optimizer | None = None):
         if order not in ("first", "second"):

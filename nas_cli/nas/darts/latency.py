@@ -48,7 +48,7 @@ def key(op: str, shape) -> str:
     return "|".join([op, *map(str, shape)])
 
 
-def measure(shapes, primitives, device, batch: int = 32, repeats: int = 5, table: dict | None = None) -> dict:
+def measure(shapes, primitives, device, batch: int, repeats: int, table: dict | None = None) -> dict:
     table = dict(table or {})
     for _, _, shape in shapes:
         c, h, w, stride = shape

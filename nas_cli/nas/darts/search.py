@@ -51,16 +51,16 @@ class ArchOptions:
     steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0).
     """
 
-    order: str = "first"
-    unrolled: str = "code"
-    warmup_epochs: int = 0
-    reuse_train_grad: bool = False
-    fraction: float = 0.5
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 1e-3
-    max_skip: int | None = None
-    heatmap: bool = True
+    order: str
+    unrolled: str
+    warmup_epochs: int
+    reuse_train_grad: bool
+    fraction: float
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    max_skip: int | None
+    heatmap: bool
 
 
 @dataclass
@@ -115,12 +115,12 @@ def compile_supernet(supernet, opts: StepOptions, device: torch.device) -> bool:
 class LatencyOptions:
     """The latency term: off at weight 0 unless a table is given (see ``nas_cli.nas.darts.latency``)."""
 
-    weight: float = 0.0
-    form: str = "linear"
-    beta: float = 0.6
-    table: str | None = None
-    batch: int = 32
-    repeats: int = 5
+    weight: float
+    form: str
+    beta: float
+    table: str | None
+    batch: int
+    repeats: int
 
 
 def split_train(loader, fraction: float, seed: int, drop_last: bool = False) -> tuple[TensorLoader, TensorLoader]:
@@ -194,9 +194,8 @@ def latency_term(supernet, data: DataBundle, opts: LatencyOptions, run: Run) -> 
 
 def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Trainer,
            optimizer: torch.optim.Optimizer, schedule: Schedule | None, run: Run, arch: ArchOptions,
-           latency: LatencyOptions, step_opts: StepOptions | None = None) -> dict:
+           latency: LatencyOptions, step_opts: StepOptions) -> dict:
     """Search in ``run``: train the supernet's weights and alpha together; returns the run's summary."""
-    step_opts = step_opts or StepOptions()
     chain = isinstance(supernet, ChainNetwork)
     if isinstance(optimizer, torch.optim.LBFGS):
         raise UserError("optim=lbfgs re-evaluates each step's loss: the bilevel step takes sgd, adam, ...")
