@@ -83,8 +83,9 @@ $(CLEANRL)/bin/python:
 config-docs: install  ## CONFIG.md: every key of every shipped config, from the YAML (a test keeps it current)
 	$(BIN)/python -m nas_cli.schema > CONFIG.md
 
-lint: install  ## ruff
+lint: install  ## ruff: the lint rules and the formatting (CI runs it before the tests)
 	$(BIN)/ruff check nas_cli tests bench
+	$(BIN)/ruff format --check nas_cli tests bench
 
 clean:  ## remove the venv, caches and run outputs
 	rm -rf $(VENV) $(CLEANRL) build dist *.egg-info .pytest_cache .ruff_cache

@@ -65,14 +65,22 @@ def main() -> None:
     reference = median_start([sys.executable, "-c", "import torch"], args.repeats, env)
 
     table = Table(title=f"nas-cli start-up: median of {args.repeats} process starts (cpus: {os.cpu_count()})")
-    for name, justify in [("command line", "left"), ("seconds", "right"), ("/ import torch", "right"),
-                          ("imports torch", "center")]:
+    for name, justify in [
+        ("command line", "left"),
+        ("seconds", "right"),
+        ("/ import torch", "right"),
+        ("imports torch", "center"),
+    ]:
         table.add_column(name, justify=justify)
     table.add_row('python -c "import torch"', f"{reference:.3f}", "1.00", "yes")
     for words in [["--help"], *([c, "--help"] for c in args.commands)]:
         seconds = median_start(cli + words, args.repeats, env)
-        table.add_row("nas-cli " + " ".join(words), f"{seconds:.3f}", f"{seconds / reference:.2f}",
-                      "yes" if loads_torch(words, env) else "no")
+        table.add_row(
+            "nas-cli " + " ".join(words),
+            f"{seconds:.3f}",
+            f"{seconds / reference:.2f}",
+            "yes" if loads_torch(words, env) else "no",
+        )
     Console(width=100).print(table)
 
 

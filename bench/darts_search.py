@@ -8,7 +8,8 @@ and eager vs compiled (``search.compile=true``).
 
 One step = an alpha step on an architecture batch plus the weight step (SGD), as in
 ``nas-cli search-darts`` (its ``BilevelStep``); "second+reuse" is second order with ``arch.reuse_train_grad=true``.
-The configurations' steps alternate, so drifts in machine load hit them alike. Memory: on a GPU, ``torch.cuda.max_memory_allocated`` over the step;
+The configurations' steps alternate, so drifts in machine load hit them alike. Memory: on a GPU,
+``torch.cuda.max_memory_allocated`` over the step;
 on a CPU, the activation memory of one training forward (the bytes of every tensor autograd saves,
 counted by saved-tensor hooks). Goals: second order <= 2.5x first-order time; PC (K=4) <= 0.4x
 first-order activation memory; compiled no slower than eager (CPU), and faster where eager is launch-bound (GPU).
@@ -63,7 +64,9 @@ def setup(args, order: str, partial: int, reuse: bool = False, compiled: bool = 
 
     graphs = False
     if compiled:
-        opts = StepOptions(compile=True, mode=getattr(args, "mode", "auto"), backend=getattr(args, "backend", "inductor"))
+        opts = StepOptions(
+            compile=True, mode=getattr(args, "mode", "auto"), backend=getattr(args, "backend", "inductor")
+        )
         graphs = compile_supernet(model, opts, device)
     arch_batches = [batch() for _ in range(4)]  # on the device already: the step alone is timed
     step_fn = BilevelStep(model, arch, BatchStream(arch_batches, None), opt, device, cuda_graphs=graphs)
@@ -116,10 +119,24 @@ def measure(args, configs: dict) -> dict:
     return out
 
 
-def step_timings(order: str = "first", partial: int = 1, batch: int = 64, compiled: bool = False, *,
-                 device: str = "cuda", layers: int = 8, nodes: int = 4, channels: int = 16, size: int = 32,
-                 in_channels: int = 3, steps: int = 10, warmup: int = 3, mode: str = "auto",
-                 backend: str = "inductor", reuse: bool = False) -> dict:
+def step_timings(
+    order: str = "first",
+    partial: int = 1,
+    batch: int = 64,
+    compiled: bool = False,
+    *,
+    device: str = "cuda",
+    layers: int = 8,
+    nodes: int = 4,
+    channels: int = 16,
+    size: int = 32,
+    in_channels: int = 3,
+    steps: int = 10,
+    warmup: int = 3,
+    mode: str = "auto",
+    backend: str = "inductor",
+    reuse: bool = False,
+) -> dict:
     """One configuration's DARTS search step: ``{"s_per_step", "warmup_s", "peak_MiB" (CUDA)}``.
 
     For a GPU benchmark (e.g. ``bench/gpu.py``): ``from darts_search import step_timings`` with ``bench/`` on
@@ -127,9 +144,20 @@ def step_timings(order: str = "first", partial: int = 1, batch: int = 64, compil
     ``warmup`` steps absorb compilation (3 cover the alpha-step and weight-step graphs). Defaults: DARTS's
     CIFAR-10 search supernet (8 cells, C16, 32x32); ``partial=4`` is PC-DARTS's K.
     """
-    args = argparse.Namespace(device=device, layers=layers, nodes=nodes, channels=channels, size=size,
-                              in_channels=in_channels, batch=batch, steps=steps, warmup=warmup, mode=mode,
-                              backend=backend, no_activations=True)
+    args = argparse.Namespace(
+        device=device,
+        layers=layers,
+        nodes=nodes,
+        channels=channels,
+        size=size,
+        in_channels=in_channels,
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        mode=mode,
+        backend=backend,
+        no_activations=True,
+    )
     if compiled:
         torch._dynamo.reset()
     return measure(args, {"run": (order, partial, reuse, compiled)})["run"]
@@ -144,16 +172,21 @@ def compare_compiled(args) -> None:
     for name, config in configs.items():
         torch._dynamo.reset()
         args.no_activations = True
-        runs.update(measure(args, {f"{name} eager": (*config, False, False),
-                                   f"{name} compiled": (*config, False, True)}))
-    print(f"device {args.device}, {args.layers} cells x {args.nodes} nodes, C={args.channels}, "
-          f"{args.in_channels}x{args.size}x{args.size}, batch {args.batch}, threads {torch.get_num_threads()}")
+        runs.update(
+            measure(args, {f"{name} eager": (*config, False, False), f"{name} compiled": (*config, False, True)})
+        )
+    print(
+        f"device {args.device}, {args.layers} cells x {args.nodes} nodes, C={args.channels}, "
+        f"{args.in_channels}x{args.size}x{args.size}, batch {args.batch}, threads {torch.get_num_threads()}"
+    )
     for name in configs:
         e, c = runs[f"{name} eager"], runs[f"{name} compiled"]
-        peak = (f"   peak {e['peak_MiB']:.0f} / {c['peak_MiB']:.0f} MiB" if "peak_MiB" in e else "")
-        print(f"  {name:7s} eager {e['s_per_step'] * 1e3:8.1f} ms/step   compiled {c['s_per_step'] * 1e3:8.1f} "
-              f"ms/step ({e['s_per_step'] / c['s_per_step']:.2f}x faster; compiling took "
-              f"{c['warmup_s']:.0f} s){peak}")
+        peak = f"   peak {e['peak_MiB']:.0f} / {c['peak_MiB']:.0f} MiB" if "peak_MiB" in e else ""
+        print(
+            f"  {name:7s} eager {e['s_per_step'] * 1e3:8.1f} ms/step   compiled {c['s_per_step'] * 1e3:8.1f} "
+            f"ms/step ({e['s_per_step'] / c['s_per_step']:.2f}x faster; compiling took "
+            f"{c['warmup_s']:.0f} s){peak}"
+        )
 
 
 def main() -> None:
@@ -177,21 +210,30 @@ def main() -> None:
     if args.compile:
         compare_compiled(args)
         return
-    runs = measure(args, {"first": ("first", 1), "second": ("second", 1), "second+reuse": ("second", 1, True),
-                          "pc4": ("first", 4)})
-    print(f"device {args.device}, {args.layers} cells x {args.nodes} nodes, C={args.channels}, "
-          f"{args.in_channels}x{args.size}x{args.size}, batch {args.batch}")
+    runs = measure(
+        args, {"first": ("first", 1), "second": ("second", 1), "second+reuse": ("second", 1, True), "pc4": ("first", 4)}
+    )
+    print(
+        f"device {args.device}, {args.layers} cells x {args.nodes} nodes, C={args.channels}, "
+        f"{args.in_channels}x{args.size}x{args.size}, batch {args.batch}"
+    )
     for name, r in runs.items():
-        print(f"  {name:12s} {r['s_per_step'] * 1e3:9.1f} ms/step   activations {r['activation_MiB']:8.2f} MiB"
-              + (f"   peak {r['peak_MiB']:8.1f} MiB" if "peak_MiB" in r else ""))
+        print(
+            f"  {name:12s} {r['s_per_step'] * 1e3:9.1f} ms/step   activations {r['activation_MiB']:8.2f} MiB"
+            + (f"   peak {r['peak_MiB']:8.1f} MiB" if "peak_MiB" in r else "")
+        )
     f, s, p = runs["first"], runs["second"], runs["pc4"]
-    print(f"second/first time {s['s_per_step'] / f['s_per_step']:.2f}x as DARTS (weight gradient recomputed); "
-          f"{runs['second+reuse']['s_per_step'] / f['s_per_step']:.2f}x with arch.reuse_train_grad=true "
-          f"(goal <= 2.5x)")
+    print(
+        f"second/first time {s['s_per_step'] / f['s_per_step']:.2f}x as DARTS (weight gradient recomputed); "
+        f"{runs['second+reuse']['s_per_step'] / f['s_per_step']:.2f}x with arch.reuse_train_grad=true "
+        f"(goal <= 2.5x)"
+    )
     print(f"pc4/first activation memory {p['activation_MiB'] / f['activation_MiB']:.2f}x (goal <= 0.4x)")
     if "peak_MiB" in f:
-        print(f"pc4/first peak memory {p['peak_MiB'] / f['peak_MiB']:.2f}x; second/first peak "
-              f"{s['peak_MiB'] / f['peak_MiB']:.2f}x")
+        print(
+            f"pc4/first peak memory {p['peak_MiB'] / f['peak_MiB']:.2f}x; second/first peak "
+            f"{s['peak_MiB'] / f['peak_MiB']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ SIZES = (1_000, 10_000, 100_000)
 SOFT_NMS_SIZES = (1_000, 10_000)  # 100k: minutes (see above)
 
 
-def detector_boxes(n: int, seed: int = 0, device: str = "cpu", image: float = 1024.0, per_object: int = 50,
-                   background: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def detector_boxes(
+    n: int, seed: int = 0, device: str = "cpu", image: float = 1024.0, per_object: int = 50, background: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` raw detections (boxes [n, 4] xyxy, scores [n]) clustered around ``n / per_object`` objects."""
     g = torch.Generator().manual_seed(seed)
     objects = max(1, n // per_object)
@@ -77,18 +78,27 @@ def nms_rows(device: str, quick: bool) -> list[tuple[str, ...]]:
         repeats = 1 if (quick or (n >= 100_000 and device == "cpu")) else 5
         ours = timed(lambda b=boxes, s=scores: nms_torch(b, s, 0.5), device, repeats)
         theirs = timed(lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5), device, repeats)
-        rows.append((f"nms {device} {n:,} boxes ({len(keep):,} kept)", f"{1e3 * ours:,.1f} ms",
-                     f"{1e3 * theirs:,.1f} ms", f"{ours / theirs:.2f}", "yes" if same else "NO"))
+        rows.append(
+            (
+                f"nms {device} {n:,} boxes ({len(keep):,} kept)",
+                f"{1e3 * ours:,.1f} ms",
+                f"{1e3 * theirs:,.1f} ms",
+                f"{ours / theirs:.2f}",
+                "yes" if same else "NO",
+            )
+        )
     for n in SOFT_NMS_SIZES:
         boxes, scores = detector_boxes(n, device=device)
         for method in ("linear", "gaussian"):
+
             def run(method=method, b=boxes, s=scores):
                 return soft_nms(b, s, method=method)
 
             kept = len(run()[0])
             seconds = timed(run, device, 1 if quick or n >= 10_000 else 3)
-            rows.append((f"soft_nms {method} {device} {n:,} boxes ({kept:,} kept)", f"{1e3 * seconds:,.1f} ms",
-                         "", "", ""))
+            rows.append(
+                (f"soft_nms {method} {device} {n:,} boxes ({kept:,} kept)", f"{1e3 * seconds:,.1f} ms", "", "", "")
+            )
     return rows
 
 
@@ -115,13 +125,16 @@ def map_section(quick: bool) -> Table:
     from omegaconf import OmegaConf
 
     from nas_cli.detection.evaluate import METHODS, Postprocess, detect
-    from nas_cli.engine import checkpoint
+    from nas_cli.runs import checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         small = ["data.n_train=600", "trainer.epochs=3"] if quick else []
-        subprocess.run([sys.executable, "-m", "nas_cli", "detect", *small, "progress=false",
-                        f"hydra.run.dir={run}"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "nas_cli", "detect", *small, "progress=false", f"hydra.run.dir={run}"],
+            check=True,
+            capture_output=True,
+        )
         summary = json.loads((run / "summary.json").read_text())
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         data = instantiate(cfg.data, seed=cfg.seed)
@@ -133,14 +146,23 @@ def map_section(quick: bool) -> Table:
             outs = [model(x) for x, _ in data.val]
             seconds = {m: timed(lambda m=m: [detect(o, post, m) for o in outs], "cpu", 3) for m in METHODS}
     n_val = sum(len(o.obj) for o in outs)
-    table = Table(title=f"detect, default CPU run{' (--quick: 600 images, 3 epochs)' if quick else ''}: "
-                        f"{summary['epochs']} epochs in {summary['wall_time_s']:.0f} s, validation mAP (goal: mAP@0.5 "
-                        ">= 0.8)")
+    table = Table(
+        title=f"detect, default CPU run{' (--quick: 600 images, 3 epochs)' if quick else ''}: "
+        f"{summary['epochs']} epochs in {summary['wall_time_s']:.0f} s, validation mAP (goal: mAP@0.5 "
+        ">= 0.8)"
+    )
     for col in ("post-processing", "mAP@0.5", "mAP@[.5:.95]", "ms per image", "vs NMS"):
         table.add_column(col, justify="left" if col == "post-processing" else "right")
-    for m, name in zip(METHODS, ("NMS (per class, IoU 0.5)", f"soft-NMS ({post.soft_method}, sigma {post.soft_sigma})")):
-        table.add_row(name, f"{summary[f'val_map50_{m}']:.4f}", f"{summary[f'val_map_{m}']:.4f}",
-                      f"{1e3 * seconds[m] / n_val:.3f}", f"{seconds[m] / seconds['nms']:.2f}x")
+    for m, name in zip(
+        METHODS, ("NMS (per class, IoU 0.5)", f"soft-NMS ({post.soft_method}, sigma {post.soft_sigma})")
+    ):
+        table.add_row(
+            name,
+            f"{summary[f'val_map50_{m}']:.4f}",
+            f"{summary[f'val_map_{m}']:.4f}",
+            f"{1e3 * seconds[m] / n_val:.3f}",
+            f"{seconds[m] / seconds['nms']:.2f}x",
+        )
     return table
 
 
@@ -153,8 +175,10 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = parser.parse_args()
     console = Console(width=140)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-                  + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
+    console.print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA")
+    )
     for name in args.only.split(","):
         if name not in SECTIONS:
             sys.exit(f"bench/detect.py: unknown section {name}; choose from {', '.join(SECTIONS)}")

@@ -44,7 +44,18 @@ OURS_ONLY = ["agent.hidden=[120,84]", "agent.gradient_steps=1", "agent.loss=mse"
 
 
 def cleanrl_sps(python: str, script: str, steps: int, threads: int | None, workdir: Path) -> float:
-    args = [python, script, "--env-id", "CartPole-v1", "--total-timesteps", str(steps), "--cuda", "false", "--seed", "1"]
+    args = [
+        python,
+        script,
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        str(steps),
+        "--cuda",
+        "false",
+        "--seed",
+        "1",
+    ]
     for flag, (_, value) in SHARED.items():
         args += [flag, str(value)]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -56,9 +67,19 @@ def cleanrl_sps(python: str, script: str, steps: int, threads: int | None, workd
 
 def ours_sps(steps: int, workdir: Path, round_: int) -> float:
     run_dir = workdir / f"ours-{round_}"
-    args = [sys.executable, "-m", "nas_cli", "dqn", f"total_steps={steps}", f"eval.every={steps * 10}",
-            "seed=1", "progress=false", f"hydra.run.dir={run_dir}", *OURS_ONLY,
-            *(f"{ours}={value}" for ours, value in SHARED.values())]
+    args = [
+        sys.executable,
+        "-m",
+        "nas_cli",
+        "dqn",
+        f"total_steps={steps}",
+        f"eval.every={steps * 10}",
+        "seed=1",
+        "progress=false",
+        f"hydra.run.dir={run_dir}",
+        *OURS_ONLY,
+        *(f"{ours}={value}" for ours, value in SHARED.values()),
+    ]
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"nas-cli dqn failed:\n{out.stderr[-2000:]}")
@@ -88,8 +109,11 @@ def main() -> None:
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for name in order:
                 threads = sides[name]
-                value = (ours_sps(args.steps, Path(tmp), r) if threads == 0
-                         else cleanrl_sps(args.cleanrl_python, script, args.steps, threads, Path(tmp)))
+                value = (
+                    ours_sps(args.steps, Path(tmp), r)
+                    if threads == 0
+                    else cleanrl_sps(args.cleanrl_python, script, args.steps, threads, Path(tmp))
+                )
                 sps[name].append(value)
                 print(f"round {r + 1}: {name}: {value:.0f} steps/s", flush=True)
 
@@ -97,8 +121,9 @@ def main() -> None:
     from rich.table import Table
 
     ours = statistics.median(sps["nas-cli dqn (1 thread)"])
-    table = Table(title=f"DQN on CartPole-v1, {args.steps:,} steps, CleanRL's hyperparameters, "
-                        f"{args.rounds} alternating rounds")
+    table = Table(
+        title=f"DQN on CartPole-v1, {args.steps:,} steps, CleanRL's hyperparameters, {args.rounds} alternating rounds"
+    )
     table.add_column("implementation")
     for r in range(args.rounds):
         table.add_column(f"round {r + 1}", justify="right")

@@ -40,8 +40,13 @@ def randomize_bn(model: nn.Module) -> nn.Module:
 
 def decoder() -> nn.Module:
     """A small upsampling head: ConvTranspose -> BatchNorm pairs, which fx's fuse leaves alone."""
-    return nn.Sequential(nn.ConvTranspose2d(3, 16, 4, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, groups=2), nn.BatchNorm2d(8))
+    return nn.Sequential(
+        nn.ConvTranspose2d(3, 16, 4, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, groups=2),
+        nn.BatchNorm2d(8),
+    )
 
 
 def main() -> None:
@@ -60,8 +65,19 @@ def main() -> None:
         "ConvTranspose decoder": (decoder(), (3, 32, 32)),
     }
     table = Table(title=f"fuse-bn vs torch.fx fuse (CPU, {torch.get_num_threads()} threads, median of {args.repeats})")
-    for col in ("model", "BN", "fx removes", "ours removes", "max rel diff", "batch", "unfused ms", "fx ms",
-                "ours ms", "ours speed-up", "ours / fx"):
+    for col in (
+        "model",
+        "BN",
+        "fx removes",
+        "ours removes",
+        "max rel diff",
+        "batch",
+        "unfused ms",
+        "fx ms",
+        "ours ms",
+        "ours speed-up",
+        "ours / fx",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, (model, shape) in models.items():
         model = randomize_bn(model)
@@ -73,11 +89,19 @@ def main() -> None:
             rel = ((ours(x) - ref).abs().max() / ref.abs().max()).item()
         for batch in (1, 32):
             t = median_latencies({"unfused": model, "fx": theirs, "ours": ours}, x[:batch], repeats=args.repeats)
-            table.add_row(name if batch == 1 else "", str(count_bn(model)) if batch == 1 else "",
-                          str(count_bn(model) - count_bn(theirs)) if batch == 1 else "",
-                          str(report.n_bn_removed) if batch == 1 else "", f"{rel:.1e}" if batch == 1 else "",
-                          str(batch), f"{1e3 * t['unfused']:.2f}", f"{1e3 * t['fx']:.2f}", f"{1e3 * t['ours']:.2f}",
-                          f"{t['unfused'] / t['ours']:.2f}x", f"{t['ours'] / t['fx']:.2f}")
+            table.add_row(
+                name if batch == 1 else "",
+                str(count_bn(model)) if batch == 1 else "",
+                str(count_bn(model) - count_bn(theirs)) if batch == 1 else "",
+                str(report.n_bn_removed) if batch == 1 else "",
+                f"{rel:.1e}" if batch == 1 else "",
+                str(batch),
+                f"{1e3 * t['unfused']:.2f}",
+                f"{1e3 * t['fx']:.2f}",
+                f"{1e3 * t['ours']:.2f}",
+                f"{t['unfused'] / t['ours']:.2f}x",
+                f"{t['ours'] / t['fx']:.2f}",
+            )
     Console(width=170).print(table)
 
 

@@ -62,8 +62,13 @@ def timing(members, layout, device: str, repeats: int) -> dict:
     batched, (r1, l1) = best_of(lambda: pop.evaluate(members, layout, EnvSpec(), seeds), repeats)
     looped, (r2, _) = best_of(lambda: pop.evaluate_one_by_one(members, layout, EnvSpec(), seeds), 1)
     assert np.array_equal(r1, r2), "batched and per-member returns differ"
-    return {"batched_s": batched, "looped_s": looped, "ratio": looped / batched, "steps": int(l1.sum()),
-            "mean_return": float(r1.mean())}
+    return {
+        "batched_s": batched,
+        "looped_s": looped,
+        "ratio": looped / batched,
+        "steps": int(l1.sum()),
+        "mean_return": float(r1.mean()),
+    }
 
 
 def main() -> None:
@@ -77,7 +82,7 @@ def main() -> None:
     import torch
 
     from nas_cli.agents import population as pop
-    from nas_cli.engine import checkpoint
+    from nas_cli.runs import checkpoint
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
@@ -86,13 +91,18 @@ def main() -> None:
     print("GA (conf/ga.yaml defaults) on CartPole-v1, elite (30 re-evaluation episodes) reaching 500:")
     print(f"{'seed':>4} {'generation':>10} {'env steps':>12} {'run s':>7} {'generations run':>16}")
     for s, r in zip(args.seeds, runs):
-        print(f"{s:>4} {str(r['solved_generation']):>10} {str(r['solved_steps']):>12} {r['seconds']:>7.1f} "
-              f"{r['generations']:>16}")
+        print(
+            f"{s:>4} {str(r['solved_generation']):>10} {str(r['solved_steps']):>12} {r['seconds']:>7.1f} "
+            f"{r['generations']:>16}"
+        )
     hidden = agent_config()["hidden"]
     layout = pop.PolicyLayout(4, 2, hidden)
     fresh = layout.init(args.population, torch.Generator().manual_seed(0))
-    evolved = last[:args.population] if len(last) >= args.population else last.repeat(
-        -(-args.population // len(last)), 1)[:args.population]
+    evolved = (
+        last[: args.population]
+        if len(last) >= args.population
+        else last.repeat(-(-args.population // len(last)), 1)[: args.population]
+    )
     print(f"\nOne evaluation, population {args.population} x 5 episodes, device {args.device}, 1 thread:")
     print(f"{'population':>10} {'env steps':>10} {'batched s':>10} {'per member s':>13} {'ratio':>6}")
     for name, members in (("fresh", fresh), ("evolved", evolved)):

@@ -50,10 +50,22 @@ def train_rows(quick: bool) -> list[tuple]:
     t = resident_table("cuda", batch=512, width=64, images=10_000 if quick else 50_000, epochs=2)
     rows = []
     for key, label in (("fp32", "fp32"), ("bf16_cl", "bf16 + channels_last")):
-        rows.append((f"train resnet18 w64 b512 {label}", f"{t[key + '/engine']:,.0f} img/s engine",
-                     f"{t[key + '/bare']:,.0f} img/s bare loop", f"{t[key + '/engine_over_bare']:.3f} (goal >= 0.97)"))
-        rows.append(("  + flip + crop on the GPU", f"{t[key + '/engine_flip_crop']:,.0f} img/s",
-                     f"{t[key + '/engine']:,.0f} img/s without", f"{t[key + '/flip_crop_over_plain']:.3f} (goal >= 0.95)"))
+        rows.append(
+            (
+                f"train resnet18 w64 b512 {label}",
+                f"{t[key + '/engine']:,.0f} img/s engine",
+                f"{t[key + '/bare']:,.0f} img/s bare loop",
+                f"{t[key + '/engine_over_bare']:.3f} (goal >= 0.97)",
+            )
+        )
+        rows.append(
+            (
+                "  + flip + crop on the GPU",
+                f"{t[key + '/engine_flip_crop']:,.0f} img/s",
+                f"{t[key + '/engine']:,.0f} img/s without",
+                f"{t[key + '/flip_crop_over_plain']:.3f} (goal >= 0.95)",
+            )
+        )
     return rows
 
 
@@ -72,12 +84,18 @@ def darts_rows(quick: bool) -> list[tuple]:
         if (order, partial, batch) == ("first", 1, 64):
             first64 = fast["s_per_step"]
         hours = fast["s_per_step"] * SEARCH_EPOCHS * -(-25_000 // batch) / 3600
-        rows.append((label, f"{fast['s_per_step']:.3f} s/step compiled ({fast['peak_MiB']:,.0f} MiB)",
-                     f"{eager['s_per_step']:.3f} s/step eager ({eager['peak_MiB']:,.0f} MiB)",
-                     f"{eager['s_per_step'] / fast['s_per_step']:.1f}x; 50-epoch search {hours:.2f} GPU-h"))
+        rows.append(
+            (
+                label,
+                f"{fast['s_per_step']:.3f} s/step compiled ({fast['peak_MiB']:,.0f} MiB)",
+                f"{eager['s_per_step']:.3f} s/step eager ({eager['peak_MiB']:,.0f} MiB)",
+                f"{eager['s_per_step'] / fast['s_per_step']:.1f}x; 50-epoch search {hours:.2f} GPU-h",
+            )
+        )
         if order == "second" and first64:
-            rows.append(("  second / first order (b64, compiled)", f"{fast['s_per_step'] / first64:.2f}",
-                         "goal <= 2.5", ""))
+            rows.append(
+                ("  second / first order (b64, compiled)", f"{fast['s_per_step'] / first64:.2f}", "goal <= 2.5", "")
+            )
         torch.cuda.empty_cache()
     return rows
 
@@ -95,6 +113,7 @@ def xnor_rows(quick: bool) -> list[tuple]:
     steps = 5 if quick else 20
     rows = []
     for precision in ("fp32", "bf16"):
+
         def train(precision=precision):
             for _ in range(steps):
                 with autocast(device, precision):
@@ -105,8 +124,14 @@ def xnor_rows(quick: bool) -> list[tuple]:
 
         rate = 64 * steps / cuda_time(train, 3)
         hours = SWEEP_RUNS * SWEEP_EPOCHS * CIFAR_TRAIN / rate / 3600
-        rows.append((f"xnor_resnet18 w192 b64 {precision}", f"{rate:,.0f} img/s",
-                     f"sweep {SWEEP_RUNS}x{SWEEP_EPOCHS} epochs: {hours:.1f} GPU-h", ""))
+        rows.append(
+            (
+                f"xnor_resnet18 w192 b64 {precision}",
+                f"{rate:,.0f} img/s",
+                f"sweep {SWEEP_RUNS}x{SWEEP_EPOCHS} epochs: {hours:.1f} GPU-h",
+                "",
+            )
+        )
     return rows
 
 
@@ -135,10 +160,20 @@ def fuse_rows(quick: bool) -> list[tuple]:
     with torch.inference_mode():
         tf32 = float((model(x) - fused(x)).abs().max() / model(x).abs().max())
     times = median_latencies({"unfused": model, "fused": fused}, x, repeats=5 if quick else 20)
-    return [("fuse-bn resnet50 b32 latency", f"{1e3 * times['fused']:.2f} ms fused",
-             f"{1e3 * times['unfused']:.2f} ms unfused", f"{times['unfused'] / times['fused']:.2f}x"),
-            ("fuse-bn output difference", f"{diff:.2e} (fp32, TF32 off)", f"{tf32:.2e} (process default)",
-             f"{len(report.fused)} pairs")]
+    return [
+        (
+            "fuse-bn resnet50 b32 latency",
+            f"{1e3 * times['fused']:.2f} ms fused",
+            f"{1e3 * times['unfused']:.2f} ms unfused",
+            f"{times['unfused'] / times['fused']:.2f}x",
+        ),
+        (
+            "fuse-bn output difference",
+            f"{diff:.2e} (fp32, TF32 off)",
+            f"{tf32:.2e} (process default)",
+            f"{len(report.fused)} pairs",
+        ),
+    ]
 
 
 def main() -> None:

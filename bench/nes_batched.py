@@ -65,8 +65,13 @@ def main():
     p.add_argument("--loop-samples", type=int, default=2000, help="members the loop times (0: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--reinforce-population", type=int, nargs="*", default=shipped.reinforce.population,
-                   help="REINFORCE draws per input to time (default: grad-bench's reinforce.population)")
+    p.add_argument(
+        "--reinforce-population",
+        type=int,
+        nargs="*",
+        default=shipped.reinforce.population,
+        help="REINFORCE draws per input to time (default: grad-bench's reinforce.population)",
+    )
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -109,36 +114,47 @@ def main():
     batched_rss = maxrss_mib() - rss1
     batched_cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
-    print(f"NES gradient, M={2 * pairs} (antithetic), num_dim={d} ({theta.numel()} weights), "
-          f"{a.batch_size} shared inputs, device={device}, threads={torch.get_num_threads()}")
+    print(
+        f"NES gradient, M={2 * pairs} (antithetic), num_dim={d} ({theta.numel()} weights), "
+        f"{a.batch_size} shared inputs, device={device}, threads={torch.get_num_threads()}"
+    )
     scaled = "" if done == pairs else f" (timed {2 * done} members: {loop_s:.2f} s, scaled to M)"
     print(f"  per-sample loop : {loop_full_s:9.2f} s{scaled}")
-    print(f"  batched         : {batched_s:9.2f} s  (population chunks of {pop_chunk}, "
-          f"activations <= {a.chunk_elements} numbers)")
+    print(
+        f"  batched         : {batched_s:9.2f} s  (population chunks of {pop_chunk}, "
+        f"activations <= {a.chunk_elements} numbers)"
+    )
     print(f"  speed-up        : {loop_full_s / batched_s:9.1f}x")
-    print(f"  peak memory     : ru_maxrss growth loop {loop_rss:.0f} MiB, batched {batched_rss:.0f} MiB"
-          + (f"; CUDA max allocated loop {loop_cuda:.0f} MiB, batched {batched_cuda:.0f} MiB" if loop_cuda else ""))
+    print(
+        f"  peak memory     : ru_maxrss growth loop {loop_rss:.0f} MiB, batched {batched_rss:.0f} MiB"
+        + (f"; CUDA max allocated loop {loop_cuda:.0f} MiB, batched {batched_cuda:.0f} MiB" if loop_cuda else "")
+    )
     if done == pairs:
         same = est.cosine(loop_grad / (2 * pairs * a.sigma), batched)
         print(f"  cosine(loop, batched) = {same:.6f} (same noise)")
 
     sync(device)
     t0 = time.perf_counter()
-    natural = natural_nes.estimate(f, theta, torch.full_like(theta, a.sigma), 2 * pairs, antithetic=True, seed=7,
-                                   pop_chunk=pop_chunk)
+    natural = natural_nes.estimate(
+        f, theta, torch.full_like(theta, a.sigma), 2 * pairs, antithetic=True, seed=7, pop_chunk=pop_chunk
+    )
     sync(device)
     natural_s = time.perf_counter() - t0
-    print(f"  nes_natural     : {natural_s:9.2f} s  ({natural_s / batched_s:.2f}x the batched NES: + the sigma "
-          f"gradient and the two Fisher estimates; cosine of its mean step to NES's = "
-          f"{est.cosine(-natural.natural_mu, batched):.6f}, same noise)")
+    print(
+        f"  nes_natural     : {natural_s:9.2f} s  ({natural_s / batched_s:.2f}x the batched NES: + the sigma "
+        f"gradient and the two Fisher estimates; cosine of its mean step to NES's = "
+        f"{est.cosine(-natural.natural_mu, batched):.6f}, same noise)"
+    )
     for m in a.reinforce_population:
         sync(device)
         t0 = time.perf_counter()
         rf = reinforce.reinforce_gradient(theta, x, y, m, seed=7, chunk_elements=a.chunk_elements)
         sync(device)
         rf_s = time.perf_counter() - t0
-        print(f"  reinforce M={m:<5}: {rf_s:9.2f} s  ({rf_s / batched_s * 2 * pairs / m:.2f}x NES's time per member; "
-              f"cosine to NES = {est.cosine(rf, batched):.4f}: the stochastic network's gradient, not the smoothed one)")
+        print(
+            f"  reinforce M={m:<5}: {rf_s:9.2f} s  ({rf_s / batched_s * 2 * pairs / m:.2f}x NES's time per member; "
+            f"cosine to NES = {est.cosine(rf, batched):.4f}: the stochastic network's gradient, not the smoothed one)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 EVAL_EVERY, EVAL_EPISODES, FINAL_EPISODES = 10_000, 20, 100
 
-SB3 = r'''
+SB3 = r"""
 import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -70,33 +70,78 @@ returns, _ = evaluate_policy(best, make_vec_env("CartPole-v1", n_envs=final, see
                              n_eval_episodes=final, deterministic=True, return_episode_rewards=True)
 print(json.dumps({"solved_step": callback.solved, "best_eval": callback.best, "final_mean": float(np.mean(returns)),
                   "steps_per_s": model.num_timesteps / train_s}))
-'''
+"""
 
 
 def ours(algo: str, seed: int, steps: int, work: Path) -> dict:
     run = work / f"{algo}-{seed}"
     common = ["progress=false", "threads=1", "device=cpu"]
-    out = subprocess.run([sys.executable, "-m", "nas_cli", "pg", f"agent.algo={algo}", f"seed={seed}",
-                          f"total_steps={steps}", f"eval.every={EVAL_EVERY}", f"eval.episodes={EVAL_EPISODES}",
-                          *common, f"hydra.run.dir={run}"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas_cli",
+            "pg",
+            f"agent.algo={algo}",
+            f"seed={seed}",
+            f"total_steps={steps}",
+            f"eval.every={EVAL_EVERY}",
+            f"eval.episodes={EVAL_EPISODES}",
+            *common,
+            f"hydra.run.dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise SystemExit(f"nas-cli pg failed:\n{out.stderr[-2000:]}")
     record = json.loads((run / "summary.json").read_text())
     ev = work / f"{algo}-{seed}-eval"
-    out = subprocess.run([sys.executable, "-m", "nas_cli", "pg", "mode=eval", f"source={run}", f"seed={seed}",
-                          f"eval.episodes={FINAL_EPISODES}", *common, f"hydra.run.dir={ev}"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas_cli",
+            "pg",
+            "mode=eval",
+            f"source={run}",
+            f"seed={seed}",
+            f"eval.episodes={FINAL_EPISODES}",
+            *common,
+            f"hydra.run.dir={ev}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise SystemExit(f"nas-cli pg mode=eval failed:\n{out.stderr[-2000:]}")
     final = json.loads((ev / "summary.json").read_text())["eval_return_mean"]
-    return {"solved_step": record["solved_step"], "best_eval": record["best_eval_return"], "final_mean": final,
-            "steps_per_s": record["train_steps_per_s"]}
+    return {
+        "solved_step": record["solved_step"],
+        "best_eval": record["best_eval_return"],
+        "final_mean": final,
+        "steps_per_s": record["train_steps_per_s"],
+    }
 
 
 def sb3(python: str, seed: int, steps: int, work: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([python, "-c", SB3, str(steps), str(seed), str(EVAL_EVERY), str(EVAL_EPISODES),
-                          str(FINAL_EPISODES), str(work / f"sb3-{seed}.zip")], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            SB3,
+            str(steps),
+            str(seed),
+            str(EVAL_EVERY),
+            str(EVAL_EPISODES),
+            str(FINAL_EPISODES),
+            str(work / f"sb3-{seed}.zip"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode:
         raise SystemExit(f"SB3's A2C failed (run `make bench-env`?):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,28 +160,42 @@ def main() -> None:
         work = Path(tmp)
         for i, seed in enumerate(args.seeds):
             for name in sides if i % 2 == 0 else reversed(sides):
-                result = (sb3(python, seed, args.steps, work) if name == "SB3 A2C"
-                          else ours(name.split()[-1], seed, args.steps, work))
+                result = (
+                    sb3(python, seed, args.steps, work)
+                    if name == "SB3 A2C"
+                    else ours(name.split()[-1], seed, args.steps, work)
+                )
                 results[name].append(result)
                 print(f"seed {seed}: {name}: {json.dumps(result)}", flush=True)
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"CartPole-v1, {args.steps:,} steps, seeds {args.seeds}: first step at which the greedy "
-                        f"evaluation ({EVAL_EPISODES} episodes) reaches 475, best.pt over {FINAL_EPISODES} episodes")
-    for column in ("implementation", "steps to 475 (per seed)", "solved", "best.pt over 100 (per seed)",
-                   "median steps/s"):
+    table = Table(
+        title=f"CartPole-v1, {args.steps:,} steps, seeds {args.seeds}: first step at which the greedy "
+        f"evaluation ({EVAL_EPISODES} episodes) reaches 475, best.pt over {FINAL_EPISODES} episodes"
+    )
+    for column in (
+        "implementation",
+        "steps to 475 (per seed)",
+        "solved",
+        "best.pt over 100 (per seed)",
+        "median steps/s",
+    ):
         table.add_column(column, justify="left" if column == "implementation" else "right")
     for name, rows in results.items():
         solved = [r["solved_step"] for r in rows]
-        table.add_row(name, ", ".join("-" if s is None else f"{s:,}" for s in solved),
-                      f"{sum(s is not None for s in solved)}/{len(rows)}",
-                      ", ".join(f"{r['final_mean']:.1f}" for r in rows),
-                      f"{statistics.median(r['steps_per_s'] for r in rows):.0f}")
+        table.add_row(
+            name,
+            ", ".join("-" if s is None else f"{s:,}" for s in solved),
+            f"{sum(s is not None for s in solved)}/{len(rows)}",
+            ", ".join(f"{r['final_mean']:.1f}" for r in rows),
+            f"{statistics.median(r['steps_per_s'] for r in rows):.0f}",
+        )
     Console(width=160).print(table)
     ratio = statistics.median(r["steps_per_s"] for r in results["nas-cli pg a2c"]) / statistics.median(
-        r["steps_per_s"] for r in results["SB3 A2C"])
+        r["steps_per_s"] for r in results["SB3 A2C"]
+    )
     print(f"nas-cli a2c / SB3 A2C steps/s: {ratio:.2f}x")
     print("goal: a2c reaches 475 within 200k steps on 3/3 seeds and runs at >= SB3's steps/s")
 

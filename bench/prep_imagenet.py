@@ -40,7 +40,9 @@ from nas_cli.tools.imagenet.prepare import TRAIN_TAR, VAL_TAR, Options, prepare
 CLASSIC = r"""set -e
 mkdir -p train && tar -xf ILSVRC2012_img_train.tar -C train && rm -f ILSVRC2012_img_train.tar
 cd train
-find . -name "*.tar" | while read NAME ; do mkdir -p "${NAME%.tar}"; tar -xf "${NAME}" -C "${NAME%.tar}"; rm -f "${NAME}"; done
+find . -name "*.tar" | while read NAME ; do
+  mkdir -p "${NAME%.tar}"; tar -xf "${NAME}" -C "${NAME%.tar}"; rm -f "${NAME}"
+done
 cd ..
 mkdir -p val && tar -xf ILSVRC2012_img_val.tar -C val && rm -f ILSVRC2012_img_val.tar
 cd val && bash ../valprep.sh
@@ -133,7 +135,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to build (default: a temporary folder)")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])  # children inherit it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])  # children inherit it
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="bench_prep_imagenet_", dir=args.dir))
     try:
@@ -142,9 +144,11 @@ def main() -> None:
         t = time.perf_counter()
         wnids, val = build(src, args.classes, args.per_class, args.val_per_class, args.size)
         archives = sum(p.stat().st_size for p in src.iterdir())
-        console.print(f"built {args.classes} classes x {args.per_class} + {len(val)} val images "
-                      f"({archives / 1e6:,.0f} MB of archives) in {time.perf_counter() - t:.1f} s; "
-                      f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores")
+        console.print(
+            f"built {args.classes} classes x {args.per_class} + {len(val)} val images "
+            f"({archives / 1e6:,.0f} MB of archives) in {time.perf_counter() - t:.1f} s; "
+            f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+        )
 
         classic = root / "classic"
         classic.mkdir()
@@ -177,14 +181,25 @@ def main() -> None:
         table = Table(title=f"prep-imagenet vs the classic recipe ({classic_files:,} images)")
         for col in ("method", "time (s)", "images/s", "peak extra disk (MB)", "temporary (MB)"):
             table.add_column(col, justify="left" if col == "method" else "right")
-        table.add_row("classic: tar, per-class loop, mv script", f"{classic_s:.2f}", f"{classic_files / classic_s:,.0f}",
-                      f"{classic_peak / 1e6:,.0f}", f"{max(0, classic_peak - classic_tree) / 1e6:,.0f}")
-        table.add_row(f"nas-cli prep-imagenet (workers={args.cores})", f"{ours_s:.2f}",
-                      f"{classic_files / ours_s:,.0f}", f"{disk_ours.peak / 1e6:,.0f}",
-                      f"{max(0, disk_ours.peak - ours_tree) / 1e6:,.0f}")
+        table.add_row(
+            "classic: tar, per-class loop, mv script",
+            f"{classic_s:.2f}",
+            f"{classic_files / classic_s:,.0f}",
+            f"{classic_peak / 1e6:,.0f}",
+            f"{max(0, classic_peak - classic_tree) / 1e6:,.0f}",
+        )
+        table.add_row(
+            f"nas-cli prep-imagenet (workers={args.cores})",
+            f"{ours_s:.2f}",
+            f"{classic_files / ours_s:,.0f}",
+            f"{disk_ours.peak / 1e6:,.0f}",
+            f"{max(0, disk_ours.peak - ours_tree) / 1e6:,.0f}",
+        )
         console.print(table)
-        console.print(f"speed-up: {classic_s / ours_s:.2f}x (goal >= 1.5x); classic also needed an untimed "
-                      f"{copy_s:.1f} s copy of the {archives / 1e6:,.0f} MB of archives it consumes")
+        console.print(
+            f"speed-up: {classic_s / ours_s:.2f}x (goal >= 1.5x); classic also needed an untimed "
+            f"{copy_s:.1f} s copy of the {archives / 1e6:,.0f} MB of archives it consumes"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -24,10 +24,14 @@ from nas_cli.nas.search_loop import run_in_memory
 from nas_cli.nas.synthetic import synthetic_reward
 
 IN_SHAPE = (1, 8, 8)  # digits
-RUNS = [("reinforce", "zoph", []),
-        ("evolution", "zoph", []), ("random", "zoph", []),
-        ("metaqnn", "metaqnn", []),  # its epsilon schedule: the paper's Table 2 scaled to the budget
-        ("evolution", "metaqnn", []), ("random", "metaqnn", [])]
+RUNS = [
+    ("reinforce", "zoph", []),
+    ("evolution", "zoph", []),
+    ("random", "zoph", []),
+    ("metaqnn", "metaqnn", []),  # its epsilon schedule: the paper's Table 2 scaled to the budget
+    ("evolution", "metaqnn", []),
+    ("random", "metaqnn", []),
+]
 
 
 def controller(cfg, seed: int):
@@ -46,31 +50,44 @@ def main() -> None:
     seconds: dict[tuple[str, str], float] = {}
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         for name, space, overrides in RUNS:
-            cfg = compose("search_rl", overrides=[f"controller={name}", f"space={space}", "reward=synthetic",
-                                                  f"search.children={args.budget}", *overrides])
+            cfg = compose(
+                "search_rl",
+                overrides=[
+                    f"controller={name}",
+                    f"space={space}",
+                    "reward=synthetic",
+                    f"search.children={args.budget}",
+                    *overrides,
+                ],
+            )
             synth = OmegaConf.to_container(cfg.synthetic, resolve=True)
             t0 = time.perf_counter()
             curves[name, space] = [
-                run_in_memory(controller(cfg, seed),
-                              lambda a, s=seed, kw=synth: synthetic_reward(a, **kw, seed=s), args.budget)
-                for seed in range(args.seeds)]
+                run_in_memory(
+                    controller(cfg, seed), lambda a, s=seed, kw=synth: synthetic_reward(a, **kw, seed=s), args.budget
+                )
+                for seed in range(args.seeds)
+            ]
             seconds[name, space] = time.perf_counter() - t0
-    best = {space: max(max(c) for (_, sp), runs in curves.items() if sp == space for c in runs)
-            for _, space, _ in RUNS}
+    best = {space: max(max(c) for (_, sp), runs in curves.items() if sp == space for c in runs) for _, space, _ in RUNS}
     needed = {}
     for (name, space), runs in curves.items():
         target = args.threshold * best[space]
         needed[name, space] = [next((i + 1 for i, r in enumerate(c) if r >= target), None) for c in runs]
-    print(f"children to reach {args.threshold:.0%} of the best synthetic reward ({args.seeds} seeds, "
-          f"budget {args.budget}; best: " + ", ".join(f"{s} {b:.4f}" for s, b in best.items()) + ")")
+    print(
+        f"children to reach {args.threshold:.0%} of the best synthetic reward ({args.seeds} seeds, "
+        f"budget {args.budget}; best: " + ", ".join(f"{s} {b:.4f}" for s, b in best.items()) + ")"
+    )
     print(f"{'controller':<11} {'space':<8} {'per seed':<28} {'mean':>7} {'ratio to random':>16} {'time s':>7}")
     for (name, space), counts in needed.items():
         vals = [c if c is not None else args.budget for c in counts]
         ref = np.mean([c if c is not None else args.budget for c in needed["random", space]])
         shown = " ".join(str(c) if c is not None else f">{args.budget}" for c in counts)
         censored = ">" if any(c is None for c in counts) else ""
-        print(f"{name:<11} {space:<8} {shown:<28} {censored}{np.mean(vals):>6.1f} {np.mean(vals) / ref:>16.2f} "
-              f"{seconds[name, space]:>7.1f}")
+        print(
+            f"{name:<11} {space:<8} {shown:<28} {censored}{np.mean(vals):>6.1f} {np.mean(vals) / ref:>16.2f} "
+            f"{seconds[name, space]:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

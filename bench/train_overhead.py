@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from nas_cli.data.embedded import mnist5k
-from nas_cli.engine.device import resolve_device, seed_everything
+from nas_cli.engine.device import seed_everything
 from nas_cli.engine.trainer import Trainer
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.runs.lifecycle import Run
+from nas_cli.runs.options import resolve_device
 
 
 def bare_loop(data, epochs: int, lr: float, device: torch.device) -> float:
@@ -56,8 +57,9 @@ def engine(data, epochs: int, lr: float, device: torch.device) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(epochs=epochs, device=device, progress=True)
         start = time.perf_counter()  # the whole lifecycle: record, checkpoints, a safe point every batch
-        trainer.fit(model, opt, data.train, data.val, generator=data.generator,
-                    run=Run(run_dir, "train", seed=0, device=device))
+        trainer.fit(
+            model, opt, data.train, data.val, generator=data.generator, run=Run(run_dir, "train", seed=0, device=device)
+        )
         return time.perf_counter() - start
 
 
@@ -82,9 +84,11 @@ def main() -> None:
         times["bare"].append(bare_loop(data, args.epochs, 3e-3, device))
         times["engine"].append(engine(data, args.epochs, 3e-3, device))
     bare, eng = (samples / statistics.median(times[k]) for k in ("bare", "engine"))
-    out.print(f"SmallCNN on mnist5k, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds, "
-              f"{torch.get_num_threads()} threads, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
-              f" (median round)")
+    out.print(
+        f"SmallCNN on mnist5k, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f" (median round)"
+    )
     out.print(f"  bare loop : {bare:8.0f} samples/s")
     out.print(f"  engine    : {eng:8.0f} samples/s")
     out.print(f"  ratio     : {eng / bare:8.3f}  (engine / bare, goal >= 0.97)")

@@ -25,14 +25,19 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from nas_cli.engine.device import autocast, resolve_device
+from nas_cli.engine.device import autocast
 from nas_cli.models.resnet import resnet18
+from nas_cli.runs.options import resolve_device
 
 FLIP_CROP = {"hflip": True, "crop_padding": 4}  # the standard CIFAR recipe
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
-VARIANTS = {"fp32": {}, "bf16": {"precision": "bf16"}, "channels_last": {"channels_last": True},
-            "compile": {"compile": True}}
+VARIANTS = {
+    "fp32": {},
+    "bf16": {"precision": "bf16"},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+}
 
 
 def make(variant: dict, width: int, device):
@@ -72,12 +77,22 @@ def train_flops(width: int, batch: int, device) -> float:
 def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random CIFAR-shaped uint8 images and labels (speed does not depend on the pixels)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
-def resident_engine_throughput(device: str | torch.device = "cuda", *, batch: int = 512, width: int = 64,
-                               precision: str = "fp32", channels_last: bool = False, augment: dict | None = None,
-                               images: int = 50_000, epochs: int = 2) -> float:
+def resident_engine_throughput(
+    device: str | torch.device = "cuda",
+    *,
+    batch: int = 512,
+    width: int = 64,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    augment: dict | None = None,
+    images: int = 50_000,
+    epochs: int = 2,
+) -> float:
     """Training images/s of ``Trainer.fit`` on a CIFAR ResNet-18 with the data on ``device``
     (``data.on_device=true``): the last epoch's ``samples_per_s`` (the first one warms cuDNN up)."""
     import tempfile
@@ -90,24 +105,49 @@ def resident_engine_throughput(device: str | torch.device = "cuda", *, batch: in
     device = resolve_device(str(device))
     x, y = cifar_like(images)
     n_val = max(batch, images // 50)
-    data = tensor_bundle("cifar-like", x, y, torch.arange(n_val, images), torch.arange(n_val), 10, batch_size=batch,
-                         seed=0, mean=CIFAR_MEAN, std=CIFAR_STD, on_device=True,
-                         augment=build_augment(augment, (3, 32, 32), CIFAR_MEAN))
+    data = tensor_bundle(
+        "cifar-like",
+        x,
+        y,
+        torch.arange(n_val, images),
+        torch.arange(n_val),
+        10,
+        batch_size=batch,
+        seed=0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        on_device=True,
+        augment=build_augment(augment, (3, 32, 32), CIFAR_MEAN),
+    )
     torch.manual_seed(0)
     model = resnet18((3, 32, 32), 10, width=width)
-    trainer = Trainer(epochs=epochs, precision=precision, channels_last=channels_last, checkpoint=False,
-                      device=device, progress=False)
+    trainer = Trainer(
+        epochs=epochs, precision=precision, channels_last=channels_last, checkpoint=False, device=device, progress=False
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         run = Run(run_dir, "train", seed=0, device=device)
-        trainer.fit(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), data.train, data.val,
-                    run=run, generator=data.generator)
+        trainer.fit(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+            data.train,
+            data.val,
+            run=run,
+            generator=data.generator,
+        )
         assert data.train.device is not None, "the engine did not place the data"
         return float(run.record.rows[-1]["samples_per_s"])
 
 
-def resident_bare_throughput(device: str | torch.device = "cuda", *, batch: int = 512, width: int = 64,
-                             precision: str = "fp32", channels_last: bool = False, images: int = 50_000,
-                             epochs: int = 2) -> float:
+def resident_bare_throughput(
+    device: str | torch.device = "cuda",
+    *,
+    batch: int = 512,
+    width: int = 64,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    images: int = 50_000,
+    epochs: int = 2,
+) -> float:
     """Training images/s of a hand-written loop over the same device-resident uint8 data (a permutation
     gather, scaling and normalization per batch, no augmentation): the last epoch's."""
     device = resolve_device(str(device))
@@ -126,7 +166,7 @@ def resident_bare_throughput(device: str | torch.device = "cuda", *, batch: int 
         start = time.perf_counter()
         order = torch.randperm(images, device=device)
         for i in range(0, images, batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             xb = (x[idx].float().div_(255) - mean) / std
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -141,8 +181,9 @@ def resident_bare_throughput(device: str | torch.device = "cuda", *, batch: int 
     return rate
 
 
-def resident_table(device: str | torch.device = "cuda", *, batch: int = 512, width: int = 64,
-                   images: int = 50_000, epochs: int = 2) -> dict[str, float]:
+def resident_table(
+    device: str | torch.device = "cuda", *, batch: int = 512, width: int = 64, images: int = 50_000, epochs: int = 2
+) -> dict[str, float]:
     """Images/s for fp32 and bf16 + channels_last: ``<p>/bare``, ``<p>/engine``, ``<p>/engine_flip_crop``,
     and the two ratios the goals are about: ``<p>/engine_over_bare`` (>= 0.97) and
     ``<p>/flip_crop_over_plain`` (>= 0.95)."""
@@ -185,8 +226,10 @@ def main() -> None:
         for name, (_, net, opt) in runs.items():
             times[name].append(steps(VARIANTS[name], net, opt, x, y, args.steps, device))
     flops = train_flops(args.width, args.batch, device) if args.peak_tflops else None
-    table = Table(title=f"CIFAR ResNet-18 width {args.width}, batch {args.batch}, {device} "
-                        f"({torch.get_num_threads()} threads), median of {args.rounds} x {args.steps} steps")
+    table = Table(
+        title=f"CIFAR ResNet-18 width {args.width}, batch {args.batch}, {device} "
+        f"({torch.get_num_threads()} threads), median of {args.rounds} x {args.steps} steps"
+    )
     for col in ("variant", "images/s", "ratio to fp32") + (("% of peak",) if flops else ()):
         table.add_column(col, justify="left" if col == "variant" else "right")
     base = args.batch * args.steps / statistics.median(times["fp32"])

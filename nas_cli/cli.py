@@ -15,15 +15,17 @@ from nas_cli import __version__
 app = typer.Typer(
     name="nas-cli",
     help="Experiment runner for deep-learning research: training recipes, NAS, RL and tools, "
-         "configured with Hydra. Run `nas-cli COMMAND --help` for a command's config groups and options.",
+    "configured with Hydra. Run `nas-cli COMMAND --help` for a command's config groups and options.",
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion (Typer): completes command names
     pretty_exceptions_enable=False,
 )
 
 # Hand every token to Hydra untouched, --help included.
-HYDRA_COMMAND = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
-                 "add_help_option": False}
+HYDRA_COMMAND = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
 
 
 def _version(value: bool):
@@ -33,8 +35,11 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
     pass
 
 
@@ -50,7 +55,8 @@ HYDRA_COMMANDS = {
     "detect": "Train a small one-stage detector (GIoU, objectness, class losses; NMS and soft-NMS mAP), or predict.",
     "fuse-bn": "Fold BatchNorm into the conv/linear layer before it, verify the outputs, time the gain.",
     "prep-imagenet": "Turn the ILSVRC2012 archives into an ImageFolder tree: streamed, parallel, resumable, safe.",
-    "grad-bench": "Compare gradient estimators (STEs, NES, natural NES, REINFORCE, CDG) for a network with sign activations.",
+    "grad-bench": "Compare gradient estimators (STEs, NES, natural NES, REINFORCE, CDG) for a network with sign "
+    "activations.",
 }
 
 
@@ -73,16 +79,28 @@ for _name, _summary in HYDRA_COMMANDS.items():
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="A run folder or a multirun folder (searched recursively)."),
-    rows: str = typer.Option(None, "--rows", help="Override key for the table's rows, e.g. model.width; with "
-                             "--cols a pivot, alone a one-key table (a row per value: mean, or mean ± std over seeds)."),
-    cols: str = typer.Option(None, "--cols", help="Override key for the columns, e.g. optim.weight_decay; with "
-                             "--rows a pivot, alone a one-key table (one row, a column per value)."),
+    rows: str = typer.Option(
+        None,
+        "--rows",
+        help="Override key for the table's rows, e.g. model.width; with "
+        "--cols a pivot, alone a one-key table (a row per value: mean, or mean ± std over seeds).",
+    ),
+    cols: str = typer.Option(
+        None,
+        "--cols",
+        help="Override key for the columns, e.g. optim.weight_decay; with "
+        "--rows a pivot, alone a one-key table (one row, a column per value).",
+    ),
     value: str = typer.Option("val_acc", "--value", help="Summary figure in the cells of a pivot or one-key table."),
     plot: bool = typer.Option(False, "--plot", help="Also write learning curves of every job as PNG."),
     group: bool = typer.Option(True, "--group/--no-group", help="Average jobs that differ only by seed."),
-    x: list[str] = typer.Option(None, "--x", help="The learning curves' x axis: epoch (curves.png), iterations or "
-                                "samples_seen (curves_<x>.png, beside batch sizes); repeat or comma-separate for "
-                                "several plots; implies --plot."),
+    x: list[str] = typer.Option(
+        None,
+        "--x",
+        help="The learning curves' x axis: epoch (curves.png), iterations or "
+        "samples_seen (curves_<x>.png, beside batch sizes); repeat or comma-separate for "
+        "several plots; implies --plot.",
+    ),
 ):
     """Tabulate runs: every summary.json below PATH as a table (report.md, report.csv, plots)."""
     from nas_cli import hydra_bridge

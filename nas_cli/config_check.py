@@ -26,13 +26,19 @@ _NOT_IN_STRUCT = re.compile(r"Could not override '(?P<key>[^']+)'")
 _DATA_SIZES = {"digits": 1797, "mnist5k": 5000}  # the embedded sets' images (train + validation)
 
 
-def check_command_line(command: str, config_name: str, args: list[str]) -> None:
-    """Raise a one-line ``UserError`` for the first thing in ``args`` that the command's schema refuses."""
+def check_command_line(
+    command: str, config_name: str, args: list[str], describe: Callable[[str, str, str], str | None] | None = None
+) -> None:
+    """Raise a one-line ``UserError`` for the first thing in ``args`` that the command's schema refuses.
+
+    ``describe(command, group, option)``: the line for an option the command has not (the caller's, the
+    bridge's ``unknown_option``: this module imports nothing above it); None, or no line from it: a plain one.
+    """
     if any(a.startswith("-") and a not in MULTIRUN for a in args):  # Hydra's own flags: Hydra answers them
         return
     overrides = [a for a in args if a not in MULTIRUN]
     parsed = _parse(overrides)
-    _check_options(command, parsed)
+    _check_options(command, parsed, describe)
     jobs = _jobs(parsed) if len(overrides) != len(args) else [overrides]
     with _hydra():
         for job in jobs[:MAX_JOBS]:
@@ -49,6 +55,7 @@ def check_command_line(command: str, config_name: str, args: list[str]) -> None:
 
 
 # -- parsing and composing ---------------------------------------------------------------------------------
+
 
 def _parse(overrides: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -113,31 +120,35 @@ def _compose(command: str, config_name: str, job: list[str]) -> tuple[dict, dict
 
 # -- what is refused ---------------------------------------------------------------------------------------
 
-def _check_options(command: str, parsed: list) -> None:
-    """``group=option`` names an option this command has (``detect model=nope`` lists detect's models)."""
-    from nas_cli import hydra_bridge
 
+def _check_options(command: str, parsed: list, describe: Callable[[str, str, str], str | None] | None) -> None:
+    """``group=option`` names an option this command has (``detect model=nope`` lists detect's models)."""
     for o in parsed:
         group = o.key_or_group
         if "." in group or group.startswith("hydra") or o.is_delete() or not (config_dir() / group).is_dir():
             continue
-        values = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [
-            o.get_value_element_as_str()]
+        values = (
+            [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.get_value_element_as_str()]
+        )
         for name in values:
             if name in ("null", "None"):
                 continue
             if not (config_dir() / group / f"{name}.yaml").is_file():
-                describe = getattr(hydra_bridge, "unknown_option", None)
                 line = describe(command, group, name) if describe else None
-                raise UserError(line or f"{group}={name}: nas-cli {command} has no such {group} option "
-                                f"(`nas-cli {command} --help` lists its groups and options)")
+                raise UserError(
+                    line
+                    or f"{group}={name}: nas-cli {command} has no such {group} option "
+                    f"(`nas-cli {command} --help` lists its groups and options)"
+                )
 
 
 def _check_deleted(command: str, parsed: list, rules: Mapping[str, schema.Rule]) -> None:
     for o in parsed:
         if o.is_delete() and o.key_or_group in rules:
-            raise UserError(f"~{o.key_or_group}: nas-cli {command} reads every key of its config; give it a value "
-                            f"instead ({rules[o.key_or_group].describe()})")
+            raise UserError(
+                f"~{o.key_or_group}: nas-cli {command} reads every key of its config; give it a value "
+                f"instead ({rules[o.key_or_group].describe()})"
+            )
 
 
 def _explain(command: str, violation: schema.Violation, rules: Mapping[str, schema.Rule], count: int) -> str:
@@ -156,6 +167,7 @@ def _no_such_key(command: str, key: str, keys: list[str]) -> str:
 
 # -- rules that tie keys together --------------------------------------------------------------------------
 
+
 def _number(config: Mapping, dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
@@ -167,10 +179,13 @@ def _number(config: Mapping, dotted: str) -> Any:
 
 def _learning_starts(config: Mapping, choices: Mapping) -> str | None:
     starts, total = _number(config, "agent.learning_starts"), _number(config, "total_steps")
-    if isinstance(starts, int) and isinstance(total, int) and config.get("mode", "train") == "train" \
-            and starts >= total:
-        return (f"agent.learning_starts={starts}: expected fewer than total_steps={total} "
-                "(no update would ever be made)")
+    if (
+        isinstance(starts, int)
+        and isinstance(total, int)
+        and config.get("mode", "train") == "train"
+        and starts >= total
+    ):
+        return f"agent.learning_starts={starts}: expected fewer than total_steps={total} (no update would ever be made)"
     return None
 
 

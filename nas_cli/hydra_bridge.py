@@ -29,29 +29,6 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143
 HELP = ("--help", "-h")
 
-# keys that moved, so that an old command line gets the new name instead of "Could not override"
-RENAMED = {
-    "*": {"data.split_seed": "data.data_seed", "data.val_fraction": "data.val_size"},
-    "search-darts": {
-        "search.epochs": "trainer.epochs", "search.lr": "optim.lr", "search.momentum": "optim.momentum",
-        "search.weight_decay": "optim.weight_decay", "search.grad_clip": "trainer.grad_clip",
-        "search.lr_min": "sched.min_factor (a fraction of optim.lr)", "search.order": "arch.order",
-        "search.reuse_train_grad": "arch.reuse_train_grad", "search.arch_fraction": "arch.fraction",
-        "search.arch_lr": "arch.lr", "search.arch_betas": "arch.betas",
-        "search.arch_weight_decay": "arch.weight_decay", "search.max_skip": "arch.max_skip",
-        "search.heatmap": "arch.heatmap", "search.partial_channels": "supernet.partial_channels",
-        "search.edge_norm": "supernet.edge_norm", "space.name": "supernet=darts|chain", "space": "supernet",
-        "search.unrolled": "arch.unrolled", "search.arch_warmup_epochs": "arch.warmup_epochs",
-        "arch.weight_lr_every": "sched.every",
-    },
-    "search-rl": {"child.lr": "optim.lr", "child.weight_decay": "optim.weight_decay",
-                  "controller.space": "space=zoph|metaqnn", "space.zoph": "space (with space=zoph)",
-                  "space.metaqnn": "space (with space=metaqnn)"},
-    "dqn": {"agent.lr": "optim.lr", "agent.max_grad_norm": "agent.grad_clip", "checkpoint": "source"},
-    "prep-imagenet": {"subset_seed": "seed"},
-    "detect": {"checkpoint": "source"},
-}
-
 _NOISE = ("full_key:", "object_type=", "reference_type=", "provider=")
 _STOP = "Config search path"  # Hydra appends its search path: never what the user needs
 
@@ -220,7 +197,6 @@ def run(command: str, task: Callable | str, config_name: str, args: list[str]) -
     from nas_cli.runs import signals
 
     with exit_on_error(command), signals.handled():
-        _refuse_renamed(command, args)
         _refuse_foreign_options(command, args)
         if any(a in HELP for a in args):
             print(command_help(config_name, [a for a in args if a not in HELP]))
@@ -231,7 +207,7 @@ def run(command: str, task: Callable | str, config_name: str, args: list[str]) -
         from nas_cli.runs.resume import resolve_resume
 
         args = _for_this_process(resolve_resume(config_name, args))  # run folders are named after the config
-        check_command_line(command, config_name, args)  # the schema: before any folder, log or torch
+        check_command_line(command, config_name, args, unknown_option)  # the schema: before any folder, log or torch
         if isinstance(task, str):
             task = importlib.import_module(task).task
         main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
@@ -257,14 +233,6 @@ def _folder(command: str, config_name: str, args: list[str]):
             yield args
     finally:
         folders.release_all()
-
-
-def _refuse_renamed(command: str, args: list[str]) -> None:
-    for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        for old, new in {**RENAMED["*"], **RENAMED.get(command, {})}.items():
-            if key == old or key.startswith(old + "."):
-                raise UserError(f"{old} is now {new} (see nas-cli {command} --help)")
 
 
 def command_help(config_name: str, overrides: list[str]) -> str:
@@ -298,20 +266,35 @@ def command_help(config_name: str, overrides: list[str]) -> str:
                 chosen.append(f"{group}={choices[group]}")
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     intro = "Compose your configuration from those groups (group=option)" + (
-        f"; the config below is {' '.join(chosen)}" if chosen else "")
-    groups = ["== Configuration groups ==", *textwrap.wrap(intro, width, break_on_hyphens=False), "", *listing,
-              ""] if listing else []
+        f"; the config below is {' '.join(chosen)}" if chosen else ""
+    )
+    groups = (
+        ["== Configuration groups ==", *textwrap.wrap(intro, width, break_on_hyphens=False), "", *listing, ""]
+        if listing
+        else []
+    )
     table = _config_table(list(_config_rows(config, schema.rules_for(config_name, choices))), width)
-    return "\n".join([header.rstrip(), "", *groups, "== Config ==",
-                      "Override any key (key=value): what it takes, its default here and what it does", "",
-                      *table, "", footer.rstrip()])
+    return "\n".join(
+        [
+            header.rstrip(),
+            "",
+            *groups,
+            "== Config ==",
+            "Override any key (key=value): what it takes, its default here and what it does",
+            "",
+            *table,
+            "",
+            footer.rstrip(),
+        ]
+    )
 
 
 def _following_groups(config_name: str) -> set[str]:
     """The groups a primary config picks by interpolation (``optional dqn_env: ${env}``): they follow another
     group's choice and are no choice of their own."""
-    return {group for group, option in _default_groups(config_name).items()
-            if isinstance(option, str) and "${" in option}
+    return {
+        group for group, option in _default_groups(config_name).items() if isinstance(option, str) and "${" in option
+    }
 
 
 def _default_groups(config_name: str) -> dict[str, object]:
@@ -358,8 +341,10 @@ def _config_table(rows: list, width: int) -> list[str]:
     default_w = min(max([len(s) for s in shown] + [7]), 14)
     text_at = key_w + 2 + default_w + 2
     text_w = max(width - text_at, 30)
-    out = [f"{'key':<{key_w}}  {'default':<{default_w}}  rule — help",
-           f"{'-' * key_w}  {'-' * default_w}  {'-' * min(text_w, 40)}"]
+    out = [
+        f"{'key':<{key_w}}  {'default':<{default_w}}  rule — help",
+        f"{'-' * key_w}  {'-' * default_w}  {'-' * min(text_w, 40)}",
+    ]
     section = None
     for (key, _, rule), default in zip(rows, shown):
         top = key.split(".", 1)[0] if "." in key else ""
@@ -372,13 +357,16 @@ def _config_table(rows: list, width: int) -> list[str]:
             line = ""
         line = line.ljust(key_w + 2)
         room = width - len(line)
-        default = default if len(default) <= room else default[:room - 3] + "..."
+        default = default if len(default) <= room else default[: room - 3] + "..."
         line += default
         if len(default) > default_w:
             out.append(line)
             line = ""
-        text = ("no default, must be given: " if default == "???" else "") + rule.describe() + (
-            f" — {rule.help}" if rule.help else "")
+        text = (
+            ("no default, must be given: " if default == "???" else "")
+            + rule.describe()
+            + (f" — {rule.help}" if rule.help else "")
+        )
         wrapped = textwrap.wrap(text, text_w, break_on_hyphens=False) or [""]
         out.append((line.ljust(text_at) + wrapped[0]).rstrip())
         out.extend(" " * text_at + more for more in wrapped[1:])
@@ -443,8 +431,13 @@ def unknown_option(command: str, group: str, option: str) -> str | None:
     group = group.lstrip("+")
     option = option.strip()
     config_name = command.replace("-", "_")
-    if (group.startswith("hydra") or not (config_dir() / group).is_dir() or group not in _default_groups(config_name)
-            or option in ("", "null", "None") or any(c in option for c in "$()*{}[]'\"")):
+    if (
+        group.startswith("hydra")
+        or not (config_dir() / group).is_dir()
+        or group not in _default_groups(config_name)
+        or option in ("", "null", "None")
+        or any(c in option for c in "$()*{}[]'\"")
+    ):
         return None
     options = _options(group, command)
     if option in options:
@@ -452,10 +445,15 @@ def unknown_option(command: str, group: str, option: str) -> str | None:
     owners = option_commands(group, option)
     if owners is not None:  # the file is there, tagged for other commands
         what = "a preset" if group == "experiment" else "an option"
-        here = (f"; nas-cli {command}'s {group} options: {', '.join(options)}" if options
-                else f"; nas-cli {command} has no {group} options")
-        return (f"{group}={option} is {what} of `nas-cli {' / '.join(owners)}`: run "
-                f"`nas-cli {owners[0]} {group}={option}`{here}")
+        here = (
+            f"; nas-cli {command}'s {group} options: {', '.join(options)}"
+            if options
+            else f"; nas-cli {command} has no {group} options"
+        )
+        return (
+            f"{group}={option} is {what} of `nas-cli {' / '.join(owners)}`: run "
+            f"`nas-cli {owners[0]} {group}={option}`{here}"
+        )
     close = difflib.get_close_matches(option, options, n=3, cutoff=0.6)
     rest = [o for o in options if o not in close]
     head = f"{group}={option}: nas-cli {command} has no such {group} option"
@@ -464,8 +462,7 @@ def unknown_option(command: str, group: str, option: str) -> str | None:
     if not close:
         return f"{head}; its {group} options: {', '.join(options)}"
     guess = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
-    return (f"{head}; did you mean {guess}?"
-            + (f" (its other {group} options: {', '.join(rest)})" if rest else ""))
+    return f"{head}; did you mean {guess}?" + (f" (its other {group} options: {', '.join(rest)})" if rest else "")
 
 
 def _refuse_foreign_options(command: str, args: list[str]) -> None:
@@ -489,8 +486,13 @@ def _for_this_process(args: list[str]) -> list[str]:
         raise UserError("torchrun runs one job on several processes: sweep with -m outside torchrun")
     if launched_rank() == 0:
         return args
-    return [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
-            "hydra.run.dir=."]
+    return [
+        *args,
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+        "hydra.run.dir=.",
+    ]
 
 
 def _is_user_error(ex: BaseException) -> bool:

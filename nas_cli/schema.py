@@ -64,8 +64,10 @@ class Alternative:
             return value is None
         if self.kind == "literal":
             if ":N" in self.literal:  # cuda:N: any whole number in N's place
-                return isinstance(value, str) and re.fullmatch(re.escape(self.literal).replace("N", r"\d+"),
-                                                               value) is not None
+                return (
+                    isinstance(value, str)
+                    and re.fullmatch(re.escape(self.literal).replace("N", r"\d+"), value) is not None
+                )
             return isinstance(value, str) and value == self.literal or str(value) == self.literal
         if self.kind == "any":
             return True
@@ -101,8 +103,14 @@ class Alternative:
             if self.item is not None and self.item.kinds == {"literal"}:
                 return "a list drawn from " + ", ".join(str(a.literal) for a in self.item.alternatives)
             return "a list" + (f" of {self.item.describe(plural=True)}" if self.item else "")
-        words = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-                 "dict": "a mapping", "any": "any value"}[self.kind]
+        words = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "dict": "a mapping",
+            "any": "any value",
+        }[self.kind]
         return words + self._bounds()
 
     def _bounds(self) -> str:
@@ -132,8 +140,11 @@ class Rule:
     def describe(self, plural: bool = False) -> str:
         text = _either([a.describe() for a in self.alternatives])
         if plural:
-            text = text.replace("a whole number", "whole numbers").replace("a number", "numbers").replace(
-                "a string", "strings")
+            text = (
+                text.replace("a whole number", "whole numbers")
+                .replace("a number", "numbers")
+                .replace("a string", "strings")
+            )
         return text
 
     @property
@@ -153,6 +164,7 @@ def _num(x: float) -> str:
 
 
 # -- reading a file ----------------------------------------------------------------------------------------
+
 
 def parse_rule(text: str, default: Any = None) -> tuple[Alternative, ...]:
     """The alternatives of a rule's text (without its braces)."""
@@ -196,8 +208,9 @@ def _alternative(part: str) -> Alternative:
     if head not in ("int", "float"):
         raise ValueError(f"a bound on {head}: {{{part}}}")
     if m := _INTERVAL.match(rest):
-        return Alternative(head, low=float(m["a"]), low_open=m["lo"] == "(", high=float(m["b"]),
-                           high_open=m["hi"] == ")")
+        return Alternative(
+            head, low=float(m["a"]), low_open=m["lo"] == "(", high=float(m["b"]), high_open=m["hi"] == ")"
+        )
     if m := _BOUND.match(rest):
         x, op = float(m["num"]), m["op"]
         if op in ("≥", ">=", ">"):
@@ -253,8 +266,9 @@ def read_file(path: Path) -> FileSchema:
                 last = None
             elif last is not None and last in schema.rules:
                 rule = schema.rules[last]
-                schema.rules[last] = Rule(rule.alternatives, rule.default, f"{rule.help} {m['comment'].strip()}",
-                                          rule.source, rule.written)
+                schema.rules[last] = Rule(
+                    rule.alternatives, rule.default, f"{rule.help} {m['comment'].strip()}", rule.source, rule.written
+                )
             continue
         m = _KEY_LINE.match(line)
         if m is None:
@@ -274,7 +288,7 @@ def read_file(path: Path) -> FileSchema:
         written = comment.startswith("{")
         if written:
             end = _closing(comment)
-            rule_text, comment = comment[1:end], comment[end + 1:].strip()
+            rule_text, comment = comment[1:end], comment[end + 1 :].strip()
             try:
                 alternatives = parse_rule(rule_text, default)
             except ValueError as ex:
@@ -306,6 +320,7 @@ def _select(values: Any, dotted: str) -> Any:
 
 
 # -- a composed config -------------------------------------------------------------------------------------
+
 
 def files_of(config_name: str, choices: Mapping[str, str | None]) -> list[tuple[str, Path]]:
     """``(prefix, file)`` of every shipped file that speaks for a config composed from ``config_name`` with
@@ -375,8 +390,12 @@ def closest(key: str, keys: list[str], n: int = 3) -> list[str]:
     close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
     if not close:
         last = key.rsplit(".", 1)[-1]
-        close = [k for k in keys if k.rsplit(".", 1)[-1] in difflib.get_close_matches(last, [
-            k.rsplit(".", 1)[-1] for k in keys], n=n, cutoff=0.75)][:n]
+        close = [
+            k
+            for k in keys
+            if k.rsplit(".", 1)[-1]
+            in difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in keys], n=n, cutoff=0.75)
+        ][:n]
     return close
 
 
@@ -385,19 +404,27 @@ def _shown(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    text = str(value) if not isinstance(value, (list, tuple, dict)) else yaml.safe_dump(
-        value, default_flow_style=True, width=10_000).strip()
+    text = (
+        str(value)
+        if not isinstance(value, (list, tuple, dict))
+        else yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    )
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- the reference -----------------------------------------------------------------------------------------
 
+
 def reference() -> str:
     """Every key of every shipped config as Markdown tables (CONFIG.md): key, rule, default, help."""
     root = config_dir()
-    out = ["# Configuration reference", "",
-           "Every key of every shipped config, from the YAML files themselves (`nas_cli/schema.py` reads the",
-           "same lines to check a command line). Regenerate with `make config-docs`; a test keeps it current.", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Every key of every shipped config, from the YAML files themselves (`nas_cli/schema.py` reads the",
+        "same lines to check a command line). Regenerate with `make config-docs`; a test keeps it current.",
+        "",
+    ]
     primaries = sorted(p for p in root.glob("*.yaml"))
     groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
     for path in [*primaries, *(f for g in groups for f in sorted(g.glob("*.yaml")))]:
@@ -408,11 +435,17 @@ def reference() -> str:
         where = rel.as_posix() if rel.parent == Path(".") else f"{rel.parent.as_posix()}={rel.name}"
         prefix = "" if file.package == "_global_" or rel.parent == Path(".") else f"{rel.parent.as_posix()}."
         owners = _owners(path)
-        out += [f"## `{where}`" + (f" ({', '.join(owners)})" if owners else ""), "",
-                "| key | takes | default | what it is |", "|---|---|---|---|"]
+        out += [
+            f"## `{where}`" + (f" ({', '.join(owners)})" if owners else ""),
+            "",
+            "| key | takes | default | what it is |",
+            "|---|---|---|---|",
+        ]
         for dotted, rule in file.rules.items():
-            out.append(f"| `{prefix}{dotted}` | {_cell(rule.describe())} | `{_cell(_shown(rule.default))}` | "
-                       f"{_cell(rule.help)} |")
+            out.append(
+                f"| `{prefix}{dotted}` | {_cell(rule.describe())} | `{_cell(_shown(rule.default))}` | "
+                f"{_cell(rule.help)} |"
+            )
         out.append("")
     return "\n".join(out)
 

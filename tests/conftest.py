@@ -20,8 +20,19 @@ from omegaconf import open_dict
 from nas_cli.hydra_bridge import config_dir
 
 # A tiny, fast recipe: synthetic 1x12x12 data, a small CNN, 3 epochs.
-TINY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_val=64", "data.batch_size=32",
-        "data.noise=0.5", "model.width=8", "model.hidden=32", "trainer.epochs=3", "progress=false", "device=cpu"]
+TINY = [
+    "data=synthetic",
+    "data.shape=[1,12,12]",
+    "data.n_train=256",
+    "data.n_val=64",
+    "data.batch_size=32",
+    "data.noise=0.5",
+    "model.width=8",
+    "model.hidden=32",
+    "trainer.epochs=3",
+    "progress=false",
+    "device=cpu",
+]
 TIMING = ["epoch_time_s", "samples_per_s"]
 SMALL_CLI = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=2"]  # CLI runs of seconds
 
@@ -68,8 +79,9 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> s
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     if "HYDRA_FULL_ERROR" not in (env or {}):
         full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "nas_cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nas_cli", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout
+    )
 
 
 def metrics(run_dir: Path) -> pd.DataFrame:
@@ -87,9 +99,15 @@ def fake_job(folder: Path, overrides: dict, summary_: dict | None, curve: list[f
     if summary_ is not None:
         (folder / "summary.json").write_text(json.dumps(summary_))
     if curve:
-        pd.DataFrame({"epoch": range(1, len(curve) + 1), "train_loss": curve, "val_loss": curve,
-                      "train_acc": [1 - c / 10 for c in curve], "val_acc": [1 - c / 10 for c in curve]}
-                     ).to_csv(folder / "metrics.csv", index=False)
+        pd.DataFrame(
+            {
+                "epoch": range(1, len(curve) + 1),
+                "train_loss": curve,
+                "val_loss": curve,
+                "train_acc": [1 - c / 10 for c in curve],
+                "val_acc": [1 - c / 10 for c in curve],
+            }
+        ).to_csv(folder / "metrics.csv", index=False)
     return folder
 
 
@@ -135,3 +153,13 @@ def release_run_folders():
     from nas_cli.runs import folders
 
     folders.release_all()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` (one definition, in pyproject.toml): skipped on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    needs_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(needs_gpu)

@@ -18,7 +18,7 @@ from nas_cli.agents.dqn import DQN, LOSSES, train
 from nas_cli.agents.envs import LIFE_LOSS, EnvSpec, EpisodicLife, SyncEnvs
 from nas_cli.agents.networks import QNetwork
 from nas_cli.agents.replay import ReplayBuffer
-from nas_cli.engine import checkpoint
+from nas_cli.runs import checkpoint
 from nas_cli.runs.lifecycle import Run
 
 LIFE = 4  # agent steps a life lasts in the scripted game below...
@@ -88,8 +88,22 @@ def test_frame_stack_is_the_last_frames_stacked_by_hand_across_lives():
     np.testing.assert_array_equal(obs[0], stack)
     # loop steps: the game's steps, and after each end the autoreset: a no-op (a lost life) or a new game,
     # either way a fresh stack
-    script = [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 0), (7, 0), (8, 0), (9, 1), (10, 0), (11, 0), (12, 0),
-              (0, 1), (1, 0)]
+    script = [
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (4, 0),
+        (5, 1),
+        (6, 0),
+        (7, 0),
+        (8, 0),
+        (9, 1),
+        (10, 0),
+        (11, 0),
+        (12, 0),
+        (0, 1),
+        (1, 0),
+    ]
     for n, fresh in script:
         obs, *_ = envs.step(np.zeros(1, dtype=int))
         stack = [frame(n)] * 4 if fresh else [*stack[1:], frame(n)]
@@ -117,8 +131,16 @@ def test_replay_holds_clipped_rewards_while_logged_games_are_whole_and_raw(tmp_p
     env = EnvSpec(GAME_ID, episodic_life=True, clip_rewards=True)
     agent = DQN(learning_starts=10_000, buffer_size=1000, hidden=[8])  # random play, no updates
     steps = 100
-    result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=steps, eval_every=steps,
-                   eval_episodes=1, log_every=50, progress=False)
+    result = train(
+        agent,
+        env,
+        Run(tmp_path, "dqn", seed=0, device="cpu"),
+        total_steps=steps,
+        eval_every=steps,
+        eval_episodes=1,
+        log_every=50,
+        progress=False,
+    )
     saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     # a game: life 1 is agent steps 1-4; the reset after a lost life takes step 5 as a no-op (its reward is not
     # the agent's); life 2 is steps 6-8, the no-op 9, life 3 steps 10-12: 10 transitions
@@ -146,12 +168,17 @@ def test_env_atari_brings_the_nature_cleanrl_settings(tmp_path):
     agent: DQN = instantiate(cfg.agent)
     total = 10_000_000
     assert (agent.buffer_size, agent.learning_starts, agent.train_frequency, agent.gradient_steps) == (
-        1_000_000, 80_000, 4, 1)
+        1_000_000,
+        80_000,
+        4,
+        1,
+    )
     assert (agent.target_update, agent.tau, agent.batch_size, agent.gamma) == (1000, 1.0, 32, 0.99)
     assert LOSSES[agent.loss] is torch.nn.functional.smooth_l1_loss and agent.grad_clip is None
     # epsilon: 1 -> 0.01 linearly over the first 10% of the run, then flat
     assert [agent.epsilon(s, total) for s in (0, total // 20, total // 10, total // 2)] == pytest.approx(
-        [1.0, 0.505, 0.01, 0.01])
+        [1.0, 0.505, 0.01, 0.01]
+    )
     optimizer = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-4
     env = EnvSpec(**OmegaConf.to_container(cfg.env))
@@ -178,8 +205,12 @@ def test_dueling_rescale_scales_the_trunks_gradient_by_one_over_root_two(obs_sha
         q = net.head(h)
         (dh,) = torch.autograd.grad((q * weights).sum(), h, retain_graph=True)
         (q * weights).sum().backward()
-        return q.detach(), dh, [p.grad.clone() for p in net.body.parameters()], [
-            p.grad.clone() for p in net.head.parameters()]
+        return (
+            q.detach(),
+            dh,
+            [p.grad.clone() for p in net.body.parameters()],
+            [p.grad.clone() for p in net.head.parameters()],
+        )
 
     q0, dh0, body0, head0 = grads(plain)
     q1, dh1, body1, head1 = grads(scaled)
@@ -187,7 +218,7 @@ def test_dueling_rescale_scales_the_trunks_gradient_by_one_over_root_two(obs_sha
     torch.testing.assert_close(dh1, dh0 / math.sqrt(2))  # the gradient entering the trunk
     for g1, g0 in zip(body1, body0):
         torch.testing.assert_close(g1, g0 / math.sqrt(2))
-    for g1, g0 in zip(head1, head0):  # the streams themselves learn as before
+    for g1, g0 in zip(head1, head0):  # the streams themselves get the plain network's gradients
         torch.testing.assert_close(g1, g0)
 
 
@@ -195,8 +226,7 @@ def test_frame_stack_on_a_real_ale_game_is_the_last_four_preprocessed_frames():
     ale_py = pytest.importorskip("ale_py")
     gym.register_envs(ale_py)
     ours = EnvSpec("PongNoFrameskip-v4", atari=True, frame_stack=4).make_one()
-    bare = gym.wrappers.AtariPreprocessing(gym.make("PongNoFrameskip-v4"), noop_max=30, frame_skip=4,
-                                           screen_size=84)
+    bare = gym.wrappers.AtariPreprocessing(gym.make("PongNoFrameskip-v4"), noop_max=30, frame_skip=4, screen_size=84)
     obs, _ = ours.reset(seed=3)
     frame, _ = bare.reset(seed=3)
     frames = [frame] * 4
@@ -208,6 +238,7 @@ def test_frame_stack_on_a_real_ale_game_is_the_last_four_preprocessed_frames():
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_dqn_atari_preset_runs_a_real_game_with_the_papers_network(tmp_path, monkeypatch):
     pytest.importorskip("ale_py")
     from nas_cli.commands import dqn
@@ -222,13 +253,24 @@ def test_dqn_atari_preset_runs_a_real_game_with_the_papers_network(tmp_path, mon
 
     monkeypatch.setattr(dqn, "train", keep)
     steps = 300
-    summary = dqn.task(_composed(tmp_path, "experiment=dqn_atari", f"total_steps={steps}", "agent.buffer_size=400",
-                                 "agent.learning_starts=200", "agent.batch_size=8", f"eval.every={steps}",
-                                 "eval.episodes=1", "log_every=100"))
+    summary = dqn.task(
+        _composed(
+            tmp_path,
+            "experiment=dqn_atari",
+            f"total_steps={steps}",
+            "agent.buffer_size=400",
+            "agent.learning_starts=200",
+            "agent.batch_size=8",
+            f"eval.every={steps}",
+            "eval.episodes=1",
+            "log_every=100",
+        )
+    )
     assert summary["status"] == "ok" and summary["steps"] == steps
     agent = built["agent"]
-    convs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in agent.q.body
-             if isinstance(m, torch.nn.Conv2d)]
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in agent.q.body if isinstance(m, torch.nn.Conv2d)
+    ]
     assert convs == [(4, 32, (8, 8), (4, 4)), (32, 64, (4, 4), (2, 2)), (64, 64, (3, 3), (1, 1))]
     assert agent.q.body[-2].out_features == 512 and agent.optimizer.param_groups[0]["lr"] == 1e-4
     rows = pd.read_csv(tmp_path / "metrics.csv")

@@ -23,13 +23,21 @@ def images(n: int = 48, shape=(3, 8, 8)) -> torch.Tensor:
 
 def loader(x: torch.Tensor, augment: dict, batch_size: int = 16) -> TensorLoader:
     """Labels are sample indices: each augmented image can be matched with its original."""
-    return TensorLoader(x, torch.arange(len(x)), batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
-                        augment=build_augment(augment, x.shape[1:]))
+    return TensorLoader(
+        x,
+        torch.arange(len(x)),
+        batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        augment=build_augment(augment, x.shape[1:]),
+    )
 
 
 def test_validation_is_never_augmented_even_with_everything_on():
-    plain, augmented = synthetic(shape=[3, 12, 12], n_train=64, n_val=40), \
-        synthetic(shape=[3, 12, 12], n_train=64, n_val=40, augment=ALL_ON)
+    plain, augmented = (
+        synthetic(shape=[3, 12, 12], n_train=64, n_val=40),
+        synthetic(shape=[3, 12, 12], n_train=64, n_val=40, augment=ALL_ON),
+    )
     val = [x for x, _ in augmented.val]
     assert all(torch.equal(a, b) for a, b in zip(val, (x for x, _ in augmented.val)))  # a second pass
     assert all(torch.equal(a, b) for a, b in zip(val, (x for x, _ in plain.val)))  # the un-augmented data
@@ -76,8 +84,12 @@ def test_crop_padding_shifts_each_image_within_the_padding_with_zeros_entering()
     for xb, yb in loader(x, {"crop_padding": pad}):
         padded = F.pad(x[yb], (pad,) * 4)
         for image, source in zip(xb, padded):
-            found = [(top, left) for top in range(2 * pad + 1) for left in range(2 * pad + 1)
-                     if torch.equal(image, source[:, top:top + 8, left:left + 8])]
+            found = [
+                (top, left)
+                for top in range(2 * pad + 1)
+                for left in range(2 * pad + 1)
+                if torch.equal(image, source[:, top : top + 8, left : left + 8])
+            ]
             assert len(found) == 1, "not a shifted copy of its original"
             shifts.add(found[0])
     assert len(shifts) > 5  # each image gets its own offset, not one per batch
@@ -100,8 +112,9 @@ def test_batched_kernels_match_torchvision_v2_image_by_image():
         x = images(32, shape)
         boxes = random_boxes(32, *shape[1:], scale=(0.2, 1.0))
         assert torch.all((boxes[:, 0] + boxes[:, 2] <= shape[1]) & (boxes[:, 1] + boxes[:, 3] <= shape[2]))
-        expected = [TF.resized_crop(image, *box.tolist(), size=list(shape[1:]), antialias=True)
-                    for image, box in zip(x, boxes)]
+        expected = [
+            TF.resized_crop(image, *box.tolist(), size=list(shape[1:]), antialias=True) for image, box in zip(x, boxes)
+        ]
         torch.testing.assert_close(resized_crops(x, boxes), torch.stack(expected))
 
         kinds = 3 if shape[0] == 3 else 2
@@ -129,8 +142,10 @@ def test_same_torch_seed_gives_identical_augmented_batches():
 
 def test_augment_off_is_no_transform():
     assert build_augment(None, (1, 28, 28)) is None
-    assert build_augment({"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0},
-                         (1, 28, 28)) is None
+    assert (
+        build_augment({"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0}, (1, 28, 28))
+        is None
+    )
     assert synthetic(shape=[20], n_train=8, n_val=8, augment={"hflip": False}).train.augment is None
 
 

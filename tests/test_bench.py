@@ -16,4 +16,5 @@ def test_bench_gpu_skips_in_one_line_without_cuda():
     out = subprocess.run([sys.executable, "bench/gpu.py"], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.strip().splitlines() == [
-        "bench/gpu.py: no CUDA device here; skipped (run it on a GPU machine: make bench-gpu)"]
+        "bench/gpu.py: no CUDA device here; skipped (run it on a GPU machine: make bench-gpu)"
+    ]

@@ -27,27 +27,30 @@ def test_train_help_is_hydras_and_lists_config_groups(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_composed_config(tmp_path):
     out = cli("train", "--cfg", "job", "model=resnet18", "model.width=8", cwd=tmp_path)
     assert out.returncode == 0
     assert "_target_: nas_cli.models.resnet.resnet18" in out.stdout and "width: 8" in out.stdout
 
 
+@pytest.mark.slow
 def test_single_run_writes_its_record_under_outputs_train_runs(tmp_path):
     out = cli("train", *SMALL, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    for name in ("metrics.csv", "summary.json", "checkpoints/last.pt", "model.pt", ".hydra/config.yaml",
-                 "train.log"):
+    for name in ("metrics.csv", "summary.json", "checkpoints/last.pt", "model.pt", ".hydra/config.yaml", "train.log"):
         assert (run / name).exists(), name
     assert summary(run)["status"] == "ok"
     assert "epoch 2/2" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_then_report_gives_the_sweep_table(tmp_path):
     sweep = tmp_path / "sweep"
-    out = cli("train", "-m", *SMALL, "model.width=4,8", "optim.weight_decay=0,1e-4", f"hydra.sweep.dir={sweep}",
-              cwd=tmp_path)
+    out = cli(
+        "train", "-m", *SMALL, "model.width=4,8", "optim.weight_decay=0,1e-4", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -55,8 +58,7 @@ def test_multirun_then_report_gives_the_sweep_table(tmp_path):
     out = cli("report", str(sweep), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(sweep / "report.csv", dtype=str)
-    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy",
-                                   "Validation Accuracy"]
+    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy", "Validation Accuracy"]
     assert len(table) == 4
     for job in jobs:  # every cell is that job's own last-N mean, read independently
         record = json.loads((job / "summary.json").read_text())
@@ -69,8 +71,17 @@ def test_multirun_then_report_gives_the_sweep_table(tmp_path):
         assert float(row["Training Loss"].iloc[0]) == pytest.approx(record["train_loss"], abs=5e-6)
     assert (sweep / "report.md").read_text().startswith("| Width | Weight Decay | Training Loss |")
 
-    out = cli("report", str(sweep), "--rows", "model.width", "--cols", "optim.weight_decay", "--value", "val_acc",
-              cwd=tmp_path)
+    out = cli(
+        "report",
+        str(sweep),
+        "--rows",
+        "model.width",
+        "--cols",
+        "optim.weight_decay",
+        "--value",
+        "val_acc",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     grid = pd.read_csv(sweep / "report.csv", dtype=str)
     assert list(grid.columns) == ["Width", "0", "0.0001"] and grid["Width"].tolist() == ["4", "8"]
@@ -80,16 +91,27 @@ def test_multirun_then_report_gives_the_sweep_table(tmp_path):
     table = pd.read_csv(sweep / "report.csv", dtype=str)
     assert list(table.columns) == ["Width", "Validation Accuracy"] and table["Width"].tolist() == ["4", "8"]
     for width, cell in zip((4, 8), table["Validation Accuracy"]):
-        accs = [json.loads((j / "summary.json").read_text())["val_acc"] for j in jobs
-                if f"model.width={width}\n" in (j / ".hydra" / "overrides.yaml").read_text()]
+        accs = [
+            json.loads((j / "summary.json").read_text())["val_acc"]
+            for j in jobs
+            if f"model.width={width}\n" in (j / ".hydra" / "overrides.yaml").read_text()
+        ]
         assert len(accs) == 2 and float(cell) == pytest.approx(sum(accs) / 2, abs=5e-5)
 
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    out = cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "seed=0,1",
-              f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out = cli(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *SMALL,
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert {summary(sweep / j)["seed"] for j in ("0", "1")} == {0, 1}
 
@@ -97,15 +119,24 @@ def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
 ERRORS = {
     "unknown key": (["train", "foo=1"], "foo: nas-cli train has no such key"),
     "a typo of a key": (["train", "optim.lrr=0.1"], "did you mean optim.lr"),
-    "unknown group option": (["train", "model=transformer"], "model=transformer: nas-cli train has no such model option"),
-    "missing cifar folder": (["train", "data=cifar10", "data.root=nowhere"], "CIFAR-10 not found: nowhere/cifar-10-batches-py lacks data_batch_1"),
+    "unknown group option": (
+        ["train", "model=transformer"],
+        "model=transformer: nas-cli train has no such model option",
+    ),
+    "missing cifar folder": (
+        ["train", "data=cifar10", "data.root=nowhere"],
+        "CIFAR-10 not found: nowhere/cifar-10-batches-py lacks data_batch_1",
+    ),
     "missing image folder": (["train", "data=imagefolder", "data.root=nowhere"], "nowhere/train' not found"),
     "root not given": (["train", "data=imagefolder"], "data.root has no default"),
     "bad value": (["train", "trainer.epochs=many"], "trainer.epochs=many: expected a whole number ≥ 1"),
     "no gpu": (["train", "device=cuda"], "no CUDA GPU"),
     "nothing to resume": (["train", "resume=true"], "no interrupted run"),
     "report of nothing": (["report", "nowhere"], "no such folder"),
-    "a key that moved": (["search-darts", "search.order=second"], "search.order is now arch.order"),
+    "a typo of a search key": (
+        ["search-darts", "search.order=second"],
+        "search.order: nas-cli search-darts has no such key, and nothing would read it; did you mean arch.order",
+    ),
     "threads of zero": (["dqn", "threads=0"], "threads=0: expected a whole number ≥ 1 or null"),
     "a seed that is no number": (["grad-bench", "seed=abc"], "seed=abc: expected a whole number"),
     "resume of no run": (["fuse-bn", "resume=nowhere"], "resume=nowhere: not a run folder"),
@@ -113,6 +144,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_user_errors_are_one_line_with_nonzero_exit(tmp_path, case):
     args, message = ERRORS[case]
@@ -124,6 +156,7 @@ def test_user_errors_are_one_line_with_nonzero_exit(tmp_path, case):
     assert "Traceback" not in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line_and_left_in_place(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -136,11 +169,13 @@ def test_corrupt_checkpoint_is_one_line_and_left_in_place(tmp_path):
     assert not (run / "metrics.csv").exists() and not (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_full_error_env_shows_the_traceback(tmp_path):
     out = cli("train", "data=cifar10", "data.root=nowhere", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_true_continues_the_latest_interrupted_run_with_its_overrides(tmp_path):
     out = cli("train", *SMALL, "trainer.epochs=3", "seed=7", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -159,22 +194,38 @@ def test_resume_true_continues_the_latest_interrupted_run_with_its_overrides(tmp
     assert summary(run)["seed"] == 7 and summary(run)["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_sweep_over_recipe_options_is_tabulated(tmp_path):
     sweep = tmp_path / "sweep"
-    out = cli("train", "-m", *SMALL, "ema.decay=0.5,0.9", "regularizer.l2=0,1e-3", f"hydra.sweep.dir={sweep}",
-              cwd=tmp_path)
+    out = cli(
+        "train", "-m", *SMALL, "ema.decay=0.5,0.9", "regularizer.l2=0,1e-3", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
-    out = cli("report", str(sweep), "--rows", "ema.decay", "--cols", "regularizer.l2", "--value", "val_acc_ema",
-              "--plot", cwd=tmp_path)
+    out = cli(
+        "report",
+        str(sweep),
+        "--rows",
+        "ema.decay",
+        "--cols",
+        "regularizer.l2",
+        "--value",
+        "val_acc_ema",
+        "--plot",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     grid = pd.read_csv(sweep / "report.csv", dtype=str)
     assert list(grid.columns) == ["Decay", "0", "0.001"] and grid["Decay"].tolist() == ["0.5", "0.9"]
-    job = next(j for j in sweep.iterdir() if j.is_dir() and "ema.decay=0.9\n- regularizer.l2=0.001"
-               in (j / ".hydra" / "overrides.yaml").read_text())
+    job = next(
+        j
+        for j in sweep.iterdir()
+        if j.is_dir() and "ema.decay=0.9\n- regularizer.l2=0.001" in (j / ".hydra" / "overrides.yaml").read_text()
+    )
     assert float(grid.loc[1, "0.001"]) == pytest.approx(summary(job)["val_acc_ema"], abs=5e-5)
     assert (sweep / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_job_shows_its_last_epoch_in_the_report(tmp_path):
     """A job stopped by SIGTERM mid-sweep keeps its row: its figures from the last metrics.csv row, its status."""
     sweep = tmp_path / "sweep"

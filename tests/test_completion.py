@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from typer.testing import CliRunner
 
 from nas_cli.cli import HYDRA_COMMANDS, app
 
 
 def test_show_completion_prints_a_script_for_nas_cli(tmp_path):
-    result = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="nas-cli",
-                                env={"HOME": str(tmp_path)})
-    assert result.exit_code == 0
-    assert "complete -o default -F _nas_cli_completion nas-cli" in result.output
-    assert "_NAS_CLI_COMPLETE=complete_bash" in result.output
+    """In a process of its own: Click's completion reads the program's name and environment, which other tests
+    in this process change."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'nas-cli'; from nas_cli.cli import main; main()",
+            "--show-completion",
+            "bash",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "complete -o default -F _nas_cli_completion nas-cli" in result.stdout
+    assert "_NAS_CLI_COMPLETE=complete_bash" in result.stdout
     assert not any(tmp_path.iterdir())  # --show-completion prints; it installs nothing
 
 

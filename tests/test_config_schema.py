@@ -71,8 +71,11 @@ def option_rounds() -> list[tuple[str, tuple[str, ...]]]:
     out = []
     for command in CONFIGS:
         _, _, options, choices = _composed(command, ())
-        others = {group: [o for o in names if belongs(group, o, command) and o != choices.get(group)]
-                  for group, names in options.items() if group != "experiment"}
+        others = {
+            group: [o for o in names if belongs(group, o, command) and o != choices.get(group)]
+            for group, names in options.items()
+            if group != "experiment"
+        }
         for k in range(max(map(len, others.values()), default=0)):
             out.append((command, tuple(f"{g}={names[k]}" for g, names in others.items() if k < len(names))))
     return out
@@ -107,6 +110,7 @@ def test_every_key_has_a_typed_rule_and_a_default(command):
 
 
 # -- what ships keeps its rules -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", list(CONFIGS))
 def test_a_command_default_config_keeps_its_rules(command):
@@ -152,41 +156,87 @@ BAD = [  # (command, group choices, key, bad value, the one line it gives)
     ("detect", (), "data.batch_size", 2.5, "data.batch_size=2.5: expected a whole number ≥ 1"),
     ("train", (), "data.val_size", 1.5, "data.val_size=1.5: expected a number in (0, 1) or a whole number ≥ 1"),
     ("train", (), "data.val_size", 0, "data.val_size=0: expected a number in (0, 1) or a whole number ≥ 1"),
-    ("train", ("data=cifar10",), "data.val_size", -1,
-     "data.val_size=-1: expected a number in [0, 1) or a whole number ≥ 0"),
-    ("detect", ("data=coco",), "data.val_size", 1.0,
-     "data.val_size=1.0: expected a number in [0, 1) or a whole number ≥ 0"),
-    ("train", ("data=imagefolder",), "data.val_size", 0,
-     "data.val_size=0: expected a number in (0, 1) or a whole number ≥ 1 or null"),
+    (
+        "train",
+        ("data=cifar10",),
+        "data.val_size",
+        -1,
+        "data.val_size=-1: expected a number in [0, 1) or a whole number ≥ 0",
+    ),
+    (
+        "detect",
+        ("data=coco",),
+        "data.val_size",
+        1.0,
+        "data.val_size=1.0: expected a number in [0, 1) or a whole number ≥ 0",
+    ),
+    (
+        "train",
+        ("data=imagefolder",),
+        "data.val_size",
+        0,
+        "data.val_size=0: expected a number in (0, 1) or a whole number ≥ 1 or null",
+    ),
     ("train", (), "data.data_seed", -1, "data.data_seed=-1: expected a whole number ≥ 0"),
     ("train", (), "data.subset", 0, "data.subset=0: expected a whole number ≥ 1 or null"),
     ("train", (), "data.on_device", "gpu", "data.on_device=gpu: expected auto or true or false"),
     ("train", (), "data.augment.crop_padding", 1.5, "data.augment.crop_padding=1.5: expected a whole number ≥ 0"),
-    ("train", (), "data.augment.resized_crop_scale", [0.0, 1.0],
-     "data.augment.resized_crop_scale=[0.0, 1.0]: expected a list of numbers in (0, 1] or null"),
+    (
+        "train",
+        (),
+        "data.augment.resized_crop_scale",
+        [0.0, 1.0],
+        "data.augment.resized_crop_scale=[0.0, 1.0]: expected a list of numbers in (0, 1] or null",
+    ),
     ("train", (), "data.augment.mixup_alpha", -1.0, "data.augment.mixup_alpha=-1.0: expected a number ≥ 0"),
     ("train", (), "data.augment.cutout", -4, "data.augment.cutout=-4: expected a whole number ≥ 0"),
     ("train", ("data=cifar100",), "data.label", "medium", "data.label=medium: expected fine or coarse"),
     ("train", ("data=imagefolder",), "data.decode", "gpu", "data.decode=gpu: expected cpu or cuda"),
-    ("train", ("data=imagefolder",), "data.num_workers", -1,
-     "data.num_workers=-1: expected a whole number ≥ 0 or null"),
+    (
+        "train",
+        ("data=imagefolder",),
+        "data.num_workers",
+        -1,
+        "data.num_workers=-1: expected a whole number ≥ 0 or null",
+    ),
     ("train", ("data=synthetic",), "data.num_classes", 1, "data.num_classes=1: expected a whole number ≥ 2"),
-    ("detect", (), "data.classes", ["hexagon"], "data.classes=[hexagon]: expected a list drawn from square, circle, "
-                                                "triangle, square_outline, circle_outline, digit or null"),
+    (
+        "detect",
+        (),
+        "data.classes",
+        ["hexagon"],
+        "data.classes=[hexagon]: expected a list drawn from square, circle, "
+        "triangle, square_outline, circle_outline, digit or null",
+    ),
     ("detect", (), "data.max_overlap", 1.5, "data.max_overlap=1.5: expected a number in [0, 1]"),
-    ("detect", ("data=coco",), "data.image_size", 0,
-     "data.image_size=0: expected a whole number ≥ 1 or a list of whole numbers ≥ 1"),
+    (
+        "detect",
+        ("data=coco",),
+        "data.image_size",
+        0,
+        "data.image_size=0: expected a whole number ≥ 1 or a list of whole numbers ≥ 1",
+    ),
     # model: widths, probabilities, choices
     ("train", (), "model.width", 0, "model.width=0: expected a whole number ≥ 1"),
     ("train", (), "model.dropout", 1.0, "model.dropout=1.0: expected a number in [0, 1)"),
     ("train", (), "model.dropconnect", -0.1, "model.dropconnect=-0.1: expected a number in [0, 1)"),
-    ("train", (), "model.init", "he", "model.init=he: expected one of default, kaiming, xavier, orthogonal, zeros, "
-                                      "constant"),
+    (
+        "train",
+        (),
+        "model.init",
+        "he",
+        "model.init=he: expected one of default, kaiming, xavier, orthogonal, zeros, constant",
+    ),
     ("train", (), "model.fmp_ratio", 2.0, "model.fmp_ratio=2.0: expected a number in (1, 2)"),
     ("train", ("model=mlp",), "model.depth", -1, "model.depth=-1: expected a whole number ≥ 0"),
     ("train", ("model=resnet18",), "model.drop_path", 1.0, "model.drop_path=1.0: expected a number in [0, 1)"),
-    ("train", ("model=xnor_resnet18",), "model.ste", "identity",
-     "model.ste=identity: expected one of clipped, steep, swishsign, polynomial"),
+    (
+        "train",
+        ("model=xnor_resnet18",),
+        "model.ste",
+        "identity",
+        "model.ste=identity: expected one of clipped, steep, swishsign, polynomial",
+    ),
     ("train", ("model=darts",), "model.auxiliary_weight", -0.4, "model.auxiliary_weight=-0.4: expected a number ≥ 0"),
     ("detect", (), "model.stride", 16, "model.stride=16: expected 4 or 8"),
     # optim: learning rates, weight decay, momentum, betas
@@ -205,8 +255,13 @@ BAD = [  # (command, group choices, key, bad value, the one line it gives)
     ("train", ("sched=step",), "sched.gamma", 0, "sched.gamma=0: expected a number in (0, 1]"),
     ("train", ("sched=step",), "sched.step_size", 0, "sched.step_size=0: expected a whole number ≥ 1"),
     ("train", ("sched=plateau",), "sched.factor", 1.0, "sched.factor=1.0: expected a number in (0, 1)"),
-    ("train", ("sched=multistep",), "sched.milestones", [30, 0], "sched.milestones=[30, 0]: expected a list of whole "
-                                                                 "numbers ≥ 1"),
+    (
+        "train",
+        ("sched=multistep",),
+        "sched.milestones",
+        [30, 0],
+        "sched.milestones=[30, 0]: expected a list of whole numbers ≥ 1",
+    ),
     ("train", ("sched=cyclic_cosine",), "sched.cycles", 0, "sched.cycles=0: expected a whole number ≥ 1"),
     # train's own keys and the shared run keys
     ("train", (), "regularizer.l2", -1.0, "regularizer.l2=-1.0: expected a number ≥ 0"),
@@ -252,20 +307,45 @@ BAD = [  # (command, group choices, key, bad value, the one line it gives)
     ("search-rl", (), "controller.reward_power", 0, "controller.reward_power=0: expected a number > 0"),
     ("search-rl", (), "controller.depth_schedule", 5, "controller.depth_schedule=5: expected a mapping or null"),
     ("search-rl", ("controller=metaqnn",), "controller.alpha", 0, "controller.alpha=0: expected a number in (0, 1]"),
-    ("search-rl", ("controller=metaqnn",), "controller.schedule_models", 0,
-     "controller.schedule_models=0: expected a whole number ≥ 1 or null"),
-    ("search-rl", ("controller=evolution",), "controller.population", 1,
-     "controller.population=1: expected a whole number ≥ 2"),
+    (
+        "search-rl",
+        ("controller=metaqnn",),
+        "controller.schedule_models",
+        0,
+        "controller.schedule_models=0: expected a whole number ≥ 1 or null",
+    ),
+    (
+        "search-rl",
+        ("controller=evolution",),
+        "controller.population",
+        1,
+        "controller.population=1: expected a whole number ≥ 2",
+    ),
     ("search-rl", (), "space.skip_p", 1.5, "space.skip_p=1.5: expected a number in [0, 1]"),
     ("search-rl", (), "space.filters", [24, 0], "space.filters=[24, 0]: expected a list of whole numbers ≥ 1"),
-    ("search-rl", ("controller=metaqnn",), "space.kernel_limit", "exact",
-     "space.kernel_limit=exact: expected bin or side"),
-    ("search-rl", ("controller=metaqnn",), "space.size_bins", [8, 1],
-     "space.size_bins=[8, 1]: expected a list of whole numbers ≥ 2"),
+    (
+        "search-rl",
+        ("controller=metaqnn",),
+        "space.kernel_limit",
+        "exact",
+        "space.kernel_limit=exact: expected bin or side",
+    ),
+    (
+        "search-rl",
+        ("controller=metaqnn",),
+        "space.size_bins",
+        [8, 1],
+        "space.size_bins=[8, 1]: expected a list of whole numbers ≥ 2",
+    ),
     # search-darts: supernets
-    ("search-darts", (), "supernet.primitives", ["conv_7x7"],
-     "supernet.primitives=[conv_7x7]: expected a list drawn from none, max_pool_3x3, avg_pool_3x3, skip_connect, "
-     "sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5"),
+    (
+        "search-darts",
+        (),
+        "supernet.primitives",
+        ["conv_7x7"],
+        "supernet.primitives=[conv_7x7]: expected a list drawn from none, max_pool_3x3, avg_pool_3x3, skip_connect, "
+        "sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5",
+    ),
     ("search-darts", (), "supernet.partial_channels", 0, "supernet.partial_channels=0: expected a whole number ≥ 1"),
     ("search-darts", ("supernet=chain",), "supernet.slots", 0, "supernet.slots=0: expected a whole number ≥ 1"),
     # fuse-bn, prep-imagenet
@@ -331,7 +411,11 @@ def test_a_value_at_the_edge_of_its_rule_passes(command, choices, key, value):
 def test_command_line_overrides_are_checked_as_composed():
     """The values Hydra parses from a command line (numbers, lists, null) meet the same rules."""
     assert lines("train", ("trainer.epochs=1.5", "optim.lr=-1", "data.augment.resized_crop_scale=[0.5,1.0]")) == [
-        "optim.lr=-1: expected a number > 0", "trainer.epochs=1.5: expected a whole number ≥ 1"]
-    assert lines("train", ("trainer.grad_clip=null", "model=mlp", "model.depth=0", "data=cifar10",
-                           "data.val_size=0")) == []
+        "optim.lr=-1: expected a number > 0",
+        "trainer.epochs=1.5: expected a whole number ≥ 1",
+    ]
+    assert (
+        lines("train", ("trainer.grad_clip=null", "model=mlp", "model.depth=0", "data=cifar10", "data.val_size=0"))
+        == []
+    )
     assert lines("dqn", ("agent.aggregation=median",)) == ["agent.aggregation=median: expected mean or max"]

@@ -47,8 +47,9 @@ def cases() -> list[tuple[str, str, str]]:
         for group in cfg.hydra.runtime.choices:
             if group.startswith("hydra/") and command != "train":
                 continue  # Hydra's own groups are the same for every command: composed with train's
-            out += [(command, group, option) for option in options[group]
-                    if belongs(group, option, command)]  # a tagged option (every preset) names its command(s)
+            out += [
+                (command, group, option) for option in options[group] if belongs(group, option, command)
+            ]  # a tagged option (every preset) names its command(s)
     return out
 
 
@@ -135,7 +136,8 @@ def test_every_preset_names_its_command_and_lists_only_under_it():
         line = next(ln for ln in command_help(config, []).splitlines() if ln.startswith("experiment: "))
         GlobalHydra.instance().clear()
         assert set(line.removeprefix("experiment: ").split(", ")) - {""} == {
-            p for p in presets if preset_command(p) == command}
+            p for p in presets if preset_command(p) == command
+        }
 
 
 def test_a_preset_of_another_command_is_refused_in_one_line():
@@ -145,4 +147,3 @@ def test_a_preset_of_another_command_is_refused_in_one_line():
     with pytest.raises(UserError, match="is a preset of `nas-cli train`"):
         _refuse_foreign_options("dqn", ["experiment=xnor_width_wd_smoke"])
     _refuse_foreign_options("train", ["-m", "experiment=xnor_width_wd_smoke,xnor_width_wd"])
-

@@ -15,11 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from nas_cli.engine.schedules import Cosine
+from nas_cli.models.darts_ops import PRIMITIVES, FactorizedReduce
 from nas_cli.nas.darts import search as search_module
 from nas_cli.nas.darts.architect import Architect, exact_second_order
 from nas_cli.nas.darts.genotype import PUBLISHED, Genotype
 from nas_cli.nas.darts.latency import LatencyTerm
-from nas_cli.nas.darts.ops import PRIMITIVES, FactorizedReduce
 from nas_cli.nas.darts.search import BilevelStep
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
 
@@ -34,15 +34,23 @@ def fresh_hydra():
 
 def tiny_supernet(seed: int = 0, double: bool = True):
     torch.manual_seed(seed)
-    net = SearchNetwork((1, 6, 6), 3, init_channels=2, layers=3, nodes=2, stem_multiplier=1,
-                        primitives=["none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"])
+    net = SearchNetwork(
+        (1, 6, 6),
+        3,
+        init_channels=2,
+        layers=3,
+        nodes=2,
+        stem_multiplier=1,
+        primitives=["none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"],
+    )
     return net.double() if double else net
 
 
 def batches(dtype=torch.double):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(6, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (6,), generator=g))
-            for _ in range(2)]
+    return [
+        (torch.randn(6, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (6,), generator=g)) for _ in range(2)
+    ]
 
 
 def sgd_with_momentum(net, lr=0.025, momentum=0.9, wd=3e-4):
@@ -114,8 +122,9 @@ def test_code_unrolled_second_order_gradient_matches_autograd(monkeypatch):
     xi, mu, wd = 0.05, 0.9, 3e-4
 
     def by_hand(w, g, step):
-        return [p if gi is None else p - step * (mu * opt.state[p]["momentum_buffer"] + gi + wd * p)
-                for p, gi in zip(w, g)]
+        return [
+            p if gi is None else p - step * (mu * opt.state[p]["momentum_buffer"] + gi + wd * p) for p, gi in zip(w, g)
+        ]
 
     approx = Architect(net, "second", unrolled="code", weight_optimizer=opt).alpha_grads(xt, yt, xv, yv, xi)
     exact = exact_second_order(net, xt, yt, xv, yv, xi, unroll=by_hand)
@@ -149,12 +158,15 @@ def test_per_epoch_lr_is_the_cosine_at_each_epoch_start():
     eta_min = floor * base  # torch's CosineAnnealingLR(T_max=epochs, eta_min) at epoch e, as DARTS steps it
     for e in range(epochs):
         expected = eta_min + (base - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2
-        assert seen[e * steps:(e + 1) * steps] == pytest.approx([expected] * steps, rel=1e-12)
+        assert seen[e * steps : (e + 1) * steps] == pytest.approx([expected] * steps, rel=1e-12)
     per_step = Cosine(min_factor=floor).build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base), steps, epochs)
     assert per_step.lr_lambdas[0](1) < per_step.lr_lambdas[0](0)  # every="step" (train's default) moves within an epoch
     # a warmup ramps per epoch too: epoch e gets (e + 1) / warmup_epochs of the lr (cosine starts after it)
-    warm = Cosine(warmup_epochs=2, every="epoch").build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base),
-                                                        steps, epochs).lr_lambdas[0]
+    warm = (
+        Cosine(warmup_epochs=2, every="epoch")
+        .build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base), steps, epochs)
+        .lr_lambdas[0]
+    )
     assert [warm(i) for i in range(steps * 4)] == pytest.approx([0.5] * steps + [1.0] * 2 * steps + [0.5] * steps)
 
 
@@ -169,8 +181,7 @@ def test_arch_warmup_freezes_alpha_then_lets_it_move():
             drawn.append(1)
             return xa, ya
 
-    step = BilevelStep(net, architect, ArchBatches(), torch.optim.SGD(net.parameters(), lr=0.1), "cpu",
-                       warmup_epochs=2)
+    step = BilevelStep(net, architect, ArchBatches(), torch.optim.SGD(net.parameters(), lr=0.1), "cpu", warmup_epochs=2)
     start = (net.arch.normal.detach().clone(), net.arch.reduce.detach().clone())
     for epoch in (0, 1):
         net.set_epoch(epoch, 4)
@@ -186,9 +197,12 @@ def test_arch_warmup_freezes_alpha_then_lets_it_move():
 def test_drop_path_spares_identity_skips_and_drops_a_reduction_cells_factorized_skip(monkeypatch):
     from nas_cli.models import darts as darts_model
 
-    genotype = Genotype([("skip_connect", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("avg_pool_3x3", 1)],
-                        [("skip_connect", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("dil_conv_3x3", 0)],
-                        [2, 3], [2, 3])
+    genotype = Genotype(
+        [("skip_connect", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("avg_pool_3x3", 1)],
+        [("skip_connect", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("dil_conv_3x3", 0)],
+        [2, 3],
+        [2, 3],
+    )
     torch.manual_seed(0)
     net = darts_model.DARTSNetwork((1, 8, 8), 3, genotype.to_dict(), layers=3, init_channels=4, drop_path=0.5)
     made = {}  # id of an op's output -> the op's class
@@ -258,13 +272,30 @@ def test_published_genotypes_have_the_papers_sizes():
 
 
 # -- presets: composed as the paper has them, then run shrunk on synthetic data -----------------------
-SHRINK = ["data=synthetic", "~data.val_size", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32",
-          "data.noise=0.5", "data.batch_size=16", "data.augment.hflip=false", "data.augment.crop_padding=1",
-          "progress=false", "device=cpu"]  # synthetic has no val_size (n_val instead): the preset's is dropped
-SEARCH_SHRINK = [*SHRINK, "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
-                 "arch.heatmap=false"]
+SHRINK = [
+    "data=synthetic",
+    "~data.val_size",
+    "data.shape=[1,8,8]",
+    "data.n_train=96",
+    "data.n_val=32",
+    "data.noise=0.5",
+    "data.batch_size=16",
+    "data.augment.hflip=false",
+    "data.augment.crop_padding=1",
+    "progress=false",
+    "device=cpu",
+]  # synthetic has no val_size (n_val instead): the preset's is dropped
+SEARCH_SHRINK = [
+    *SHRINK,
+    "supernet.layers=3",
+    "supernet.init_channels=4",
+    "supernet.nodes=2",
+    "trainer.epochs=2",
+    "arch.heatmap=false",
+]
 
 
+@pytest.mark.slow
 def test_darts_search_preset(tmp_path, monkeypatch):
     cfg = compose_task("search_darts", tmp_path / "c", ["experiment=darts_search_cifar10"])
     assert (cfg.supernet.layers, cfg.supernet.init_channels, cfg.data.batch_size, cfg.trainer.epochs) == (8, 16, 64, 50)
@@ -275,8 +306,13 @@ def test_darts_search_preset(tmp_path, monkeypatch):
     monkeypatch.setattr(search_module, "Architect", lambda *a, **k: built.append(Architect(*a, **k)) or built[-1])
     for order, epochs in (("first", 2), ("second", 1)):
         run = tmp_path / order
-        summary = search_darts.task(compose_task("search_darts", run, [
-            "experiment=darts_search_cifar10", *SEARCH_SHRINK, f"arch.order={order}", f"trainer.epochs={epochs}"]))
+        summary = search_darts.task(
+            compose_task(
+                "search_darts",
+                run,
+                ["experiment=darts_search_cifar10", *SEARCH_SHRINK, f"arch.order={order}", f"trainer.epochs={epochs}"],
+            )
+        )
         assert summary["status"] == "ok"
         architect = built[-1]
         assert architect.order == order and architect.unrolled == "code"
@@ -304,8 +340,11 @@ def test_pc_darts_search_preset_waits_for_the_warmup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Architect, "step", step)
     run = tmp_path / "pc"
-    summary = search_darts.task(compose_task("search_darts", run, ["experiment=pc_darts_search_cifar10",
-                                                                  *SEARCH_SHRINK, "arch.warmup_epochs=1"]))
+    summary = search_darts.task(
+        compose_task(
+            "search_darts", run, ["experiment=pc_darts_search_cifar10", *SEARCH_SHRINK, "arch.warmup_epochs=1"]
+        )
+    )
     assert summary["status"] == "ok"
     per_epoch = pd.read_csv(run / "metrics.csv").iterations.diff().fillna(0).tolist()[-1]
     assert per_epoch > 0 and steps_at == [1] * int(per_epoch)  # nothing in epoch 1 (index 0), every batch of 2
@@ -316,12 +355,34 @@ def test_darts_retrain_preset(tmp_path):
     cfg = compose_task("train", tmp_path / "c", ["experiment=darts_retrain_cifar10"])
     m = cfg.model
     assert (m.genotype, m.layers, m.init_channels, m.drop_path, m.auxiliary, m.auxiliary_weight) == (
-        "DARTS_V2", 20, 36, 0.2, True, 0.4)
+        "DARTS_V2",
+        20,
+        36,
+        0.2,
+        True,
+        0.4,
+    )
     assert (cfg.data.batch_size, cfg.data.augment.cutout, cfg.optim.lr, cfg.trainer.epochs, cfg.trainer.grad_clip) == (
-        96, 16, 0.025, 600, 5.0)
+        96,
+        16,
+        0.025,
+        600,
+        5.0,
+    )
     from nas_cli.commands import train
 
-    summary = train.task(compose_task("train", tmp_path / "r", [
-        "experiment=darts_retrain_cifar10", *SHRINK, "data.augment.cutout=2", "model.layers=3",
-        "model.init_channels=4", "trainer.epochs=2"]))
+    summary = train.task(
+        compose_task(
+            "train",
+            tmp_path / "r",
+            [
+                "experiment=darts_retrain_cifar10",
+                *SHRINK,
+                "data.augment.cutout=2",
+                "model.layers=3",
+                "model.init_channels=4",
+                "trainer.epochs=2",
+            ],
+        )
+    )
     assert summary["status"] == "ok" and summary["epochs"] == 2

@@ -23,8 +23,17 @@ SMALL = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
 
 def supernet(seed=0, partial=1, edge_norm=False, primitives=SMALL, nodes=1, layers=3):
     torch.manual_seed(seed)
-    return SearchNetwork((1, 8, 8), 4, init_channels=4, layers=layers, nodes=nodes, stem_multiplier=1,
-                         primitives=primitives, partial_channels=partial, edge_norm=edge_norm)
+    return SearchNetwork(
+        (1, 8, 8),
+        4,
+        init_channels=4,
+        layers=layers,
+        nodes=nodes,
+        stem_multiplier=1,
+        primitives=primitives,
+        partial_channels=partial,
+        edge_norm=edge_norm,
+    )
 
 
 def make_batches(n, seed, size=8):
@@ -34,8 +43,11 @@ def make_batches(n, seed, size=8):
 
 def latency_objective(net, weight=0.5, form="linear"):
     """A latency term from a made-up table (ms grows with the op's index): no timing needed."""
-    table = {lat.key(op, shape): 0.1 * (k + 1) for _, _, shape in lat.edge_shapes(net, (1, 8, 8))
-             for k, op in enumerate(net.primitives)}
+    table = {
+        lat.key(op, shape): 0.1 * (k + 1)
+        for _, _, shape in lat.edge_shapes(net, (1, 8, 8))
+        for k, op in enumerate(net.primitives)
+    }
     per_edge = lat.edge_latency(lat.edge_shapes(net, (1, 8, 8)), net.primitives, table, num_edges(net.nodes))
     return lat.LatencyTerm(net.arch, per_edge, weight, form)
 
@@ -45,8 +57,9 @@ def bilevel(net, order="first", reuse=False, latency=False, steps=3, device="cpu
     ``compiled``: StepOptions to compile the supernet with, once the latency table is measured (as search does)."""
     device = torch.device(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    arch = Architect(net, order, reuse_train_grad=reuse, weight_optimizer=opt,
-                     objective=latency_objective(net) if latency else None)
+    arch = Architect(
+        net, order, reuse_train_grad=reuse, weight_optimizer=opt, objective=latency_objective(net) if latency else None
+    )
     arch_batches = [(x.to(device), y.to(device)) for x, y in make_batches(steps + 1, seed=2)]
     stream = BatchStream(arch_batches, None)  # a list of batches: no loader in the way
     step = BilevelStep(net, arch, stream, opt, device)
@@ -72,11 +85,13 @@ SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "num
 def no_host_reads(monkeypatch):
     """Make every read of a tensor's value on the host raise, except inside torch.optim (Adam's step
     counter is a host tensor when not capturable: reading it waits for nothing on a GPU)."""
+
     def guard(name, real):
         def read(self, *args, **kwargs):
             if state["on"] and not any("torch/optim/" in f.filename for f in inspect.stack()[1:4]):
                 raise AssertionError(f"host sync: Tensor.{name} inside the step")
             return real(self, *args, **kwargs)
+
         return read
 
     state = {"on": False}
@@ -85,9 +100,16 @@ def no_host_reads(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("order,reuse,partial,latency", [
-    ("first", False, 1, False), ("second", False, 1, False), ("second", True, 1, True),
-    ("first", False, 2, True), ("second", False, 2, False)])
+@pytest.mark.parametrize(
+    "order,reuse,partial,latency",
+    [
+        ("first", False, 1, False),
+        ("second", False, 1, False),
+        ("second", True, 1, True),
+        ("first", False, 2, True),
+        ("second", False, 2, False),
+    ],
+)
 def test_a_step_reads_nothing_on_the_host(no_host_reads, order, reuse, partial, latency):
     net = supernet(partial=partial, edge_norm=partial > 1)
     one = bilevel(net, order, reuse, latency)
@@ -101,7 +123,7 @@ def test_a_step_reads_nothing_on_the_host(no_host_reads, order, reuse, partial, 
         float(torch.ones(()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_a_cuda_step_does_not_synchronise():
     net = supernet(partial=2, edge_norm=True).cuda()
     one = bilevel(net, "second", latency=True, device="cuda")
@@ -124,11 +146,11 @@ def test_mixed_op_without_none_gives_the_same_floats_as_the_full_sum(partial, st
     alpha = torch.randn(len(SMALL), requires_grad=True)
 
     def old(x, w):  # the sum over every primitive, none's w * (x * 0) included, started from 0
-        xa = x[:, :x.shape[1] // partial]
+        xa = x[:, : x.shape[1] // partial]
         out = sum(wk * m(xa) for wk, m in zip(w, op.ops))
         if partial == 1:
             return out
-        xb = op.pool(x[:, x.shape[1] // partial:]) if op.pool is not None else x[:, x.shape[1] // partial:]
+        xb = op.pool(x[:, x.shape[1] // partial :]) if op.pool is not None else x[:, x.shape[1] // partial :]
         b, c, h, w_ = (out := torch.cat([out, xb], 1)).shape
         return out.view(b, partial, c // partial, h, w_).transpose(1, 2).reshape(b, c, h, w_)
 
@@ -146,8 +168,11 @@ def test_mixed_op_without_none_gives_the_same_floats_as_the_full_sum(partial, st
 def run_steps(net, order, reuse=False, latency=False, steps=3, compiled=None):
     one = bilevel(net, order, reuse, latency, steps, compiled=compiled)
     losses = [one(x, y)[0] for x, y in make_batches(steps, seed=1)]
-    return torch.stack(losses), [p.detach().clone() for p in net.arch.parameters()], \
-        [p.detach().clone() for p in net.parameters()]
+    return (
+        torch.stack(losses),
+        [p.detach().clone() for p in net.arch.parameters()],
+        [p.detach().clone() for p in net.parameters()],
+    )
 
 
 def assert_same_run(a, b, tol=1e-5):
@@ -157,6 +182,7 @@ def assert_same_run(a, b, tol=1e-5):
         torch.testing.assert_close(u, v, rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order,partial,latency", [("second", 2, True)])
 def test_compiled_step_matches_the_eager_step(order, partial, latency):
     """Second order (the unrolled pass through functional_call, the finite-difference passes), PC-DARTS's
@@ -164,8 +190,12 @@ def test_compiled_step_matches_the_eager_step(order, partial, latency):
     graph capture as inductor, without generating kernels) against eager, fp32."""
     torch._dynamo.reset()
     eager = run_steps(supernet(partial=partial, edge_norm=True), order, latency=latency)
-    compiled = run_steps(supernet(partial=partial, edge_norm=True), order, latency=latency,
-                         compiled=StepOptions(compile=True, backend="aot_eager"))
+    compiled = run_steps(
+        supernet(partial=partial, edge_norm=True),
+        order,
+        latency=latency,
+        compiled=StepOptions(compile=True, backend="aot_eager"),
+    )
     assert_same_run(eager, compiled)
     assert not torch.equal(eager[1][0], supernet(partial=partial, edge_norm=True).arch.normal)  # alpha moved
 
@@ -183,9 +213,10 @@ def test_inductor_step_matches_the_eager_step():
     assert_same_run(eager, run_steps(tiny(), "first", steps=2, compiled=StepOptions(compile=True)))
 
 
+@pytest.mark.slow
 def test_supernet_forward_has_no_graph_break():
     """Every primitive, partial channels, edge normalisation, both cell kinds: one graph."""
-    from nas_cli.nas.darts.ops import PRIMITIVES
+    from nas_cli.models.darts_ops import PRIMITIVES
 
     torch._dynamo.reset()
     net = supernet(partial=2, edge_norm=True, primitives=PRIMITIVES)

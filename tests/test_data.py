@@ -17,6 +17,7 @@ def labels_of(loader) -> torch.Tensor:
     return torch.cat([y for _, y in loader])
 
 
+@pytest.mark.slow
 def test_mnist5k_is_a_stratified_4500_500_split_of_real_digits():
     data = mnist5k(batch_size=100)
     train, val = labels_of(data.train), labels_of(data.val)
@@ -29,6 +30,7 @@ def test_mnist5k_is_a_stratified_4500_500_split_of_real_digits():
     assert data.in_shape == (1, 28, 28) and data.num_classes == 10
 
 
+@pytest.mark.slow
 def test_split_is_fixed_across_training_seeds_and_batches_follow_the_seed():
     a, b = mnist5k(seed=0), mnist5k(seed=1)
     assert torch.equal(labels_of(a.val), labels_of(b.val))

@@ -75,6 +75,7 @@ def check_split(data, mean, std, n_train: int, n_val: int, test_ids: list[int]) 
 
 # ---------------------------------------------------------------- CIFAR-100 (python pickles)
 
+
 def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, bytes_keys: bool = True) -> Path:
     """``cifar-100-python/{train,test,meta}``: ``data`` (N, 3072) rows, fine label id % 100, coarse id % 20."""
     folder = root / "cifar-100-python"
@@ -82,13 +83,21 @@ def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, bytes_keys
     key = (lambda k: k.encode()) if bytes_keys else (lambda k: k)
     for name, n, first in (("train", n_train, 0), ("test", n_test, TEST_ID)):
         ids = np.arange(first, first + n)
-        batch = {key("data"): images(n, first, (3, 32, 32)).reshape(n, 3072),
-                 key("fine_labels"): [int(i % 100) for i in ids], key("coarse_labels"): [int(i % 20) for i in ids]}
+        batch = {
+            key("data"): images(n, first, (3, 32, 32)).reshape(n, 3072),
+            key("fine_labels"): [int(i % 100) for i in ids],
+            key("coarse_labels"): [int(i % 20) for i in ids],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "meta", "wb") as f:
-        pickle.dump({key("fine_label_names"): [f"f{i}" for i in range(100)],
-                     key("coarse_label_names"): [f"c{i}" for i in range(20)]}, f)
+        pickle.dump(
+            {
+                key("fine_label_names"): [f"f{i}" for i in range(100)],
+                key("coarse_label_names"): [f"c{i}" for i in range(20)],
+            },
+            f,
+        )
     return folder
 
 
@@ -123,6 +132,7 @@ def test_cifar100_coarse_labels(tmp_path):
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (IDX)
 
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """An unsigned-byte IDX file: 0, 0, type 0x08, number of dims, big-endian dims, then the values."""
     return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
@@ -144,8 +154,10 @@ def write_idx(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = Fals
     return arrays
 
 
-@pytest.mark.parametrize("name, layout, gz", [("mnist", "MNIST/raw", True), ("fashion_mnist", ".", False),
-                                              ("fashion_mnist", "FashionMNIST/raw", True)])
+@pytest.mark.parametrize(
+    "name, layout, gz",
+    [("mnist", "MNIST/raw", True), ("fashion_mnist", ".", False), ("fashion_mnist", "FashionMNIST/raw", True)],
+)
 def test_idx_files_read_back_pixels_labels_and_split(tmp_path, name, layout, gz):
     from nas_cli.data import idx
 
@@ -190,6 +202,7 @@ def test_a_corrupt_idx_file_is_one_clear_error(tmp_path):
 
 # ---------------------------------------------------------------- SVHN (.mat)
 
+
 def write_svhn(root: Path, n_train: int = 40, n_test: int = 20) -> dict[str, np.ndarray]:
     """``train_32x32.mat`` / ``test_32x32.mat``: X (32, 32, 3, N), y (N, 1) with the digit 0 stored as 10."""
     from scipy.io import savemat
@@ -198,8 +211,10 @@ def write_svhn(root: Path, n_train: int = 40, n_test: int = 20) -> dict[str, np.
     for name, n, first in (("train", n_train, 0), ("test", n_test, TEST_ID)):
         x = images(n, first, (3, 32, 32))  # (N, channels, rows, columns) -> SVHN's (rows, columns, channels, N)
         digits = np.arange(first, first + n) % 10
-        savemat(root / f"{name}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": np.where(digits == 0, 10, digits)
-                                            .reshape(-1, 1).astype(np.uint8)})
+        savemat(
+            root / f"{name}_32x32.mat",
+            {"X": x.transpose(2, 3, 1, 0), "y": np.where(digits == 0, 10, digits).reshape(-1, 1).astype(np.uint8)},
+        )
         written[name] = x
     return written
 
@@ -218,12 +233,16 @@ def test_svhn_reads_the_mat_layout_maps_10_to_0_and_splits(tmp_path):
 
 # ---------------------------------------------------------------- missing files
 
-@pytest.mark.parametrize("name, write, expected", [
-    ("cifar100", None, "CIFAR-100 not found: {root}/cifar-100-python lacks train, test"),
-    ("mnist", None, "MNIST not found: {root}/MNIST/raw lacks train-images-idx3-ubyte, "),
-    ("fashion_mnist", "t10k", "FashionMNIST not found: {root} lacks t10k-labels-idx1-ubyte (each plain or .gz)"),
-    ("svhn", "train", "SVHN not found: {root} lacks test_32x32.mat (the cropped-digits .mat files)"),
-])
+
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        ("cifar100", None, "CIFAR-100 not found: {root}/cifar-100-python lacks train, test"),
+        ("mnist", None, "MNIST not found: {root}/MNIST/raw lacks train-images-idx3-ubyte, "),
+        ("fashion_mnist", "t10k", "FashionMNIST not found: {root} lacks t10k-labels-idx1-ubyte (each plain or .gz)"),
+        ("svhn", "train", "SVHN not found: {root} lacks test_32x32.mat (the cropped-digits .mat files)"),
+    ],
+)
 def test_missing_files_are_one_line_errors_naming_them(tmp_path, name, write, expected):
     if write == "t10k":  # the files directly under root, one missing
         write_idx(tmp_path)
@@ -240,8 +259,7 @@ def test_missing_files_are_one_line_errors_naming_them(tmp_path, name, write, ex
 def test_cli_missing_svhn_folder_exits_2_with_one_line(tmp_path, capsys):
     from conftest import in_process
 
-    code = in_process("train", "data=svhn", f"data.root={tmp_path / 'nowhere'}",
-                      f"hydra.run.dir={tmp_path / 'run'}")
+    code = in_process("train", "data=svhn", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert any("SVHN not found" in line and "train_32x32.mat, test_32x32.mat" in line for line in err)

@@ -23,8 +23,9 @@ def test_assignment_on_a_hand_drawn_grid():
     C = [25, 25, 27, 27] holds no cell centre: it gets the cell nearest its centre (26, 26), cell 15 = (28, 28).
     A padding row (class -1) with a box over the whole image claims nothing.
     """
-    targets = torch.tensor([[[0, 2, 2, 22, 14], [1, 10, 10, 18, 18], [2, 25, 25, 27, 27], [-1, 0, 0, 32, 32]]],
-                           dtype=torch.float32)
+    targets = torch.tensor(
+        [[[0, 2, 2, 22, 14], [1, 10, 10, 18, 18], [2, 25, 25, 27, 27], [-1, 0, 0, 32, 32]]], dtype=torch.float32
+    )
     matched = assign(grid_centers(4, 4, 8), targets, stride=8, radius=1.5)
     expected = torch.full((1, 16), -1)
     expected[0, [0, 1, 2, 4, 6]] = 0
@@ -91,8 +92,9 @@ def test_detector_decodes_boxes_around_its_cell_centres():
     assert torch.equal(out.centers, grid_centers(8, 8, 4))
     c = out.centers.unsqueeze(0)
     assert torch.all(out.boxes[..., :2] < c) and torch.all(out.boxes[..., 2:] > c)
-    targets = torch.tensor([[[0, 4, 4, 20, 20], [-1, 0, 0, 0, 0]], [[2, 10, 2, 30, 12], [1, 0, 16, 8, 30]]],
-                           dtype=torch.float32)
+    targets = torch.tensor(
+        [[[0, 4, 4, 20, 20], [-1, 0, 0, 0, 0]], [[2, 10, 2, 30, 12], [1, 0, 16, 8, 30]]], dtype=torch.float32
+    )
     loss, logits, parts = DetectionLoss()(model, torch.randn(2, 3, 32, 32), targets)
     assert logits is None and set(parts) == {"box", "obj", "cls"} and torch.isfinite(loss)
     w = (5.0, 1.0, 1.0)

@@ -13,17 +13,23 @@ from conftest import in_process
 from PIL import Image
 
 from nas_cli.data.shapes import save_images, shapes
-from nas_cli.detection.evaluate import ground_truth
+from nas_cli.detection.evaluate import CocoMeanAP, ground_truth
 
-SMALL = ["data.n_train=800", "data.n_val=100", "data.max_objects=3", "trainer.epochs=4", "model.width=16",
-         "progress=false", "device=cpu", "threads=1"]
+SMALL = [
+    "data.n_train=800",
+    "data.n_val=100",
+    "data.max_objects=3",
+    "trainer.epochs=4",
+    "model.width=16",
+    "progress=false",
+    "device=cpu",
+    "threads=1",
+]
 
 
 def trivial_map50(n_val: int = 100) -> float:
     """mAP@0.5 of a detector that ignores the image: every class, a box of the training boxes' mean size at each
     of the 16 positions of a 4x4 grid, all scored 0.5. What any learned detector must beat by far."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     data = shapes(n_train=800, n_val=n_val, max_objects=3)
     y = data.train.y
     real = y[..., 0] >= 0
@@ -33,13 +39,16 @@ def trivial_map50(n_val: int = 100) -> float:
     cy, cx = torch.meshgrid(centres, centres, indexing="ij")
     grid = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).reshape(-1, 4)
     k = data.num_classes
-    guess = {"boxes": grid.repeat(k, 1), "labels": torch.arange(k).repeat_interleave(len(grid)),
-             "scores": torch.full((k * len(grid),), 0.5)}
-    metric = MeanAveragePrecision(box_format="xyxy")
+    guess = {
+        "boxes": grid.repeat(k, 1),
+        "labels": torch.arange(k).repeat_interleave(len(grid)),
+        "scores": torch.full((k * len(grid),), 0.5),
+    }
+    metric = CocoMeanAP()
     for _, targets in data.val:
         truth = ground_truth(targets)
         metric.update([guess] * len(truth), truth)
-    return float(metric.compute()["map_50"])
+    return metric.compute()["map_50"]
 
 
 @pytest.mark.slow
@@ -67,12 +76,23 @@ def test_detect_trains_reports_and_predicts(tmp_path):
     # predict: the validation images as files, boxes drawn on each, detections as JSON in pixels of the file
     images = tmp_path / "images"
     data = shapes(n_train=1, n_val=6, max_objects=3)
-    x = torch.cat([(xb * data.val.std + data.val.mean).clamp(0, 1).mul(255).round().to(torch.uint8)
-                   for xb, _ in data.val])
+    x = torch.cat(
+        [(xb * data.val.std + data.val.mean).clamp(0, 1).mul(255).round().to(torch.uint8) for xb, _ in data.val]
+    )
     save_images(x, images)
     out = tmp_path / "predict"
-    assert in_process("detect", "mode=predict", f"source={run}", f"images={images}", "progress=false",
-                      "device=cpu", f"hydra.run.dir={out}") == 0
+    assert (
+        in_process(
+            "detect",
+            "mode=predict",
+            f"source={run}",
+            f"images={images}",
+            "progress=false",
+            "device=cpu",
+            f"hydra.run.dir={out}",
+        )
+        == 0
+    )
     found = json.loads((out / "detections.json").read_text())
     assert [r["image"] for r in found] == sorted(p.name for p in images.iterdir())
     assert sum(len(r["detections"]) for r in found) >= 6
@@ -88,13 +108,16 @@ def test_detect_trains_reports_and_predicts(tmp_path):
     assert json.loads((out / "summary.json").read_text())["images"] == 6
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data=digits"], "data=digits is an option of `nas-cli train"),
-    (["mode=predict"], "needs images=FOLDER"),
-    (["mode=predict", "images=/nonexistent"], "is not a folder"),
-    (["mode=serve"], "mode=serve: expected train or predict"),
-    (["checkpoint=/x"], "checkpoint is now source"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data=digits"], "data=digits is an option of `nas-cli train"),
+        (["mode=predict"], "needs images=FOLDER"),
+        (["mode=predict", "images=/nonexistent"], "is not a folder"),
+        (["mode=serve"], "mode=serve: expected train or predict"),
+        (["checkpoint=/x"], "checkpoint: nas-cli detect has no such key"),
+    ],
+)
 def test_detect_bad_input_is_one_line(args, message, tmp_path, capsys):
     assert in_process("detect", *args, "progress=false", f"hydra.run.dir={tmp_path / 'run'}") == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -109,6 +132,15 @@ def test_detection_data_is_refused_by_train(tmp_path, capsys):
 def test_predict_needs_a_finished_run(tmp_path, capsys):
     images = tmp_path / "images"
     save_images(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), images)
-    assert in_process("detect", "mode=predict", f"source={tmp_path}", f"images={images}", "progress=false",
-                      f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert (
+        in_process(
+            "detect",
+            "mode=predict",
+            f"source={tmp_path}",
+            f"images={images}",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+        == 2
+    )
     assert "has no detector.json" in capsys.readouterr().err

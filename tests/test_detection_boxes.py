@@ -36,11 +36,14 @@ def test_pairwise_iou_and_giou_match_torchvision(seed):
     # paired = the diagonal of pairwise, over extra leading dims too
     c = random_boxes(23, seed + 7)
     torch.testing.assert_close(paired_iou(b, c), torch.diagonal(box_iou(b, c)))
-    torch.testing.assert_close(paired_giou(b.view(1, 23, 4), c.view(1, 23, 4))[0], torch.diagonal(generalized_box_iou(b, c)))
+    torch.testing.assert_close(
+        paired_giou(b.view(1, 23, 4), c.view(1, 23, 4))[0], torch.diagonal(generalized_box_iou(b, c))
+    )
 
 
-@pytest.mark.parametrize("ours, theirs", [(giou_loss, tvops.generalized_box_iou_loss),
-                                          (ciou_loss, tvops.complete_box_iou_loss)])
+@pytest.mark.parametrize(
+    "ours, theirs", [(giou_loss, tvops.generalized_box_iou_loss), (ciou_loss, tvops.complete_box_iou_loss)]
+)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_losses_and_gradients_match_torchvision(ours, theirs, reduction):
     pred, target = random_boxes(64, 3), random_boxes(64, 4)
@@ -81,7 +84,10 @@ def test_hand_computed_disjoint_pair_has_negative_giou_and_an_aspect_term():
     assert paired_ciou(a, b).item() == pytest.approx(-0.325, rel=1e-6)
     # a 2x1 box against a 1x1 one at the same centre: IoU 1/2, rho = 0, v = 4/pi^2 (atan 2 - atan 1)^2,
     # alpha = v / (1 - 1/2 + v)
-    c, d = torch.tensor([0.0, 0.0, 2.0, 1.0], dtype=torch.float64), torch.tensor([0.5, 0.0, 1.5, 1.0], dtype=torch.float64)
+    c, d = (
+        torch.tensor([0.0, 0.0, 2.0, 1.0], dtype=torch.float64),
+        torch.tensor([0.5, 0.0, 1.5, 1.0], dtype=torch.float64),
+    )
     v = 4 / torch.pi**2 * (torch.atan(torch.tensor(2.0)) - torch.pi / 4).item() ** 2
     assert paired_ciou(c, d).item() == pytest.approx(0.5 - v / (0.5 + v) * v, rel=1e-6)
 
@@ -89,10 +95,12 @@ def test_hand_computed_disjoint_pair_has_negative_giou_and_an_aspect_term():
 @pytest.mark.parametrize("loss", [giou_loss, ciou_loss])
 def test_degenerate_boxes_give_finite_losses_and_gradients(loss):
     # zero-area boxes: a point on a point, a line on a line, a point inside a real box, a zero-height prediction
-    pred = torch.tensor([[5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 4.0, 0.0], [3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 6.0, 2.0]],
-                        requires_grad=True)
-    target = torch.tensor([[5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 4.0, 0.0], [0.0, 0.0, 6.0, 6.0], [1.0, 1.0, 6.0, 4.0]],
-                          requires_grad=True)
+    pred = torch.tensor(
+        [[5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 4.0, 0.0], [3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 6.0, 2.0]], requires_grad=True
+    )
+    target = torch.tensor(
+        [[5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 4.0, 0.0], [0.0, 0.0, 6.0, 6.0], [1.0, 1.0, 6.0, 4.0]], requires_grad=True
+    )
     value = loss(pred, target)
     assert torch.isfinite(value).all()
     bound = 2 if loss is giou_loss else 3  # GIoU >= -1; CIoU >= -2 (rho^2/c^2 <= 1, alpha * v <= 1)

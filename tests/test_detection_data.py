@@ -44,8 +44,15 @@ def test_same_seed_same_tensors_other_seed_differs_and_val_has_its_own_stream():
 
 def test_every_box_follows_the_rules():
     max_objects, min_size, max_size, overlap, size = 5, 10, 24, 0.25, 56
-    images, targets = make_shapes(400, np.random.default_rng(3), image_size=size, max_objects=max_objects,
-                                  min_size=min_size, max_size=max_size, max_overlap=overlap)
+    images, targets = make_shapes(
+        400,
+        np.random.default_rng(3),
+        image_size=size,
+        max_objects=max_objects,
+        min_size=min_size,
+        max_size=max_size,
+        max_overlap=overlap,
+    )
     assert images.dtype == torch.uint8 and images.shape == (400, 3, size, size)
     assert targets.dtype == torch.float32 and targets.shape == (400, max_objects, 5)
     real = targets[..., 0] >= 0
@@ -75,22 +82,25 @@ def test_every_box_follows_the_rules():
         for j, (x1, y1, x2, y2) in enumerate(b.long().tolist()):
             cover[j, y1:y2, x1:x2] = True
         for j in range(len(b) - 1):
-            assert (cover[j] & cover[j + 1:].any(0)).sum() <= 0.5 * cover[j].sum()
+            assert (cover[j] & cover[j + 1 :].any(0)).sum() <= 0.5 * cover[j].sum()
     most = torch.stack(most)
     assert most.max() <= overlap + 1e-6 and (most > 0.1).float().mean() > 0.1  # overlaps happen, up to the cap
 
 
 def test_a_box_is_where_the_object_is_drawn():
-    images, targets = make_shapes(120, np.random.default_rng(0), classes=["square"], max_objects=1, noise=0,
-                                  clutter=0)
+    images, targets = make_shapes(120, np.random.default_rng(0), classes=["square"], max_objects=1, noise=0, clutter=0)
     for image, (cls, x1, y1, x2, y2) in zip(images, targets[:, 0].tolist()):
         x1, y1, x2, y2 = int(x1), int(y1), int(x2), int(y2)
         assert cls == 0 and bright_box(image) == [x1, y1, x2, y2]
         inside = image[:, y1:y2, x1:x2]
         # one flat colour inside, different from the background just outside each edge
         assert (inside == inside[:, :1, :1]).all()
-        edges = [image[:, y1:y2, x1 - 1] if x1 > 0 else None, image[:, y1:y2, x2] if x2 < 64 else None,
-                 image[:, y1 - 1, x1:x2] if y1 > 0 else None, image[:, y2, x1:x2] if y2 < 64 else None]
+        edges = [
+            image[:, y1:y2, x1 - 1] if x1 > 0 else None,
+            image[:, y1:y2, x2] if x2 < 64 else None,
+            image[:, y1 - 1, x1:x2] if y1 > 0 else None,
+            image[:, y2, x1:x2] if y2 < 64 else None,
+        ]
         for edge in filter(lambda e: e is not None, edges):
             assert (edge != inside[:, 0, :1]).any(0).all()
     # every other class too: the box is the tight box of what was painted, a digit's of its ink
@@ -130,8 +140,9 @@ def test_coco_round_trip_reads_back_the_same_images_and_boxes(tmp_path, drawn):
     annotations = json.loads((tmp_path / "annotations.json").read_text())
     assert annotations["categories"][0] == {"id": 1, "name": "square"}
     first = objects(targets[:1])[0]
-    assert annotations["annotations"][0]["bbox"] == pytest.approx([*first[1:3].tolist(),
-                                                                   *(first[3:] - first[1:3]).tolist()])
+    assert annotations["annotations"][0]["bbox"] == pytest.approx(
+        [*first[1:3].tolist(), *(first[3:] - first[1:3]).tolist()]
+    )
     data = coco(tmp_path, image_size=64, val_size=0)
     assert data.classes == list(CLASSES) and data.num_classes == 6 and len(data.val.x) == 0
     assert torch.equal(data.train.x, images)  # PNG is lossless
@@ -165,7 +176,7 @@ def test_coco_random_split_subset_and_train_val_folders(tmp_path, drawn):
     write_coco(tmp_path / "two" / "val", images[6:], targets[6:], CLASSES)
     split = coco(tmp_path / "two", val_size=0.5)  # ignored: the folders are the splits
     assert torch.equal(split.train.x, images[:6]) and torch.equal(split.val.x, images[6:])
-    assert torch.allclose(split.val.y, targets[6:, :split.val.y.shape[1]], atol=0.5)
+    assert torch.allclose(split.val.y, targets[6:, : split.val.y.shape[1]], atol=0.5)
     assert split.val_split.startswith("val/")
 
 
@@ -173,37 +184,47 @@ def write_json(root, images=None, annotations=None, categories=None, drop=()):
     """A hand-made COCO folder with one 20x10 image (a.png)."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (20, 10), (200, 10, 10)).save(root / "images" / "a.png")
-    data = {"images": images or [{"id": 5, "file_name": "a.png", "width": 20, "height": 10}],
-            "annotations": annotations or [], "categories": categories or [{"id": 3, "name": "cat"}]}
+    data = {
+        "images": images or [{"id": 5, "file_name": "a.png", "width": 20, "height": 10}],
+        "annotations": annotations or [],
+        "categories": categories or [{"id": 3, "name": "cat"}],
+    }
     for key in drop:
         data.pop(key)
     (root / "annotations.json").write_text(json.dumps(data))
     return root
 
 
-def test_coco_skips_crowds_and_empty_boxes_clips_and_maps_category_ids(tmp_path):
-    ann = [{"id": 1, "image_id": 5, "category_id": 7, "bbox": [2, 1, 4, 3], "iscrowd": 0},
-           {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 1},  # crowd: skipped
-           {"id": 3, "image_id": 5, "category_id": 3, "bbox": [18, 8, 10, 10]},  # clipped to the image
-           {"id": 4, "image_id": 5, "category_id": 3, "bbox": [25, 2, 3, 3]}]  # outside: no area left, skipped
+def test_coco_keeps_crowds_skips_empty_boxes_clips_and_maps_category_ids(tmp_path):
+    ann = [
+        {"id": 1, "image_id": 5, "category_id": 7, "bbox": [2, 1, 4, 3], "iscrowd": 0},
+        {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 1},  # crowd: class -2 - 0
+        {"id": 3, "image_id": 5, "category_id": 3, "bbox": [18, 8, 10, 10]},  # clipped to the image
+        {"id": 4, "image_id": 5, "category_id": 3, "bbox": [25, 2, 3, 3]},
+    ]  # outside: no area left, skipped
     images = [{"id": 5, "file_name": "a.png"}, {"id": 6, "file_name": "b.png"}]
-    write_json(tmp_path, images=images, annotations=ann, categories=[{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}])
+    write_json(
+        tmp_path, images=images, annotations=ann, categories=[{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]
+    )
     Image.new("L", (40, 20), 0).save(tmp_path / "images" / "b.png")  # grey, twice the size, no annotation: kept
     data = coco(tmp_path, image_size=[10, 20], val_size=0)
     assert data.classes == ["cat", "dog"]  # ids 3, 7 -> classes 0, 1, in order of id
-    assert data.train.y.tolist() == [[[1, 2, 1, 6, 4], [0, 18, 8, 20, 10]], [[-1, 0, 0, 0, 0], [-1, 0, 0, 0, 0]]]
+    assert data.train.y.tolist() == [[[1, 2, 1, 6, 4], [-2, 0, 0, 5, 5], [0, 18, 8, 20, 10]], [[-1, 0, 0, 0, 0]] * 3]
     assert data.train.x[0, :, 0, 0].tolist() == [200, 10, 10] and data.train.x.shape == (2, 3, 10, 20)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("no_root", "no such folder"),
-    ("no_json", "no annotations.json"),
-    ("not_coco", "not a COCO annotations file.*categories"),
-    ("not_json", "not a readable JSON"),
-    ("missing_image", "gone.png: missing"),
-    ("unreadable_image", "a.png: cannot read"),
-    ("unknown_category", "annotation 9 has category_id 4, which is not among the categories"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("no_root", "no such folder"),
+        ("no_json", "no annotations.json"),
+        ("not_coco", "not a COCO annotations file.*categories"),
+        ("not_json", "not a readable JSON"),
+        ("missing_image", "gone.png: missing"),
+        ("unreadable_image", "a.png: cannot read"),
+        ("unknown_category", "annotation 9 has category_id 4, which is not among the categories"),
+    ],
+)
 def test_coco_errors_are_one_clear_line(tmp_path, case, match):
     root = tmp_path / "data"
     if case != "no_root":

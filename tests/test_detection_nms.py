@@ -148,10 +148,12 @@ def test_soft_nms_follows_the_papers_algorithm(method, per_class, score_threshol
     monkeypatch.setattr(nms_module, "SOFT_NMS_CHECK_EVERY", 8)  # several rounds of its loop, compaction between
     boxes, scores, classes = clustered_boxes(90, 11, dtype=torch.float64)
     classes = classes if per_class else None
-    keep, kept_scores = soft_nms(boxes, scores, iou_threshold=0.3, sigma=0.5, method=method,
-                                 score_threshold=score_threshold, idxs=classes)
-    expected = reference_soft_nms(boxes, scores, method, 0.3, 0.5, score_threshold,
-                                  None if classes is None else classes.tolist())
+    keep, kept_scores = soft_nms(
+        boxes, scores, iou_threshold=0.3, sigma=0.5, method=method, score_threshold=score_threshold, idxs=classes
+    )
+    expected = reference_soft_nms(
+        boxes, scores, method, 0.3, 0.5, score_threshold, None if classes is None else classes.tolist()
+    )
     assert keep.tolist() == [i for i, _ in expected]
     assert kept_scores.tolist() == pytest.approx([v for _, v in expected], rel=1e-12, abs=1e-15)
     assert keep.dtype == torch.int64 and kept_scores.dtype == torch.float64
@@ -170,9 +172,10 @@ def test_soft_nms_batch_keeps_what_the_papers_algorithm_keeps_in_each_set(method
     classes = torch.zeros(len(sets), k, dtype=torch.int64)
     valid = torch.zeros(len(sets), k, dtype=torch.bool)
     for i, (b, sc, c) in enumerate(sets):
-        boxes[i, :len(b)], scores[i, :len(b)], classes[i, :len(b)], valid[i, :len(b)] = b, sc, c, True
-    kept, decayed = soft_nms_batch(boxes, scores, iou_threshold=0.3, sigma=0.5, method=method, score_threshold=0.01,
-                                   idxs=classes, valid=valid)
+        boxes[i, : len(b)], scores[i, : len(b)], classes[i, : len(b)], valid[i, : len(b)] = b, sc, c, True
+    kept, decayed = soft_nms_batch(
+        boxes, scores, iou_threshold=0.3, sigma=0.5, method=method, score_threshold=0.01, idxs=classes, valid=valid
+    )
     for i, (b, sc, c) in enumerate(sets):
         expected = dict(reference_soft_nms(b, sc, method, 0.3, 0.5, 0.01, c.tolist()))
         assert torch.where(kept[i])[0].tolist() == sorted(expected)
@@ -203,8 +206,12 @@ def test_soft_nms_empty_input_and_bad_arguments():
     keep, kept = soft_nms(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([0.0001]))  # below the score threshold
     assert keep.shape == (0,) and kept.shape == (0,)
     boxes, scores = torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([0.5])
-    for kwargs, word in [({"method": "hard"}, "method"), ({"sigma": 0.0}, "sigma"),
-                         ({"iou_threshold": -0.1}, "iou_threshold"), ({"score_threshold": 2.0}, "score_threshold")]:
+    for kwargs, word in [
+        ({"method": "hard"}, "method"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"iou_threshold": -0.1}, "iou_threshold"),
+        ({"score_threshold": 2.0}, "score_threshold"),
+    ]:
         with pytest.raises(UserError, match=word):
             soft_nms(boxes, scores, **kwargs)
 

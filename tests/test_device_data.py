@@ -22,10 +22,9 @@ from nas_cli.data.folders import IMAGENET_MEAN, IMAGENET_STD, default_workers, i
 from nas_cli.data.gpu_decode import GpuDecoded, ImageBatcher, collate_bytes, read_bytes
 from nas_cli.data.resumable import LoaderPass
 from nas_cli.data.synthetic import synthetic
-from nas_cli.engine import checkpoint
 from nas_cli.engine.trainer import Trainer
 from nas_cli.errors import UserError
-from nas_cli.runs import signals
+from nas_cli.runs import checkpoint, signals
 from nas_cli.runs.lifecycle import Run
 
 CPU = torch.device("cpu")
@@ -49,7 +48,7 @@ def test_placed_loader_gives_the_host_loaders_batches_when_augmentation_is_off()
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     for (xa, ya), (xb, yb) in zip(batches(host.val), batches(placed.val), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    # auto on a CPU is today's host path: nothing placed
+    # auto on a CPU keeps the data on the host: nothing placed
     auto = digits(batch_size=50)
     assert auto.train.on_device == "auto" and resident.place_loaders([auto.train, auto.val], CPU) == []
 
@@ -69,12 +68,13 @@ def test_placed_augmentation_matches_torchvision_v2_one_image_at_a_time():
     x, pad = images(), 2
     augment = build_augment(EVERYTHING, x.shape[1:], mean=(0.3, 0.5, 0.7))
     g = torch.Generator().manual_seed(5)
-    loader = TensorLoader(x, torch.arange(len(x)), 16, shuffle=True, generator=g, augment=augment,
-                          on_device="true").place(CPU)
+    loader = TensorLoader(
+        x, torch.arange(len(x)), 16, shuffle=True, generator=g, augment=augment, on_device="true"
+    ).place(CPU)
     # the loader's documented draws, replayed by hand: the permutation, one seed a pass, one seed a batch
     replay = torch.Generator().set_state(g.get_state())
     torch.randperm(len(x), generator=replay)
-    pass_seed = int(torch.randint(0, 2 ** 62, (1,), generator=replay))
+    pass_seed = int(torch.randint(0, 2**62, (1,), generator=replay))
     adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
     flips, shifts = set(), set()
     for i, (xb, yb) in enumerate(loader):
@@ -97,9 +97,17 @@ def test_placed_augmentation_matches_torchvision_v2_one_image_at_a_time():
 def test_a_placed_batch_needs_no_host_sync(monkeypatch):
     """Nothing in making a placed batch reads a tensor's value on the host (each read is a GPU sync)."""
     x = images(64)
-    loader = TensorLoader(x, torch.arange(64), 32, shuffle=True, generator=torch.Generator().manual_seed(0),
-                          augment=build_augment(EVERYTHING, x.shape[1:]), mean=(0.5,) * 3, std=(0.2,) * 3,
-                          on_device=True).place(CPU)
+    loader = TensorLoader(
+        x,
+        torch.arange(64),
+        32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        augment=build_augment(EVERYTHING, x.shape[1:]),
+        mean=(0.5,) * 3,
+        std=(0.2,) * 3,
+        on_device=True,
+    ).place(CPU)
     it = iter(loader)  # the pass's host draws (permutation, seed) happen here, once a pass
 
     def sync(*args, **kwargs):
@@ -115,8 +123,15 @@ def test_a_placed_batch_needs_no_host_sync(monkeypatch):
 def test_a_placed_pass_resumes_mid_way_at_the_very_same_batches():
     x = images(50)
     g = torch.Generator().manual_seed(2)
-    loader = TensorLoader(x, torch.arange(50), 8, shuffle=True, generator=g, on_device="true",
-                          augment=build_augment(EVERYTHING, x.shape[1:])).place(CPU)
+    loader = TensorLoader(
+        x,
+        torch.arange(50),
+        8,
+        shuffle=True,
+        generator=g,
+        on_device="true",
+        augment=build_augment(EVERYTHING, x.shape[1:]),
+    ).place(CPU)
     start = g.get_state()
     whole = batches(loader)
     g.manual_seed(99)  # the generator moves on; the pass's state restores it
@@ -153,8 +168,15 @@ def test_on_device_auto_places_what_fits_in_a_quarter_of_free_gpu_memory(monkeyp
 def tiny_fit(run_dir, stop_at: int | None = None, resume: bool = False) -> tuple[pd.DataFrame, dict]:
     """Two epochs on placed, augmented synthetic images; ``stop_at``: SIGTERM at that training step."""
     torch.manual_seed(0)
-    data = synthetic(shape=[3, 8, 8], n_train=96, n_val=32, batch_size=16, on_device=True, seed=0,
-                     augment={"hflip": True, "crop_padding": 1, "color_jitter": 0.3, "cutout": 2})
+    data = synthetic(
+        shape=[3, 8, 8],
+        n_train=96,
+        n_val=32,
+        batch_size=16,
+        on_device=True,
+        seed=0,
+        augment={"hflip": True, "crop_padding": 1, "color_jitter": 0.3, "cutout": 2},
+    )
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(144, 10))
     steps = {"n": 0}
 
@@ -167,8 +189,15 @@ def tiny_fit(run_dir, stop_at: int | None = None, resume: bool = False) -> tuple
 
     run = Run(run_dir, "train", seed=0, device="cpu", resume=resume)
     trainer = Trainer(epochs=2, device=CPU, progress=False)
-    trainer.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), data.train, data.val, run=run,
-                generator=data.generator, loss_fn=loss_fn)
+    trainer.fit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data.train,
+        data.val,
+        run=run,
+        generator=data.generator,
+        loss_fn=loss_fn,
+    )
     assert data.train.device == CPU  # the engine placed it
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=["epoch_time_s", "samples_per_s"]), model.state_dict()
 
@@ -259,8 +288,18 @@ def test_after_decoding_the_batch_is_what_the_cpu_path_makes(tmp_path):
 
     # the wrapper (decoding on the CPU here): reproducible passes, given the order generator's state
     g = torch.Generator().manual_seed(0)
-    loader = GpuDecoded(DataLoader(ImageFolder(str(tmp_path / "train"), loader=read_bytes), batch_size=4,
-                                   shuffle=True, generator=g, collate_fn=collate_bytes), batcher, CPU, g)
+    loader = GpuDecoded(
+        DataLoader(
+            ImageFolder(str(tmp_path / "train"), loader=read_bytes),
+            batch_size=4,
+            shuffle=True,
+            generator=g,
+            collate_fn=collate_bytes,
+        ),
+        batcher,
+        CPU,
+        g,
+    )
     state = g.get_state()
     first = batches(loader)
     g.set_state(state)

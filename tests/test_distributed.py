@@ -14,18 +14,43 @@ from conftest import TIMING, cli, summary
 
 from nas_cli.engine.trainer import DIST_STOP_EVERY
 
-NO_BN = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=256", "data.n_val=64", "data.batch_size=32",
-         "data.noise=0.5", "model.width=8", "model.hidden=32", "model.batchnorm=false", "trainer.epochs=3",
-         "progress=false", "ema.decay=0.9"]
+NO_BN = [
+    "data=synthetic",
+    "data.shape=[1,12,12]",
+    "data.n_train=256",
+    "data.n_val=64",
+    "data.batch_size=32",
+    "data.noise=0.5",
+    "model.width=8",
+    "model.hidden=32",
+    "model.batchnorm=false",
+    "trainer.epochs=3",
+    "progress=false",
+    "ema.decay=0.9",
+]
 
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "nas_cli", "train", *NO_BN,
-                          f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nas_cli",
+            "train",
+            *NO_BN,
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single = cli("train", *NO_BN, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
@@ -43,7 +68,7 @@ def test_sweeps_are_refused_under_torchrun(tmp_path):
     assert out.returncode == 2 and len(lines) == 1 and "outside torchrun" in lines[0]
 
 
-STOP_ON_RANK_1 = '''
+STOP_ON_RANK_1 = """
 import os, signal, sys
 from nas_cli.engine.trainer import Trainer
 real, calls = Trainer._backward_step, {"n": 0}
@@ -58,7 +83,7 @@ Trainer._backward_step = step
 from nas_cli.cli import main
 sys.argv = ["nas-cli", *sys.argv[1:]]
 main()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -70,14 +95,26 @@ def test_a_signal_on_one_process_stops_all_at_the_same_batch_and_resumes(tmp_pat
     script.write_text(STOP_ON_RANK_1)
     args = [*NO_BN, "data.n_train=1024", "trainer.epochs=2"]  # 32 global batches an epoch
     run = tmp_path / "ddp"
-    cut = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), "train", *args,
-                          f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    cut = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), "train", *args, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cut.returncode != 0 and "interrupted (SIGTERM)" in cut.stderr, cut.stderr[-2000:]
     assert summary(run)["status"] == "interrupted"
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and state["tally"]["loader"]["taken"] == DIST_STOP_EVERY  # the first agreement
-    resumed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "nas_cli", "train",
-                              f"resume={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "nas_cli", "train", f"resume={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     single = cli("train", *args, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
     assert single.returncode == 0, single.stderr

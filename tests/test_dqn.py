@@ -31,8 +31,14 @@ def test_replay_is_a_ring_and_samples_what_was_stored():
 
 def batch_of(obs, actions, rewards, next_obs, terminated, truncated) -> Batch:
     t = torch.tensor
-    return Batch(t(obs, dtype=torch.float32).view(-1, 1), t(actions), t(rewards, dtype=torch.float32),
-                 t(next_obs, dtype=torch.float32).view(-1, 1), t(terminated), t(truncated))
+    return Batch(
+        t(obs, dtype=torch.float32).view(-1, 1),
+        t(actions),
+        t(rewards, dtype=torch.float32),
+        t(next_obs, dtype=torch.float32).view(-1, 1),
+        t(terminated),
+        t(truncated),
+    )
 
 
 # states 0..2, actions 0..1
@@ -82,8 +88,14 @@ def test_dueling_td_loss_uses_the_aggregated_q(dueling, aggregation):
     torch.manual_seed(1)
     net = QNetwork((3,), 2, hidden=[8, 8], dueling=dueling, aggregation=aggregation)
     target = QNetwork((3,), 2, hidden=[8, 8], dueling=dueling, aggregation=aggregation)
-    batch = Batch(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), torch.randn(4), torch.randn(4, 3),
-                  torch.tensor([False, True, False, False]), torch.zeros(4, dtype=torch.bool))
+    batch = Batch(
+        torch.randn(4, 3),
+        torch.tensor([0, 1, 1, 0]),
+        torch.randn(4),
+        torch.randn(4, 3),
+        torch.tensor([False, True, False, False]),
+        torch.zeros(4, dtype=torch.bool),
+    )
     loss, _ = td_loss(net, target, batch, 0.99, double=True)
     with torch.no_grad():
         nxt = target(batch.next_obs).gather(1, net(batch.next_obs).argmax(1, keepdim=True)).squeeze(1)
@@ -130,12 +142,20 @@ def test_epsilon_falls_linearly_then_stays():
 
 
 def test_the_step_after_an_episode_end_is_not_stored(tmp_path):
-    from nas_cli.engine import checkpoint
+    from nas_cli.runs import checkpoint
 
     env = EnvSpec("CartPole-v1", num_envs=2)
     agent = DQN(learning_starts=10_000, buffer_size=5000, hidden=[8])  # random play only
-    result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=1000, eval_every=1000,
-                   eval_episodes=1, log_every=500, progress=False)
+    result = train(
+        agent,
+        env,
+        Run(tmp_path, "dqn", seed=0, device="cpu"),
+        total_steps=1000,
+        eval_every=1000,
+        eval_episodes=1,
+        log_every=500,
+        progress=False,
+    )
     replay = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["replay"]
     episodes = result["episodes"]
     # each finished episode costs its env one autoreset step, which is not a transition
@@ -149,10 +169,20 @@ def test_the_step_after_an_episode_end_is_not_stored(tmp_path):
     assert ends.equal(outside_next) and int(ends.sum()) == episodes
 
 
+@pytest.mark.slow
 def test_cartpole_smoke_run_then_eval_mode(tmp_path):
     run = tmp_path / "run"
-    out = cli("dqn", "total_steps=3000", "eval.every=1500", "eval.episodes=3", "agent.learning_starts=500",
-              "agent.train_frequency=4", "agent.gradient_steps=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    out = cli(
+        "dqn",
+        "total_steps=3000",
+        "eval.every=1500",
+        "eval.episodes=3",
+        "agent.learning_starts=500",
+        "agent.train_frequency=4",
+        "agent.gradient_steps=1",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     record = summary(run)
     assert record["status"] == "ok" and record["steps"] == 3000 and record["threshold"] == 475.0
@@ -163,19 +193,22 @@ def test_cartpole_smoke_run_then_eval_mode(tmp_path):
     assert rows["eval_return"].notna().sum() == 2
     assert record["best_eval_return"] == rows["eval_return"].max()
 
-    out = cli("dqn", "mode=eval", f"source={run}", "eval.episodes=4", f"hydra.run.dir={tmp_path / 'ev'}",
-              cwd=tmp_path)
+    out = cli("dqn", "mode=eval", f"source={run}", "eval.episodes=4", f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert summary(tmp_path / "ev")["episodes"] == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["env.id=CartPole-v99"], "unknown environment"),
-    (["mode=eval"], "mode=eval needs source"),
-    (["agent.aggregation=median", "agent.dueling=true"], "agent.aggregation=median"),
-    (["agent.hidden=[]", "agent.dueling=true"], "agent.dueling=true needs agent.hidden"),
-    (["env.num_envs=0"], "env.num_envs=0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["env.id=CartPole-v99"], "unknown environment"),
+        (["mode=eval"], "mode=eval needs source"),
+        (["agent.aggregation=median", "agent.dueling=true"], "agent.aggregation=median"),
+        (["agent.hidden=[]", "agent.dueling=true"], "agent.dueling=true needs agent.hidden"),
+        (["env.num_envs=0"], "env.num_envs=0"),
+    ],
+)
+@pytest.mark.slow
 def test_dqn_errors_are_one_line(tmp_path, args, message):
     out = cli("dqn", *args, cwd=tmp_path)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
@@ -193,8 +226,16 @@ def test_atari_loop_learns_from_frame_stacks(tmp_path):
     pytest.importorskip("ale_py")
     env = EnvSpec("ALE/Pong-v5", num_envs=2, atari=True, frame_stack=4, clip_rewards=True, fire_reset=True)
     agent = DQN(learning_starts=40, buffer_size=200, batch_size=8, train_frequency=20, gradient_steps=1, hidden=[512])
-    result = train(agent, env, Run(tmp_path, "dqn", seed=0, device="cpu"), total_steps=80, eval_every=10_000,
-                   eval_episodes=1, log_every=40, progress=False)
+    result = train(
+        agent,
+        env,
+        Run(tmp_path, "dqn", seed=0, device="cpu"),
+        total_steps=80,
+        eval_every=10_000,
+        eval_episodes=1,
+        log_every=40,
+        progress=False,
+    )
     assert result["steps"] == 80
     rows = pd.read_csv(tmp_path / "metrics.csv")
     assert rows["loss"].notna().any()  # it learned from stacked frames

@@ -11,17 +11,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas_cli.engine import checkpoint
 from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.trainer import Trainer
 from nas_cli.errors import UserError
-from nas_cli.runs import signals
+from nas_cli.runs import checkpoint, signals
 from tests.conftest import TIMING
 
 # a val_loss curve we control: with min_delta 0.05 only epochs 1 and 2 improve (0.78 and 0.76 miss 0.75)
 SCRIPT = [1.0, 0.8, 0.78, 0.9, 0.76, 0.5, 0.4, 0.3]
-EARLY = ["trainer.epochs=8", "trainer.early_stop.monitor=val_loss", "trainer.early_stop.patience=3",
-         "trainer.early_stop.min_delta=0.05"]
+EARLY = [
+    "trainer.epochs=8",
+    "trainer.early_stop.monitor=val_loss",
+    "trainer.early_stop.patience=3",
+    "trainer.early_stop.min_delta=0.05",
+]
 
 
 def expected_stop(losses: list[float], patience: int, min_delta: float) -> int | None:
@@ -101,8 +104,14 @@ def test_init_from_best_loads_best_pt(tmp_path, train_task, scripted):
     source = checkpoint.load(tmp_path / "src" / "best.pt")
     assert source["epoch"] == 3
     # optim.lr=0: the new run's parameters stay as loaded, so its model.pt shows which file init_from read
-    train_task(tmp_path / "dst", "trainer.epochs=1", "optim.lr=0", f"init_from={tmp_path / 'src'}",
-               "init_from_weights=best", "trainer.best.monitor=null")
+    train_task(
+        tmp_path / "dst",
+        "trainer.epochs=1",
+        "optim.lr=0",
+        f"init_from={tmp_path / 'src'}",
+        "init_from_weights=best",
+        "trainer.best.monitor=null",
+    )
     loaded = checkpoint.load(tmp_path / "dst" / "model.pt")["model"]
     last = checkpoint.load(tmp_path / "src" / "model.pt")["model"]
     params = [k for k in loaded if "running" not in k and "num_batches" not in k]

@@ -9,16 +9,28 @@ import pytest
 import torch
 from conftest import TIMING, metrics, summary
 
-from nas_cli.engine import checkpoint
 from nas_cli.engine.trainer import Trainer
+from nas_cli.runs import checkpoint
 
 
 def test_run_record_is_complete_and_consistent(tmp_path, train_task):
     result = train_task(tmp_path, "trainer.epochs=4", "trainer.last_n=3")
     rows = metrics(tmp_path)
-    assert list(rows.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "iterations",
-                                  "samples_seen", "train_loss_sma", "train_loss_cma", "train_loss_ema",
-                                  "epoch_time_s", "samples_per_s"]
+    assert list(rows.columns) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "iterations",
+        "samples_seen",
+        "train_loss_sma",
+        "train_loss_cma",
+        "train_loss_ema",
+        "epoch_time_s",
+        "samples_per_s",
+    ]
     assert rows["epoch"].tolist() == [1, 2, 3, 4]
     # 256 samples in batches of 32: 8 iterations an epoch
     assert rows["iterations"].tolist() == [8, 16, 24, 32]
@@ -87,10 +99,7 @@ def test_nan_loss_marks_the_run_diverged_and_keeps_metrics(tmp_path, train_task)
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-CUDA = [] if torch.cuda.is_available() else [pytest.mark.skip(reason="needs a CUDA GPU")]
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("optim", ["sgd", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
 def test_every_optimizer_trains(tmp_path, train_task, optim, device):
     lr = {"sgd": 0.05, "nesterov": 0.05, "adagrad": 0.05}.get(optim, 0.003)
@@ -112,10 +121,11 @@ def test_failure_is_recorded_with_status_failed(tmp_path, train_task, monkeypatc
     assert record["status"] == "failed" and "out of memory" in record["error"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_fp16_channels_last_path(tmp_path, train_task):
-    result = train_task(tmp_path, "device=cuda", "trainer.precision=fp16", "trainer.channels_last=true",
-                        "ema.decay=0.9")
+    result = train_task(
+        tmp_path, "device=cuda", "trainer.precision=fp16", "trainer.channels_last=true", "ema.decay=0.9"
+    )
     assert result["status"] == "ok" and result["device"].startswith("cuda") and result["gpu_hours"] > 0
 
 
@@ -130,8 +140,11 @@ def test_fp16_on_cpu_is_a_noted_no_op_and_deterministic_mode_runs(tmp_path, trai
     with caplog.at_level("WARNING"):
         train_task(tmp_path / "fp16", "device=cpu", "trainer.precision=fp16", "trainer.deterministic=true")
     assert "running fp32 here" in caplog.text
-    pd.testing.assert_frame_equal(metrics(tmp_path / "fp32").drop(columns=TIMING),
-                                  metrics(tmp_path / "fp16").drop(columns=TIMING), check_exact=True)
+    pd.testing.assert_frame_equal(
+        metrics(tmp_path / "fp32").drop(columns=TIMING),
+        metrics(tmp_path / "fp16").drop(columns=TIMING),
+        check_exact=True,
+    )
 
 
 def test_progress_ticks_reach_rich_in_bursts_and_none_is_lost(monkeypatch):

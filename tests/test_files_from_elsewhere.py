@@ -20,24 +20,34 @@ from nas_cli.data.coco import coco
 from nas_cli.data.shapes import save_images
 from nas_cli.detection.model import Detector
 from nas_cli.detection.predict import DetectorMeta
-from nas_cli.engine import checkpoint
 from nas_cli.errors import UserError
 from nas_cli.models.cnn import SmallCNN
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import CONFIG, DETECTOR, WEIGHTS
 from nas_cli.tools.imagenet import labels
 from nas_cli.tools.imagenet.prepare import DEVKIT, TRAIN_TAR, Options, prepare
 
 SHAPE = [1, 8, 8]
-DATA = {"_target_": "nas_cli.data.synthetic.synthetic", "shape": SHAPE, "num_classes": 3, "n_train": 16,
-        "n_val": 8, "batch_size": 8, "on_device": False}
+DATA = {
+    "_target_": "nas_cli.data.synthetic.synthetic",
+    "shape": SHAPE,
+    "num_classes": 3,
+    "n_train": 16,
+    "n_val": 8,
+    "batch_size": 8,
+    "on_device": False,
+}
 CNN = {"_target_": "nas_cli.models.cnn.SmallCNN", "width": 4, "hidden": 8}
 DETECTOR_MODEL = {"_target_": "nas_cli.detection.model.Detector", "width": 8, "stride": 4, "head_width": None}
 
 
 def writer(marker: Path) -> dict:
     """A node that writes ``marker`` when Hydra instantiates it: Path(marker).write_text("x")."""
-    return {"_target_": "pathlib.Path.write_text", "self": {"_target_": "pathlib.Path", "_args_": [str(marker)]},
-            "data": "x"}
+    return {
+        "_target_": "pathlib.Path.write_text",
+        "self": {"_target_": "pathlib.Path", "_args_": [str(marker)]},
+        "data": "x",
+    }
 
 
 def trusted(node: dict, **kwargs) -> None:
@@ -67,8 +77,15 @@ def train_run(folder: Path, model: dict, data: dict = DATA) -> Path:
 
 
 def fuse(run: Path, out: Path) -> int:
-    return in_process("fuse-bn", f"source={run}", "batch_sizes=[1]", "repeats=1", "progress=false", "device=cpu",
-                      f"hydra.run.dir={out}")
+    return in_process(
+        "fuse-bn",
+        f"source={run}",
+        "batch_sizes=[1]",
+        "repeats=1",
+        "progress=false",
+        "device=cpu",
+        f"hydra.run.dir={out}",
+    )
 
 
 def test_a_nested_target_would_write_and_fuse_bn_refuses_it(tmp_path, capsys):
@@ -85,14 +102,17 @@ def test_a_nested_target_would_write_and_fuse_bn_refuses_it(tmp_path, capsys):
     assert "nothing was run" in line and not (tmp_path / "fused" / "fused.pt").exists()
 
 
-@pytest.mark.parametrize("node, key", [
-    ({"data": {**DATA, "_target_": "os.system"}}, "data._target_=os.system"),
-    ({"model": {**CNN, "_target_": "builtins.exec"}}, "model._target_=builtins.exec"),
-    ({"model": {**CNN, "_partial_": True}}, "model._partial_=True"),
-    ({"data": {**DATA, "augment": {"cutout": writer(Path("/nonexistent/m"))}}}, "data.augment.cutout._target_"),
-    ({"model": {**CNN, "width": "${oc.env:HOME}"}}, "model.width: Unsupported interpolation type oc.env"),
-    ({"model": {**CNN, "init": "\\${oc.create:{}}"}}, "model.init='${oc.create:{}}' would be resolved again"),
-])
+@pytest.mark.parametrize(
+    "node, key",
+    [
+        ({"data": {**DATA, "_target_": "os.system"}}, "data._target_=os.system"),
+        ({"model": {**CNN, "_target_": "builtins.exec"}}, "model._target_=builtins.exec"),
+        ({"model": {**CNN, "_partial_": True}}, "model._partial_=True"),
+        ({"data": {**DATA, "augment": {"cutout": writer(Path("/nonexistent/m"))}}}, "data.augment.cutout._target_"),
+        ({"model": {**CNN, "width": "${oc.env:HOME}"}}, "model.width: Unsupported interpolation type oc.env"),
+        ({"model": {**CNN, "init": "\\${oc.create:{}}"}}, "model.init='${oc.create:{}}' would be resolved again"),
+    ],
+)
 def test_fuse_bn_refuses_targets_keys_and_resolvers_not_its_own(tmp_path, capsys, node, key):
     parts = {"model": CNN, "data": DATA, **node}
     run = train_run(tmp_path / "run", parts["model"], parts["data"])
@@ -124,18 +144,31 @@ def predict(run: Path, out: Path) -> int:
     images = out.parent / "images"
     if not images.is_dir():
         save_images(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), images)
-    return in_process("detect", "mode=predict", f"source={run}", f"images={images}", "progress=false",
-                      "device=cpu", f"hydra.run.dir={out}")
+    return in_process(
+        "detect",
+        "mode=predict",
+        f"source={run}",
+        f"images={images}",
+        "progress=false",
+        "device=cpu",
+        f"hydra.run.dir={out}",
+    )
 
 
 def test_a_nested_target_or_resolver_in_detector_json_is_refused(tmp_path, capsys):
     marker = tmp_path / "marker"
     # a resolver in a JSON string builds a node at instantiate time: the same harm without a nested dict
-    created = ("${oc.create:{_target_: pathlib.Path.write_text, self: {_target_: pathlib.Path, "
-               f"_args_: ['{marker}']}}, data: x}}}}")
-    cases = [({**DETECTOR_MODEL, "head_width": writer(marker)},
-              "model.head_width._target_=pathlib.Path.write_text is not one of nas-cli's own model targets"),
-             ({**DETECTOR_MODEL, "head_width": created}, "model.head_width: Unsupported interpolation type oc.create")]
+    created = (
+        "${oc.create:{_target_: pathlib.Path.write_text, self: {_target_: pathlib.Path, "
+        f"_args_: ['{marker}']}}, data: x}}}}"
+    )
+    cases = [
+        (
+            {**DETECTOR_MODEL, "head_width": writer(marker)},
+            "model.head_width._target_=pathlib.Path.write_text is not one of nas-cli's own model targets",
+        ),
+        ({**DETECTOR_MODEL, "head_width": created}, "model.head_width: Unsupported interpolation type oc.create"),
+    ]
     for i, (model, key) in enumerate(cases):
         trusted({**model, "in_shape": [3, 32, 32], "num_classes": 2})
         assert marker.read_text() == "x"
@@ -188,8 +221,17 @@ def test_a_devkit_wnid_that_is_a_path_is_refused_before_anything_is_written(ilsv
     with pytest.raises(UserError, match="is not a WordNet id"):
         labels.from_devkit(src / DEVKIT)
     before = listing(tmp_path)
-    assert in_process("prep-imagenet", f"src={src}", f"dst={dst}", "workers=1", "progress=false",
-                      f"hydra.run.dir={tmp_path / 'box' / 'run'}") == 2
+    assert (
+        in_process(
+            "prep-imagenet",
+            f"src={src}",
+            f"dst={dst}",
+            "workers=1",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'box' / 'run'}",
+        )
+        == 2
+    )
     line = error_line(capsys)
     assert f"{src / DEVKIT}: {labels.META}: WNID {bad!r}" in line, line
     assert not escape.exists() and not dst.exists()
@@ -219,9 +261,15 @@ def test_a_train_class_that_is_not_a_wnid_and_a_link_out_of_dst_are_refused(ilsv
 def coco_folder(root: Path, file_name: str) -> Path:
     (root / "images").mkdir(parents=True)
     save_images(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), root / "images")
-    (root / "annotations.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "000000.png"}, {"id": 2, "file_name": file_name}],
-        "annotations": [], "categories": [{"id": 1, "name": "thing"}]}))
+    (root / "annotations.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "000000.png"}, {"id": 2, "file_name": file_name}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
     return root
 
 
@@ -238,12 +286,22 @@ def test_a_coco_file_name_outside_images_is_refused(tmp_path, kind):
 
 def test_detect_data_coco_error_is_one_line(tmp_path, capsys):
     root = coco_folder(tmp_path / "coco", "../x.png")
-    assert in_process("detect", "data=coco", f"data.root={root}", "progress=false", "device=cpu",
-                      f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert (
+        in_process(
+            "detect",
+            "data=coco",
+            f"data.root={root}",
+            "progress=false",
+            "device=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+        == 2
+    )
     assert "file_name='../x.png' is not a name inside" in error_line(capsys)
 
 
 # -- a data folder's pickles ---------------------------------------------------------------------------------
+
 
 class _WritesMarker:
     def __init__(self, marker: Path):
@@ -288,7 +346,10 @@ def test_a_checkpoint_s_environment_state_picks_no_callable_and_no_new_attribute
     assert np.array_equal(fresh.unwrapped.state, env.unwrapped.state)
     layer = next(i for i, s in enumerate(saved) if any(isinstance(v, dict) and "rng" in v for v in s.values()))
     name = next(k for k, v in saved[layer].items() if isinstance(v, dict) and "rng" in v)
-    for bad in ({**saved[layer], name: {"rng": json.dumps({"bit_generator": "default_rng"})}},
-                {**saved[layer], "reset": 1}, {**saved[layer], "__class__": "x"}):
+    for bad in (
+        {**saved[layer], name: {"rng": json.dumps({"bit_generator": "default_rng"})}},
+        {**saved[layer], "reset": 1},
+        {**saved[layer], "__class__": "x"},
+    ):
         with pytest.raises(UserError, match="environment state"):
-            load_env_state(gym.make("CartPole-v1"), [*saved[:layer], bad, *saved[layer + 1:]])
+            load_env_state(gym.make("CartPole-v1"), [*saved[:layer], bad, *saved[layer + 1 :]])

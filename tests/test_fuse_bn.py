@@ -51,6 +51,7 @@ def n_bns(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------- fold()
 
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fold_conv2d_matches_torch_reference(bias, groups):
@@ -99,11 +100,14 @@ def test_fold_linear_matches_torch_reference():
         torch.testing.assert_close(fused(x), bn(lin(x)), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls,bn_cls,shape", [
-    (nn.ConvTranspose1d, nn.BatchNorm1d, (2, 4, 9)),
-    (nn.ConvTranspose2d, nn.BatchNorm2d, (2, 4, 5, 5)),
-    (nn.ConvTranspose3d, nn.BatchNorm3d, (2, 4, 3, 4, 3)),
-])
+@pytest.mark.parametrize(
+    "cls,bn_cls,shape",
+    [
+        (nn.ConvTranspose1d, nn.BatchNorm1d, (2, 4, 9)),
+        (nn.ConvTranspose2d, nn.BatchNorm2d, (2, 4, 5, 5)),
+        (nn.ConvTranspose3d, nn.BatchNorm3d, (2, 4, 3, 4, 3)),
+    ],
+)
 def test_fold_conv_transpose_with_groups(cls, bn_cls, shape):
     torch.manual_seed(5)
     layer = cls(4, 6, 3, stride=2, groups=2, bias=True).eval()  # weight (4, 3, k...): out channel in dim 1
@@ -117,8 +121,10 @@ def test_fold_conv_transpose_with_groups(cls, bn_cls, shape):
 
 
 def test_fold_conv3d_and_conv1d():
-    for conv, bn, x in [(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5), torch.randn(2, 3, 8)),
-                        (nn.Conv3d(3, 5, 3), nn.BatchNorm3d(5), torch.randn(2, 3, 5, 5, 5))]:
+    for conv, bn, x in [
+        (nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5), torch.randn(2, 3, 8)),
+        (nn.Conv3d(3, 5, 3), nn.BatchNorm3d(5), torch.randn(2, 3, 5, 5, 5)),
+    ]:
         randomize_bn(bn, torch.Generator().manual_seed(7))
         fused, _ = fold(conv.eval(), bn.eval())
         with torch.no_grad():
@@ -208,6 +214,7 @@ def test_mlp_reports_linear_kind():
 
 # ---------------------------------------------------------------- graph rules
 
+
 class ConvTwice(nn.Module):
     def __init__(self):
         super().__init__()
@@ -290,8 +297,10 @@ def test_untraceable_model_uses_module_order():
     assert report.method == "module-order"
     assert [(p.layer, p.bn) for p in report.fused] == [("body.0", "body.1")]
     skipped = {s.bn: s.reason for s in report.skipped}
-    assert skipped == {"other.1": "untraceable model: not adjacent in a Sequential",
-                       "bn_head": "untraceable model: not adjacent in a Sequential"}
+    assert skipped == {
+        "other.1": "untraceable model: not adjacent in a Sequential",
+        "bn_head": "untraceable model: not adjacent in a Sequential",
+    }
     assert isinstance(fused.body[1], nn.Identity) and not fused.training
     for sign in (1, -1):  # both branches of the Python `if`
         x = sign * (torch.rand(2, 3, 8, 8) + 0.1)

@@ -20,15 +20,29 @@ from nas_cli.tools import export as exporter
 from nas_cli.tools.fuse_bn import fuse_bn
 
 ARGS = [  # resnet18 unless a test swaps the source for the tiny net
-    "source=torchvision:resnet18", "num_classes=10", "input_shape=[3,32,32]", "repeats=2", "progress=false",
-    "device=cpu"]
+    "source=torchvision:resnet18",
+    "num_classes=10",
+    "input_shape=[3,32,32]",
+    "repeats=2",
+    "progress=false",
+    "device=cpu",
+]
 
 
 def _tiny_net() -> nn.Module:
     """conv-BN-ReLU twice, pooled, then linear-BN: every kind of pair, with non-trivial BN statistics."""
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                        nn.Conv2d(6, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5), nn.BatchNorm1d(5))
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+        nn.BatchNorm1d(5),
+    )
     command.randomize_bn_stats(net, seed=1)
     return net.eval()
 
@@ -42,6 +56,7 @@ def fused_tiny():
     return net, fused
 
 
+@pytest.mark.slow
 def test_onnx_file_matches_the_unfused_torch_model_at_any_batch(fused_tiny, tmp_path):
     """The reference is the *unfused* net (independent of the fusion code); batch 1 and 7 were never exported."""
     import onnxruntime as ort
@@ -59,6 +74,7 @@ def test_onnx_file_matches_the_unfused_torch_model_at_any_batch(fused_tiny, tmp_
         assert got.shape == (batch, 5) and rel <= 1e-4
 
 
+@pytest.mark.slow
 def test_torchscript_file_loads_in_a_fresh_process_without_nas_cli(fused_tiny, tmp_path):
     net, fused = fused_tiny
     path = exporter.export(fused, torch.randn(2, 3, 16, 16), tmp_path / "tiny.pt", "torchscript")
@@ -67,7 +83,7 @@ def test_torchscript_file_loads_in_a_fresh_process_without_nas_cli(fused_tiny, t
     script = textwrap.dedent(f"""
         import sys, torch
         model = torch.jit.load({str(path)!r})
-        torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})
+        torch.save(model(torch.load({str(tmp_path / "x.pt")!r})), {str(tmp_path / "y.pt")!r})
         assert not any(m.startswith("nas_cli") for m in sys.modules), "nas_cli was imported"
     """)
     # -I: isolated mode, so neither the checkout nor PYTHONPATH can put nas_cli on the path
@@ -108,6 +124,7 @@ def test_fuse_bn_export_onnx_writes_checks_and_times_the_file(tiny_source, tmp_p
     assert (expected - got).abs().max() / expected.abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fuse_bn_export_onnx_of_resnet18(tmp_path):
     """torchvision resnet18 at 32x32 through the whole command: its fused.onnx against the unfused model."""
     summary = command.task(compose_task("fuse_bn", tmp_path, [*ARGS, "batch_sizes=[1,3]", "export=onnx"]))
@@ -118,8 +135,9 @@ def test_fuse_bn_export_onnx_of_resnet18(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, 32, 32)
     seed_everything(0)  # the task's seed=0 draws the same random weights and BN statistics
-    model, _, _ = command.load_source(command.Source("torchvision:resnet18", num_classes=10,
-                                                     input_shape=(3, 32, 32)), 1, seed=0)
+    model, _, _ = command.load_source(
+        command.Source("torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)), 1, seed=0
+    )
     with torch.no_grad():
         expected = model.eval()(x)
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])

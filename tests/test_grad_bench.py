@@ -117,8 +117,17 @@ def _compose(run_dir, overrides):
     return compose_task("grad_bench", run_dir, overrides)
 
 
-SMALL = ["num_dims=[2,3]", "num_init=2", "num_batch=2", "batch_size=300", "nes.population=[40,200]",
-         "reinforce.population=[4,8]", "lr.coarse=6", "lr.refined=3", "device=cpu"]
+SMALL = [
+    "num_dims=[2,3]",
+    "num_init=2",
+    "num_batch=2",
+    "batch_size=300",
+    "nes.population=[40,200]",
+    "reinforce.population=[4,8]",
+    "lr.coarse=6",
+    "lr.refined=3",
+    "device=cpu",
+]
 
 
 def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
@@ -130,8 +139,19 @@ def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
         GlobalHydra.instance().clear()
     rows = pd.read_csv(tmp_path / "metrics.csv")
     assert list(rows.columns) == protocol.COLUMNS
-    names = ["ste_clipped", "ste_steep", "ste_swishsign", "ste_polynomial", "nes_40", "nes_200", "nes_natural_40",
-             "nes_natural_200", "reinforce_4", "reinforce_8", "cdg"]
+    names = [
+        "ste_clipped",
+        "ste_steep",
+        "ste_swishsign",
+        "ste_polynomial",
+        "nes_40",
+        "nes_200",
+        "nes_natural_40",
+        "nes_natural_200",
+        "reinforce_4",
+        "reinforce_8",
+        "cdg",
+    ]
     lrs = protocol.lr_grid(6, 3, 1e-5, 1.0, 1e-2)
     assert len(rows) == 2 * len(names) * len(lrs) * 2 * 2  # num_dim x estimator x lr x init x batch
     assert set(rows.estimator) == set(names) and sorted(rows.lr.unique()) == pytest.approx(lrs)
@@ -147,24 +167,38 @@ def test_a_small_run_writes_metrics_summary_and_plots(tmp_path):
     best = pd.read_csv(tmp_path / "best.csv")
     assert {"num_dim", "estimator", "best_lr", "best_loss_decrease", "cosine_to_cdg"} <= set(best.columns)
     mean_at_best = rows[(rows.num_dim == 2) & (rows.estimator == "cdg")].groupby("lr").loss_decrease.mean().max()
-    assert best[(best.num_dim == 2) & (best.estimator == "cdg")].best_loss_decrease.item() == pytest.approx(mean_at_best)
+    assert best[(best.num_dim == 2) & (best.estimator == "cdg")].best_loss_decrease.item() == pytest.approx(
+        mean_at_best
+    )
     for png in ("loss_decrease_vs_lr.png", "best_decrease_vs_num_dim.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert result["plots"] == ["loss_decrease_vs_lr.png", "best_decrease_vs_num_dim.png"]
 
 
-RUN = ("import sys; from nas_cli import hydra_bridge; from nas_cli.commands import grad_bench as c; "
-       "hydra_bridge.run('grad-bench', c.task, 'grad_bench', sys.argv[1:])")
+RUN = (
+    "import sys; from nas_cli import hydra_bridge; from nas_cli.commands import grad_bench as c; "
+    "hydra_bridge.run('grad-bench', c.task, 'grad_bench', sys.argv[1:])"
+)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["estimators=[clipped,adam]"], "estimators=[clipped, adam]: expected a list drawn from"),
-    (["num_dims=[0]"], "num_dims=[0]"),
-    (["nes.population=[1]"], "nes.population=[1]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["estimators=[clipped,adam]"], "estimators=[clipped, adam]: expected a list drawn from"),
+        (["num_dims=[0]"], "num_dims=[0]"),
+        (["nes.population=[1]"], "nes.population=[1]"),
+    ],
+)
+@pytest.mark.slow
 def test_grad_bench_errors_are_one_line(tmp_path, args, message):
-    out = subprocess.run([sys.executable, "-c", RUN, *args], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
 
@@ -174,22 +208,37 @@ def test_the_nes_natural_group_reaches_the_settings_and_bad_values_are_user_erro
     from nas_cli.errors import UserError
 
     try:
-        cfg = _compose(tmp_path, ["nes.population=[30]", "nes.sigma=0.02", "nes_natural.fitness=ranks",
-                                  "nes_natural.quantize_from=[mean,sample]", "nes_natural.lr_sigma=0.3"])
+        cfg = _compose(
+            tmp_path,
+            [
+                "nes.population=[30]",
+                "nes.sigma=0.02",
+                "nes_natural.fitness=ranks",
+                "nes_natural.quantize_from=[mean,sample]",
+                "nes_natural.lr_sigma=0.3",
+            ],
+        )
     finally:
         GlobalHydra.instance().clear()
     s = grad_bench.settings(cfg)
     n = s.nes_natural
     assert (n.fitness, n.fisher, n.sigma_update, n.lr_sigma, n.quantize_from) == (
-        "ranks", "empirical", "additive", 0.3, ["mean", "sample"])
-    assert s.natural_populations == [30] and s.natural_sigma == 0.02      # null: nes's population and sigma
+        "ranks",
+        "empirical",
+        "additive",
+        0.3,
+        ["mean", "sample"],
+    )
+    assert s.natural_populations == [30] and s.natural_sigma == 0.02  # null: nes's population and sigma
     assert protocol.natural_lr_scale(s) == pytest.approx(1 / 0.02**2)
     assert "nes_natural_30" in protocol.estimator_names(s) and "nes_natural_30_sample" in protocol.estimator_names(s)
-    for key, value, message in (("fitness", "shaped", "nes_natural.fitness=shaped is not one of raw, baseline"),
-                                ("quantize_from", ["median"], "nes_natural.quantize_from=['median']: give mean"),
-                                ("sigma", 0.0, "nes_natural.sigma=0.0 must be > 0"),
-                                ("population", [1], "nes_natural.population=[1]: give population sizes >= 2"),
-                                ("sigma_update", "exp", "nes_natural.sigma_update=exp is not one of")):
+    for key, value, message in (
+        ("fitness", "shaped", "nes_natural.fitness=shaped is not one of raw, baseline"),
+        ("quantize_from", ["median"], "nes_natural.quantize_from=['median']: give mean"),
+        ("sigma", 0.0, "nes_natural.sigma=0.0 must be > 0"),
+        ("population", [1], "nes_natural.population=[1]: give population sizes >= 2"),
+        ("sigma_update", "exp", "nes_natural.sigma_update=exp is not one of"),
+    ):
         bad = dataclasses.replace(s, nes_natural=dataclasses.replace(n, **{key: value}))
         with pytest.raises(UserError, match=re.escape(message)):
             protocol.validate(bad)
@@ -199,8 +248,9 @@ def test_the_reinforce_group_reaches_the_settings(tmp_path):
     from nas_cli.commands import grad_bench
 
     try:
-        cfg = _compose(tmp_path, ["reinforce.population=[6,60]", "reinforce.baseline=none",
-                                  "reinforce.temperature=0.5"])
+        cfg = _compose(
+            tmp_path, ["reinforce.population=[6,60]", "reinforce.baseline=none", "reinforce.temperature=0.5"]
+        )
     finally:
         GlobalHydra.instance().clear()
     s = grad_bench.settings(cfg)

@@ -85,13 +85,21 @@ def test_a_bad_val_size_is_one_clear_error(tiny_cifar, bad):
 
 
 def test_train_reports_the_test_set_once_at_the_end(tiny_cifar, tmp_path, train_task):
-    from nas_cli.engine import checkpoint
     from nas_cli.models.cnn import SmallCNN
+    from nas_cli.runs import checkpoint
     from nas_cli.runs.files import WEIGHTS
 
     run = tmp_path / "run"
-    s = train_task(run, "data=cifar10", f"data.root={tiny_cifar}", "data.val_size=50", "data.batch_size=32",
-                   "model.width=4", "model.hidden=16", "trainer.epochs=2")
+    s = train_task(
+        run,
+        "data=cifar10",
+        f"data.root={tiny_cifar}",
+        "data.val_size=50",
+        "data.batch_size=32",
+        "model.width=4",
+        "model.hidden=16",
+        "trainer.epochs=2",
+    )
     assert s["val_split"] == "50 held out from train" and "test_acc" in s["headline"]
     # the test figures are the saved final model's, on the 60 test images
     data = cifar10(str(tiny_cifar), val_size=50)
@@ -114,7 +122,9 @@ def test_imagefolder_test_folder_and_held_out_validation(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(count):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     plain = imagefolder(str(tmp_path), image_size=8, batch_size=4, num_workers=0)
     assert (len(plain.val.dataset), len(plain.test.dataset), plain.val_split) == (4, 6, "val/")
     carved = imagefolder(str(tmp_path), image_size=8, batch_size=4, num_workers=0, val_size=4)
@@ -166,15 +176,16 @@ def test_plateau_on_accuracy_drops_only_after_it_stops_rising():
     # best 0.85 at epoch 5; epochs 6, 7, 8 bring nothing better: the third bad epoch exceeds patience 2
     assert lr_drops(schedule, rising_then_flat, "val_acc") == [8]
     assert schedule.scale == 0.5
-    # the old behaviour (always minimising) would have cut the lr while accuracy was still rising
-    assert lr_drops(Plateau(monitor="val_acc", patience=2, factor=0.5, mode="min"), rising_then_flat,
-                    "val_acc") == [4, 7]
+    # minimising an accuracy (the wrong direction for val_acc) would cut the lr while it is still rising
+    assert lr_drops(Plateau(monitor="val_acc", patience=2, factor=0.5, mode="min"), rising_then_flat, "val_acc") == [
+        4,
+        7,
+    ]
 
 
 def test_plateau_on_a_loss_still_minimises_and_bad_settings_are_refused():
     assert Plateau(monitor="val_loss").mode == "min" and Plateau(monitor="episode_return").mode == "max"
-    assert lr_drops(Plateau(monitor="val_loss", patience=1, factor=0.1), [1.0, 0.9, 0.9, 0.95, 0.5],
-                    "val_loss") == [4]
+    assert lr_drops(Plateau(monitor="val_loss", patience=1, factor=0.1), [1.0, 0.9, 0.9, 0.95, 0.5], "val_loss") == [4]
     with pytest.raises(UserError, match="sched.mode"):
         Plateau(mode="up")
     with pytest.raises(UserError, match="not a column"):

@@ -43,8 +43,11 @@ def composed(config: str):
 
 def sections(text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
     """``{group: options}`` of the groups section and ``{key: its row's text}`` of the config table."""
-    groups_part = text.split("== Configuration groups ==")[1].split("== Config ==")[0] if (
-        "== Configuration groups ==" in text) else ""
+    groups_part = (
+        text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+        if ("== Configuration groups ==" in text)
+        else ""
+    )
     groups = {g: o.split(", ") for g, o in (ln.split(": ", 1) for ln in groups_part.splitlines() if ": " in ln)}
     table = text.split("== Config ==")[1].split("\nExamples:")[0].splitlines()
     start = next(i for i, ln in enumerate(table) if ln.startswith("key ")) + 2  # after the header and the rule
@@ -55,7 +58,7 @@ def sections(text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
             continue
         if line[0] != " ":
             key = line.split()[0]
-            rows[key] = line[len(key):]
+            rows[key] = line[len(key) :]
         else:
             rows[key] += " " + line
     return groups, {k: " ".join(v.split()) for k, v in rows.items()}
@@ -84,7 +87,9 @@ def test_help_lists_only_the_commands_groups_options_and_keys(command, columns):
         assert group in choices and not group.startswith("hydra/")
         assert options and options != [""], f"{group} is listed with no option"
         assert all(belongs(group, o, command) for o in options), (group, options)
-        assert set(options) == {p.stem for p in (config_dir() / group).glob("*.yaml") if belongs(group, p.stem, command)}
+        assert set(options) == {
+            p.stem for p in (config_dir() / group).glob("*.yaml") if belongs(group, p.stem, command)
+        }
     assert FOLLOWERS.get(command) not in groups
     if command in ("pg", "ga", "detect"):  # no preset is theirs
         assert "experiment" not in groups
@@ -131,8 +136,14 @@ print("LOADED", loaded)
 
 
 def test_help_and_a_refused_option_never_import_torch_or_the_command(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={"PATH": "/usr/bin:/bin", "COLUMNS": str(WIDTH)})
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": str(WIDTH)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip().splitlines()[-1] == "LOADED []", out.stdout[-2000:]
     assert out.stdout.count("== Config ==") == len(HYDRA_COMMANDS)

@@ -25,20 +25,51 @@ from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.signals import Interrupted
 
 TIMING = {"epoch_time_s", "samples_per_s", "steps_per_s", "seconds", "grad_time_s"}
-SEARCH_DARTS = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
-                "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
-                "arch.heatmap=false", "threads=1"]
-DQN = ["total_steps=2000", "eval.every=1000", "eval.episodes=2", "log_every=250", "agent.learning_starts=200",
-       "agent.train_frequency=4", "agent.gradient_steps=1", "agent.hidden=[16]", "agent.buffer_size=1000"]
-PG = ["total_steps=2000", "eval.every=1000", "eval.episodes=2", "log_every=200", "env.num_envs=2",
-      "agent.hidden=[16]"]
-GA = ["generations=4", "agent.population=16", "agent.truncation=4", "agent.episodes=2", "agent.elite_candidates=3",
-      "agent.elite_episodes=2", "agent.hidden=[8]"]
-GRAD_BENCH = ["num_dims=[2]", "num_init=1", "num_batch=3", "batch_size=200", "nes.population=[20]", "lr.grid=[0.1,1]",
-              "plots=false"]
+SEARCH_DARTS = [
+    "data=synthetic",
+    "data.shape=[1,8,8]",
+    "data.n_train=96",
+    "data.n_val=32",
+    "data.batch_size=16",
+    "supernet.layers=3",
+    "supernet.init_channels=4",
+    "supernet.nodes=2",
+    "trainer.epochs=2",
+    "arch.heatmap=false",
+    "threads=1",
+]
+DQN = [
+    "total_steps=2000",
+    "eval.every=1000",
+    "eval.episodes=2",
+    "log_every=250",
+    "agent.learning_starts=200",
+    "agent.train_frequency=4",
+    "agent.gradient_steps=1",
+    "agent.hidden=[16]",
+    "agent.buffer_size=1000",
+]
+PG = ["total_steps=2000", "eval.every=1000", "eval.episodes=2", "log_every=200", "env.num_envs=2", "agent.hidden=[16]"]
+GA = [
+    "generations=4",
+    "agent.population=16",
+    "agent.truncation=4",
+    "agent.episodes=2",
+    "agent.elite_candidates=3",
+    "agent.elite_episodes=2",
+    "agent.hidden=[8]",
+]
+GRAD_BENCH = [
+    "num_dims=[2]",
+    "num_init=1",
+    "num_batch=3",
+    "batch_size=200",
+    "nes.population=[20]",
+    "lr.grid=[0.1,1]",
+    "plots=false",
+]
 DETECT = ["data.n_train=48", "data.n_val=16", "data.batch_size=16", "model.width=4", "trainer.epochs=2", "threads=1"]
-FUSE_BN = ["source=torchvision:resnet18", "input_shape=[3,32,32]", "num_classes=10", "batch_sizes=[1,2,4]",
-           "repeats=2"]
+FUSE_BN = ["source=torchvision:resnet18", "input_shape=[3,32,32]", "num_classes=10", "batch_sizes=[1,2,4]", "repeats=2"]
 
 # command -> (overrides, the function wrapped, the call on which it fails or signals)
 COMMANDS = {
@@ -60,6 +91,7 @@ RESUMABLE = [*CHECKPOINTED, "grad-bench"]  # resumed to the same metrics, compar
 @pytest.fixture(autouse=True)
 def sigterm_fails_the_test_instead_of_killing_pytest():
     """Outside a run SIGTERM would end the test session: turn it into an error here."""
+
     def refuse(signum, frame):
         raise AssertionError("SIGTERM arrived outside a run's lifecycle")
 
@@ -140,6 +172,7 @@ def test_a_crash_is_recorded_as_failed_with_one_error_line(command, tmp_path, ar
     assert record["command"] == command and record["wall_time_s"] > 0 and record["versions"]["torch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_signal_stops_the_run_at_a_safe_point(command, signum, tmp_path, archives, monkeypatch, capsys):
@@ -157,6 +190,7 @@ def test_a_signal_stops_the_run_at_a_safe_point(command, signum, tmp_path, archi
         assert (run / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", RESUMABLE)
 def test_resume_after_sigterm_ends_as_an_uninterrupted_run(command, tmp_path, archives, monkeypatch):
     args = overrides(command, tmp_path, archives)
@@ -168,14 +202,16 @@ def test_resume_after_sigterm_ends_as_an_uninterrupted_run(command, tmp_path, ar
     cut_rows = len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) if (tmp_path / "cut" / "metrics.csv").is_file() else 0
     assert cut_rows < len(pd.read_csv(tmp_path / "whole" / "metrics.csv"))
     assert nas_cli(command, f"resume={tmp_path / 'cut'}") == 0  # its own overrides are replayed
-    pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"), check_exact=True
+    )
     whole, cut = summary(tmp_path / "whole"), summary(tmp_path / "cut")
     assert cut["status"] == "ok" and cut["resumes"] == 1 and whole["resumes"] == 0
     for key in ("val_acc", "best_eval_return", "best_reward", "genotype", "winners"):
         assert cut.get(key) == whole.get(key), key
 
 
+@pytest.mark.slow
 def test_every_command_takes_the_shared_keys(tmp_path, archives):
     """seed, device, threads (null: torch's default), progress and resume mean the same in every command."""
     import torch
@@ -183,8 +219,16 @@ def test_every_command_takes_the_shared_keys(tmp_path, archives):
     threads = torch.get_num_threads()
     for command in COMMANDS:
         run = tmp_path / command
-        code = nas_cli(command, *overrides(command, tmp_path, archives), "seed=1", "device=cpu", "threads=null",
-                       "progress=false", "resume=false", f"hydra.run.dir={run}")
+        code = nas_cli(
+            command,
+            *overrides(command, tmp_path, archives),
+            "seed=1",
+            "device=cpu",
+            "threads=null",
+            "progress=false",
+            "resume=false",
+            f"hydra.run.dir={run}",
+        )
         assert code == 0, command
         record = summary(run)
         assert record["status"] == "ok" and record["seed"] == 1 and record["device"] == "cpu", command
@@ -202,6 +246,7 @@ def test_a_finished_run_is_not_run_again_unless_asked_for_more(tmp_path, capsys)
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1, 2, 3] and summary(run)["resumes"] == 1
 
 
+@pytest.mark.slow
 def test_resume_true_picks_the_latest_unfinished_run_with_these_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folders = {}
@@ -244,13 +289,26 @@ def test_the_summary_says_running_while_the_run_runs(tmp_path):
 
 # -- from outside, as a cluster does it -----------------------------------------------------------------------
 
-SLOW_TRAIN = ["data=synthetic", "data.shape=[1,16,16]", "data.n_train=3072", "data.n_val=256", "data.batch_size=32",
-              "model.width=16", "trainer.epochs=4", "progress=false", "threads=1"]
+SLOW_TRAIN = [
+    "data=synthetic",
+    "data.shape=[1,16,16]",
+    "data.n_train=3072",
+    "data.n_val=256",
+    "data.batch_size=32",
+    "model.width=16",
+    "trainer.epochs=4",
+    "progress=false",
+    "threads=1",
+]
 
 
 def start(run: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nas_cli", "train", *SLOW_TRAIN, f"hydra.run.dir={run}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas_cli", "train", *SLOW_TRAIN, f"hydra.run.dir={run}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_first_epoch(proc: subprocess.Popen, run: Path) -> None:
@@ -264,8 +322,12 @@ def wait_for_first_epoch(proc: subprocess.Popen, run: Path) -> None:
 @pytest.mark.slow
 def test_kill_signals_from_outside_then_resume_to_the_same_result(tmp_path):
     whole = tmp_path / "whole"
-    assert subprocess.run([sys.executable, "-m", "nas_cli", "train", *SLOW_TRAIN, f"hydra.run.dir={whole}"],
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "nas_cli", "train", *SLOW_TRAIN, f"hydra.run.dir={whole}"], capture_output=True
+        ).returncode
+        == 0
+    )
     # SIGTERM (SLURM's preemption, a time limit): a checkpoint at the next batch, `interrupted`, exit 143
     term = tmp_path / "term"
     proc = start(term)
@@ -286,7 +348,9 @@ def test_kill_signals_from_outside_then_resume_to_the_same_result(tmp_path):
     proc.wait(60)
     assert summary(killed)["status"] == "running"
     for run in (term, killed):
-        out = subprocess.run([sys.executable, "-m", "nas_cli", "train", f"resume={run}"], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "nas_cli", "train", f"resume={run}"], capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr
         assert summary(run)["status"] == "ok" and summary(run)["resumes"] == 1
         pd.testing.assert_frame_equal(metrics_without_timing(whole), metrics_without_timing(run), check_exact=True)
@@ -294,16 +358,31 @@ def test_kill_signals_from_outside_then_resume_to_the_same_result(tmp_path):
 
 
 CUDA = {  # on the GPU: cuDNN deterministic, the CUDA RNG (dropout, augmentation) saved and restored
-    "train": (["data=synthetic", "data.shape=[3,16,16]", "data.n_train=512", "data.n_val=128", "data.batch_size=64",
-               "data.augment.hflip=true", "data.augment.crop_padding=2", "model=resnet18", "model.width=8",
-               "model.dropout=0.2", "optim=sgd", "trainer.epochs=3", "trainer.deterministic=true"],
-              "nas_cli.engine.trainer.Trainer._backward_step", 11),
+    "train": (
+        [
+            "data=synthetic",
+            "data.shape=[3,16,16]",
+            "data.n_train=512",
+            "data.n_val=128",
+            "data.batch_size=64",
+            "data.augment.hflip=true",
+            "data.augment.crop_padding=2",
+            "model=resnet18",
+            "model.width=8",
+            "model.dropout=0.2",
+            "optim=sgd",
+            "trainer.epochs=3",
+            "trainer.deterministic=true",
+        ],
+        "nas_cli.engine.trainer.Trainer._backward_step",
+        11,
+    ),
     "search-darts": ([*SEARCH_DARTS, "trainer.deterministic=true"], "nas_cli.nas.darts.architect.Architect.step", 4),
     "dqn": (DQN, "nas_cli.agents.dqn.DQN.update", 300),
 }
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("command", list(CUDA))
 def test_a_cuda_run_stopped_by_sigterm_resumes_to_the_same_result(command, tmp_path, monkeypatch):
     args, target, call = CUDA[command]
@@ -314,8 +393,9 @@ def test_a_cuda_run_stopped_by_sigterm_resumes_to_the_same_result(command, tmp_p
         assert nas_cli(command, *args, f"hydra.run.dir={tmp_path / 'cut'}") == 143
     assert nas_cli(command, f"resume={tmp_path / 'cut'}") == 0
     assert summary(tmp_path / "cut")["device"].startswith("cuda") and summary(tmp_path / "cut")["gpu_hours"] > 0
-    pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        metrics_without_timing(tmp_path / "whole"), metrics_without_timing(tmp_path / "cut"), check_exact=True
+    )
 
 
 def test_under_submitit_the_run_is_saved_before_the_requeue(tmp_path):

@@ -15,8 +15,14 @@ from nas_cli.nas.controllers.metaqnn import PAPER_SCHEDULE, MetaQNN, scale_sched
 from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, size_bucket
 
 # The paper's CIFAR-10 choices (Table 1), one filter count to keep the table short
-PAPER_SPACE = dict(max_depth=18, conv_filters=[64], conv_kernels=[1, 3, 5], pools=[[5, 3], [3, 2], [2, 2]],
-                   fc_units=[512, 256, 128], max_fc=2)
+PAPER_SPACE = dict(
+    max_depth=18,
+    conv_filters=[64],
+    conv_kernels=[1, 3, 5],
+    pools=[[5, 3], [3, 2], [2, 2]],
+    fc_units=[512, 256, 128],
+    max_fc=2,
+)
 
 # Written out from the reference code's state_enumerator.py and models/cifar10/state_space_parameters.py:
 # image_size_bucket(n) = 8 if n > 7 else 4 if n > 3 else 1; a conv or pool kernel must be < the bucket;
@@ -43,9 +49,32 @@ def test_allowed_layers_at_each_side_follow_the_reference_table(side):
     convs, pools, fc_ok = AFTER_CONV[side]
     got = _split(space.actions((CONV, 3, side, 0, (64, 3))))
     assert got == (convs, pools, {512, 256, 128} if fc_ok else set(), {GAP, SM})
-    # after a pool layer: the same but no second pool; as the first layer: no pool and no SM (no empty net)
+    # after a pool layer: the same but no second pool; as the first layer: no pool, and SM (the reference code)
     assert _split(space.actions((POOL, 3, side, 0, (2, 2)))) == (convs, set(), got[2], {GAP, SM})
-    assert _split(space.actions(("start", 0, side, 0, ()))) == (convs, set(), got[2], {GAP})
+    assert _split(space.actions(("start", 0, side, 0, ()))) == (convs, set(), got[2], {GAP, SM})
+
+
+def reference_terminates(layer_type: str, terminate: int) -> bool:
+    """The reference code's rule (state_enumerator.py, StateEnumerator.enumerate_state): ``if state.terminate
+    == 0: actions += [State(..., terminate=1)]`` before any test of layer_type or layer_depth; so every
+    unterminated state, 'start' included, may go to softmax, and a terminated one has no actions."""
+    return terminate == 0
+
+
+@pytest.mark.parametrize("kind", ["start", CONV, POOL, FC, GAP])
+def test_softmax_is_allowed_wherever_the_reference_code_allows_it(kind):
+    space = MetaQNNSpace(image_size=32, **PAPER_SPACE)
+    state = {
+        "start": space.start(),
+        CONV: (CONV, 1, 32, 0, (64, 3)),
+        POOL: (POOL, 2, 16, 0, (2, 2)),
+        FC: (FC, 2, 1, 1, (128,)),
+        GAP: (GAP, 2, 1, 0, ()),
+    }[kind]
+    assert ((SM, ()) in space.actions(state)) == reference_terminates(kind, 0)
+    assert space.actions(space.step(state, (SM, ()))) == [] and not reference_terminates(kind, 1)
+    # softmax first: the empty architecture, a valid path of the space
+    assert space.valid([(SM, ())]) and space.to_arch([(SM, ())]) == [] and space.path([]) == [(SM, ())]
 
 
 def test_size_bins_put_8_in_the_first_and_4_in_the_second():
@@ -77,8 +106,10 @@ def test_q_updates_land_on_bucketed_keys():
     # hand computation: terminal Q = 0.5 + 0.1 (0.9 - 0.5); the first transition's target is the best
     # next-state Q, that same 0.54
     q_sm = 0.5 + 0.1 * (0.9 - 0.5)
-    assert agent.q == {("start", 0, 8, 0, ()): {c3: pytest.approx(0.5 + 0.1 * (q_sm - 0.5))},
-                       (CONV, 1, 8, 0, (64, 3)): {(SM, ()): pytest.approx(q_sm)}}
+    assert agent.q == {
+        ("start", 0, 8, 0, ()): {c3: pytest.approx(0.5 + 0.1 * (q_sm - 0.5))},
+        (CONV, 1, 8, 0, (64, 3)): {(SM, ()): pytest.approx(q_sm)},
+    }
     # every side in the (inf, 8] bin reads the same entry; side 7 is another bin, still at q_init
     assert agent.value((CONV, 1, 12, 0, (64, 3)), (SM, ())) == pytest.approx(q_sm)
     assert agent.value((CONV, 1, 7, 0, (64, 3)), (SM, ())) == 0.5
@@ -104,8 +135,17 @@ def test_epsilon_advances_on_unique_models_only():
     distinct = list({key(a): a for a in archs}.values())[:5]
     assert len(distinct) == 5
     seen_eps = []
-    for arch in [distinct[0], distinct[0], distinct[1], distinct[1], distinct[0], distinct[2], distinct[3],
-                 distinct[2], distinct[4]]:
+    for arch in [
+        distinct[0],
+        distinct[0],
+        distinct[1],
+        distinct[1],
+        distinct[0],
+        distinct[2],
+        distinct[3],
+        distinct[2],
+        distinct[4],
+    ]:
         seen_eps.append(agent.epsilon())
         agent.observe(arch, 0.5)
     # epsilon before each: repeats (2nd, 4th, 5th, 8th) leave it where it was (counting every proposal would
@@ -117,20 +157,30 @@ def test_epsilon_advances_on_unique_models_only():
 def test_search_counts_unique_models_and_stops_at_search_trained(tmp_path: Path):
     """A tiny space (few distinct chains) makes repeats common: the schedule's clock is the trained count."""
     from nas_cli.commands import search_rl
-    from nas_cli.engine import checkpoint
+    from nas_cli.runs import checkpoint
 
-    tiny = ["controller=metaqnn", "reward=synthetic", "device=cpu", "space.max_depth=2", "space.conv_filters=[16]",
-            "space.conv_kernels=[3]", "space.fc_units=[32]", "controller.schedule_models=null",
-            "controller.schedule=[[1.0,3],[0.5,3],[0.0,100]]", "controller.replay=4"]
+    tiny = [
+        "controller=metaqnn",
+        "reward=synthetic",
+        "device=cpu",
+        "space.max_depth=2",
+        "space.conv_filters=[16]",
+        "space.conv_kernels=[3]",
+        "space.fc_units=[32]",
+        "controller.schedule_models=null",
+        "controller.schedule=[[1.0,3],[0.5,3],[0.0,100]]",
+        "controller.replay=4",
+    ]
     try:
         s = search_rl.task(compose_task("search_rl", tmp_path / "a", [*tiny, "search.children=40"]))
         assert s["cache_hits"] > 0 and s["trained"] + s["cache_hits"] == 40
-        agent = MetaQNN(MetaQNNSpace(image_size=8, max_depth=2, conv_filters=[16], conv_kernels=[3],
-                                     fc_units=[32]), schedule=[[1.0, 3], [0.5, 3], [0.0, 100]])
+        agent = MetaQNN(
+            MetaQNNSpace(image_size=8, max_depth=2, conv_filters=[16], conv_kernels=[3], fc_units=[32]),
+            schedule=[[1.0, 3], [0.5, 3], [0.0, 100]],
+        )
         agent.load_state_dict(checkpoint.load(tmp_path / "a" / "checkpoints" / "last.pt")["controller"])
         assert agent.models == s["trained"] and agent.epsilon() == 0.0
-        s = search_rl.task(compose_task("search_rl", tmp_path / "b", [*tiny, "search.children=40",
-                                                                       "search.trained=4"]))
+        s = search_rl.task(compose_task("search_rl", tmp_path / "b", [*tiny, "search.children=40", "search.trained=4"]))
         assert s["trained"] == 4 and s["children"] < 40 and summary(tmp_path / "b")["status"] == "ok"
     finally:
         GlobalHydra.instance().clear()
@@ -152,8 +202,16 @@ def test_best_and_final_scores_from_a_real_child(tmp_path: Path):
     for score in ("best", "final"):
         child = ChildOptions(epochs=4, subset=120, score=score)
         data = load_data(data_config, child, 0)
-        got[score] = train_child(arch, data, child, functools.partial(torch.optim.Adam, lr=0.05), None,
-                                 torch.device("cpu"), tmp_path / score, seed=0)
+        got[score] = train_child(
+            arch,
+            data,
+            child,
+            functools.partial(torch.optim.Adam, lr=0.05),
+            None,
+            torch.device("cpu"),
+            tmp_path / score,
+            seed=0,
+        )
     accs = pd.read_csv(tmp_path / "best" / "metrics.csv")["val_acc"].tolist()
     assert accs == pd.read_csv(tmp_path / "final" / "metrics.csv")["val_acc"].tolist()  # the same training
     assert max(accs) > accs[-1]  # this seed's last epoch is not its best, so the two scores differ

@@ -18,11 +18,10 @@ from torch import nn
 from nas_cli.data.augment import MixCollate, Mixing, build_augment, cutmix_box
 from nas_cli.data.bundle import TensorLoader
 from nas_cli.data.synthetic import synthetic
-from nas_cli.engine import checkpoint
 from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.trainer import Trainer, hits
 from nas_cli.errors import UserError
-from nas_cli.runs import signals
+from nas_cli.runs import checkpoint, signals
 from nas_cli.runs.lifecycle import Run
 
 CPU = torch.device("cpu")
@@ -38,7 +37,8 @@ def test_top5_count_matches_a_hand_count_and_only_above_10_classes():
     logits, labels = torch.randn(37, 20, generator=g), torch.randint(0, 20, (37,), generator=g)
     top1, top5 = hits(logits, labels)
     assert int(top5) == top5_by_hand(logits, labels) and int(top1) == sum(
-        int(row.argmax()) == label for row, label in zip(logits, labels.tolist()))
+        int(row.argmax()) == label for row, label in zip(logits, labels.tolist())
+    )
     assert hits(logits[:, :10], labels % 10)[1] is None  # 10 classes: top-5 would say little
     soft = nn.functional.one_hot(labels, 20).float() * 0.7 + nn.functional.one_hot(labels.roll(1), 20).float() * 0.3
     assert int(hits(logits, soft)[1]) == int(top5)  # soft labels count against their dominant class
@@ -91,7 +91,9 @@ def test_cutmix_is_v2_cutmix_with_the_same_box_and_lambda():
         assert cutmix_box(draws.cutmix_lam, draws.centre, 10, 14).tolist() == [y1, x1, y2, x2]
         reference = v2.CutMix(alpha=1.0, num_classes=5)
         reference.make_params = lambda flat, box=(x1, y1, x2, y2): {
-            "box": box, "lam_adjusted": 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / 140}
+            "box": box,
+            "lam_adjusted": 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / 140,
+        }
         want_x, want_y = reference(x.clone(), y)
         mixed, soft = mixing.apply(x, y, 5, draws)
         assert torch.equal(mixed, want_x)  # a select: exact
@@ -105,18 +107,29 @@ def test_both_on_gives_one_of_the_two_per_batch_each_about_half_the_time():
     for seed in range(200):
         d = mixing.draw(10, 14, generator=torch.Generator().manual_seed(seed))
         mixed, soft = mixing.apply(x, y, 5, d)
-        alone = Mixing.apply(x, y, 5, type(d)(cutmix_lam=d.cutmix_lam, centre=d.centre) if d.cut
-                             else type(d)(mixup_lam=d.mixup_lam))
+        alone = Mixing.apply(
+            x, y, 5, type(d)(cutmix_lam=d.cutmix_lam, centre=d.centre) if d.cut else type(d)(mixup_lam=d.mixup_lam)
+        )
         assert torch.equal(mixed, alone[0]) and torch.equal(soft, alone[1])
         cuts += bool(d.cut)
     assert 70 < cuts < 130  # p = 1/2: 200 draws fall here with probability > 0.99999
 
 
 def test_only_training_batches_are_mixed_and_labels_stay_distributions():
-    data = synthetic(shape=[1, 6, 6], num_classes=12, n_train=40, n_val=20, batch_size=8, noise=0.0,
-                     augment={"mixup_alpha": 1.0, "cutmix_alpha": 1.0}, n_test=8, on_device=False)
-    clean = synthetic(shape=[1, 6, 6], num_classes=12, n_train=40, n_val=20, batch_size=8, noise=0.0,
-                      n_test=8, on_device=False)
+    data = synthetic(
+        shape=[1, 6, 6],
+        num_classes=12,
+        n_train=40,
+        n_val=20,
+        batch_size=8,
+        noise=0.0,
+        augment={"mixup_alpha": 1.0, "cutmix_alpha": 1.0},
+        n_test=8,
+        on_device=False,
+    )
+    clean = synthetic(
+        shape=[1, 6, 6], num_classes=12, n_train=40, n_val=20, batch_size=8, noise=0.0, n_test=8, on_device=False
+    )
     for x, y in data.train:
         assert y.shape == (len(x), 12) and torch.allclose(y.sum(1), torch.ones(len(x)))
     assert any(not torch.equal(y.max(1).values, torch.ones(len(y))) for _, y in data.train)  # really mixed
@@ -126,8 +139,15 @@ def test_only_training_batches_are_mixed_and_labels_stay_distributions():
 
 
 def test_device_draws_replay_from_any_batch_and_differ_from_batch_to_batch():
-    data = synthetic(shape=[3, 8, 8], n_train=64, n_val=16, batch_size=16, on_device=True, seed=0,
-                     augment={"hflip": True, "mixup_alpha": 0.5, "cutmix_alpha": 1.0})
+    data = synthetic(
+        shape=[3, 8, 8],
+        n_train=64,
+        n_val=16,
+        batch_size=16,
+        on_device=True,
+        seed=0,
+        augment={"hflip": True, "mixup_alpha": 0.5, "cutmix_alpha": 1.0},
+    )
     loader = data.train.place(CPU)  # the device path (own generator), on the CPU
     start = data.generator.get_state()
     whole = list(loader.iter_from(0))
@@ -155,8 +175,16 @@ def test_bad_mixing_values_and_commands_without_classes_are_user_errors():
 def mixed_fit(run_dir, on_device: bool, stop_at: int | None = None, resume: bool = False):
     """Two epochs on mixed synthetic images (12 classes: top-5 too); ``stop_at``: SIGTERM at that step."""
     torch.manual_seed(0)
-    data = synthetic(shape=[3, 8, 8], num_classes=12, n_train=96, n_val=32, batch_size=16, on_device=on_device,
-                     seed=0, augment={"crop_padding": 1, "mixup_alpha": 0.4, "cutmix_alpha": 1.0})
+    data = synthetic(
+        shape=[3, 8, 8],
+        num_classes=12,
+        n_train=96,
+        n_val=32,
+        batch_size=16,
+        on_device=on_device,
+        seed=0,
+        augment={"crop_padding": 1, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+    )
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 12))
     steps = {"n": 0}
 
@@ -168,8 +196,15 @@ def mixed_fit(run_dir, on_device: bool, stop_at: int | None = None, resume: bool
 
     run = Run(run_dir, "train", seed=0, device="cpu", resume=resume)
     Trainer(epochs=2, device=CPU, progress=False).fit(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), data.train, data.val, run=run,
-        generator=data.generator, loss_fn=loss_fn, eval_loss_fn=cross_entropy)
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data.train,
+        data.val,
+        run=run,
+        generator=data.generator,
+        loss_fn=loss_fn,
+        eval_loss_fn=cross_entropy,
+    )
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=["epoch_time_s", "samples_per_s"]), model.state_dict()
 
 

@@ -53,11 +53,15 @@ def fans(w: torch.Tensor) -> tuple[int, int]:
 
 # -- config files ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, keys", [
-    ("mlp", {"dropout", "dropconnect", "batchnorm", "init"}),
-    ("cnn", {"dropout", "dropconnect", "batchnorm", "pool", "init", "fmp_ratio"}),
-    ("resnet18", {"dropout", "drop_path", "batchnorm", "init"}),
-])
+
+@pytest.mark.parametrize(
+    "name, keys",
+    [
+        ("mlp", {"dropout", "dropconnect", "batchnorm", "init"}),
+        ("cnn", {"dropout", "dropconnect", "batchnorm", "pool", "init", "fmp_ratio"}),
+        ("resnet18", {"dropout", "drop_path", "batchnorm", "init"}),
+    ],
+)
 def test_yaml_exposes_the_options_with_the_constructor_defaults(name, keys):
     cfg = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
     assert keys <= set(cfg)
@@ -72,6 +76,7 @@ def test_yaml_exposes_the_options_with_the_constructor_defaults(name, keys):
 
 
 # -- 1. weight initialisation ------------------------------------------------------------------
+
 
 def test_init_default_is_pytorchs_own():
     torch.manual_seed(0)
@@ -143,6 +148,7 @@ def test_init_unknown_scheme_is_a_one_line_user_error(name):
 
 # -- 2. dropout --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", BUILDERS)
 def test_dropout_zeroes_and_rescales_in_train_and_is_identity_in_eval(name):
     p = 0.4
@@ -180,6 +186,7 @@ def test_resnet_dropout_sits_right_before_the_final_linear():
 
 
 # -- 3. DropConnect ----------------------------------------------------------------------------
+
 
 def test_dropconnect_eval_is_the_plain_linear_map():
     layer = DropConnectLinear(6, 3, p=0.5).eval()
@@ -230,6 +237,7 @@ def test_dropconnect_option_replaces_the_hidden_linears_only():
 
 
 # -- 4. BatchNorm on / off ---------------------------------------------------------------------
+
 
 def test_batchnorm_switches_and_parameter_counts():
     assert not batchnorms(MLP(SHAPE, 5, width=16, depth=2))  # mlp default: off
@@ -300,8 +308,12 @@ def test_fractional_pool_eval_is_the_max_over_grahams_regions(alpha, overlap):
     assert all(len(r) in ((1, 2) if not overlap else (2, 3)) for r in rows[:-1] + cols[:-1])
     if not overlap:  # disjoint regions tile the input
         assert [i for r in rows for i in r] == list(range(11))
-    expected = torch.tensor([[[[x[b, c, list(r)][:, list(q)].max().item() for q in cols] for r in rows]
-                              for c in range(2)] for b in range(2)])
+    expected = torch.tensor(
+        [
+            [[[x[b, c, list(r)][:, list(q)].max().item() for q in cols] for r in rows] for c in range(2)]
+            for b in range(2)
+        ]
+    )
     torch.testing.assert_close(out, expected)
 
 
@@ -368,6 +380,7 @@ def test_cnn_fractional_pool_is_random_in_train_and_repeatable_in_eval():
 
 
 # -- 6. stochastic depth -----------------------------------------------------------------------
+
 
 def blocks(model: nn.Module) -> list[BasicBlock]:
     return [m for m in model.modules() if isinstance(m, BasicBlock)]

@@ -90,8 +90,10 @@ def write_devkit(path: Path, upto: int, renamed: dict[str, str] | None = None) -
     ids = {w: i + 1 for i, w in enumerate(all_wnids)}
     truth = "".join(f"{ids[SHIPPED[labels.val_name(i)]]}\n" for i in range(1, upto + 1)).encode()
     with tarfile.open(path, "w:gz") as tf:
-        for name, data in (("ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue()),
-                           ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)):
+        for name, data in (
+            ("ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue()),
+            ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
@@ -105,21 +107,22 @@ def build_src(root: Path, devkit: bool = True, inner: dict[str, bytes] | None = 
     (root / TRAIN_TAR).write_bytes(tar_bytes(classes))
     vals = val_names()
     cmyk = sorted(vals)[1]
-    (root / VAL_TAR).write_bytes(tar_bytes({n: jpeg(9, "CMYK") if n == cmyk else jpeg(1000 + i)
-                                            for i, n in enumerate(sorted(vals))}))
+    (root / VAL_TAR).write_bytes(
+        tar_bytes({n: jpeg(9, "CMYK") if n == cmyk else jpeg(1000 + i) for i, n in enumerate(sorted(vals))})
+    )
     if devkit:
         write_devkit(root / DEVKIT, max(int(n[15:23]) for n in vals))
     return root
 
 
 def fingerprint(folder: Path) -> dict[str, tuple]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
+    }
 
 
 def tree(dst: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(dst.rglob("*"))
-            if p.is_file() and p.name != STATE}
+    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(dst.rglob("*")) if p.is_file() and p.name != STATE}
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +150,11 @@ def test_layout_counts_and_fixed_images(src, tmp_path):
     assert out["train_images"] == sum(counts.values()) and out["val_images"] == len(vals)
     # the CMYK and PNG images, found by their bytes, are RGB JPEGs now
     fixed = {(x["split"], x["file"], x["was"]) for x in out["fixed"]}
-    assert fixed == {("train", f"{WNIDS[0]}_{N_TRAIN + 1}.JPEG", "cmyk-jpeg"),
-                     ("train", f"{WNIDS[1]}_2933.JPEG", "png"), ("val", sorted(vals)[1], "cmyk-jpeg")}
+    assert fixed == {
+        ("train", f"{WNIDS[0]}_{N_TRAIN + 1}.JPEG", "cmyk-jpeg"),
+        ("train", f"{WNIDS[1]}_2933.JPEG", "png"),
+        ("val", sorted(vals)[1], "cmyk-jpeg"),
+    }
     assert out["images_fixed"] == 3
     for split, name, _ in fixed:
         path = next((dst / split).rglob(name))
@@ -216,17 +222,19 @@ def _info(name: str, type_=tarfile.REGTYPE, linkname: str = "", size: int = 0) -
     return info
 
 
-@pytest.mark.parametrize("bad, message", [
-    (_info("/tmp/evil.JPEG", size=3), "absolute path"),
-    (_info("../../evil.JPEG", size=3), "'..'"),
-    (_info("link.JPEG", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
-    (_info("hard.JPEG", tarfile.LNKTYPE, "../../outside"), "is a link"),
-    (_info("tty", tarfile.CHRTYPE), "device"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (_info("/tmp/evil.JPEG", size=3), "absolute path"),
+        (_info("../../evil.JPEG", size=3), "'..'"),
+        (_info("link.JPEG", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (_info("hard.JPEG", tarfile.LNKTYPE, "../../outside"), "is a link"),
+        (_info("tty", tarfile.CHRTYPE), "device"),
+    ],
+)
 def test_unsafe_members_are_refused(tmp_path, bad, message):
     wnid = WNIDS[1]
-    src = build_src(tmp_path / "src", devkit=False,
-                    inner={f"{wnid}.tar": tar_bytes(class_files(wnid, 1), extra=[bad])})
+    src = build_src(tmp_path / "src", devkit=False, inner={f"{wnid}.tar": tar_bytes(class_files(wnid, 1), extra=[bad])})
     dst = tmp_path / "box" / "out"
     with pytest.raises(ArchiveError, match=message) as err:
         run(src, dst, workers=2)
@@ -241,8 +249,9 @@ def test_unsafe_members_are_refused(tmp_path, bad, message):
 
 def test_unsafe_member_of_the_outer_archive_is_refused_before_any_work(tmp_path):
     src = build_src(tmp_path / "src", devkit=False)
-    (src / TRAIN_TAR).write_bytes(tar_bytes({f"{WNIDS[0]}.tar": tar_bytes(class_files(WNIDS[0], 0))},
-                                            extra=[_info("../escape.tar", size=4)]))
+    (src / TRAIN_TAR).write_bytes(
+        tar_bytes({f"{WNIDS[0]}.tar": tar_bytes(class_files(WNIDS[0], 0))}, extra=[_info("../escape.tar", size=4)])
+    )
     with pytest.raises(ArchiveError, match="'..'"):
         run(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -253,7 +262,7 @@ def test_corrupt_class_archive_names_the_member_and_keeps_finished_classes(tmp_p
     raw = bytearray(tar_bytes(class_files(wnid, 2)))
     with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tf:
         third_header = tf.getmembers()[2].offset
-    raw[third_header:third_header + 20] = b"garbage-not-a-header"
+    raw[third_header : third_header + 20] = b"garbage-not-a-header"
     src = build_src(tmp_path / "src", devkit=False, inner={f"{wnid}.tar": bytes(raw)})
     dst = tmp_path / "out"
     with pytest.raises(ArchiveError, match=f"{wnid}.tar: corrupt header after member '{wnid}_2.JPEG'"):
@@ -325,9 +334,19 @@ def test_fix_images_on_a_tree_extracted_without_it(src, tmp_path):
     assert run(src, dst, fix_images=True)["images_fixed"] == 0  # checked once
 
 
+@pytest.mark.slow
 def test_cli_prepares_fixes_and_verifies(src, tmp_path):
-    out = cli("prep-imagenet", f"src={src}", f"dst={tmp_path / 'out'}", "workers=2", "fix_images=true",
-              "verify=true", "progress=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = cli(
+        "prep-imagenet",
+        f"src={src}",
+        f"dst={tmp_path / 'out'}",
+        "workers=2",
+        "fix_images=true",
+        "verify=true",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     record = summary(tmp_path / "run")
     assert record["status"] == "ok" and record["images_fixed"] == 3 and record["val_images"] == len(val_names())
@@ -335,8 +354,14 @@ def test_cli_prepares_fixes_and_verifies(src, tmp_path):
     assert sorted(os.listdir(tmp_path / "out" / "train")) == WNIDS
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
-    out = cli("prep-imagenet", f"src={tmp_path / 'nowhere'}", f"dst={tmp_path / 'out'}",
-              f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = cli(
+        "prep-imagenet",
+        f"src={tmp_path / 'nowhere'}",
+        f"dst={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and "no such folder" in lines[0], out.stderr

@@ -13,12 +13,13 @@ from conftest import TIMING, metrics, summary
 
 from nas_cli.data.embedded import digits
 from nas_cli.data.synthetic import synthetic
-from nas_cli.engine import checkpoint, transfer
+from nas_cli.engine import transfer
 from nas_cli.engine.schedules import CyclicCosine, Plateau
 from nas_cli.engine.trainer import Trainer
 from nas_cli.errors import UserError
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.models.mlp import MLP
+from nas_cli.runs import checkpoint
 from nas_cli.runs.lifecycle import Run
 
 
@@ -37,8 +38,16 @@ def test_ema_weights_equal_a_hand_computed_ema(tmp_path):
     model = MLP((1, 6, 6), 3, width=8, depth=1)
     twin = copy.deepcopy(model)
     decay = 0.9
-    quiet_fit(tmp_path, 2, model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train, tiny_data().val,
-              generator=tiny_data().generator, ema_decay=decay)
+    quiet_fit(
+        tmp_path,
+        2,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        tiny_data().train,
+        tiny_data().val,
+        generator=tiny_data().generator,
+        ema_decay=decay,
+    )
     # the same steps by hand: identical init, identical batch order
     data = tiny_data()
     opt = torch.optim.SGD(twin.parameters(), lr=0.1)
@@ -61,8 +70,16 @@ def test_polyak_is_the_running_mean_of_iterates(tmp_path):
     torch.manual_seed(0)
     model = MLP((1, 6, 6), 3, width=4, depth=0)
     twin = copy.deepcopy(model)
-    quiet_fit(tmp_path, 1, model, torch.optim.SGD(model.parameters(), lr=0.1), tiny_data().train, tiny_data().val,
-              generator=tiny_data().generator, ema_decay="polyak")
+    quiet_fit(
+        tmp_path,
+        1,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        tiny_data().train,
+        tiny_data().val,
+        generator=tiny_data().generator,
+        ema_decay="polyak",
+    )
     opt = torch.optim.SGD(twin.parameters(), lr=0.1)
     iterates = []  # the running mean starts with the weights after the first step
     for x, y in tiny_data().train:
@@ -120,8 +137,13 @@ def test_independent_ensemble_members_and_ensemble_accuracy(tmp_path, train_task
 def test_transfer_replaces_the_head_and_frozen_weights_stay_bit_for_bit(tmp_path, train_task):
     train_task(tmp_path / "source", "trainer.epochs=1")
     source = checkpoint.load(tmp_path / "source" / "model.pt")["model"]
-    train_task(tmp_path / "target", f"init_from={tmp_path / 'source'}", "freeze=all_but_head",
-               "data.num_classes=4", "trainer.epochs=2")
+    train_task(
+        tmp_path / "target",
+        f"init_from={tmp_path / 'source'}",
+        "freeze=all_but_head",
+        "data.num_classes=4",
+        "trainer.epochs=2",
+    )
     tuned = checkpoint.load(tmp_path / "target" / "model.pt")["model"]
     head = transfer.head_name(SmallCNN((1, 12, 12), 4, width=8, hidden=32))
     for name, value in tuned.items():
@@ -176,15 +198,19 @@ def test_lbfgs_beats_one_epoch_of_sgd_on_logistic_regression(tmp_path, train_tas
     assert metrics(tmp_path / "lbfgs")["iterations"].tolist() == [1]  # one full-batch step per epoch
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["model.dropout=0.5"], "deterministic loss"),
-    (["trainer.precision=bf16"], "cannot be combined"),
-    (["optim.weight_decay=0.1"], "regularizer.l2"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["model.dropout=0.5"], "deterministic loss"),
+        (["trainer.precision=bf16"], "cannot be combined"),
+        (["optim.weight_decay=0.1"], "regularizer.l2"),
+    ],
+)
 def test_lbfgs_refuses_what_it_cannot_do(tmp_path, train_task, extra, message):
     with pytest.raises(Exception) as info:
-        train_task(tmp_path, "optim=lbfgs", *(["+optim.weight_decay=0.1"] if "optim.weight_decay=0.1" in extra
-                                               else extra))
+        train_task(
+            tmp_path, "optim=lbfgs", *(["+optim.weight_decay=0.1"] if "optim.weight_decay=0.1" in extra else extra)
+        )
     chain, cur = [], info.value
     while cur is not None:
         chain.append(str(cur))
@@ -235,7 +261,7 @@ def test_smoothed_loss_curves_match_their_definitions(tmp_path, train_task):
     rows = metrics(tmp_path)
     assert len(steps) == rows["iterations"].iloc[-1]
     loss = steps["loss"].to_numpy()
-    sma = [loss[max(0, i - 4):i + 1].mean() for i in range(len(loss))]
+    sma = [loss[max(0, i - 4) : i + 1].mean() for i in range(len(loss))]
     cma = np.cumsum(loss) / np.arange(1, len(loss) + 1)
     ema, num, den = [], 0.0, 0.0
     for value in loss:  # bias-corrected EMA
@@ -248,8 +274,13 @@ def test_smoothed_loss_curves_match_their_definitions(tmp_path, train_task):
     np.testing.assert_allclose(rows["train_loss_ema"], ends["loss_ema"], rtol=1e-9)
 
 
-@pytest.mark.parametrize("recipe", [["ema.decay=0.9", "sched=cyclic_cosine", "sched.cycles=2"],
-                                    ["sched=plateau", "sched.patience=0", "regularizer.l2=1e-3"]])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        ["ema.decay=0.9", "sched=cyclic_cosine", "sched.cycles=2"],
+        ["sched=plateau", "sched.patience=0", "regularizer.l2=1e-3"],
+    ],
+)
 def test_resume_is_exact_with_averaging_snapshots_and_plateau(tmp_path, train_task, monkeypatch, recipe):
     recipe = [*recipe, "trainer.epochs=4"]
     train_task(tmp_path / "full", *recipe)
@@ -272,5 +303,6 @@ def test_resume_is_exact_with_averaging_snapshots_and_plateau(tmp_path, train_ta
     train_task(tmp_path / "cut", *recipe, "resume=true")
     full, resumed = (metrics(tmp_path / x).drop(columns=TIMING) for x in ("full", "cut"))
     pd.testing.assert_frame_equal(full, resumed, check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "steps.csv"),
-                                  pd.read_csv(tmp_path / "cut" / "steps.csv"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "full" / "steps.csv"), pd.read_csv(tmp_path / "cut" / "steps.csv"), check_exact=True
+    )

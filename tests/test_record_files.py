@@ -41,8 +41,11 @@ def test_record_files_follow_the_umask(tmp_path, umask, train_task, one_thread, 
     atomic_write(tmp_path / "plain.txt", lambda tmp: open(tmp, "w").write("x"))  # noqa: SIM115
     with open(tmp_path / "opened.txt", "w") as out:  # what every atomic write must match
         out.write("x")
-    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == stat.S_IMODE(
-        (tmp_path / "opened.txt").stat().st_mode) == mode
+    assert (
+        stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+        == stat.S_IMODE((tmp_path / "opened.txt").stat().st_mode)
+        == mode
+    )
 
 
 def test_an_unreachable_tracking_server_is_refused_in_seconds(tmp_path, monkeypatch, capsys):
@@ -51,20 +54,29 @@ def test_an_unreachable_tracking_server_is_refused_in_seconds(tmp_path, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir = tmp_path / "outputs" / "run"
     began = time.perf_counter()
-    code = in_process("train", *SMALL_CLI, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9",
-                      f"hydra.run.dir={run_dir}")
+    code = in_process(
+        "train", *SMALL_CLI, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9", f"hydra.run.dir={run_dir}"
+    )
     took = time.perf_counter() - began
     assert code == 2
     assert took < 10, f"{took:.1f} s"  # MLflow's own retries would take about four minutes
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
-    assert lines == ["error: logger.tracking_uri=http://127.0.0.1:9: no tracking server answers there "
-                     "(Connection refused); start it, name another, or track into a local store "
-                     "(drop logger.tracking_uri) or not at all (logger=csv)"]
+    assert lines == [
+        "error: logger.tracking_uri=http://127.0.0.1:9: no tracking server answers there "
+        "(Connection refused); start it, name another, or track into a local store "
+        "(drop logger.tracking_uri) or not at all (logger=csv)"
+    ]
     left = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    assert not [p for p in left if p.rsplit("/", 1)[-1] in {"summary.json", "metrics.csv", tracking.STATE}
-                or "checkpoints" in p or p.startswith("mlruns")], left
+    assert not [
+        p
+        for p in left
+        if p.rsplit("/", 1)[-1] in {"summary.json", "metrics.csv", tracking.STATE}
+        or "checkpoints" in p
+        or p.startswith("mlruns")
+    ], left
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
@@ -100,8 +112,16 @@ class DyingMLflowServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     EXPERIMENT = {"experiment_id": "1", "name": "runs", "lifecycle_stage": "active"}
-    RUN = {"info": {"run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "status": "RUNNING",
-                    "lifecycle_stage": "active"}, "data": {}}
+    RUN = {
+        "info": {
+            "run_id": "r1",
+            "run_uuid": "r1",
+            "experiment_id": "1",
+            "status": "RUNNING",
+            "lifecycle_stage": "active",
+        },
+        "data": {},
+    }
 
     def do_GET(self):
         self._answer()
@@ -131,8 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_tracking_server_that_dies_mid_run_costs_seconds_and_one_warning(tmp_path, monkeypatch, caplog,
-                                                                             train_task, one_thread):
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_run_costs_seconds_and_one_warning(
+    tmp_path, monkeypatch, caplog, train_task, one_thread
+):
     pytest.importorskip("mlflow")
     for key in tracking.MLFLOW_HTTP:
         monkeypatch.delenv(key, raising=False)

@@ -37,11 +37,23 @@ def checkpoint_is_finite(run: Path, key: str) -> None:
 
 # -- agents --------------------------------------------------------------------------------------------------
 
+
 def test_dqn_with_an_exploding_lr_is_diverged_and_keeps_its_rows(tmp_path, capsys):
     run = tmp_path / "run"
-    code = in_process("dqn", "optim=sgd", "optim.lr=1e6", "total_steps=1000", "eval.every=500", "eval.episodes=2",
-                      "agent.learning_starts=100", "agent.train_frequency=4", "agent.gradient_steps=1",
-                      "log_every=100", "progress=false", f"hydra.run.dir={run}")
+    code = in_process(
+        "dqn",
+        "optim=sgd",
+        "optim.lr=1e6",
+        "total_steps=1000",
+        "eval.every=500",
+        "eval.episodes=2",
+        "agent.learning_starts=100",
+        "agent.train_frequency=4",
+        "agent.gradient_steps=1",
+        "log_every=100",
+        "progress=false",
+        f"hydra.run.dir={run}",
+    )
     assert code == 0, error_lines(capsys)  # as train's diverged run: the record says it, not the exit code
     record, rows = summary(run), pd.read_csv(run / "metrics.csv")
     assert record["status"] == "diverged" and record["steps"] == rows["step"].iloc[-1] < 1000
@@ -53,8 +65,17 @@ def test_dqn_with_an_exploding_lr_is_diverged_and_keeps_its_rows(tmp_path, capsy
 
 def test_pg_with_an_exploding_lr_is_diverged_and_keeps_its_rows(tmp_path, capsys):
     run = tmp_path / "run"
-    code = in_process("pg", "optim=sgd", "optim.lr=1e30", "total_steps=1000", "eval.every=500", "eval.episodes=2",
-                      "log_every=100", "progress=false", f"hydra.run.dir={run}")
+    code = in_process(
+        "pg",
+        "optim=sgd",
+        "optim.lr=1e30",
+        "total_steps=1000",
+        "eval.every=500",
+        "eval.episodes=2",
+        "log_every=100",
+        "progress=false",
+        f"hydra.run.dir={run}",
+    )
     assert code == 0, error_lines(capsys)
     record, rows = summary(run), pd.read_csv(run / "metrics.csv")
     assert record["status"] == "diverged" and record["steps"] == rows["step"].iloc[-1] < 1000
@@ -64,8 +85,17 @@ def test_pg_with_an_exploding_lr_is_diverged_and_keeps_its_rows(tmp_path, capsys
     checkpoint_is_finite(run, "net")
 
 
-GA = ["agent.population=8", "agent.truncation=3", "agent.episodes=1", "agent.elite_candidates=2",
-      "agent.elite_episodes=1", "agent.hidden=[8]", "generations=4", "progress=false", "device=cpu"]
+GA = [
+    "agent.population=8",
+    "agent.truncation=3",
+    "agent.episodes=1",
+    "agent.elite_candidates=2",
+    "agent.elite_episodes=1",
+    "agent.hidden=[8]",
+    "generations=4",
+    "progress=false",
+    "device=cpu",
+]
 
 
 def ga_task(run_dir: Path, *overrides: str) -> dict:
@@ -87,7 +117,8 @@ def test_ga_whose_returns_turn_non_finite_is_diverged(tmp_path, monkeypatch):
     def evaluate(*args, **kwargs):
         returns, lengths = real(*args, **kwargs)
         calls.append(len(returns))
-        if len(calls) == 3:  # generation 2's population (each generation: population, then elite candidates)
+        if len(calls) == 4:  # generation 2's population (each generation: population, elite candidates, the
+            # elite's own test episodes)
             returns = returns.copy()
             returns[1, 0] = math.nan
         return returns, lengths
@@ -97,7 +128,7 @@ def test_ga_whose_returns_turn_non_finite_is_diverged(tmp_path, monkeypatch):
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert record["status"] == "diverged" and rows["generation"].tolist() == [1, 2]
     assert math.isnan(rows["mean_fitness"].iloc[-1]) and math.isnan(rows["elite_fitness"].iloc[-1])
-    assert record["best_eval_return"] == rows["elite_fitness"].iloc[0] and record["best_generation"] == 1
+    assert record["best_eval_return"] == rows["elite_test_return"].iloc[0] and record["best_generation"] == 1
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["state"]["generation"] == 1  # the last finite generation's, never the diverged one
 
@@ -115,15 +146,29 @@ def test_ga_whose_mutation_overflows_the_weights_is_diverged(tmp_path):
 
 # Nesterov without momentum, which torch's SGD refuses: every child fails as it builds its optimizer, once the
 # search has started (the parent only holds the optimizer's recipe)
-CHILDREN = ["controller=random", "device=cpu", "threads=1", "search.children=2", "search.batch=2", "child.epochs=1",
-            "child.subset=50", "space.layers=1", "space.filters=[4]", "optim=sgd", "optim.nesterov=true", "optim.momentum=0",
-            "search.poll_s=0.05",
-            "search.slurm.cpus_per_task=1", "progress=false"]
+CHILDREN = [
+    "controller=random",
+    "device=cpu",
+    "threads=1",
+    "search.children=2",
+    "search.batch=2",
+    "child.epochs=1",
+    "child.subset=50",
+    "space.layers=1",
+    "space.filters=[4]",
+    "optim=sgd",
+    "optim.nesterov=true",
+    "optim.momentum=0",
+    "search.poll_s=0.05",
+    "search.slurm.cpus_per_task=1",
+    "progress=false",
+]
 
 
 NESTEROV = "ValueError: Nesterov momentum requires a momentum and zero dampening"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "debug"])
 def test_a_search_whose_children_all_fail_fails_with_their_cause(tmp_path, capsys, executor):
     """``local``: real processes (submitit's LocalExecutor), whose failure submitit reports as a traceback and
@@ -162,43 +207,95 @@ def test_a_failed_child_with_a_score_beside_it_is_no_best(tmp_path, monkeypatch)
 
     monkeypatch.setattr(executors, "run_child", second_fails)
     try:
-        record = search_rl.task(compose_task("search_rl", tmp_path, [
-            "reward=synthetic", "controller=random", "device=cpu", "space.layers=2", "search.children=2",
-            "search.batch=2", "search.executor=debug", "progress=false"]))
+        record = search_rl.task(
+            compose_task(
+                "search_rl",
+                tmp_path,
+                [
+                    "reward=synthetic",
+                    "controller=random",
+                    "device=cpu",
+                    "space.layers=2",
+                    "search.children=2",
+                    "search.batch=2",
+                    "search.executor=debug",
+                    "progress=false",
+                ],
+            )
+        )
     finally:
         GlobalHydra.instance().clear()
     assert record["status"] == "ok" and record["failed_children"] == 1 and record["best_step"] == 0
     assert json.loads((tmp_path / "best_arch.json").read_text())["step"] == 0
     assert (tmp_path / "children" / "1" / "error.txt").read_text().strip() == (
-        "RuntimeError: CUDA out of memory (simulated)")
+        "RuntimeError: CUDA out of memory (simulated)"
+    )
 
 
 def test_without_the_childs_own_line_the_cause_comes_from_submitits_report(tmp_path):
     """A job killed before it could write its line: the traceback's exception line, not the log paths."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    job = executors.ChildJob(arch=[], step=0, seed=0, folder=str(tmp_path / "children" / "0"), kind="accuracy",
-                             synthetic={}, data_config={}, child=None, optimizer=None, schedule=None, device="cpu")
-    failed = FailedJobError("Job (task=0) failed during processing with trace:\n----------------------\n"
-                            "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
-                            "ValueError: Invalid learning rate: -1\n\n----------------------\n"
-                            "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
-                            "  - /jobs/7449_0_log.err\n  - /jobs/7449_0_log.out")
+    job = executors.ChildJob(
+        arch=[],
+        step=0,
+        seed=0,
+        folder=str(tmp_path / "children" / "0"),
+        kind="accuracy",
+        synthetic={},
+        data_config={},
+        child=None,
+        optimizer=None,
+        schedule=None,
+        device="cpu",
+    )
+    failed = FailedJobError(
+        "Job (task=0) failed during processing with trace:\n----------------------\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "ValueError: Invalid learning rate: -1\n\n----------------------\n"
+        "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+        "  - /jobs/7449_0_log.err\n  - /jobs/7449_0_log.out"
+    )
     assert executors.failure(job, failed) == "ValueError: Invalid learning rate: -1"
-    lost = UncompletedJobError("Job 7 (task: 0) with path /jobs/7_0_result.pkl\nhas not produced any output "
-                               "(state: TIMEOUT)\nError stream produced:\n" + "-" * 40 + "\nslurmstepd: CANCELLED")
-    assert executors.failure(job, lost) == ("UncompletedJobError: Job 7 (task: 0) with path /jobs/7_0_result.pkl "
-                                            "has not produced any output (state: TIMEOUT); stderr ends: "
-                                            "slurmstepd: CANCELLED")
+    lost = UncompletedJobError(
+        "Job 7 (task: 0) with path /jobs/7_0_result.pkl\nhas not produced any output "
+        "(state: TIMEOUT)\nError stream produced:\n" + "-" * 40 + "\nslurmstepd: CANCELLED"
+    )
+    assert executors.failure(job, lost) == (
+        "UncompletedJobError: Job 7 (task: 0) with path /jobs/7_0_result.pkl "
+        "has not produced any output (state: TIMEOUT); stderr ends: "
+        "slurmstepd: CANCELLED"
+    )
 
 
 # -- search-darts: a diverged search leaves no genotype to retrain --------------------------------------------
 
-DARTS_SEARCH = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
-                "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
-                "progress=false", "device=cpu", "arch.heatmap=false"]
-RETRAIN = ["model=darts", "model.layers=3", "model.init_channels=4", "data=synthetic", "data.shape=[1,8,8]",
-           "data.n_train=32", "data.n_val=16", "trainer.epochs=1", "progress=false", "device=cpu"]
+DARTS_SEARCH = [
+    "data=synthetic",
+    "data.shape=[1,8,8]",
+    "data.n_train=96",
+    "data.n_val=32",
+    "data.batch_size=16",
+    "supernet.layers=3",
+    "supernet.init_channels=4",
+    "supernet.nodes=2",
+    "trainer.epochs=2",
+    "progress=false",
+    "device=cpu",
+    "arch.heatmap=false",
+]
+RETRAIN = [
+    "model=darts",
+    "model.layers=3",
+    "model.init_channels=4",
+    "data=synthetic",
+    "data.shape=[1,8,8]",
+    "data.n_train=32",
+    "data.n_val=16",
+    "trainer.epochs=1",
+    "progress=false",
+    "device=cpu",
+]
 
 
 def test_a_diverged_darts_search_has_no_genotype_and_train_refuses_it(tmp_path, capsys):
@@ -217,12 +314,13 @@ def test_a_diverged_darts_search_has_no_genotype_and_train_refuses_it(tmp_path, 
 
 
 def test_a_genotype_beside_a_search_that_did_not_end_ok_is_refused(tmp_path):
-    """A genotype.json of an earlier version's search (which wrote one every epoch) or copied beside a failed
-    search's record: the record decides, and names an epoch's genotype to retrain instead."""
+    """A genotype.json beside a search record that does not say ok (copied there, or left by a search that
+    then failed): the record decides, and names an epoch's genotype to retrain instead."""
     PUBLISHED["DARTS_V2"].save(tmp_path / "genotype.json")
     PUBLISHED["DARTS_V2"].save(tmp_path / "genotypes" / "epoch_001.json")
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "failed", "command": "search-darts",
-                                                       "error": "RuntimeError: out of memory\nin cell 3"}))
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"status": "failed", "command": "search-darts", "error": "RuntimeError: out of memory\nin cell 3"})
+    )
     with pytest.raises(UserError, match=r"failed \(RuntimeError: out of memory in cell 3\).*epoch_001.json"):
         Genotype.load(tmp_path / "genotype.json")
     (tmp_path / "summary.json").write_text(json.dumps({"status": "ok", "command": "search-darts"}))
@@ -235,23 +333,32 @@ def test_a_genotype_beside_a_search_that_did_not_end_ok_is_refused(tmp_path):
 CELL = [["sep_conv_3x3", 0], ["skip_connect", 1], ["dil_conv_3x3", 2], ["avg_pool_3x3", 0]]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"normal": [*CELL[:2], ["dil_conv_3x3", -1], CELL[3]]},
-     "normal[2]: input -1 is not a state node 1 can read: node i reads 0 or 1 (the cell's inputs) or 2..i+1"),
-    ({"reduce": [*CELL[:3], ["avg_pool_3x3", 3]]}, "reduce[3]: input 3 is not a state node 1 can read"),
-    ({"normal": [["sep_conv_7x7", 0], *CELL[1:]]}, "normal[0]: 'sep_conv_7x7' is not a DARTS op: use one of"),
-    ({"normal": [["none", 0], *CELL[1:]]}, "normal[0]: 'none' is not a DARTS op"),
-    ({"normal_concat": []}, "normal_concat is []: list the intermediate nodes whose outputs the cell concatenates, "
-                            "2..3 (leave it out for all)"),
-    ({"reduce_concat": [2, 4]}, "reduce_concat holds 4: list the intermediate nodes"),
-    ({"reduce": []}, "reduce has 0 pairs: a cell is a list of [op, input] pairs, two per node"),
-    ({"normal": CELL[:3]}, "normal has 3 pairs"),
-    ({"normal": [["sep_conv_3x3"], *CELL[1:]]}, 'normal[0] is ["sep_conv_3x3"]: each entry is an [op, input] pair'),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"normal": [*CELL[:2], ["dil_conv_3x3", -1], CELL[3]]},
+            "normal[2]: input -1 is not a state node 1 can read: node i reads 0 or 1 (the cell's inputs) or 2..i+1",
+        ),
+        ({"reduce": [*CELL[:3], ["avg_pool_3x3", 3]]}, "reduce[3]: input 3 is not a state node 1 can read"),
+        ({"normal": [["sep_conv_7x7", 0], *CELL[1:]]}, "normal[0]: 'sep_conv_7x7' is not a DARTS op: use one of"),
+        ({"normal": [["none", 0], *CELL[1:]]}, "normal[0]: 'none' is not a DARTS op"),
+        (
+            {"normal_concat": []},
+            "normal_concat is []: list the intermediate nodes whose outputs the cell concatenates, "
+            "2..3 (leave it out for all)",
+        ),
+        ({"reduce_concat": [2, 4]}, "reduce_concat holds 4: list the intermediate nodes"),
+        ({"reduce": []}, "reduce has 0 pairs: a cell is a list of [op, input] pairs, two per node"),
+        ({"normal": CELL[:3]}, "normal has 3 pairs"),
+        ({"normal": [["sep_conv_3x3"], *CELL[1:]]}, 'normal[0] is ["sep_conv_3x3"]: each entry is an [op, input] pair'),
+    ],
+)
 def test_a_broken_genotype_is_one_line_naming_the_file_the_key_and_the_rule(tmp_path, change, message):
     path = tmp_path / "genotype.json"
-    path.write_text(json.dumps({"normal": CELL, "reduce": CELL, "normal_concat": [2, 3], "reduce_concat": [2, 3],
-                                **change}))
+    path.write_text(
+        json.dumps({"normal": CELL, "reduce": CELL, "normal_concat": [2, 3], "reduce_concat": [2, 3], **change})
+    )
     with pytest.raises(UserError) as caught:
         Genotype.load(path)
     text = str(caught.value)
@@ -265,16 +372,23 @@ def test_a_genotype_without_concat_concatenates_every_node_and_published_cells_l
         assert Genotype.load(name.lower()) == cell
 
 
-@pytest.mark.parametrize("layers, message", [
-    ([{"type": "conv", "filters": 4, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": [-1]}],
-     "arch[0].inputs is [-1]: layer 0 reads the image alone: []"),
-    ([{"type": "gap"}, {"type": "fc", "units": 8, "inputs": [1]}],
-     "arch[1].inputs is [1]: layer 1 reads earlier layers, 0..0 ([]: the image)"),
-    ([{"type": "deconv"}], "arch[0].type 'deconv' is not a layer type: use conv, pool, fc, gap"),
-    ([{"type": "pool", "kernel": 2}], "arch[0]: a pool layer needs 'stride' (kernel, stride)"),
-    ([{"type": "fc", "units": 0}], "arch[0].units is 0: a size is a whole number, 1 or more"),
-    ([], "arch is not a non-empty list of layers"),
-])
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (
+            [{"type": "conv", "filters": 4, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": [-1]}],
+            "arch[0].inputs is [-1]: layer 0 reads the image alone: []",
+        ),
+        (
+            [{"type": "gap"}, {"type": "fc", "units": 8, "inputs": [1]}],
+            "arch[1].inputs is [1]: layer 1 reads earlier layers, 0..0 ([]: the image)",
+        ),
+        ([{"type": "deconv"}], "arch[0].type 'deconv' is not a layer type: use conv, pool, fc, gap"),
+        ([{"type": "pool", "kernel": 2}], "arch[0]: a pool layer needs 'stride' (kernel, stride)"),
+        ([{"type": "fc", "units": 0}], "arch[0].units is 0: a size is a whole number, 1 or more"),
+        ([], "arch is not a non-empty list of layers"),
+    ],
+)
 def test_a_broken_architecture_is_one_line_naming_the_file_the_key_and_the_rule(tmp_path, layers, message):
     path = tmp_path / "best_arch.json"
     path.write_text(json.dumps({"arch": layers, "reward": 0.5}))
@@ -284,18 +398,29 @@ def test_a_broken_architecture_is_one_line_naming_the_file_the_key_and_the_rule(
         assert str(caught.value) == f"model.arch={path}: {message}"
 
 
-@pytest.mark.parametrize("model, content", [
-    ("darts", {"normal": [["sep_conv_3x3", -1], ["skip_connect", 1]], "reduce": CELL}),
-    ("rl_child", {"arch": [{"type": "fc", "units": 8, "inputs": [0]}]}),
-])
+@pytest.mark.parametrize(
+    "model, content",
+    [
+        ("darts", {"normal": [["sep_conv_3x3", -1], ["skip_connect", 1]], "reduce": CELL}),
+        ("rl_child", {"arch": [{"type": "fc", "units": 8, "inputs": [0]}]}),
+    ],
+)
 def test_train_refuses_a_broken_model_file_before_its_run_or_data_exist(tmp_path, capsys, model, content):
     """The data named here does not exist: the model's file is checked first, and nothing is written."""
     path = tmp_path / "model.json"
     path.write_text(json.dumps(content))
     key = "genotype" if model == "darts" else "arch"
     run = tmp_path / "run"
-    code = in_process("train", f"model={model}", f"model.{key}={path}", "data=cifar10",
-                      f"data.root={tmp_path / 'missing'}", "progress=false", "device=cpu", f"hydra.run.dir={run}")
+    code = in_process(
+        "train",
+        f"model={model}",
+        f"model.{key}={path}",
+        "data=cifar10",
+        f"data.root={tmp_path / 'missing'}",
+        "progress=false",
+        "device=cpu",
+        f"hydra.run.dir={run}",
+    )
     lines = error_lines(capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: model.{key}={path}: "), lines
     assert "[0]" in lines[0] and not (run / "summary.json").exists()

@@ -37,8 +37,9 @@ def exact_gradient(theta, x, y, temperature):
 
 
 def draws(theta, x, y, baseline, temperature, repeats=200, population=1000):
-    return torch.stack([rf.reinforce_gradient(theta, x, y, population, baseline, temperature, seed=s)
-                        for s in range(repeats)])
+    return torch.stack(
+        [rf.reinforce_gradient(theta, x, y, population, baseline, temperature, seed=s) for s in range(repeats)]
+    )
 
 
 @pytest.mark.parametrize("baseline, temperature", [("loo", 1.0), ("none", 1.0), ("loo", 0.5)])
@@ -48,16 +49,16 @@ def test_the_mean_estimate_is_the_exact_gradient_of_the_expected_loss(tiny, base
     g = draws(theta, x, y, baseline, temperature)
     mean, se = g.mean(0), g.std(0) / len(g) ** 0.5
     z = (mean - exact) / se
-    assert z.abs().max() < 4.5, z                                # 12 coordinates, each within 4.5 standard errors
-    assert ((mean - 0.9 * exact) / se).abs().max() > 10          # a 10% bias would be seen
-    assert exact[: 2 * D * D].abs().max() > 0.05                 # and the score-function part is not ~0 here
+    assert z.abs().max() < 4.5, z  # 12 coordinates, each within 4.5 standard errors
+    assert ((mean - 0.9 * exact) / se).abs().max() > 10  # a 10% bias would be seen
+    assert exact[: 2 * D * D].abs().max() > 0.05  # and the score-function part is not ~0 here
 
 
 def test_the_leave_one_out_baseline_lowers_the_variance(tiny):
     theta, x, y = tiny
     loo, none = draws(theta, x, y, "loo", 1.0, 60), draws(theta, x, y, "none", 1.0, 60)
-    score_part = slice(0, 2 * D * D)                              # W3's gradient has no score term
-    assert (loo.var(0)[score_part].sum() < 0.7 * none.var(0)[score_part].sum())
+    score_part = slice(0, 2 * D * D)  # W3's gradient has no score term
+    assert loo.var(0)[score_part].sum() < 0.7 * none.var(0)[score_part].sum()
 
 
 def test_the_exact_reference_is_the_hard_sign_network_at_a_low_temperature(tiny):
@@ -70,19 +71,28 @@ def test_the_same_seed_gives_the_same_draws_in_any_chunking(tiny):
     whole = rf.reinforce_gradient(theta, x, y, 50, seed=3)
     assert torch.equal(whole, rf.reinforce_gradient(theta, x, y, 50, seed=3))
     assert not torch.equal(whole, rf.reinforce_gradient(theta, x, y, 50, seed=4))
-    per_input = rf.reinforce_gradient(theta, x, y, 50, seed=3, chunk_elements=1)   # one input a chunk
+    per_input = rf.reinforce_gradient(theta, x, y, 50, seed=3, chunk_elements=1)  # one input a chunk
     assert per_input.shape == whole.shape and torch.isfinite(per_input).all()
 
 
 def test_reinforce_joins_the_protocol_with_its_cosine_to_cdg():
-    s = shipped_settings("num_dims=[2]", "estimators=[reinforce,cdg]", "num_init=1", "num_batch=1", "batch_size=500",
-                         "lr.grid=[0.1,1.0]", "reinforce.population=[4,16]")
+    s = shipped_settings(
+        "num_dims=[2]",
+        "estimators=[reinforce,cdg]",
+        "num_init=1",
+        "num_batch=1",
+        "batch_size=500",
+        "lr.grid=[0.1,1.0]",
+        "reinforce.population=[4,16]",
+    )
     rows = protocol.run(s, torch.device("cpu"))
     names = {r["estimator"] for r in rows}
     assert protocol.estimator_names(s) == ["reinforce_4", "reinforce_16", "cdg"] and names == set(
-        protocol.estimator_names(s))
-    prob = problem.Problem(2, s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise, s.init_scale,
-                           torch.device("cpu"))
+        protocol.estimator_names(s)
+    )
+    prob = problem.Problem(
+        2, s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise, s.init_scale, torch.device("cpu")
+    )
     x, y = prob.batch(0)
     theta = prob.init(0)
     noise_seed = s.seed * 7919 + 2 * 131
@@ -94,12 +104,15 @@ def test_reinforce_joins_the_protocol_with_its_cosine_to_cdg():
     assert row["cosine_to_cdg"] == pytest.approx(cos, abs=1e-6)
 
 
-@pytest.mark.parametrize("change, message", [
-    ("reinforce.baseline=ema", "reinforce.baseline=ema is not one of loo, none"),
-    ("reinforce.population=[1]", "reinforce.population=1 is too small"),
-    ("reinforce.temperature=0.0", "reinforce.temperature=0.0 must be > 0"),
-    ("reinforce.population=[]", "reinforce.population=[]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("reinforce.baseline=ema", "reinforce.baseline=ema is not one of loo, none"),
+        ("reinforce.population=[1]", "reinforce.population=1 is too small"),
+        ("reinforce.temperature=0.0", "reinforce.temperature=0.0 must be > 0"),
+        ("reinforce.population=[]", "reinforce.population=[]"),
+    ],
+)
 def test_bad_reinforce_settings_are_user_errors(change, message):
     s = shipped_settings("num_dims=[2]", "estimators=[reinforce]", change)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -13,8 +13,16 @@ from nas_cli.errors import UserError
 
 
 def ok(val_acc, train_loss=0.1, train_acc=0.9, **extra):
-    return {"status": "ok", "train_loss": train_loss, "train_acc": train_acc, "val_acc": val_acc,
-            "val_loss": 0.3, "device_hours": 0.001, "gpu_hours": 0.0, **extra}
+    return {
+        "status": "ok",
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_acc": val_acc,
+        "val_loss": 0.3,
+        "device_hours": 0.001,
+        "gpu_hours": 0.0,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -28,11 +36,18 @@ def sweep(tmp_path):
             for seed in (0, 1, 2):
                 acc = 0.9 + width / 10_000 + (0.01 if wd == "0" else 0.0) + seed / 1000
                 accs[(width, wd, seed)] = acc
-                fake_job(tmp_path / str(n), {"model.width": width, "optim.weight_decay": wd, "seed": seed},
-                         ok(acc, train_loss=0.05 + seed / 100), curve=[1.0, 0.5, 0.25])
+                fake_job(
+                    tmp_path / str(n),
+                    {"model.width": width, "optim.weight_decay": wd, "seed": seed},
+                    ok(acc, train_loss=0.05 + seed / 100),
+                    curve=[1.0, 0.5, 0.25],
+                )
                 n += 1
-    fake_job(tmp_path / str(n), {"model.width": 256, "optim.weight_decay": "0", "seed": 0},
-             {"status": "diverged", "train_loss": float("nan"), "train_acc": 0.1, "val_acc": 0.1})
+    fake_job(
+        tmp_path / str(n),
+        {"model.width": 256, "optim.weight_decay": "0", "seed": 0},
+        {"status": "diverged", "train_loss": float("nan"), "train_acc": 0.1, "val_acc": 0.1},
+    )
     dead = fake_job(tmp_path / str(n + 1), {"model.width": 256, "optim.weight_decay": "5e-05", "seed": 0}, None)
     (dead / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc\n")
     fake_job(tmp_path / str(n + 2), {"model.width": 512, "optim.weight_decay": "0", "seed": 0}, None)
@@ -42,8 +57,15 @@ def sweep(tmp_path):
 def test_seed_groups_show_mean_std_and_n(sweep):
     root, accs = sweep
     table = report.main(root)
-    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy",
-                                   "Validation Accuracy", "n", "Status"]
+    assert list(table.columns) == [
+        "Width",
+        "Weight Decay",
+        "Training Loss",
+        "Training Accuracy",
+        "Validation Accuracy",
+        "n",
+        "Status",
+    ]
     assert table["Width"].tolist() == ["96", "96", "192", "192", "256", "256"]  # numeric order, not text
     row = table[(table["Width"] == "192") & (table["Weight Decay"] == "5e-05")].iloc[0]
     values = [accs[(192, "5e-05", s)] for s in (0, 1, 2)]
@@ -83,16 +105,26 @@ def test_plot_writes_learning_curves(sweep):
 def test_single_run_shows_its_overrides(tmp_path):
     fake_job(tmp_path, {"model.width": 8, "optim.lr": "0.1"}, ok(0.95))
     table = report.main(tmp_path)
-    assert table.to_dict("records") == [{"Width": "8", "Lr": "0.1", "Training Loss": "0.10000",
-                                         "Training Accuracy": "0.9000", "Validation Accuracy": "0.9500"}]
+    assert table.to_dict("records") == [
+        {
+            "Width": "8",
+            "Lr": "0.1",
+            "Training Loss": "0.10000",
+            "Training Accuracy": "0.9000",
+            "Validation Accuracy": "0.9500",
+        }
+    ]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"rows": "model.depth", "cols": "seed"}, "not an override key"),
-    ({"rows": "model.width", "cols": "seed", "value": "speed"}, "not a summary figure"),
-    ({"cols": "model.depth"}, "use one of: model.width, optim.weight_decay, seed"),
-    ({"rows": "model.width", "value": "speed"}, "not a summary figure"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rows": "model.depth", "cols": "seed"}, "not an override key"),
+        ({"rows": "model.width", "cols": "seed", "value": "speed"}, "not a summary figure"),
+        ({"cols": "model.depth"}, "use one of: model.width, optim.weight_decay, seed"),
+        ({"rows": "model.width", "value": "speed"}, "not a summary figure"),
+    ],
+)
 def test_bad_pivot_requests_are_user_errors(sweep, kwargs, message):
     root, _ = sweep
     with pytest.raises(UserError, match=message):
@@ -132,8 +164,10 @@ def test_one_key_without_seeds_is_a_plain_mean(tmp_path):
     for n, (width, lr, acc) in enumerate([(8, "0.1", 0.5), (8, "0.01", 0.75), (16, "0.1", 0.625)]):
         fake_job(tmp_path / str(n), {"model.width": width, "optim.lr": lr}, ok(acc))
     table = report.main(tmp_path, rows="model.width")
-    assert table.to_dict("records") == [{"Width": "8", "Validation Accuracy": f"{(0.5 + 0.75) / 2:.4f}"},
-                                        {"Width": "16", "Validation Accuracy": "0.6250"}]
+    assert table.to_dict("records") == [
+        {"Width": "8", "Validation Accuracy": f"{(0.5 + 0.75) / 2:.4f}"},
+        {"Width": "16", "Validation Accuracy": "0.6250"},
+    ]
 
 
 def write_metrics(folder, rows: list[dict]):
@@ -141,8 +175,10 @@ def write_metrics(folder, rows: list[dict]):
 
 
 def test_unfinished_runs_show_their_last_metrics_row(tmp_path):
-    epochs = [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.5, "val_loss": 0.8, "val_acc": 0.625},
-              {"epoch": 2, "train_loss": 0.7, "train_acc": 0.6875, "val_loss": 0.6, "val_acc": 0.8125}]
+    epochs = [
+        {"epoch": 1, "train_loss": 0.9, "train_acc": 0.5, "val_loss": 0.8, "val_acc": 0.625},
+        {"epoch": 2, "train_loss": 0.7, "train_acc": 0.6875, "val_loss": 0.6, "val_acc": 0.8125},
+    ]
     fake_job(tmp_path / "0", {"optim.lr": "0.1"}, ok(0.9))
     interrupted = fake_job(tmp_path / "1", {"optim.lr": "0.2"}, {"status": "interrupted", "train_loss": 0.75})
     write_metrics(interrupted, epochs)
@@ -155,13 +191,21 @@ def test_unfinished_runs_show_their_last_metrics_row(tmp_path):
     rows = {r["Lr"]: r for r in report.main(tmp_path).to_dict("records")}
     last = pd.read_csv(interrupted / "metrics.csv").iloc[-1]
     assert last["val_acc"] == 0.8125
-    assert rows["0.2"] == {"Lr": "0.2", "Training Loss": "0.75000",  # the summary's own figure is kept
-                           "Training Accuracy": f"{last['train_acc']:.4f}",
-                           "Validation Accuracy": "0.8125", "Status": "interrupted"}
+    assert rows["0.2"] == {
+        "Lr": "0.2",
+        "Training Loss": "0.75000",  # the summary's own figure is kept
+        "Training Accuracy": f"{last['train_acc']:.4f}",
+        "Validation Accuracy": "0.8125",
+        "Status": "interrupted",
+    }
     first = pd.read_csv(dead / "metrics.csv").iloc[-1]
-    assert rows["0.3"] == {"Lr": "0.3", "Training Loss": f"{first['train_loss']:.5f}",
-                           "Training Accuracy": f"{first['train_acc']:.4f}",
-                           "Validation Accuracy": f"{first['val_acc']:.4f}", "Status": "failed"}
+    assert rows["0.3"] == {
+        "Lr": "0.3",
+        "Training Loss": f"{first['train_loss']:.5f}",
+        "Training Accuracy": f"{first['train_acc']:.4f}",
+        "Validation Accuracy": f"{first['val_acc']:.4f}",
+        "Status": "failed",
+    }
     assert [rows["0.4"][c] for c in ("Validation Accuracy", "Status")] == ["-", "running"]
     assert [rows["0.5"][c] for c in ("Training Loss", "Validation Accuracy", "Status")] == ["-", "0.5000", "ok"]
 
@@ -171,49 +215,90 @@ def test_same_overrides_are_told_apart_by_their_folder(tmp_path):
         fake_job(tmp_path / name, {"model.width": width}, ok(acc))
     table = report.main(tmp_path)
     assert table[["Run", "Width", "Validation Accuracy"]].values.tolist() == [
-        ["a", "8", "0.5000"], ["a-resumed", "8", "0.6250"], ["b", "16", "0.7500"]]
+        ["a", "8", "0.5000"],
+        ["a-resumed", "8", "0.6250"],
+        ["b", "16", "0.7500"],
+    ]
     assert list(table.columns)[:2] == ["Run", "Width"]
 
 
 def test_a_run_without_overrides_is_named_by_its_folder(tmp_path):
     run = fake_job(tmp_path / "2024-05-01_12-00-00", {}, ok(0.875))
     table = report.main(run)
-    assert table.to_dict("records") == [{"Run": run.name, "Training Loss": "0.10000",
-                                         "Training Accuracy": "0.9000", "Validation Accuracy": "0.8750"}]
+    assert table.to_dict("records") == [
+        {"Run": run.name, "Training Loss": "0.10000", "Training Accuracy": "0.9000", "Validation Accuracy": "0.8750"}
+    ]
 
 
 def test_headline_columns_come_from_the_summaries(tmp_path):
     dqn = ["best_eval_return", "train_return_last100", "solved_step"]
-    fake_job(tmp_path / "0", {"agent": "dqn"}, {"status": "ok", "command": "dqn", "headline": dqn,
-                                               "best_eval_return": 195.5, "train_return_last100": 180.25,
-                                               "solved_step": 12000, "steps": 20000})
-    fake_job(tmp_path / "1", {"agent": "double"}, {"status": "ok", "command": "dqn", "headline": dqn,
-                                                  "best_eval_return": 120.0, "train_return_last100": 99.5,
-                                                  "solved_step": None, "steps": 20000})
+    fake_job(
+        tmp_path / "0",
+        {"agent": "dqn"},
+        {
+            "status": "ok",
+            "command": "dqn",
+            "headline": dqn,
+            "best_eval_return": 195.5,
+            "train_return_last100": 180.25,
+            "solved_step": 12000,
+            "steps": 20000,
+        },
+    )
+    fake_job(
+        tmp_path / "1",
+        {"agent": "double"},
+        {
+            "status": "ok",
+            "command": "dqn",
+            "headline": dqn,
+            "best_eval_return": 120.0,
+            "train_return_last100": 99.5,
+            "solved_step": None,
+            "steps": 20000,
+        },
+    )
     fake_job(tmp_path / "2", {"agent": "old"}, ok(0.5))  # a run from before summaries named their headline
     table = report.main(tmp_path)
-    assert list(table.columns) == ["Agent", "Best Eval Return", "Train Return Last100", "Solved Step",
-                                   "Training Loss", "Training Accuracy", "Validation Accuracy"]
+    assert list(table.columns) == [
+        "Agent",
+        "Best Eval Return",
+        "Train Return Last100",
+        "Solved Step",
+        "Training Loss",
+        "Training Accuracy",
+        "Validation Accuracy",
+    ]
     rows = {r["Agent"]: r for r in table.to_dict("records")}
-    assert [rows["dqn"][c] for c in ("Best Eval Return", "Solved Step", "Validation Accuracy")] == \
-        ["195.5000", "12000", "-"]  # an int stays an int, even where another run has none
+    assert [rows["dqn"][c] for c in ("Best Eval Return", "Solved Step", "Validation Accuracy")] == [
+        "195.5000",
+        "12000",
+        "-",
+    ]  # an int stays an int, even where another run has none
     assert [rows["double"][c] for c in ("Train Return Last100", "Solved Step")] == ["99.5000", "-"]
     assert rows["old"]["Validation Accuracy"] == "0.5000" and rows["old"]["Best Eval Return"] == "-"
 
 
-@pytest.mark.parametrize("spans, cost, expected", [
-    ([[91, 100], [91, 100], None], True, "figures: mean of epochs 91-100"),
-    ([[8, 8], [8, 8]], False, "figures: epoch 8"),
-    ([[91, 100], [41, 50]], True, "figures: means over each run's last epochs (see summary.json averaged_epochs)"),
-    ([[8, 8], [2, 2]], False, "figures: each run's final epoch"),
-    ([None, None], True, ""),
-    ([[8, 8], "null"], False, "figures: epoch 8"),  # a run stopped before its first epoch averages nothing
-])
+@pytest.mark.parametrize(
+    "spans, cost, expected",
+    [
+        ([[91, 100], [91, 100], None], True, "figures: mean of epochs 91-100"),
+        ([[8, 8], [8, 8]], False, "figures: epoch 8"),
+        ([[91, 100], [41, 50]], True, "figures: means over each run's last epochs (see summary.json averaged_epochs)"),
+        ([[8, 8], [2, 2]], False, "figures: each run's final epoch"),
+        ([None, None], True, ""),
+        ([[8, 8], "null"], False, "figures: epoch 8"),  # a run stopped before its first epoch averages nothing
+    ],
+)
 def test_caption_says_which_epochs_the_figures_average(tmp_path, capsys, spans, cost, expected):
     hours = [0.25 * (n + 1) for n in range(len(spans))]
     for n, (span, h) in enumerate(zip(spans, hours)):
-        record = {"status": "ok", "val_acc": 0.5, **({"device_hours": h} if cost else {}),
-                  **({"averaged_epochs": None if span == "null" else span} if span else {})}
+        record = {
+            "status": "ok",
+            "val_acc": 0.5,
+            **({"device_hours": h} if cost else {}),
+            **({"averaged_epochs": None if span == "null" else span} if span else {}),
+        }
         fake_job(tmp_path / str(n), {"seed": n}, record)
     report.main(tmp_path)
     cost_text = f"total {sum(hours):.4f} device-hours" if cost else ""
@@ -238,8 +323,17 @@ def test_help_says_either_key_alone_gives_a_one_key_table():
 def test_caption_and_columns_say_what_validation_and_test_are(tmp_path, capsys):
     headline = ["train_loss", "train_acc", "val_acc", "test_acc"]
     for n in range(2):
-        fake_job(tmp_path / str(n), {"seed": n}, {"status": "ok", "headline": headline, "val_acc": 0.5,
-                                                  "test_acc": 0.4, "val_split": "5000 held out from train"})
+        fake_job(
+            tmp_path / str(n),
+            {"seed": n},
+            {
+                "status": "ok",
+                "headline": headline,
+                "val_acc": 0.5,
+                "test_acc": 0.4,
+                "val_split": "5000 held out from train",
+            },
+        )
     table = report.main(tmp_path)
     assert "Test Accuracy" in table.columns and "Validation Accuracy" in table.columns
     caption = (tmp_path / "report.md").read_text().splitlines()[-1]
@@ -259,9 +353,17 @@ def test_curves_against_samples_seen_draw_each_jobs_own_columns(tmp_path):
     for n, batch in enumerate((10, 40)):
         job = fake_job(tmp_path / str(n), {"data.batch_size": batch}, ok(0.5 + n / 10))
         iters = [80 // batch * e for e in (1, 2)]
-        pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "train_acc": [0.5, 0.7],
-                      "val_acc": [0.4, 0.6 + n / 10], "iterations": iters, "samples_seen": [80, 160]}
-                     ).to_csv(job / "metrics.csv", index=False)
+        pd.DataFrame(
+            {
+                "epoch": [1, 2],
+                "train_loss": [1.0, 0.5],
+                "val_loss": [1.1, 0.6],
+                "train_acc": [0.5, 0.7],
+                "val_acc": [0.4, 0.6 + n / 10],
+                "iterations": iters,
+                "samples_seen": [80, 160],
+            }
+        ).to_csv(job / "metrics.csv", index=False)
         pd.DataFrame({"iteration": range(1, iters[-1] + 1), "loss": 1.0, "loss_ema": 1.0}).to_csv(job / "steps.csv")
     report.main(tmp_path, x=["samples_seen"])
     drawn = pd.read_csv(tmp_path / "curves_samples_seen.csv")
@@ -280,9 +382,19 @@ def test_runs_of_several_commands_get_a_table_each_with_only_their_columns(tmp_p
     fake_job(tmp_path / "0", {"model.width": 8}, ok(0.81, command="train"))
     fake_job(tmp_path / "1", {"model.width": 16}, ok(0.86, command="train"))
     detect = ["train_loss", "val_loss", "val_map50_nms", "val_map50_softnms"]
-    fake_job(tmp_path / "2", {"data.n_train": 800}, {"status": "ok", "command": "detect", "headline": detect,
-                                                     "train_loss": 0.5, "val_loss": 1.1, "val_map50_nms": 0.96,
-                                                     "val_map50_softnms": 0.97})
+    fake_job(
+        tmp_path / "2",
+        {"data.n_train": 800},
+        {
+            "status": "ok",
+            "command": "detect",
+            "headline": detect,
+            "train_loss": 0.5,
+            "val_loss": 1.1,
+            "val_map50_nms": 0.96,
+            "val_map50_softnms": 0.97,
+        },
+    )
     table = report.main(tmp_path)
     assert set(table["Command"]) == {"train", "detect"}
     markdown = (tmp_path / "report.md").read_text()

@@ -33,14 +33,26 @@ from nas_cli.runs.files import CHECKPOINT
 
 TIMING = ["epoch_time_s", "samples_per_s"]
 # a few seconds a run on one thread, with batches of a few milliseconds so that signals land mid-epoch
-BUSY = ["data=synthetic", "data.shape=[1,12,12]", "data.n_train=2048", "data.n_val=64", "data.batch_size=32",
-        "model.width=8", "model.hidden=32", "progress=false", "threads=1"]
+BUSY = [
+    "data=synthetic",
+    "data.shape=[1,12,12]",
+    "data.n_train=2048",
+    "data.n_val=64",
+    "data.batch_size=32",
+    "model.width=8",
+    "model.hidden=32",
+    "progress=false",
+    "threads=1",
+]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` (the lock file aside) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != folders.LOCK}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != folders.LOCK
+    }
 
 
 def without_timing(run: Path) -> pd.DataFrame:
@@ -61,16 +73,28 @@ def wait_until_running(proc: subprocess.Popen, run: Path, timeout: float = 120) 
 
 # -- names and locks -----------------------------------------------------------------------------------------
 
+
 def test_launches_in_the_same_second_get_folders_of_their_own(tmp_path):
     when = datetime(2026, 1, 2, 3, 4, 5)
     made = [folders.new_folder(tmp_path, when) for _ in range(3)]
     assert [p.name for p in made] == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_1", "2026-01-02_03-04-05_2"]
 
 
+@pytest.mark.slow
 def test_three_processes_started_at_once_write_three_whole_records(tmp_path):
-    procs = [nas_cli_process("train", *SMALL_CLI, f"seed={seed}", f"model.width={width}", "trainer.epochs=1",
-                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for seed, width in ((1, 4), (2, 6), (3, 8))]
+    procs = [
+        nas_cli_process(
+            "train",
+            *SMALL_CLI,
+            f"seed={seed}",
+            f"model.width={width}",
+            "trainer.epochs=1",
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for seed, width in ((1, 4), (2, 6), (3, 8))
+    ]
     assert [p.wait(180) for p in procs] == [0, 0, 0], [p.stderr.read() for p in procs]
     runs = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 3
@@ -80,7 +104,9 @@ def test_three_processes_started_at_once_write_three_whole_records(tmp_path):
     for run in runs:
         config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
         weights = torch.load(run / "model.pt", weights_only=True)["model"]
-        seen.add((config["seed"], config["model"]["width"], summary(run)["seed"], weights["features.0.0.weight"].shape[0]))
+        seen.add(
+            (config["seed"], config["model"]["width"], summary(run)["seed"], weights["features.0.0.weight"].shape[0])
+        )
         assert summary(run)["status"] == "ok"
     # each folder's config, summary and weights belong to one and the same run
     assert seen == {(1, 4, 1, 4), (2, 6, 2, 6), (3, 8, 3, 8)}
@@ -88,9 +114,16 @@ def test_three_processes_started_at_once_write_three_whole_records(tmp_path):
 
 def test_a_lock_is_refused_to_a_second_process_and_freed_by_sigkill(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom nas_cli.runs import folders\n"
-                               f"folders.claim({str(run)!r}, resume=False)\nprint('held', flush=True)\ntime.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom nas_cli.runs import folders\n"
+            f"folders.claim({str(run)!r}, resume=False)\nprint('held', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert folders.holder(run) == f"process {holder.pid} on {os.uname().nodename}"
@@ -138,13 +171,20 @@ def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path, capsys):
 def test_a_refused_new_run_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert nas_cli("train", *SMALL_CLI, "device=tpu") == 2
-    assert not (tmp_path / "outputs" / "train" / "runs").exists() or not any((tmp_path / "outputs" / "train" /
-                                                                              "runs").iterdir())
+    assert not (tmp_path / "outputs" / "train" / "runs").exists() or not any(
+        (tmp_path / "outputs" / "train" / "runs").iterdir()
+    )
 
 
-@pytest.mark.parametrize("override", ["+model.init._target_=os.system", "hydra.run.dir=/tmp",
-                                      "model.init={_target_: pathlib.Path.write_text, self: x, data: y}",
-                                      "model.width=${oc.env:HOME}"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+model.init._target_=os.system",
+        "hydra.run.dir=/tmp",
+        "model.init={_target_: pathlib.Path.write_text, self: x, data: y}",
+        "model.width=${oc.env:HOME}",
+    ],
+)
 def test_a_replayed_override_never_picks_code(override, tmp_path, capsys):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -180,6 +220,7 @@ def test_started_is_the_start_time(tmp_path):
 
 # -- signals from outside ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_burst_of_sigterms_still_records_interrupted_and_resumes_to_the_same_result(tmp_path):
     whole = tmp_path / "whole"
@@ -188,8 +229,15 @@ def test_a_burst_of_sigterms_still_records_interrupted_and_resumes_to_the_same_r
     for attempt in range(3):  # the record has been lost to such a burst before: try more than once
         if run.exists():
             shutil.rmtree(run)
-        proc = nas_cli_process("train", *BUSY, "data.n_train=4096", "trainer.epochs=3", f"hydra.run.dir={run}",
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = nas_cli_process(
+            "train",
+            *BUSY,
+            "data.n_train=4096",
+            "trainer.epochs=3",
+            f"hydra.run.dir={run}",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         wait_until_running(proc, run)
         for _ in range(150):  # 150 signals within about 0.1 s
             os.kill(proc.pid, signal.SIGTERM)
@@ -205,9 +253,16 @@ def test_a_burst_of_sigterms_still_records_interrupted_and_resumes_to_the_same_r
 def test_a_stopped_sweep_stops_its_jobs_and_its_hint_resumes_them(tmp_path):
     sweep = ["-m", *BUSY, "trainer.epochs=3", "seed=0,1,2"]
     assert nas_cli("train", *sweep, f"hydra.sweep.dir={tmp_path / 'whole'}") == 0
-    parent = nas_cli_process("train", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                             f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parent = nas_cli_process(
+        "train",
+        *sweep,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wait_until_running(parent, tmp_path / "sweep" / "0")
     time.sleep(0.5)
     parent.send_signal(signal.SIGTERM)
@@ -222,5 +277,6 @@ def test_a_stopped_sweep_stops_its_jobs_and_its_hint_resumes_them(tmp_path):
     assert nas_cli(*command[1:]) == 0
     for job in ("0", "1", "2"):
         assert summary(tmp_path / "sweep" / job)["status"] == "ok"
-        pd.testing.assert_frame_equal(without_timing(tmp_path / "whole" / job),
-                                      without_timing(tmp_path / "sweep" / job), check_exact=True)
+        pd.testing.assert_frame_equal(
+            without_timing(tmp_path / "whole" / job), without_timing(tmp_path / "sweep" / job), check_exact=True
+        )

@@ -13,8 +13,15 @@ from conftest import cli, summary
 @pytest.mark.slow
 def test_optuna_search_returns_the_validation_metric(tmp_path):
     sweep = tmp_path / "opt"
-    out = cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *SMALL,
-              f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out = cli(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     results = (sweep / "optimization_results.yaml").read_text()
     jobs = [summary(sweep / str(i)) for i in range(3)]
@@ -25,12 +32,14 @@ def test_optuna_search_returns_the_validation_metric(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     sweep = tmp_path / "sub"
-    out = cli("train", "-m", "hydra/launcher=submitit_local", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}",
-              cwd=tmp_path)
+    out = cli(
+        "train", "-m", "hydra/launcher=submitit_local", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert {summary(sweep / j)["seed"] for j in ("0", "1")} == {0, 1}
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_the_same_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -12,17 +12,30 @@ from conftest import compose_task
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError
+from nas_cli.models.darts_ops import PRIMITIVES
 from nas_cli.nas.darts import latency as lat
 from nas_cli.nas.darts.architect import Architect, exact_second_order
 from nas_cli.nas.darts.genotype import Genotype, derive
 from nas_cli.nas.darts.latency import LatencyTerm
-from nas_cli.nas.darts.ops import PRIMITIVES
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
 from nas_cli.runs.signals import Interrupted
 
-TINY_SEARCH = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=96", "data.n_val=32", "data.batch_size=16",
-               "data.noise=0.5", "supernet.layers=3", "supernet.init_channels=4", "supernet.nodes=2", "trainer.epochs=2",
-               "progress=false", "device=cpu", "latency.repeats=1", "latency.batch=4"]
+TINY_SEARCH = [
+    "data=synthetic",
+    "data.shape=[1,8,8]",
+    "data.n_train=96",
+    "data.n_val=32",
+    "data.batch_size=16",
+    "data.noise=0.5",
+    "supernet.layers=3",
+    "supernet.init_channels=4",
+    "supernet.nodes=2",
+    "trainer.epochs=2",
+    "progress=false",
+    "device=cpu",
+    "latency.repeats=1",
+    "latency.batch=4",
+]
 
 
 def compose_search(run_dir, overrides):
@@ -37,8 +50,11 @@ def search_task():
     from nas_cli.commands import search_darts
 
     def run(run_dir, *overrides):
-        tiny = TINY_SEARCH if "supernet=chain" not in overrides else [
-            o for o in TINY_SEARCH if not o.startswith("supernet.")]  # the cells' keys are not the chain's
+        tiny = (
+            TINY_SEARCH
+            if "supernet=chain" not in overrides
+            else [o for o in TINY_SEARCH if not o.startswith("supernet.")]
+        )  # the cells' keys are not the chain's
         return search_darts.task(compose_search(run_dir, [*tiny, *overrides]))
 
     yield run
@@ -65,8 +81,7 @@ def test_second_order_gradient_matches_autograd_through_unrolled_step(monkeypatc
     monkeypatch.setattr(nn, "ReLU", lambda inplace=False: nn.Softplus(beta=4.0))
     torch.manual_seed(0)
     prims = ["none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"]
-    net = SearchNetwork((1, 6, 6), 3, init_channels=2, layers=3, nodes=2, primitives=prims,
-                        stem_multiplier=1).double()
+    net = SearchNetwork((1, 6, 6), 3, init_channels=2, layers=3, nodes=2, primitives=prims, stem_multiplier=1).double()
     with torch.no_grad():
         net.arch.normal.normal_(0, 0.5)
         net.arch.reduce.normal_(0, 0.5)
@@ -114,20 +129,33 @@ def _hand_alpha(nodes, prims, picks):
 def test_derive_keeps_two_strongest_edges_and_argmax_non_none_op():
     prims = PRIMITIVES
     # node 0: edges 0, 1; node 1: edges 2, 3, 4
-    normal = _hand_alpha(2, prims, {(0, "none"): 9.0, (0, "sep_conv_3x3"): 2.0, (1, "skip_connect"): 3.0,
-                                    (2, "dil_conv_5x5"): 1.0, (3, "max_pool_3x3"): 4.0, (4, "sep_conv_5x5"): 5.0})
-    reduce = _hand_alpha(2, prims, {(0, "avg_pool_3x3"): 3.0, (1, "dil_conv_3x3"): 2.0, (3, "skip_connect"): 1.0,
-                                    (4, "max_pool_3x3"): 2.0})
+    normal = _hand_alpha(
+        2,
+        prims,
+        {
+            (0, "none"): 9.0,
+            (0, "sep_conv_3x3"): 2.0,
+            (1, "skip_connect"): 3.0,
+            (2, "dil_conv_5x5"): 1.0,
+            (3, "max_pool_3x3"): 4.0,
+            (4, "sep_conv_5x5"): 5.0,
+        },
+    )
+    reduce = _hand_alpha(
+        2,
+        prims,
+        {(0, "avg_pool_3x3"): 3.0, (1, "dil_conv_3x3"): 2.0, (3, "skip_connect"): 1.0, (4, "max_pool_3x3"): 2.0},
+    )
     g = derive(normal, reduce, prims, 2)
     # edge 0's 'none' is ignored: its strength is sep_conv_3x3's weight (small after softmax with none=9)
     assert g.normal == [("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2), ("max_pool_3x3", 1)]
     assert g.reduce == [("avg_pool_3x3", 0), ("dil_conv_3x3", 1), ("max_pool_3x3", 2), ("skip_connect", 1)]
     assert g.normal_concat == [2, 3]
-    capped = derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims, 2,
-                    max_skip=1)
+    capped = derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims, 2, max_skip=1)
     assert capped.skip_count() == 1
-    assert derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims,
-                  2).skip_count() == 4
+    assert (
+        derive(_hand_alpha(2, prims, {(e, "skip_connect"): 5.0 for e in range(5)}), reduce, prims, 2).skip_count() == 4
+    )
 
 
 def test_genotype_json_round_trip(tmp_path):
@@ -149,8 +177,16 @@ def test_genotype_json_round_trip(tmp_path):
 def test_latency_weight_derives_a_faster_cell():
     """Only the latency term drives alpha: a large lambda moves the derived cell to cheap ops."""
     prims = PRIMITIVES
-    table_cost = {"none": 0.0, "max_pool_3x3": 1.0, "avg_pool_3x3": 1.0, "skip_connect": 0.5,
-                  "sep_conv_3x3": 8.0, "sep_conv_5x5": 12.0, "dil_conv_3x3": 5.0, "dil_conv_5x5": 7.0}
+    table_cost = {
+        "none": 0.0,
+        "max_pool_3x3": 1.0,
+        "avg_pool_3x3": 1.0,
+        "skip_connect": 0.5,
+        "sep_conv_3x3": 8.0,
+        "sep_conv_5x5": 12.0,
+        "dil_conv_3x3": 5.0,
+        "dil_conv_5x5": 7.0,
+    }
     lat = torch.tensor([[table_cost[p] for p in prims]] * num_edges(2))
     results = {}
     for weight in (0.0, 10.0):
@@ -173,13 +209,22 @@ def test_latency_weight_derives_a_faster_cell():
     assert mult(ce).requires_grad  # alpha gets a gradient from the multiplicative form too
 
 
+@pytest.mark.slow
 def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_task, train_task):
     run = tmp_path / "search"
     summary = search_task(run, "arch.order=second", "latency.weight=0.1", "arch.max_skip=1")
     assert summary["status"] == "ok" and summary["epochs"] == 2
     m = pd.read_csv(run / "metrics.csv")
-    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "alpha_entropy_normal", "skip_count",
-                "genotype", "expected_latency_ms"):
+    for col in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "alpha_entropy_normal",
+        "skip_count",
+        "genotype",
+        "expected_latency_ms",
+    ):
         assert col in m.columns
     assert len(m) == 2 and (m.skip_count <= 1).all()
     for name in ("genotype.json", "alpha_normal.png", "alpha_reduce.png", "latency.json", "checkpoints/last.pt"):
@@ -187,15 +232,33 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
     assert json.loads((run / "summary.json").read_text())["genotype"] == Genotype.load(run).to_dict()
     assert summary["device_hours"] > 0 and summary["best_val_acc"] is not None
     # resume: extend the finished search by one epoch in its own folder, reusing the latency table
-    more = search_task(run, "arch.order=second", "latency.weight=0.1", "arch.max_skip=1", "trainer.epochs=3",
-                       "resume=true", f"latency.table={run / 'latency.json'}")
+    more = search_task(
+        run,
+        "arch.order=second",
+        "latency.weight=0.1",
+        "arch.max_skip=1",
+        "trainer.epochs=3",
+        "resume=true",
+        f"latency.table={run / 'latency.json'}",
+    )
     assert more["epochs"] == 3 and list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3]
     GlobalHydra.instance().clear()
     # retrain the genotype through train's engine
-    trained = train_task(tmp_path / "train", "model=darts", f"model.genotype={run / 'genotype.json'}",
-                         "model.layers=3", "model.init_channels=4", "model.drop_path=0.1", "data=synthetic",
-                         "data.shape=[1,8,8]", "data.n_train=64", "data.n_val=32", "data.batch_size=16",
-                         "trainer.epochs=1", "progress=false")
+    trained = train_task(
+        tmp_path / "train",
+        "model=darts",
+        f"model.genotype={run / 'genotype.json'}",
+        "model.layers=3",
+        "model.init_channels=4",
+        "model.drop_path=0.1",
+        "data=synthetic",
+        "data.shape=[1,8,8]",
+        "data.n_train=64",
+        "data.n_val=32",
+        "data.batch_size=16",
+        "trainer.epochs=1",
+        "progress=false",
+    )
     assert trained["status"] == "ok" and trained["epochs"] == 1
     GlobalHydra.instance().clear()
     with pytest.raises(UserError, match="needs arch.order=second"):
@@ -205,6 +268,7 @@ def test_search_writes_record_resumes_and_genotype_retrains(tmp_path, search_tas
     assert reused["status"] == "ok" and pd.read_csv(tmp_path / "reuse" / "metrics.csv").train_loss.notna().all()
 
 
+@pytest.mark.slow
 def test_resumed_search_matches_uninterrupted(tmp_path, search_task, monkeypatch):
     """SIGTERM in the middle of an epoch: a checkpoint at the next batch, and the resumed search
     ends exactly where the uninterrupted one does."""
@@ -229,8 +293,11 @@ def test_resumed_search_matches_uninterrupted(tmp_path, search_task, monkeypatch
     resumed = search_task(tmp_path / "b", "arch.heatmap=false", "resume=true")
     assert resumed["genotype"] == straight["genotype"]
     a, b = pd.read_csv(tmp_path / "a" / "metrics.csv"), pd.read_csv(tmp_path / "b" / "metrics.csv")
-    pd.testing.assert_frame_equal(a.drop(columns=["epoch_time_s", "samples_per_s"]),
-                                  b.drop(columns=["epoch_time_s", "samples_per_s"]), check_exact=True)
+    pd.testing.assert_frame_equal(
+        a.drop(columns=["epoch_time_s", "samples_per_s"]),
+        b.drop(columns=["epoch_time_s", "samples_per_s"]),
+        check_exact=True,
+    )
 
 
 def test_chain_space_searches_and_derives(tmp_path, search_task):
@@ -242,9 +309,12 @@ def test_chain_space_searches_and_derives(tmp_path, search_task):
     assert "alpha_entropy_normal" in pd.read_csv(tmp_path / "chain" / "metrics.csv").columns
 
 
-GENOTYPE = Genotype([("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],
-                    [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 2), ("dil_conv_5x5", 1)],
-                    [2, 3], [2, 3])
+GENOTYPE = Genotype(
+    [("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],
+    [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 2), ("dil_conv_5x5", 1)],
+    [2, 3],
+    [2, 3],
+)
 
 
 def test_auxiliary_head_adds_its_weighted_loss_in_training_only():
@@ -252,8 +322,9 @@ def test_auxiliary_head_adds_its_weighted_loss_in_training_only():
     from nas_cli.models.darts import DARTSNetwork
 
     torch.manual_seed(0)
-    net = DARTSNetwork((1, 16, 16), 5, GENOTYPE.to_dict(), layers=4, init_channels=4, auxiliary=True,
-                       auxiliary_weight=0.3)
+    net = DARTSNetwork(
+        (1, 16, 16), 5, GENOTYPE.to_dict(), layers=4, init_channels=4, auxiliary=True, auxiliary_weight=0.3
+    )
     x, y = torch.randn(6, 1, 16, 16), torch.randint(0, 5, (6,))
     out = net.train()(x)
     assert isinstance(out, AuxiliaryLogits) and out.logits.shape == out.aux.shape == (6, 5)
@@ -280,10 +351,22 @@ def test_retraining_schedules_drop_path_and_trains_the_auxiliary_head(tmp_path, 
 
     monkeypatch.setattr(DARTSNetwork, "set_epoch", record)
     GENOTYPE.save(tmp_path / "genotype.json")
-    trained = train_task(tmp_path / "train", "model=darts", f"model.genotype={tmp_path / 'genotype.json'}",
-                         "model.layers=3", "model.init_channels=4", "model.drop_path=0.3", "model.auxiliary=true",
-                         "data=synthetic", "data.shape=[1,8,8]", "data.n_train=32", "data.n_val=16",
-                         "data.batch_size=16", "trainer.epochs=3", "progress=false")
+    trained = train_task(
+        tmp_path / "train",
+        "model=darts",
+        f"model.genotype={tmp_path / 'genotype.json'}",
+        "model.layers=3",
+        "model.init_channels=4",
+        "model.drop_path=0.3",
+        "model.auxiliary=true",
+        "data=synthetic",
+        "data.shape=[1,8,8]",
+        "data.n_train=32",
+        "data.n_val=16",
+        "data.batch_size=16",
+        "trainer.epochs=3",
+        "progress=false",
+    )
     assert trained["status"] == "ok" and trained["epochs"] == 3
     assert seen == pytest.approx([0.0, 0.1, 0.2])  # 0.3 * epoch / epochs, from 0
     with pytest.raises(UserError, match="auxiliary"):
@@ -296,8 +379,9 @@ def test_drop_last_counts_only_the_images_trained_on(tmp_path, search_task):
     the eager default keeps the partial batch of 2 (4 batches, 50 images), as quark0/darts does."""
     kept = search_task(tmp_path / "kept", "data.n_train=100", "arch.heatmap=false", "trainer.epochs=1")
     GlobalHydra.instance().clear()
-    dropped = search_task(tmp_path / "dropped", "data.n_train=100", "arch.heatmap=false", "trainer.epochs=1",
-                          "search.drop_last=true")
+    dropped = search_task(
+        tmp_path / "dropped", "data.n_train=100", "arch.heatmap=false", "trainer.epochs=1", "search.drop_last=true"
+    )
     assert kept["status"] == dropped["status"] == "ok"
     m_kept, m_dropped = (pd.read_csv(tmp_path / d / "metrics.csv").iloc[0] for d in ("kept", "dropped"))
     assert (m_kept.samples_seen, m_kept.iterations) == (50, 4)
@@ -308,8 +392,13 @@ def test_drop_last_counts_only_the_images_trained_on(tmp_path, search_task):
 def test_compiled_search_matches_eager_search(tmp_path, search_task):
     """search.compile=true (aot_eager: dynamo's and AOTAutograd's capture, the part that could change the
     results) through the whole command: the same metrics as the eager search, to float rounding."""
-    small = ["supernet.nodes=1", "supernet.primitives=[none,max_pool_3x3,skip_connect,sep_conv_3x3]",
-             "arch.heatmap=false", "trainer.epochs=1", "search.drop_last=true"]
+    small = [
+        "supernet.nodes=1",
+        "supernet.primitives=[none,max_pool_3x3,skip_connect,sep_conv_3x3]",
+        "arch.heatmap=false",
+        "trainer.epochs=1",
+        "search.drop_last=true",
+    ]
     eager = search_task(tmp_path / "eager", *small)
     GlobalHydra.instance().clear()
     torch._dynamo.reset()

@@ -50,10 +50,13 @@ def _history(run_dir: Path) -> pd.DataFrame:
 
 # -- the architecture description ----------------------------------------------------------------
 
+
 def test_three_compilation_rules():
-    arch = [{"type": "conv", "filters": 4, "kh": 3, "kw": 3, "sh": 2, "sw": 2, "inputs": []},   # 8x8 -> 4x4
-            {"type": "conv", "filters": 5, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "inputs": []},   # no input: the image
-            {"type": "conv", "filters": 6, "kh": 3, "kw": 1, "sh": 1, "sw": 1, "inputs": [0, 1]}]  # 4x4 padded to 8x8
+    arch = [
+        {"type": "conv", "filters": 4, "kh": 3, "kw": 3, "sh": 2, "sw": 2, "inputs": []},  # 8x8 -> 4x4
+        {"type": "conv", "filters": 5, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "inputs": []},  # no input: the image
+        {"type": "conv", "filters": 6, "kh": 3, "kw": 1, "sh": 1, "sw": 1, "inputs": [0, 1]},
+    ]  # 4x4 padded to 8x8
     net = ArchNet(arch, (1, 8, 8), 10)
     assert net.layers[2][0].in_channels == 4 + 5  # depth concatenation of both inputs
     assert net.dangling == [2]
@@ -73,9 +76,16 @@ def fast_tiny_convs():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_random_anchor_patterns_build_and_run(fast_tiny_convs):
-    space = ZophSpace(layers=5, filter_heights=[1, 3, 5, 7], filter_widths=[1, 3, 5, 7], stride_heights=[1, 2, 3],
-                      stride_widths=[1, 2, 3], filters=[2, 3, 4])
+    space = ZophSpace(
+        layers=5,
+        filter_heights=[1, 3, 5, 7],
+        filter_widths=[1, 3, 5, 7],
+        stride_heights=[1, 2, 3],
+        stride_widths=[1, 2, 3],
+        filters=[2, 3, 4],
+    )
     rng = np.random.default_rng(0)
     shapes = [(1, 8, 8), (3, 5, 7), (1, 1, 1), (2, 12, 3)]
     for n in range(1000):
@@ -95,13 +105,14 @@ def test_chains_with_pool_fc_gap_build(fast_tiny_convs):
 
 # -- MetaQNN --------------------------------------------------------------------------------------
 
+
 def assert_metaqnn_rules(space, actions, image_size: int) -> set[str]:
     """Every MetaQNN rule on one path (written from the paper's Section 4.2 and the reference code's
     state_enumerator.py with its default bins); returns the layer types it used."""
     assert actions[-1][0] == SM and all(a[0] != SM for a in actions[:-1])
     layers = actions[:-1]
-    assert 1 <= len(layers) <= space.max_depth
-    assert layers[0][0] != POOL  # no pooling first
+    assert len(layers) <= space.max_depth  # 0: softmax first, which the reference code allows
+    assert not layers or layers[0][0] != POOL  # no pooling first
     size, n_fc, kinds, last_units = image_size, 0, set(), None
     for prev, (kind, params) in zip([None, *layers], layers):
         prev_kind = prev[0] if prev else None
@@ -168,14 +179,17 @@ def test_metaqnn_epsilon_schedule_and_greedy():
     assert [agent.epsilon(m) for m in (0, 1, 2, 5)] == [1.0, 1.0, 0.0, 0.0]
     agent.q = {}
     agent.seen = {"a", "b"}  # two unique models so far: greedy; after rewarding one chain a lot, it is proposed
-    target = [{"type": "conv", "filters": 32, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": []},
-              {"type": "gap", "inputs": [0]}]
+    target = [
+        {"type": "conv", "filters": 32, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": []},
+        {"type": "gap", "inputs": [0]},
+    ]
     for _ in range(2000):
         agent.update(space.path(target), 1.0)
     assert key(agent.propose()) == key(target)
 
 
 # -- REINFORCE ------------------------------------------------------------------------------------
+
 
 def test_reinforce_step_raises_probability_of_rewarded_arch():
     agent = Reinforce(ZophSpace(layers=3), seed=0, lr=0.01)
@@ -202,7 +216,7 @@ def test_reinforce_advantage_against_hand_computation():
         expected_plain.append(a)
         if a:
             sq = a * a if sq is None else decay * sq + (1 - decay) * a * a
-        expected_normed.append(a / sq ** 0.5 if a else 0.0)
+        expected_normed.append(a / sq**0.5 if a else 0.0)
     assert [plain.advantage(r) for r in rewards] == pytest.approx(expected_plain)
     assert [normed.advantage(r) for r in rewards] == pytest.approx(expected_normed)
     assert expected_normed[1] == pytest.approx(1.0)  # the first non-zero advantage has unit size
@@ -222,6 +236,7 @@ def test_reinforce_skip_penalty_pulls_density_to_target():
 
 # -- evaluation, cache, searches ------------------------------------------------------------------
 
+
 def test_cache_hit_does_no_training(tmp_path, monkeypatch):
     calls = []
     real = evaluate_module.train_child
@@ -232,8 +247,19 @@ def test_cache_hit_does_no_training(tmp_path, monkeypatch):
     arch = ZophSpace(layers=2, filters=[4]).sample(np.random.default_rng(0))
 
     def evaluator(cache=None):
-        return Evaluator("accuracy", {}, tmp_path, torch.device("cpu"), data, data_config, 0, child,
-                         functools.partial(torch.optim.Adam, lr=0.01), None, cache=cache)
+        return Evaluator(
+            "accuracy",
+            {},
+            tmp_path,
+            torch.device("cpu"),
+            data,
+            data_config,
+            0,
+            child,
+            functools.partial(torch.optim.Adam, lr=0.01),
+            None,
+            cache=cache,
+        )
 
     ev = evaluator()
     first, again = ev.evaluate([(0, arch), (1, arch)])  # a repeat within one batch
@@ -243,8 +269,17 @@ def test_cache_hit_does_no_training(tmp_path, monkeypatch):
     assert not (tmp_path / "children" / "1").exists() and (tmp_path / "children" / "0" / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "random", "evolution", "random space=metaqnn",
-                                        "evolution space=metaqnn controller.population=4 controller.sample=2"])
+@pytest.mark.parametrize(
+    "controller",
+    [
+        "reinforce",
+        "metaqnn",
+        "random",
+        "evolution",
+        "random space=metaqnn",
+        "evolution space=metaqnn controller.population=4 controller.sample=2",
+    ],
+)
 def test_each_controller_searches_synthetic(tmp_path, search_task, controller):
     name, *extra = controller.split()
     s = search_task(tmp_path, f"controller={name}", *extra, *SYNTH, "search.children=12")
@@ -289,35 +324,64 @@ def test_resume_refuses_another_controller(tmp_path, search_task):
 
 
 def test_real_training_smoke_and_retrain_best(tmp_path, search_task, train_task):
-    s = search_task(tmp_path / "search", "controller=reinforce", "device=cpu", "search.children=3", "child.epochs=1",
-                    "child.subset=100", "space.layers=2", "space.filters=[4,8]")
+    s = search_task(
+        tmp_path / "search",
+        "controller=reinforce",
+        "device=cpu",
+        "search.children=3",
+        "child.epochs=1",
+        "child.subset=100",
+        "space.layers=2",
+        "space.filters=[4,8]",
+    )
     assert s["status"] == "ok" and s["children"] == 3 and 0.0 <= s["best_reward"] <= 1.0
     assert s["device_hours"] > 0 and s["trained"] == len(list((tmp_path / "search" / "children").iterdir()))
     for child in (tmp_path / "search" / "children").iterdir():
         assert summary(child)["epochs"] == 1 and not (child / "checkpoints").exists()
-    t = train_task(tmp_path / "retrain", "model=rl_child", f"model.arch={tmp_path / 'search' / 'best_arch.json'}",
-                   "trainer.epochs=1")
+    t = train_task(
+        tmp_path / "retrain",
+        "model=rl_child",
+        f"model.arch={tmp_path / 'search' / 'best_arch.json'}",
+        "trainer.epochs=1",
+    )
     assert t["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_workers_train_children_in_parallel(tmp_path, search_task):
-    s = search_task(tmp_path, "controller=random", "device=cpu", "search.children=2", "search.workers=2",
-                    "child.epochs=1", "child.subset=50", "space.layers=1", "space.filters=[4]")
+    s = search_task(
+        tmp_path,
+        "controller=random",
+        "device=cpu",
+        "search.children=2",
+        "search.workers=2",
+        "child.epochs=1",
+        "child.subset=50",
+        "space.layers=1",
+        "space.filters=[4]",
+    )
     assert s["status"] == "ok" and s["children"] == 2
     assert sorted(p.name for p in (tmp_path / "children").iterdir()) == ["0", "1"]
 
 
 def test_config_is_commented():
     text = (config_dir() / "search_rl.yaml").read_text().splitlines()
-    body = [ln for ln in text[text.index("search:"):text.index("hydra:")] if ln.strip() and ":" in ln]
+    body = [ln for ln in text[text.index("search:") : text.index("hydra:")] if ln.strip() and ":" in ln]
     assert all("#" in ln for ln in body if not ln.rstrip().endswith(":")), [ln for ln in body if "#" not in ln]
-    for name, target in (("reinforce", "Reinforce"), ("metaqnn", "MetaQNN"), ("random", "RandomSearch"),
-                         ("evolution", "Evolution")):
+    for name, target in (
+        ("reinforce", "Reinforce"),
+        ("metaqnn", "MetaQNN"),
+        ("random", "RandomSearch"),
+        ("evolution", "Evolution"),
+    ):
         cfg = OmegaConf.load(config_dir() / "controller" / f"{name}.yaml")
-        assert cfg.get("controller", cfg)._target_.endswith(f".{name if name != 'random' else 'random_search'}.{target}")
+        assert cfg.get("controller", cfg)._target_.endswith(
+            f".{name if name != 'random' else 'random_search'}.{target}"
+        )
 
 
 # -- Zoph & Le: the controller, its depth schedule and reward ----------------------------------------
+
 
 def test_reinforce_default_is_a_two_layer_lstm_of_35_units(tmp_path):
     from hydra.utils import instantiate
@@ -350,10 +414,11 @@ def test_zoph_reward_is_the_max_of_the_last_5_epochs_cubed():
     plain = Reinforce(ZophSpace(layers=2), seed=0, reward_power=1)
     for agent in (cubed, plain):
         agent.observe(agent.propose(), child_score(accs, "best", 5))
-    assert cubed.baseline == pytest.approx(0.7 ** 3) and plain.baseline == pytest.approx(0.7)  # b starts at R
+    assert cubed.baseline == pytest.approx(0.7**3) and plain.baseline == pytest.approx(0.7)  # b starts at R
 
 
 # -- regularized evolution ---------------------------------------------------------------------------
+
 
 def test_tournament_samples_with_replacement():
     """Population [0.1, 0.2, 0.3], tournaments of 2: drawn with replacement (Real et al., Algorithm 1) the
@@ -369,6 +434,7 @@ def test_tournament_samples_with_replacement():
 
 # -- presets -------------------------------------------------------------------------------------------
 
+
 def test_metaqnn_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_task):
     from hydra.utils import instantiate
 
@@ -382,9 +448,20 @@ def test_metaqnn_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, searc
     assert agent.schedule == [(e, n) for e, n in PAPER_SCHEDULE] and agent.replay == 128
     assert (cfg.search.trained, cfg.child.epochs, cfg.child.score, cfg.optim.lr) == (2700, 20, "best", 0.001)
     assert (cfg.sched.step_size, cfg.sched.gamma) == (5, 0.2)
-    s = search_task(tmp_path / "run", "experiment=metaqnn_cifar10", "data=digits", "device=cpu", "progress=false",
-                    "search.children=2", "search.trained=null", "child.epochs=1", "child.subset=60",
-                    "space.max_depth=3", "space.conv_filters=[4]", "space.fc_units=[16]")
+    s = search_task(
+        tmp_path / "run",
+        "experiment=metaqnn_cifar10",
+        "data=digits",
+        "device=cpu",
+        "progress=false",
+        "search.children=2",
+        "search.trained=null",
+        "child.epochs=1",
+        "child.subset=60",
+        "space.max_depth=3",
+        "space.conv_filters=[4]",
+        "space.fc_units=[16]",
+    )
     assert s["status"] == "ok" and s["children"] == 2 and 0.0 <= s["best_reward"] <= 1.0
 
 
@@ -394,16 +471,30 @@ def test_zoph_le_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, searc
     cfg = compose_search(tmp_path / "c", ["experiment=zoph_le_cifar10"])
     space = instantiate(cfg.space)
     agent = instantiate(cfg.controller, space=space, seed=0, _convert_="all")
-    assert space.choices == {"kh": [1, 3, 5, 7], "kw": [1, 3, 5, 7], "sh": [1, 2, 3], "sw": [1, 2, 3],
-                             "filters": [24, 36, 48, 64]}
+    assert space.choices == {
+        "kh": [1, 3, 5, 7],
+        "kw": [1, 3, 5, 7],
+        "sh": [1, 2, 3],
+        "sw": [1, 2, 3],
+        "filters": [24, 36, 48, 64],
+    }
     assert [c.hidden_size for c in agent.policy.cells] == [35, 35] and agent.optimizer.param_groups[0]["lr"] == 6e-4
     assert agent.reward_power == 3 and agent.depth() == 6
     agent.sampled = 1600 * 7
     assert agent.depth() == 20 and cfg.search.children == 12800
     assert (cfg.child.epochs, cfg.child.score, cfg.child.score_epochs) == (50, "best", 5)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.1, 0.9, 1e-4, True)
-    s = search_task(tmp_path / "run", "experiment=zoph_le_cifar10", "data=digits", "device=cpu", "progress=false",
-                    "search.children=2", "child.epochs=1", "child.subset=60", "space.filters=[4]",
-                    "controller.depth_schedule.start=2")
+    s = search_task(
+        tmp_path / "run",
+        "experiment=zoph_le_cifar10",
+        "data=digits",
+        "device=cpu",
+        "progress=false",
+        "search.children=2",
+        "child.epochs=1",
+        "child.subset=60",
+        "space.filters=[4]",
+        "controller.depth_schedule.start=2",
+    )
     assert s["status"] == "ok" and s["children"] == 2
     assert [len(json.loads(j)) for j in pd.read_csv(tmp_path / "run" / "metrics.csv")["json"]] == [2, 2]

@@ -27,8 +27,15 @@ from nas_cli.nas.spaces import ZophSpace
 from nas_cli.runs.signals import Interrupted
 
 # tiny REINFORCE searches with the synthetic reward; one torch thread (a shared 2-core CPU)
-SYNTH = ["reward=synthetic", "device=cpu", "controller=reinforce", "space.layers=2", "threads=1",
-         "search.poll_s=0.05", "progress=false"]
+SYNTH = [
+    "reward=synthetic",
+    "device=cpu",
+    "controller=reinforce",
+    "space.layers=2",
+    "threads=1",
+    "search.poll_s=0.05",
+    "progress=false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +76,7 @@ def _same_state(a: dict, b: dict) -> None:
             assert a[name] == b[name], name
 
 
+@pytest.mark.slow
 def test_local_jobs_give_the_inline_history_and_controller_state(tmp_path, search_task):
     """Real processes (submitit.LocalExecutor): the same rewards, so the same REINFORCE update."""
     both = [*SYNTH, "search.children=2", "search.batch=2"]
@@ -100,8 +108,19 @@ def test_debug_job_trains_the_child_like_the_inline_path(tmp_path):
     arch = ZophSpace(layers=2, filters=[4]).sample(np.random.default_rng(0))
 
     def evaluator(folder: Path, runner=None) -> Evaluator:
-        return Evaluator("accuracy", {}, folder, torch.device("cpu"), data, data_config, 0, child,
-                         functools.partial(torch.optim.Adam, lr=0.01), None, runner=runner)
+        return Evaluator(
+            "accuracy",
+            {},
+            folder,
+            torch.device("cpu"),
+            data,
+            data_config,
+            0,
+            child,
+            functools.partial(torch.optim.Adam, lr=0.01),
+            None,
+            runner=runner,
+        )
 
     inline = evaluator(tmp_path / "inline").evaluate([(3, arch)])[0]
     job = evaluator(tmp_path / "job", JobRunner("debug", tmp_path / "job")).evaluate([(3, arch)])[0]
@@ -120,8 +139,9 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
         return real(job)
 
     monkeypatch.setattr(executors, "run_child", flaky)
-    retried = search_task(tmp_path / "retried", *SYNTH, "search.children=2", "search.batch=2",
-                          "search.executor=debug", "search.retries=1")
+    retried = search_task(
+        tmp_path / "retried", *SYNTH, "search.children=2", "search.batch=2", "search.executor=debug", "search.retries=1"
+    )
     assert sorted(calls) == [0, 0, 1, 1] and retried["failed_children"] == 0
     search_task(tmp_path / "inline", *SYNTH, "search.children=2", "search.batch=2")
     pd.testing.assert_frame_equal(_history(tmp_path / "retried"), _history(tmp_path / "inline"))
@@ -131,8 +151,14 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
 
     monkeypatch.setattr(executors, "run_child", broken)
     with pytest.raises(ChildrenFailed, match=r"all 2 children failed; the first \(child 0\): RuntimeError: node lost"):
-        search_task(tmp_path / "failed", *SYNTH, "search.children=2", "search.batch=2",
-                    "search.executor=debug", "search.retries=1")
+        search_task(
+            tmp_path / "failed",
+            *SYNTH,
+            "search.children=2",
+            "search.batch=2",
+            "search.executor=debug",
+            "search.retries=1",
+        )
     failed = summary(tmp_path / "failed")
     assert failed["status"] == "failed" and failed["failed_children"] == 2 and failed["best_reward"] is None
     cache = json.loads((tmp_path / "failed" / "cache.json").read_text())
@@ -160,7 +186,9 @@ def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, 
     monkeypatch.setattr(JobRunner, "_keep", cut)
     with pytest.raises(Interrupted):
         search_task(tmp_path / "cut", *both)
-    assert summary(tmp_path / "cut")["status"] == "interrupted" and len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 2
+    assert (
+        summary(tmp_path / "cut")["status"] == "interrupted" and len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 2
+    )
     assert submitted == [0, 1, 2, 3]
     monkeypatch.setattr(JobRunner, "_keep", real_keep)
     submitted.clear()
@@ -172,8 +200,9 @@ def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, 
 
 
 def test_slurm_parameters_and_bad_settings(tmp_path, search_task):
-    params = executors.SlurmOptions(partition="gpu", gpus_per_node=2, mem_gb=32,
-                                    additional_parameters={"account": "abc"}).parameters("slurm")
+    params = executors.SlurmOptions(
+        partition="gpu", gpus_per_node=2, mem_gb=32, additional_parameters={"account": "abc"}
+    ).parameters("slurm")
     assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 2 and params["mem_gb"] == 32
     assert params["slurm_additional_parameters"] == {"account": "abc"} and params["timeout_min"] == 60
     assert "slurm_partition" not in executors.SlurmOptions(partition="gpu").parameters("local")

@@ -43,13 +43,15 @@ def test_the_batch_size_preset_scales_the_lr_linearly(tmp_path, batch_size):
     finally:
         GlobalHydra.instance().clear()
     optimizer = instantiate(cfg.optim)(params=[torch.nn.Parameter(torch.zeros(1))])
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * batch_size / 64)   # the preset's base rule
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * batch_size / 64)  # the preset's base rule
 
 
+@pytest.mark.slow
 def test_batch_size_study_curves_and_table_match_the_runs(tmp_path):
     # sched=none: a constant lr, so each job's metrics.csv shows the scaled lr itself
-    jobs = multirun(tmp_path, "experiment=batch_size_study", "data.batch_size=32,256", "sched=none",
-                    "sched.warmup_epochs=0")
+    jobs = multirun(
+        tmp_path, "experiment=batch_size_study", "data.batch_size=32,256", "sched=none", "sched.warmup_epochs=0"
+    )
     out = cli("report", str(jobs[0].parent), "--x", "iterations", "--x", "samples_seen", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(jobs[0].parent / "report.csv", dtype=str)
@@ -77,20 +79,26 @@ def pairwise_mean(rows: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(rows[i] - rows[j]) for i, j in pairs]))
 
 
+@pytest.mark.slow
 def test_init_study_zero_init_leaves_the_hidden_units_identical(tmp_path):
     jobs = multirun(tmp_path, "experiment=init_study", "model.init=zeros,kaiming", "trainer.epochs=1")
     table = report.main(jobs[0].parent)
-    assert "Hidden Unit Distance" in table.columns                 # beside the accuracies: from the headline
+    assert "Hidden Unit Distance" in table.columns  # beside the accuracies: from the headline
     figures = {}
     for job, init in zip(jobs, ("zeros", "kaiming")):
         s = summary(job)
         assert "hidden_unit_distance" in s["headline"]
         weights = torch.load(job / "model.pt", weights_only=True)["model"]
-        hidden = [k[:-len(".weight")] for k in weights if k.endswith(".weight")][:-1]   # all but the classifier
+        hidden = [k[: -len(".weight")] for k in weights if k.endswith(".weight")][:-1]  # all but the classifier
         assert len(hidden) == 2
-        by_hand = np.mean([pairwise_mean(np.hstack([weights[f"{h}.weight"].double().numpy(),
-                                                    weights[f"{h}.bias"].double().numpy()[:, None]]))
-                           for h in hidden])
+        by_hand = np.mean(
+            [
+                pairwise_mean(
+                    np.hstack([weights[f"{h}.weight"].double().numpy(), weights[f"{h}.bias"].double().numpy()[:, None]])
+                )
+                for h in hidden
+            ]
+        )
         assert s["hidden_unit_distance"] == pytest.approx(by_hand, rel=1e-9, abs=1e-12)
         row = table[table["Init"] == init].iloc[0]
         assert row["Hidden Unit Distance"] == fmt("hidden_unit_distance", s["hidden_unit_distance"])

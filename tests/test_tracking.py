@@ -73,8 +73,13 @@ def test_train_run_and_its_resume_are_one_mlflow_run(tmp_path, monkeypatch, trai
 @pytest.mark.slow  # MLflow makes its SQLite tables on first use: ~10 s on 2 cores
 def test_default_store_is_sqlite_in_mlruns_with_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = Run(tmp_path / "r", "fuse-bn", seed=0, device="cpu",
-              tracker=tracking.MLflowTracker(tmp_path / "r", tracking.Context(experiment="exp")))
+    run = Run(
+        tmp_path / "r",
+        "fuse-bn",
+        seed=0,
+        device="cpu",
+        tracker=tracking.MLflowTracker(tmp_path / "r", tracking.Context(experiment="exp")),
+    )
     with run:
         run.figures = lambda: {"max_abs_diff": 1e-6}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -88,9 +93,22 @@ def test_dqn_run_into_a_file_store(tmp_path):
     from nas_cli.commands import dqn
 
     store, run_dir = tmp_path / "store", tmp_path / "dqn"
-    cfg = compose_task("dqn", run_dir, ["logger=mlflow", f"logger.tracking_uri={store}", "logger.experiment=sweep",
-                                        "total_steps=600", "eval.every=300", "eval.episodes=2", "log_every=100",
-                                        "agent.learning_starts=200", "progress=false", "device=cpu"])
+    cfg = compose_task(
+        "dqn",
+        run_dir,
+        [
+            "logger=mlflow",
+            f"logger.tracking_uri={store}",
+            "logger.experiment=sweep",
+            "total_steps=600",
+            "eval.every=300",
+            "eval.episodes=2",
+            "log_every=100",
+            "agent.learning_starts=200",
+            "progress=false",
+            "device=cpu",
+        ],
+    )
     result = dqn.task(cfg)
     tracking.upload_late_artifacts()  # returns.png is drawn after the run (the CLI: at exit or the next job)
     client = MlflowClient(store.as_uri())
@@ -116,8 +134,13 @@ def test_interrupted_run_and_nested_runs(tmp_path):
     outer.record.log({"epoch": 1, "x": 0.5})  # before the start: kept for it
     with pytest.raises(signals.Interrupted):
         with outer:
-            inner = Run(tmp_path / "outer" / "members" / "0", "train", seed=1, device="cpu",
-                        tracker=tracked(tmp_path / "outer" / "members" / "0"))
+            inner = Run(
+                tmp_path / "outer" / "members" / "0",
+                "train",
+                seed=1,
+                device="cpu",
+                tracker=tracked(tmp_path / "outer" / "members" / "0"),
+            )
             with inner:
                 inner.record.log({"epoch": 1, "x": 0.25, "name": "text is not a metric"})
             raise signals.Interrupted(15)
@@ -153,3 +176,82 @@ def test_row_steps_and_metric_keys():
     assert tracking.row_step({"batch_size": 8}, 5) == 5
     assert tracking.metric_key("acc@1 (val)") == "acc_1 _val_"
     assert tracking.numeric([("a", float("inf")), ("b", True), ("c", 2)]) == {"c": 2.0}
+
+
+def _server_python() -> str | None:
+    """The interpreter that serves ``mlflow ui``: this one, or NAS_CLI_MLFLOW_PYTHON (the python of a separate
+    environment that holds the full ``mlflow`` package, as README's tracking paragraph sets up). None when it
+    lacks the server (mlflow-skinny has no Flask)."""
+    import os
+    import subprocess
+
+    python = os.environ.get("NAS_CLI_MLFLOW_PYTHON", sys.executable)
+    probe = "import importlib.util as u; raise SystemExit(not (u.find_spec('flask') and u.find_spec('mlflow')))"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        found = False
+    return python if found else None
+
+
+def test_mlflow_ui_serves_a_sqlite_store(tmp_path):
+    """README's `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` answers on a loopback port."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    python = _server_python()
+    if python is None:
+        pytest.skip(
+            "the MLflow server is not installed (mlflow-skinny has no Flask): pip install mlflow, or set "
+            "NAS_CLI_MLFLOW_PYTHON to the python of an environment that has it"
+        )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    log = tmp_path / "ui.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline, status, page = time.monotonic() + 120, None, b""
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    status, page = response.status, response.read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, f"no page from mlflow ui (exit {server.poll()}):\n{log.read_text()[-3000:]}"
+        assert b"<html" in page.lower()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -24,15 +24,24 @@ def installed_wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in SOURCES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "conf")}
-                                        if name == "nas_cli" else {}))
+        copy(
+            ROOT / name,
+            src / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__", "conf")} if name == "nas_cli" else {}),
+        )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (work / "dist").glob("nas_cli-*.whl")
     site = work / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     return site
 
 
@@ -41,8 +50,9 @@ def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProc
     deps = sysconfig.get_paths()["purelib"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), deps]), "COLUMNS": "200"}
     code = "import sys; from nas_cli.cli import main; sys.argv[0] = 'nas-cli'; main()"
-    return subprocess.run([sys.executable, "-S", "-c", code, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -53,11 +63,15 @@ def test_wheel_ships_the_configs_and_finds_them(installed_wheel, tmp_path):
     out = run_installed(installed_wheel, tmp_path, "train", "--help")
     assert out.returncode == 0, out.stderr
     model_line = next(line for line in out.stdout.splitlines() if line.startswith("model: "))
-    assert {"cnn", "mlp", "resnet18"} <= set(model_line[len("model: "):].split(", "))
+    assert {"cnn", "mlp", "resnet18"} <= set(model_line[len("model: ") :].split(", "))
     probe = subprocess.run(
         [sys.executable, "-S", "-c", "from nas_cli.hydra_bridge import config_dir; print(config_dir())"],
         env={**os.environ, "PYTHONPATH": f"{installed_wheel}{os.pathsep}{sysconfig.get_paths()['purelib']}"},
-        cwd=tmp_path, capture_output=True, text=True, check=True)
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(probe.stdout.strip()) == packaged
 
 

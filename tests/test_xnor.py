@@ -13,12 +13,13 @@ from conftest import cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nas_cli.engine import checkpoint, transfer
+from nas_cli.engine import transfer
 from nas_cli.errors import UserError
 from nas_cli.hydra_bridge import config_dir
 from nas_cli.models.binary import STE_VARIANTS, XNORConv2d, binary_sign, ste_grad
 from nas_cli.models.resnet import resnet18
 from nas_cli.models.xnor_resnet import XNORBlock, xnor_resnet18
+from nas_cli.runs import checkpoint
 
 # smooth surrogates of sign whose derivatives the STEs are
 SURROGATES = {
@@ -70,6 +71,7 @@ def test_xnor_conv_equals_conv_with_scaled_sign_weights():
 
 
 # -- latent-weight centring and clamping (reference code's BinOp) -------------------------------
+
 
 def projected(w: torch.Tensor) -> torch.Tensor:
     """The reference order: subtract the mean over input channels (dim 1), then clamp to [-1, 1]."""
@@ -142,8 +144,10 @@ def test_without_clamp_weights_the_conv_binarises_the_raw_weights():
 
 # -- activation scaling factor K (paper Sec. 3.2) ------------------------------------------------
 
-def k_by_loops(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-               padding: tuple[int, int]) -> torch.Tensor:
+
+def k_by_loops(
+    a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
     """A = sum_c |a_c| / c; K = A convolved with a kh x kw box of 1/(kh kw), zero padding, stride."""
     n, c, h, w = a.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -157,13 +161,14 @@ def k_by_loops(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     for b in range(n):
         for i in range(out_h):
             for j in range(out_w):
-                window = big_a[b, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                window = big_a[b, i * sh : i * sh + kh, j * sw : j * sw + kw]
                 k[b, 0, i, j] = window.sum() / (kh * kw)
     return k
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)),
-                                                     ((2, 3), (1, 2), (0, 1))])
+@pytest.mark.parametrize(
+    "kernel, stride, padding", [((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (0, 1))]
+)
 def test_activation_scale_is_the_box_filtered_channel_mean_of_abs_input(kernel, stride, padding):
     torch.manual_seed(0)
     conv = XNORConv2d(3, 4, kernel, stride=stride, padding=padding, bias=False)
@@ -244,13 +249,24 @@ def test_fine_tuning_from_a_full_precision_resnet(tmp_path):
 @pytest.mark.slow
 def test_smoke_sweep_gives_the_width_by_weight_decay_table(tmp_path):
     sweep = tmp_path / "sweep"
-    out = cli("train", "-m", "experiment=xnor_width_wd_smoke", "data.subset=100", "trainer.epochs=1",
-              f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
+    out = cli(
+        "train",
+        "-m",
+        "experiment=xnor_width_wd_smoke",
+        "data.subset=100",
+        "trainer.epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     out = cli("report", str(sweep), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(sweep / "report.csv", dtype=str)
-    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy",
-                                   "Validation Accuracy"]
-    assert table[["Width", "Weight Decay"]].values.tolist() == [["4", "0"], ["4", "0.0001"], ["8", "0"],
-                                                                ["8", "0.0001"]]
+    assert list(table.columns) == ["Width", "Weight Decay", "Training Loss", "Training Accuracy", "Validation Accuracy"]
+    assert table[["Width", "Weight Decay"]].values.tolist() == [
+        ["4", "0"],
+        ["4", "0.0001"],
+        ["8", "0"],
+        ["8", "0.0001"],
+    ]

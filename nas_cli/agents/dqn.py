@@ -35,10 +35,10 @@ from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, greedy_retu
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
 from nas_cli.agents.runs import diverged
-from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.schedules import Schedule
 from nas_cli.errors import UserError
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import BEST
 from nas_cli.runs.lifecycle import Run
 
@@ -47,8 +47,9 @@ LOSSES = {"mse": F.mse_loss, "huber": F.smooth_l1_loss}
 HEADLINE = ["best_eval_return", "train_return_last100", "solved_step"]
 
 
-def td_loss(q_net: nn.Module, target_net: nn.Module, batch: Batch, gamma: float, double: bool,
-            loss: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+def td_loss(
+    q_net: nn.Module, target_net: nn.Module, batch: Batch, gamma: float, double: bool, loss: str = "mse"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The TD loss on ``batch`` and the Q-values of the actions taken."""
     with torch.no_grad():
         next_q = target_net(batch.next_obs)
@@ -81,8 +82,11 @@ class RandomDraws:
         return self.uniform[self.i - 1], self.actions[self.i - 1]
 
     def state_dict(self) -> dict:
-        block = {} if self.i == self.shape[0] else {"uniform": torch.from_numpy(self.uniform),
-                                                    "actions": torch.from_numpy(self.actions)}
+        block = (
+            {}
+            if self.i == self.shape[0]
+            else {"uniform": torch.from_numpy(self.uniform), "actions": torch.from_numpy(self.actions)}
+        )
         return {"rng": json.dumps(self.rng.bit_generator.state), "i": self.i, **block}
 
     def load_state_dict(self, state: dict) -> None:
@@ -114,12 +118,27 @@ class DQN:
         grad_clip: clip the gradient norm (null: off).
     """
 
-    def __init__(self, double: bool = False, dueling: bool = False, aggregation: str = "mean",
-                 hidden: list[int] = (256, 256), gamma: float = 0.99, buffer_size: int = 100_000,
-                 batch_size: int = 64, learning_starts: int = 1000, train_frequency: int = 256,
-                 gradient_steps: int = 128, target_update: int = 10, tau: float = 1.0, start_epsilon: float = 1.0,
-                 end_epsilon: float = 0.04, exploration_fraction: float = 0.16, loss: str = "mse",
-                 grad_clip: float | None = 10.0, dueling_rescale: bool = False):
+    def __init__(
+        self,
+        double: bool = False,
+        dueling: bool = False,
+        aggregation: str = "mean",
+        hidden: list[int] = (256, 256),
+        gamma: float = 0.99,
+        buffer_size: int = 100_000,
+        batch_size: int = 64,
+        learning_starts: int = 1000,
+        train_frequency: int = 256,
+        gradient_steps: int = 128,
+        target_update: int = 10,
+        tau: float = 1.0,
+        start_epsilon: float = 1.0,
+        end_epsilon: float = 0.04,
+        exploration_fraction: float = 0.16,
+        loss: str = "mse",
+        grad_clip: float | None = 10.0,
+        dueling_rescale: bool = False,
+    ):
         self.double, self.dueling, self.aggregation, self.hidden = double, dueling, aggregation, list(hidden)
         self.dueling_rescale = dueling_rescale
         self.gamma, self.buffer_size, self.batch_size = gamma, int(buffer_size), int(batch_size)
@@ -130,12 +149,18 @@ class DQN:
         if loss not in LOSSES:  # checked here, not minutes later at the first update
             raise UserError(f"agent.loss={loss}: use mse or huber")
 
-    def build(self, obs_shape: tuple[int, ...], num_actions: int, device: torch.device,
-              optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> DQN:
+    def build(
+        self,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        device: torch.device,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+    ) -> DQN:
         """The networks and ``optimizer(params)`` (a partial of the ``optim`` group, say)."""
         self.device = device
-        self.q = QNetwork(obs_shape, num_actions, self.hidden, self.dueling, self.aggregation,
-                          self.dueling_rescale).to(device)
+        self.q = QNetwork(obs_shape, num_actions, self.hidden, self.dueling, self.aggregation, self.dueling_rescale).to(
+            device
+        )
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         # fused where the optimizer has it: one kernel for all parameters instead of a dozen small ops each
         # (3x faster for Adam here)
@@ -185,8 +210,12 @@ class DQN:
             torch._foreach_lerp_(self.target_params, self.params, self.tau)
 
     def state_dict(self) -> dict:
-        return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+        return {
+            "q": self.q.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.q.load_state_dict(state["q"])
@@ -222,12 +251,20 @@ class Loop:
         self.ended[:], self.ep_return[:], self.ep_length[:] = False, 0.0, 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "episodes": self.episodes, "best_eval": self.best_eval, "best_step": self.best_step,
-                "solved_step": self.solved_step, "obs": torch.from_numpy(self.obs.copy()),
-                "ended": torch.from_numpy(self.ended.copy()), "ep_return": torch.from_numpy(self.ep_return.copy()),
-                "ep_length": torch.from_numpy(self.ep_length.copy()),
-                "losses": [float(v) for v in self.losses], "q": [float(v) for v in self.q],
-                "last_logged": self.last_logged}
+        return {
+            "step": self.step,
+            "episodes": self.episodes,
+            "best_eval": self.best_eval,
+            "best_step": self.best_step,
+            "solved_step": self.solved_step,
+            "obs": torch.from_numpy(self.obs.copy()),
+            "ended": torch.from_numpy(self.ended.copy()),
+            "ep_return": torch.from_numpy(self.ep_return.copy()),
+            "ep_length": torch.from_numpy(self.ep_length.copy()),
+            "losses": [float(v) for v in self.losses],
+            "q": [float(v) for v in self.q],
+            "last_logged": self.last_logged,
+        }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.step, self.episodes = int(state["step"]), [tuple(e) for e in state["episodes"]]
@@ -239,9 +276,20 @@ class Loop:
         self.last_logged = int(state["last_logged"])
 
 
-def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: int, eval_episodes: int,
-          log_every: int, optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
-          schedule: Schedule | None = None, progress: bool = True, eval_epsilon: float = 0.0) -> dict:
+def train(
+    agent: DQN,
+    env: EnvSpec,
+    run: Run,
+    *,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    log_every: int,
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+    schedule: Schedule | None = None,
+    progress: bool = True,
+    eval_epsilon: float = 0.0,
+) -> dict:
     """The environment loop in ``run``: act, store, learn, evaluate greedily, record, checkpoint."""
     done = run.finished()
     if done is not None:
@@ -252,8 +300,9 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
     agent.build(obs_shape, num_actions, device, optimizer)
     agent.schedule(schedule, total_steps)
     frames = envs.single_observation_space.dtype == np.uint8  # images stay uint8 in the replay: 4x less memory
-    replay = ReplayBuffer(agent.buffer_size, obs_shape, torch.uint8 if frames else torch.float32, device,
-                          frame_stack=env.frame_stack > 1)
+    replay = ReplayBuffer(
+        agent.buffer_size, obs_shape, torch.uint8 if frames else torch.float32, device, frame_stack=env.frame_stack > 1
+    )
     draws = RandomDraws(np.random.default_rng(seed), n, num_actions)
     sampler = torch.Generator().manual_seed(seed)
     record, loop = run.record, Loop(n)
@@ -270,25 +319,62 @@ def train(agent: DQN, env: EnvSpec, run: Run, *, total_steps: int, eval_every: i
         start_episodes(envs, loop, seed, saved)
         run.figures = lambda: _figures(loop, env, threshold, run)
         with run, TrainingProgress(progress) as bar:
-            _steps(agent, envs, env, run, loop, replay, draws, sampler, bar, threshold, total_steps=total_steps,
-                   eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every,
-                   eval_epsilon=eval_epsilon)
+            _steps(
+                agent,
+                envs,
+                env,
+                run,
+                loop,
+                replay,
+                draws,
+                sampler,
+                bar,
+                threshold,
+                total_steps=total_steps,
+                eval_every=eval_every,
+                eval_episodes=eval_episodes,
+                log_every=log_every,
+                eval_epsilon=eval_epsilon,
+            )
     finally:
         envs.close()
     return run.summary
 
 
-def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayBuffer, draws: RandomDraws,
-           sampler: torch.Generator, bar, threshold, *, total_steps: int, eval_every: int, eval_episodes: int,
-           log_every: int, eval_epsilon: float = 0.0) -> None:
+def _steps(
+    agent: DQN,
+    envs,
+    env: EnvSpec,
+    run: Run,
+    loop: Loop,
+    replay: ReplayBuffer,
+    draws: RandomDraws,
+    sampler: torch.Generator,
+    bar,
+    threshold,
+    *,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    log_every: int,
+    eval_epsilon: float = 0.0,
+) -> None:
     record, device, seed, n = run.record, run.device, int(run.seed), env.num_envs
     recent = deque((r for r, _ in loop.episodes[-100:]), maxlen=100)
 
     def save() -> None:
         record.write_metrics()
-        run.save_checkpoint({"agent": agent.state_dict(), "replay": replay.state_dict(), "loop": loop.state_dict(),
-                             "envs": getattr(envs, "state_dict", lambda: None)(), "draws": draws.state_dict(),
-                             "sampler": sampler.get_state(), "history": record.rows})
+        run.save_checkpoint(
+            {
+                "agent": agent.state_dict(),
+                "replay": replay.state_dict(),
+                "loop": loop.state_dict(),
+                "envs": getattr(envs, "state_dict", lambda: None)(),
+                "draws": draws.state_dict(),
+                "sampler": sampler.get_state(),
+                "history": record.rows,
+            }
+        )
 
     task = bar.add_task("steps", total=total_steps, completed=loop.step, info="")
     tick = last_write = time.perf_counter()
@@ -301,8 +387,9 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
         if valid.all():
             replay.add(loop.obs, actions, stored, next_obs, terminated, truncated)
         elif valid.any():
-            replay.add(loop.obs[valid], actions[valid], stored[valid], next_obs[valid], terminated[valid],
-                       truncated[valid])
+            replay.add(
+                loop.obs[valid], actions[valid], stored[valid], next_obs[valid], terminated[valid], truncated[valid]
+            )
         loop.ep_return += rewards * valid  # ...the record keeps the game's score
         loop.ep_length += valid
         loop.ended = terminated | truncated
@@ -325,12 +412,17 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
             loss_mean = torch.stack(loop.losses).mean().item() if loop.losses else None
             q_mean = torch.stack(loop.q).mean().item() if loop.q else None
             train_return = float(np.mean(recent)) if recent else None
-            stop = diverged(run, f"step {step}", {"loss": loss_mean, "q_mean": q_mean, "return": train_return},
-                            agent.params if evaluated else None)
+            stop = diverged(
+                run,
+                f"step {step}",
+                {"loss": loss_mean, "q_mean": q_mean, "return": train_return},
+                agent.params if evaluated else None,
+            )
             evaluated = evaluated and not stop
             if evaluated:
-                score = float(greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device,
-                                             eval_epsilon).mean())
+                score = float(
+                    greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device, eval_epsilon).mean()
+                )
                 stop = diverged(run, f"step {step}", {"eval_return": score})
                 if score > loop.best_eval and not stop:
                     loop.best_eval, loop.best_step = score, step
@@ -338,13 +430,17 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
                 if loop.solved_step is None and threshold is not None and score >= threshold and not stop:
                     loop.solved_step = step
             now = time.perf_counter()
-            row = {"step": step, "episodes": len(loop.episodes),
-                   "return": math.nan if train_return is None else train_return,
-                   "length": float(np.mean([ln for _, ln in loop.episodes[-100:]])) if loop.episodes else math.nan,
-                   "loss": math.nan if loss_mean is None else loss_mean,
-                   "q_mean": math.nan if q_mean is None else q_mean,
-                   "epsilon": epsilon, "eval_return": score if evaluated else math.nan,
-                   "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9)}
+            row = {
+                "step": step,
+                "episodes": len(loop.episodes),
+                "return": math.nan if train_return is None else train_return,
+                "length": float(np.mean([ln for _, ln in loop.episodes[-100:]])) if loop.episodes else math.nan,
+                "loss": math.nan if loss_mean is None else loss_mean,
+                "q_mean": math.nan if q_mean is None else q_mean,
+                "epsilon": epsilon,
+                "eval_return": score if evaluated else math.nan,
+                "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9),
+            }
             # the table is rewritten whole (atomically): at evaluations and every 10 s, not every row
             write = evaluated or now - last_write > 10.0
             record.log(row, write=write)
@@ -354,9 +450,11 @@ def _steps(agent: DQN, envs, env: EnvSpec, run: Run, loop: Loop, replay: ReplayB
             if stop:  # the rows so far stay; the checkpoint stays the last finite one
                 break
             if evaluated:
-                log.info(f"step {step}: eval return {score:.1f} (best {loop.best_eval:.1f}), "
-                         f"train return {row['return']:.1f}, epsilon {epsilon:.3f}, "
-                         f"{row['steps_per_s']:.0f} steps/s")
+                log.info(
+                    f"step {step}: eval return {score:.1f} (best {loop.best_eval:.1f}), "
+                    f"train return {row['return']:.1f}, epsilon {epsilon:.3f}, "
+                    f"{row['steps_per_s']:.0f} steps/s"
+                )
                 save()
         run.stop_point(save)
     record.write_metrics()

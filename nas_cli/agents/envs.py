@@ -63,8 +63,12 @@ class EnvSpec:
             if asynchronous:
                 return gym.vector.AsyncVectorEnv([self.make_one] * num_envs)
             return SyncEnvs(self.make_one, num_envs)
-        except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
-                gym.error.UnregisteredEnv) as ex:
+        except (
+            gym.error.NameNotFound,
+            gym.error.NamespaceNotFound,
+            gym.error.VersionNotFound,
+            gym.error.UnregisteredEnv,
+        ) as ex:
             raise UserError(f"unknown environment '{self.id}': {str(ex).splitlines()[0]}") from ex
 
     def make_one(self) -> gym.Env:
@@ -175,8 +179,13 @@ def env_state(env) -> list[dict] | None:
     return layers
 
 
-BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
-                  "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+BIT_GENERATORS = {
+    "PCG64": np.random.PCG64,
+    "PCG64DXSM": np.random.PCG64DXSM,
+    "MT19937": np.random.MT19937,
+    "Philox": np.random.Philox,
+    "SFC64": np.random.SFC64,
+}
 
 
 def load_env_state(env, layers: list[dict]) -> None:
@@ -188,8 +197,10 @@ def load_env_state(env, layers: list[dict]) -> None:
         for name, value in saved.items():
             current = have.get(name)
             if name.startswith("__") or callable(getattr(type(layer), name, None)):
-                raise UserError(f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
-                                "which is not a data attribute of this environment")
+                raise UserError(
+                    f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
+                    "which is not a data attribute of this environment"
+                )
             if isinstance(value, dict) and "rng" in value and isinstance(current, (np.random.Generator, type(None))):
                 state = json.loads(value["rng"])
                 make = BIT_GENERATORS.get(state.get("bit_generator")) if isinstance(state, dict) else None
@@ -201,11 +212,11 @@ def load_env_state(env, layers: list[dict]) -> None:
             elif isinstance(value, dict) and "array" in value and isinstance(current, (np.ndarray, type(None))):
                 value = value["array"].numpy().copy()
             elif not isinstance(value, _PLAIN + (tuple,)) or not isinstance(current, _PLAIN + (tuple, np.generic)):
-                raise UserError(f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
-                                "which this environment does not hold as a plain value")
+                raise UserError(
+                    f"the checkpoint's environment state sets {type(layer).__name__}.{name}, "
+                    "which this environment does not hold as a plain value"
+                )
             setattr(layer, name, value)
-
-
 
 
 def _ale_env(env_id: str, noop_max: int, frame_skip: int, screen_size: int) -> gym.Env:
@@ -218,8 +229,9 @@ def _ale_env(env_id: str, noop_max: int, frame_skip: int, screen_size: int) -> g
     gym.register_envs(ale_py)
     # v5 ids skip 4 frames themselves: let AtariPreprocessing do it (with the max over the last two frames)
     env = gym.make(env_id, frameskip=1)
-    return gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=screen_size,
-                                           terminal_on_life_loss=False)
+    return gym.wrappers.AtariPreprocessing(
+        env, noop_max=noop_max, frame_skip=frame_skip, screen_size=screen_size, terminal_on_life_loss=False
+    )
 
 
 class SyncEnvs:
@@ -287,8 +299,9 @@ def reward_threshold(env_id: str) -> float | None:
 
 
 @torch.inference_mode()
-def greedy_returns(q_net, env: EnvSpec, episodes: int, seed: int, device: torch.device | str = "cpu",
-                   epsilon: float = 0.0) -> np.ndarray:
+def greedy_returns(
+    q_net, env: EnvSpec, episodes: int, seed: int, device: torch.device | str = "cpu", epsilon: float = 0.0
+) -> np.ndarray:
     """Return of one whole game in each of ``episodes`` environments run side by side, acting greedily
     (or epsilon-greedily: the Nature DQN evaluates Atari with epsilon 0.05, so that a policy stuck
     waiting cannot stall a game until its time limit)."""
@@ -333,8 +346,10 @@ def start_episodes(envs, loop, seed: int, saved: dict | None) -> None:
         envs.load_state_dict(saved["envs"])
     elif saved is not None:
         loop.start_episodes(envs.reset(seed=seed + loop.step)[0])
-        logging.getLogger(__name__).info(f"resumed at step {loop.step}: this environment's state cannot be saved, "
-                                         f"so its episodes restart from a reset")
+        logging.getLogger(__name__).info(
+            f"resumed at step {loop.step}: this environment's state cannot be saved, "
+            f"so its episodes restart from a reset"
+        )
     else:
         loop.start_episodes(envs.reset(seed=seed)[0])
 
@@ -342,8 +357,14 @@ def start_episodes(envs, loop, seed: int, saved: dict | None) -> None:
 def episode_figures(loop, env: EnvSpec, threshold: float | None, wall_time: float) -> dict:
     """The summary figures of an agent's run (dqn, pg): its episodes, best evaluation and when it was solved."""
     recent = [r for r, _ in loop.episodes[-100:]]
-    return {"env": env.id, "steps": loop.step, "episodes": len(loop.episodes),
-            "train_return_last100": float(np.mean(recent)) if recent else None,
-            "best_eval_return": loop.best_eval if loop.best_step is not None else None,
-            "best_eval_step": loop.best_step, "threshold": threshold, "solved_step": loop.solved_step,
-            "steps_per_s": loop.step / max(wall_time, 1e-9)}
+    return {
+        "env": env.id,
+        "steps": loop.step,
+        "episodes": len(loop.episodes),
+        "train_return_last100": float(np.mean(recent)) if recent else None,
+        "best_eval_return": loop.best_eval if loop.best_step is not None else None,
+        "best_eval_step": loop.best_step,
+        "threshold": threshold,
+        "solved_step": loop.solved_step,
+        "steps_per_s": loop.step / max(wall_time, 1e-9),
+    }

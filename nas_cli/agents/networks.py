@@ -33,8 +33,9 @@ class DuelingHead(nn.Module):
     it, so without the factor the trunk's updates are larger than in the single-stream network.
     """
 
-    def __init__(self, features: int, num_actions: int, hidden: int, aggregation: str = "mean",
-                 rescale_grad: bool = False):
+    def __init__(
+        self, features: int, num_actions: int, hidden: int, aggregation: str = "mean", rescale_grad: bool = False
+    ):
         super().__init__()
         if aggregation not in ("mean", "max"):
             raise UserError(f"agent.aggregation={aggregation}: use mean or max")
@@ -56,8 +57,15 @@ class DuelingHead(nn.Module):
 
 def nature_trunk(channels: int) -> nn.Sequential:
     """The Nature DQN's convolutions (Mnih et al. 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, flattened (3136 at 84x84)."""
-    return nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 8, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
 
 
 class QNetwork(nn.Module):
@@ -69,8 +77,15 @@ class QNetwork(nn.Module):
     ends at the convolutions and each stream has its own 512 units, as in Wang et al. (2016).
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: list[int] = (120, 84),
-                 dueling: bool = False, aggregation: str = "mean", dueling_rescale: bool = False):
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        hidden: list[int] = (120, 84),
+        dueling: bool = False,
+        aggregation: str = "mean",
+        dueling_rescale: bool = False,
+    ):
         super().__init__()
         hidden = list(hidden)
         if dueling and not hidden:
@@ -86,8 +101,11 @@ class QNetwork(nn.Module):
             layers += [nn.Linear(features, width), nn.ReLU()]
             features = width
         self.body = nn.Sequential(*layers)
-        self.head = (DuelingHead(features, num_actions, hidden[-1], aggregation, dueling_rescale) if dueling
-                     else nn.Linear(features, num_actions))
+        self.head = (
+            DuelingHead(features, num_actions, hidden[-1], aggregation, dueling_rescale)
+            if dueling
+            else nn.Linear(features, num_actions)
+        )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         obs = obs.float()
@@ -131,7 +149,9 @@ class NumpyGreedy:
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(features: int, hidden: list[int], outputs: int, activation: str = "tanh", out_gain: float = 1.0) -> nn.Sequential:
+def mlp(
+    features: int, hidden: list[int], outputs: int, activation: str = "tanh", out_gain: float = 1.0
+) -> nn.Sequential:
     """``features -> hidden... -> outputs`` with orthogonal weights and zero biases, as SB3's actor-critic
     initialises them: gain sqrt(2) in the hidden layers, ``out_gain`` at the output (0.01 for the policy, so
     the first policy is close to uniform; 1 for the value)."""
@@ -159,8 +179,15 @@ class ActorCritic(nn.Module):
     deviation starting at ``log_std_init`` (SB3, CleanRL).
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], hidden: list[int] = (64, 64), activation: str = "tanh",
-                 num_actions: int | None = None, action_dim: int | None = None, log_std_init: float = 0.0):
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        hidden: list[int] = (64, 64),
+        activation: str = "tanh",
+        num_actions: int | None = None,
+        action_dim: int | None = None,
+        log_std_init: float = 0.0,
+    ):
         super().__init__()
         if (num_actions is None) == (action_dim is None):
             raise ValueError("give num_actions (discrete) or action_dim (continuous)")

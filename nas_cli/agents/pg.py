@@ -9,6 +9,12 @@ V is fitted to ``A_t + V(s_t)`` (the return-to-go, or the lambda-return) with ``
 bonus ``agent.ent_coef`` keeps the policy from collapsing early. A terminated episode's tail is worth 0;
 a truncated one (a time limit) is worth V(final observation): returns bootstrap on truncation only, as in dqn.
 
+The network follows SB3's policies: vector observations, separate policy and value MLPs (``MlpPolicy``);
+image stacks, one shared trunk, the Nature convolutions and ``hidden`` fully connected ReLU layers (SB3's
+``NatureCNN``: 512), under a linear policy head and a linear value head (``CnnPolicy``), every layer
+orthogonally initialised (gain sqrt 2; heads 0.01 and 1). RMSprop gets SB3's A2C epsilon
+(``rms_prop_eps`` 1e-5, not torch's 1e-8) unless the optim config names its own.
+
 Every update is a safe point: SIGINT/SIGTERM there write a checkpoint with the agent, its optimizer, the
 action sampler's RNG, the environments' own state and the loop's, so a resumed run ends as an uninterrupted one.
 A non-finite loss or return (or weights, before an evaluation) ends the run there as ``diverged``, its rows kept.
@@ -29,23 +35,26 @@ import torch
 from torch import nn
 
 from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, policy_returns, start_episodes
-from nas_cli.agents.networks import ACTIVATIONS, ActorCritic
+from nas_cli.agents.networks import ACTIVATIONS, ActorCritic, mlp
 from nas_cli.agents.runs import diverged
-from nas_cli.engine import checkpoint
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import BEST
 from nas_cli.runs.lifecycle import Run
 
 log = logging.getLogger(__name__)
 ALGOS = ("reinforce", "a2c")
+LR_SCHEDULES = ("constant", "linear")
 HEADLINE = ["best_eval_return", "train_return_last100", "solved_step"]
 
 
 # -- advantages ------------------------------------------------------------------------------------------------
 
-def returns_to_go(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
-                  ended: torch.Tensor, gamma: float) -> torch.Tensor:
+
+def returns_to_go(
+    rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor, ended: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """``G_t = r_t + gamma * G_{t+1}`` within an episode, over a (T, N) rollout (time first).
 
     Where an episode ends at t (``ended``), G_t = r_t if it terminated, r_t + gamma * V(s_{t+1}) if it was
@@ -61,8 +70,15 @@ def returns_to_go(rewards: torch.Tensor, next_values: torch.Tensor, terminated: 
     return out
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
-        ended: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    ended: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
     """Generalised advantage estimates (Schulman et al. 2016) over a (T, N) rollout:
     ``delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t)``,
     ``A_t = delta_t + gamma * lam * (1 - ended_t) * A_{t+1}``, with A = 0 past the rollout's end.
@@ -73,6 +89,38 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     for t in reversed(range(len(rewards))):
         a = out[t] = deltas[t] + gamma * lam * a * ~ended[t]
     return out
+
+
+class SharedTrunkActorCritic(ActorCritic):
+    """SB3's ``CnnPolicy`` for image stacks (C, H, W): the Nature convolutions and ``hidden`` fully connected
+    ReLU layers (``NatureCNN``: [512]) shared by a linear policy head and a linear value head; orthogonal
+    weights, gain sqrt(2) in the trunk, 0.01 at the policy's output, 1 at the value's, zero biases."""
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        hidden: list[int] = (512,),
+        num_actions: int | None = None,
+        action_dim: int | None = None,
+        log_std_init: float = 0.0,
+    ):
+        if len(obs_shape) != 3:
+            raise ValueError(f"image stacks (C, H, W) only, not {obs_shape}")
+        super().__init__(
+            obs_shape, [], "relu", num_actions=num_actions, action_dim=action_dim, log_std_init=log_std_init
+        )
+        layers, features = list(self.trunk), self.policy[0].in_features  # the convolutions, flattened
+        for width in hidden:
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        for m in layers:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight, math.sqrt(2))
+                nn.init.zeros_(m.bias)
+        self.trunk = nn.Sequential(*layers)
+        outputs = self.policy[0].out_features
+        self.policy = mlp(features, [], outputs, out_gain=0.01)
+        self.value = mlp(features, [], 1, out_gain=1.0)
 
 
 @dataclass
@@ -103,7 +151,8 @@ class PolicyGradient:
 
     Args:
         algo: reinforce (Monte-Carlo returns-to-go minus V) or a2c (GAE(lambda) advantages over n-step rollouts).
-        hidden, activation: the policy's and the value's MLP (separate networks; tanh, 64-64: SB3's A2C).
+        hidden, activation: vector observations: the policy's and the value's MLP (separate networks; tanh,
+            64-64: SB3's A2C); image stacks: the shared ReLU layers after the convolutions ([512]: SB3's CnnPolicy).
         gamma: discount.
         n_steps: steps per environment in each update's rollout; null: a2c 5 (SB3's), reinforce whole episodes.
         episodes: reinforce with n_steps=null: whole episodes per update, shared out over the environments.
@@ -114,12 +163,28 @@ class PolicyGradient:
         ent_coef, vf_coef: weights of the entropy bonus and the value loss.
         max_grad_norm: clip the gradient's norm (null: off).
         log_std_init: continuous actions: the Gaussian's initial log standard deviation.
+        rms_prop_eps: RMSprop's epsilon where the optimizer is RMSprop and its config names none (SB3: 1e-5).
+        lr_schedule: constant, or linear: the learning rate falls linearly to 0 over the run (SB3's ``lin_``).
     """
 
-    def __init__(self, algo: str = "a2c", hidden: list[int] = (64, 64), activation: str = "tanh",
-                 gamma: float = 0.99, n_steps: int | None = None, episodes: int = 8, gae_lambda: float = 1.0,
-                 baseline: bool = True, normalize_advantage: bool = False, ent_coef: float = 0.0,
-                 vf_coef: float = 0.5, max_grad_norm: float | None = 0.5, log_std_init: float = 0.0):
+    def __init__(
+        self,
+        algo: str = "a2c",
+        hidden: list[int] = (64, 64),
+        activation: str = "tanh",
+        gamma: float = 0.99,
+        n_steps: int | None = None,
+        episodes: int = 8,
+        gae_lambda: float = 1.0,
+        baseline: bool = True,
+        normalize_advantage: bool = False,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        log_std_init: float = 0.0,
+        rms_prop_eps: float = 1e-5,
+        lr_schedule: str = "constant",
+    ):
         if algo not in ALGOS:
             raise UserError(f"agent.algo={algo}: use reinforce or a2c")
         if n_steps is None and algo == "a2c":
@@ -130,6 +195,10 @@ class PolicyGradient:
             raise UserError(f"agent.gae_lambda={gae_lambda}: REINFORCE uses whole returns (1.0); use agent.algo=a2c")
         if activation not in ACTIVATIONS:  # checked here, not at build time
             raise UserError(f"agent.activation={activation}: use {' or '.join(ACTIVATIONS)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"agent.lr_schedule={lr_schedule}: use {' or '.join(LR_SCHEDULES)}")
+        if not rms_prop_eps > 0:
+            raise UserError(f"agent.rms_prop_eps={rms_prop_eps}: use a number above 0")
         if not baseline and algo == "a2c":
             raise UserError("agent.baseline=false: A2C's advantages need V; use agent.algo=reinforce")
         self.algo, self.hidden, self.activation, self.gamma = algo, list(hidden), activation, float(gamma)
@@ -137,9 +206,15 @@ class PolicyGradient:
         self.baseline, self.normalize_advantage = bool(baseline), bool(normalize_advantage)
         self.ent_coef, self.vf_coef, self.max_grad_norm = float(ent_coef), float(vf_coef), max_grad_norm
         self.log_std_init = float(log_std_init)
+        self.rms_prop_eps, self.lr_schedule = float(rms_prop_eps), lr_schedule
 
-    def build(self, observation_space, action_space, device: torch.device,
-              optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> PolicyGradient:
+    def build(
+        self,
+        observation_space,
+        action_space,
+        device: torch.device,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+    ) -> PolicyGradient:
         """The actor-critic for these spaces, and ``optimizer(params)`` (a partial of the ``optim`` group)."""
         import gymnasium as gym
 
@@ -152,16 +227,27 @@ class PolicyGradient:
             self.low, self.high = action_space.low, action_space.high
         else:
             raise UserError(f"pg takes discrete or 1-D continuous (Box) actions, not {action_space}")
-        self.net = ActorCritic(observation_space.shape, self.hidden, self.activation, log_std_init=self.log_std_init,
-                               **actions).to(self.device)
+        if len(observation_space.shape) == 3:  # image stacks: SB3's CnnPolicy, one shared trunk
+            net = SharedTrunkActorCritic(
+                observation_space.shape, self.hidden, log_std_init=self.log_std_init, **actions
+            )
+        else:
+            net = ActorCritic(
+                observation_space.shape, self.hidden, self.activation, log_std_init=self.log_std_init, **actions
+            )
+        self.net = net.to(self.device)
         kind = getattr(optimizer, "func", optimizer)
         if isinstance(kind, type) and issubclass(kind, torch.optim.LBFGS):
             raise UserError("optim=lbfgs needs a fixed data set to re-evaluate: pg takes adam, rmsprop, sgd, ...")
         # one fused kernel, or one foreach op, for all parameters: a dozen small ops each costs more here
         accepts = inspect.signature(kind).parameters
         fast = {"fused": True} if "fused" in accepts else {"foreach": True} if "foreach" in accepts else {}
+        named = getattr(optimizer, "keywords", {})
+        if isinstance(kind, type) and issubclass(kind, torch.optim.RMSprop) and "eps" not in named:
+            fast["eps"] = self.rms_prop_eps  # SB3's A2C: RMSprop(alpha=0.99, eps=1e-5)
         self.params = list(self.net.parameters())
         self.optimizer = optimizer(self.params, **fast)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.sampler = torch.Generator(self.device)
         return self
 
@@ -182,6 +268,7 @@ class PolicyGradient:
 
     def evaluator(self, sampled: bool, generator: torch.Generator | None = None) -> Callable[[np.ndarray], np.ndarray]:
         """An ``act(obs)`` for evaluation: the most likely action (greedy), or a sample from ``generator``."""
+
         @torch.inference_mode()
         def act(obs: np.ndarray) -> np.ndarray:
             obs_t = torch.as_tensor(obs, device=self.device)
@@ -192,6 +279,7 @@ class PolicyGradient:
                 noise = torch.randn(out.shape, generator=generator, device=self.device)
                 return self.env_actions((out + noise * self.net.log_std.exp()).cpu().numpy())
             return torch.multinomial(out.softmax(-1), 1, generator=generator).squeeze(1).cpu().numpy()
+
         return act
 
     # -- learning -------------------------------------------------------------------------------------------------
@@ -222,6 +310,14 @@ class PolicyGradient:
         entropy = dist.entropy().mean()
         return Losses(policy, value, entropy, policy + self.vf_coef * value - self.ent_coef * entropy)
 
+    def set_progress(self, remaining: float) -> None:
+        """lr_schedule=linear: each group's learning rate is its configured one times ``remaining``, the share
+        of the run still to go (SB3's ``lin_`` schedules: 1 at the start, 0 at the end); stateless, so a resumed
+        run is where it would have been."""
+        if self.lr_schedule == "linear":
+            for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = lr * max(remaining, 0.0)
+
     def update(self, batch: Rollout) -> Losses:
         out = self.losses(batch)
         for p in self.params:  # cheaper than Optimizer.zero_grad for small nets
@@ -233,8 +329,11 @@ class PolicyGradient:
         return Losses(*(t.detach() for t in (out.policy, out.value, out.entropy, out.total)))
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sampler": self.sampler.get_state()}
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
@@ -243,6 +342,7 @@ class PolicyGradient:
 
 
 # -- the environment loop --------------------------------------------------------------------------------------
+
 
 class Loop:
     """What the loop carries from one update to the next; all of it goes into a checkpoint."""
@@ -266,9 +366,21 @@ class Loop:
         self.ep_return[:], self.ep_length[:] = 0.0, 0
 
     def state_dict(self) -> dict:
-        plain = {k: getattr(self, k) for k in ("step", "episodes", "best_eval", "best_step", "solved_step",
-                                               "solved_step_sampled", "next_eval", "eval_seconds", "window",
-                                               "last_logged")}
+        plain = {
+            k: getattr(self, k)
+            for k in (
+                "step",
+                "episodes",
+                "best_eval",
+                "best_step",
+                "solved_step",
+                "solved_step_sampled",
+                "next_eval",
+                "eval_seconds",
+                "window",
+                "last_logged",
+            )
+        }
         arrays = {k: torch.from_numpy(getattr(self, k).copy()) for k in ("obs", "ended", "ep_return", "ep_length")}
         return {**plain, **arrays}
 
@@ -317,20 +429,31 @@ def collect(agent: PolicyGradient, envs, loop: Loop, recent: deque, clip_rewards
     def stack(rows, dtype=None):
         return torch.as_tensor(np.stack(rows), dtype=dtype, device=device)
 
-    return Rollout(stack(obs), stack(actions), stack(rewards, torch.float32), stack(terminated), stack(ended),
-                   stack(valid))
+    return Rollout(
+        stack(obs), stack(actions), stack(rewards, torch.float32), stack(terminated), stack(ended), stack(valid)
+    )
 
 
-def train(agent: PolicyGradient, env: EnvSpec, run: Run, *, total_steps: int, eval_every: int, eval_episodes: int,
-          log_every: int, optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
-          progress: bool = True) -> dict:
+def train(
+    agent: PolicyGradient,
+    env: EnvSpec,
+    run: Run,
+    *,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    log_every: int,
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+    progress: bool = True,
+) -> dict:
     """The loop in ``run``: collect a batch, update, evaluate (greedy and sampled), record, checkpoint."""
     done = run.finished()
     if done is not None:
         return done
     if agent.n_steps is None and agent.episodes % env.num_envs:
-        raise UserError(f"agent.episodes={agent.episodes} does not share out over env.num_envs={env.num_envs}: "
-                        f"use a multiple of it")
+        raise UserError(
+            f"agent.episodes={agent.episodes} does not share out over env.num_envs={env.num_envs}: use a multiple of it"
+        )
     envs = env.make()
     seed = int(run.seed)
     agent.build(envs.single_observation_space, envs.single_action_space, run.device, optimizer)
@@ -348,8 +471,19 @@ def train(agent: PolicyGradient, env: EnvSpec, run: Run, *, total_steps: int, ev
         threshold = env.solved_at()
         run.figures = lambda: _figures(loop, env, threshold, run)
         with run, TrainingProgress(progress) as bar:
-            _updates(agent, envs, env, run, loop, bar, threshold, total_steps=total_steps,
-                     eval_episodes=eval_episodes, eval_every=eval_every, log_every=log_every)
+            _updates(
+                agent,
+                envs,
+                env,
+                run,
+                loop,
+                bar,
+                threshold,
+                total_steps=total_steps,
+                eval_episodes=eval_episodes,
+                eval_every=eval_every,
+                log_every=log_every,
+            )
     finally:
         envs.close()
     return run.summary
@@ -362,27 +496,51 @@ def evaluate(agent: PolicyGradient, env: EnvSpec, episodes: int, seed: int) -> t
     return greedy, policy_returns(agent.evaluator(sampled=True, generator=generator), env, episodes, seed)
 
 
-def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, bar, threshold, *, total_steps: int,
-             eval_every: int, eval_episodes: int, log_every: int) -> None:
+def _updates(
+    agent: PolicyGradient,
+    envs,
+    env: EnvSpec,
+    run: Run,
+    loop: Loop,
+    bar,
+    threshold,
+    *,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    log_every: int,
+) -> None:
     record, seed = run.record, int(run.seed)
     recent = deque((r for r, _ in loop.episodes[-100:]), maxlen=100)
 
     def save() -> None:
         record.write_metrics()
-        run.save_checkpoint({"agent": agent.state_dict(), "loop": loop.state_dict(),
-                             "envs": getattr(envs, "state_dict", lambda: None)(), "history": record.rows})
+        run.save_checkpoint(
+            {
+                "agent": agent.state_dict(),
+                "loop": loop.state_dict(),
+                "envs": getattr(envs, "state_dict", lambda: None)(),
+                "history": record.rows,
+            }
+        )
 
     task = bar.add_task("steps", total=total_steps, completed=loop.step, info="")
     tick = last_write = time.perf_counter()
     while loop.step < total_steps:
-        losses = agent.update(collect(agent, envs, loop, recent, env.clip_rewards))
+        batch = collect(agent, envs, loop, recent, env.clip_rewards)
+        agent.set_progress(1.0 - loop.step / total_steps)  # as SB3: the progress after the rollout
+        losses = agent.update(batch)
         for key, value in zip(loop.window, (losses.policy, losses.value, losses.entropy)):
             loop.window[key].append(value.item())
         step = loop.step
         evaluating = step >= loop.next_eval or step >= total_steps
         measured = {k: v[-1] for k, v in loop.window.items()}
-        stop = diverged(run, f"step {step}", {**measured, "return": float(np.mean(recent)) if recent else None},
-                        agent.params if evaluating else None)
+        stop = diverged(
+            run,
+            f"step {step}",
+            {**measured, "return": float(np.mean(recent)) if recent else None},
+            agent.params if evaluating else None,
+        )
         evaluated = evaluating and not stop
         if evaluated:
             started = time.perf_counter()
@@ -400,13 +558,16 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
                 loop.solved_step_sampled = step
         if step - loop.last_logged >= log_every or evaluated or stop:
             now = time.perf_counter()
-            row = {"step": step, "episodes": len(loop.episodes),
-                   "return": float(np.mean(recent)) if recent else math.nan,
-                   "length": float(np.mean([ln for _, ln in loop.episodes[-100:]])) if loop.episodes else math.nan,
-                   **{k: float(np.mean(v)) if v else math.nan for k, v in loop.window.items()},
-                   "eval_return": score if evaluated else math.nan,
-                   "eval_return_sampled": score_sampled if evaluated else math.nan,
-                   "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9)}
+            row = {
+                "step": step,
+                "episodes": len(loop.episodes),
+                "return": float(np.mean(recent)) if recent else math.nan,
+                "length": float(np.mean([ln for _, ln in loop.episodes[-100:]])) if loop.episodes else math.nan,
+                **{k: float(np.mean(v)) if v else math.nan for k, v in loop.window.items()},
+                "eval_return": score if evaluated else math.nan,
+                "eval_return_sampled": score_sampled if evaluated else math.nan,
+                "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9),
+            }
             write = evaluated or now - last_write > 10.0  # the table is rewritten whole: not at every row
             record.log(row, write=write)
             last_write = now if write else last_write
@@ -414,9 +575,11 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
             tick, loop.last_logged = now, step
             bar.update(task, completed=min(step, total_steps), info=f"return {row['return']:.1f}", refresh=True)
             if evaluated and not stop:
-                log.info(f"step {step}: eval return {score:.1f} greedy, {score_sampled:.1f} sampled "
-                         f"(best {loop.best_eval:.1f}), train return {row['return']:.1f}, "
-                         f"{row['steps_per_s']:.0f} steps/s")
+                log.info(
+                    f"step {step}: eval return {score:.1f} greedy, {score_sampled:.1f} sampled "
+                    f"(best {loop.best_eval:.1f}), train return {row['return']:.1f}, "
+                    f"{row['steps_per_s']:.0f} steps/s"
+                )
                 save()
         if stop:  # the rows so far stay; the checkpoint stays the last finite one
             break
@@ -426,5 +589,8 @@ def _updates(agent: PolicyGradient, envs, env: EnvSpec, run: Run, loop: Loop, ba
 
 def _figures(loop: Loop, env: EnvSpec, threshold, run: Run) -> dict:
     wall = run.wall_time
-    return {**episode_figures(loop, env, threshold, wall), "solved_step_sampled": loop.solved_step_sampled,
-            "train_steps_per_s": loop.step / max(wall - loop.eval_seconds, 1e-9)}
+    return {
+        **episode_figures(loop, env, threshold, wall),
+        "solved_step_sampled": loop.solved_step_sampled,
+        "train_steps_per_s": loop.step / max(wall - loop.eval_seconds, 1e-9),
+    }

@@ -10,6 +10,7 @@ import pandas as pd
 
 def returns_plot(metrics_csv: Path, out: Path, threshold: float | None = None) -> Path:
     """Training returns and evaluations (greedy, and pg's sampled actions) against environment steps."""
+
     def draw(ax, rows: pd.DataFrame) -> None:
         ax.plot(rows["step"], rows["return"], label="training return (mean of last 100 episodes)")
         evals = rows.dropna(subset=["eval_return"])
@@ -26,8 +27,12 @@ def fitness_plot(metrics_csv: Path, out: Path, threshold: float | None = None) -
         return None
 
     def draw(ax, rows: pd.DataFrame) -> None:
-        for key, label in (("best_fitness", "best member"), ("elite_fitness", "elite (re-evaluated)"),
-                           ("median_fitness", "median member"), ("mean_fitness", "mean member")):
+        for key, label in (
+            ("best_fitness", "best member"),
+            ("elite_fitness", "elite (re-evaluated)"),
+            ("median_fitness", "median member"),
+            ("mean_fitness", "mean member"),
+        ):
             ax.plot(rows["generation"], rows[key], label=label)
 
     return _curves(metrics_csv, out, threshold, draw, "generation", "fitness (mean episode return)")

@@ -55,8 +55,8 @@ class PolicyLayout:
         out, start, p = [], 0, population.shape[0]
         for w_shape, b_shape in self.shapes:
             n_w, n_b = math.prod(w_shape), math.prod(b_shape)
-            w = population[:, start:start + n_w].view(p, *w_shape)
-            b = population[:, start + n_w:start + n_w + n_b]
+            w = population[:, start : start + n_w].view(p, *w_shape)
+            b = population[:, start + n_w : start + n_w + n_b]
             out.append((w, b))
             start += n_w + n_b
         return out
@@ -90,11 +90,14 @@ def check_env(env: EnvSpec) -> tuple[int, int]:
     finally:
         probe.close()
     if not isinstance(act_space, gym.spaces.Discrete):
-        raise UserError(f"env.id={env.id}: ga evolves greedy policies over discrete actions, this one has "
-                        f"{type(act_space).__name__} actions")
+        raise UserError(
+            f"env.id={env.id}: ga evolves greedy policies over discrete actions, this one has "
+            f"{type(act_space).__name__} actions"
+        )
     if len(obs_space.shape) != 1 or env.atari or env.frame_stack > 1:
-        raise UserError(f"env.id={env.id}: ga evolves MLP policies, for vector observations "
-                        f"(this one is {obs_space.shape})")
+        raise UserError(
+            f"env.id={env.id}: ga evolves MLP policies, for vector observations (this one is {obs_space.shape})"
+        )
     return int(obs_space.shape[0]), int(act_space.n)
 
 
@@ -113,8 +116,9 @@ class Episodes:
         self.env, self.n = env, n
         self.backend = "numpy" if backend in ("auto", "numpy") and numpy_ready(env) else "python"
         if backend == "numpy" and self.backend != "numpy":
-            raise UserError(f"agent.backend=numpy: {env.id} has no numpy vector implementation in gymnasium "
-                            f"(use auto or python)")
+            raise UserError(
+                f"agent.backend=numpy: {env.id} has no numpy vector implementation in gymnasium (use auto or python)"
+            )
         if self.backend == "numpy":
             self.vec = gym.make_vec(env.id, num_envs=n, vectorization_mode="vector_entry_point").unwrapped
             self.one = gym.make_vec(env.id, num_envs=1, vectorization_mode="vector_entry_point").unwrapped
@@ -154,7 +158,7 @@ class Episodes:
         return obs, rewards, ended
 
     def close(self) -> None:
-        for e in ([self.vec, self.one] if self.backend == "numpy" else self.envs):
+        for e in [self.vec, self.one] if self.backend == "numpy" else self.envs:
             e.close()
 
 
@@ -179,8 +183,9 @@ def numpy_ready(env: EnvSpec) -> bool:
 
 
 @torch.inference_mode()
-def play(act: Callable[[np.ndarray], np.ndarray], env: EnvSpec, seeds: np.ndarray,
-         backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def play(
+    act: Callable[[np.ndarray], np.ndarray], env: EnvSpec, seeds: np.ndarray, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of one episode per seed, ``act(obs (n, obs_dim)) -> actions (n,)`` choosing."""
     episodes = Episodes(env, len(seeds), backend)
     try:
@@ -196,8 +201,9 @@ def play(act: Callable[[np.ndarray], np.ndarray], env: EnvSpec, seeds: np.ndarra
         episodes.close()
 
 
-def evaluate(population: torch.Tensor, layout: PolicyLayout, env: EnvSpec, seeds: np.ndarray,
-             backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def evaluate(
+    population: torch.Tensor, layout: PolicyLayout, env: EnvSpec, seeds: np.ndarray, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths (P, E) of each of P members over E episodes, member p's episode e started from
     ``seeds[p, e]``; every step one batched forward of all P x E observations."""
     p, e = seeds.shape
@@ -212,8 +218,9 @@ def evaluate(population: torch.Tensor, layout: PolicyLayout, env: EnvSpec, seeds
     return returns.reshape(p, e), lengths.reshape(p, e)
 
 
-def evaluate_one_by_one(population: torch.Tensor, layout: PolicyLayout, env: EnvSpec, seeds: np.ndarray,
-                        backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def evaluate_one_by_one(
+    population: torch.Tensor, layout: PolicyLayout, env: EnvSpec, seeds: np.ndarray, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """The same as ``evaluate``, a member at a time with its own ``QNetwork``: the loop that ``evaluate``
     replaces (the benchmark's baseline)."""
     returns, lengths = np.zeros(seeds.shape), np.zeros(seeds.shape, dtype=np.int64)

@@ -33,8 +33,14 @@ class ReplayBuffer:
     is kept: 5 frames a transition instead of 8 (35 instead of 56 GB for Atari's 1M transitions).
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32, device="cpu",
-                 frame_stack: bool = False):
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype=torch.float32,
+        device="cpu",
+        frame_stack: bool = False,
+    ):
         self.capacity = int(capacity)
         self.device = torch.device(device)
         self.frame_stack = frame_stack and len(obs_shape) > 1 and obs_shape[0] > 1

@@ -34,8 +34,9 @@ def start(cfg: DictConfig):
     return opts, instantiate(cfg.agent), EnvSpec(**OmegaConf.to_container(cfg.env, resolve=True))
 
 
-def diverged(run: Run, where: str, figures: dict[str, float | None],
-             weights: Iterable[torch.Tensor] | None = None) -> bool:
+def diverged(
+    run: Run, where: str, figures: dict[str, float | None], weights: Iterable[torch.Tensor] | None = None
+) -> bool:
     """True, with the run marked ``diverged``, when a measured figure (a loss, a return; None: not measured
     this time) or one of ``weights`` is NaN or infinite. The loop then logs its row and stops there, keeping
     its rows and its last finite checkpoint, as the training engine does with a non-finite loss.
@@ -72,6 +73,9 @@ def load_weights(module: nn.Module, state: dict, agent_key: str, path: Path) -> 
 
 def return_stats(prefix: str, returns: np.ndarray) -> dict:
     """``<prefix>_mean``, ``_std`` (0 for one episode), ``_min`` and ``_max`` of the episodes' returns."""
-    return {f"{prefix}_mean": float(returns.mean()),
-            f"{prefix}_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-            f"{prefix}_min": float(returns.min()), f"{prefix}_max": float(returns.max())}
+    return {
+        f"{prefix}_mean": float(returns.mean()),
+        f"{prefix}_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
+        f"{prefix}_min": float(returns.min()),
+        f"{prefix}_max": float(returns.max()),
+    }

@@ -19,11 +19,10 @@ from nas_cli.data.bundle import DataBundle
 from nas_cli.detection.evaluate import METHODS, Postprocess, mean_average_precision
 from nas_cli.detection.losses import DetectionLoss
 from nas_cli.detection.predict import DetectorMeta, detection_grid, image_files, predict_images
-from nas_cli.engine import checkpoint
 from nas_cli.engine.device import seed_everything
 from nas_cli.engine.latency import n_params
 from nas_cli.errors import UserError
-from nas_cli.runs import saved_config
+from nas_cli.runs import checkpoint, saved_config
 from nas_cli.runs.files import DETECTIONS, DETECTIONS_PLOT, DETECTOR, PREDICTIONS, WEIGHTS
 from nas_cli.runs.options import RunOptions
 from nas_cli.runs.record import atomic_write
@@ -57,25 +56,41 @@ def train(cfg: DictConfig, opts: RunOptions, post: Postprocess) -> dict:
     run = opts.run(COMMAND, budget={"trainer.epochs": trainer.epochs}, headline=HEADLINE)
     mean, std = (data.train.mean.flatten().tolist(), data.train.std.flatten().tolist())
     if run.record.write:
-        DetectorMeta(OmegaConf.to_container(cfg.model, resolve=True), data.in_shape, data.classes, mean,
-                     std).save(run.dir / DETECTOR)
-    log.info(f"Detector ({n_params(model):,} parameters, stride {model.stride}) on {data.name} "
-             f"({data.in_shape}, {data.num_classes} classes: {', '.join(data.classes)}), {opts.device}; "
-             f"run folder {run.dir}")
+        DetectorMeta(OmegaConf.to_container(cfg.model, resolve=True), data.in_shape, data.classes, mean, std).save(
+            run.dir / DETECTOR
+        )
+    log.info(
+        f"Detector ({n_params(model):,} parameters, stride {model.stride}) on {data.name} "
+        f"({data.in_shape}, {data.num_classes} classes: {', '.join(data.classes)}), {opts.device}; "
+        f"run folder {run.dir}"
+    )
 
     def figures() -> dict:
         rows = run.record.rows
         final = {k: rows[-1][k] for k in MAP_KEYS if rows and k in rows[-1]}
         return {**final, "classes": data.classes, "val_split": data.val_split, "postprocess": vars(post)}
 
-    summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
-                          generator=data.generator, loss_fn=loss, score=SCORE, figures=figures,
-                          on_epoch_end=lambda row: mean_average_precision(model, data.val, trainer.device, post))
+    summary = trainer.fit(
+        model,
+        optimizer,
+        data.train,
+        data.val,
+        run=run,
+        schedule=instantiate(cfg.sched),
+        generator=data.generator,
+        loss_fn=loss,
+        score=SCORE,
+        figures=figures,
+        on_epoch_end=lambda row: mean_average_precision(model, data.val, trainer.device, post),
+    )
     if summary["status"] == "ok" and run.record.write:
         detection_grid(model, data.val, data.classes, mean, std, trainer.device, post, run.dir / DETECTIONS_PLOT)
-    log.info("validation mAP@0.5 / mAP@[.5:.95]: NMS " + " / ".join(f"{summary.get(k, float('nan')):.4f}"
-                                                                 for k in MAP_KEYS[:2])
-             + ", soft-NMS " + " / ".join(f"{summary.get(k, float('nan')):.4f}" for k in MAP_KEYS[2:]))
+    log.info(
+        "validation mAP@0.5 / mAP@[.5:.95]: NMS "
+        + " / ".join(f"{summary.get(k, float('nan')):.4f}" for k in MAP_KEYS[:2])
+        + ", soft-NMS "
+        + " / ".join(f"{summary.get(k, float('nan')):.4f}" for k in MAP_KEYS[2:])
+    )
     return summary
 
 
@@ -83,8 +98,7 @@ def check_detection_data(data: DataBundle) -> None:
     """Detection needs boxes: targets [N, M, 5] and class names (``data=shapes`` or ``data=coco``)."""
     y = getattr(data.train, "y", None)
     if y is None or y.dim() != 3 or y.shape[-1] != 5 or not data.classes:
-        raise UserError(f"data {data.name} has no boxes: detect trains on detection data "
-                        "(data=shapes or data=coco)")
+        raise UserError(f"data {data.name} has no boxes: detect trains on detection data (data=shapes or data=coco)")
     if len(data.val.y) == 0:
         raise UserError("no validation images (data.val_size=0?): detect measures mAP on them every epoch")
 
@@ -109,10 +123,17 @@ def predict(cfg: DictConfig, opts: RunOptions, post: Postprocess) -> dict:
     with run:
         records = predict_images(model, meta, files, run.dir / PREDICTIONS, post, method, opts.device)
         atomic_write(run.dir / DETECTIONS, lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1)))
-        run.figures = lambda: {"mode": "predict", "source": str(source), "method": method, "images": len(records),
-                               "detections": sum(len(r["detections"]) for r in records)}
-    log.info(f"{len(records)} images, {run.summary['detections']} detections: {run.dir / PREDICTIONS}/, "
-             f"{run.dir / DETECTIONS}")
+        run.figures = lambda: {
+            "mode": "predict",
+            "source": str(source),
+            "method": method,
+            "images": len(records),
+            "detections": sum(len(r["detections"]) for r in records),
+        }
+    log.info(
+        f"{len(records)} images, {run.summary['detections']} detections: {run.dir / PREDICTIONS}/, "
+        f"{run.dir / DETECTIONS}"
+    )
     return run.summary
 
 
@@ -126,4 +147,3 @@ def source_folder(source: str | None) -> Path:
         if not (folder / name).is_file():
             raise UserError(f"source={source}: {folder} has no {name} (a finished `nas-cli detect` run has both)")
     return folder
-

@@ -12,7 +12,7 @@ from nas_cli.agents.dqn import DQN, HEADLINE, train
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.plots import returns_plot
 from nas_cli.agents.runs import load_weights, return_stats, source_file, start
-from nas_cli.engine import checkpoint
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
@@ -24,22 +24,35 @@ EVAL_HEADLINE = ["eval_return_mean", "eval_return_std", "episodes"]
 def task(cfg: DictConfig) -> dict:
     opts, agent, env = start(cfg)
     if cfg.mode == "eval":
-        return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes),
-                              epsilon=float(cfg.eval.epsilon))
+        return evaluate_saved(
+            agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes), epsilon=float(cfg.eval.epsilon)
+        )
     total_steps = int(cfg.total_steps)
     run = opts.run(COMMAND, budget={"total_steps": total_steps}, headline=HEADLINE)
-    summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),
-                    eval_episodes=int(cfg.eval.episodes), log_every=int(cfg.log_every),
-                    optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.sched), progress=opts.progress,
-                    eval_epsilon=float(cfg.eval.epsilon))
+    summary = train(
+        agent,
+        env,
+        run,
+        total_steps=total_steps,
+        eval_every=int(cfg.eval.every),
+        eval_episodes=int(cfg.eval.episodes),
+        log_every=int(cfg.log_every),
+        optimizer=instantiate(cfg.optim),
+        schedule=instantiate(cfg.sched),
+        progress=opts.progress,
+        eval_epsilon=float(cfg.eval.epsilon),
+    )
     returns_plot(run.dir / METRICS, run.dir / RETURNS_PLOT, summary["threshold"])
-    log.info(f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
-             f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s")
+    log.info(
+        f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
+        f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s"
+    )
     return summary
 
 
-def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int,
-                   epsilon: float = 0.0) -> dict:
+def evaluate_saved(
+    agent: DQN, env: EnvSpec, opts: RunOptions, source: str | None, episodes: int, epsilon: float = 0.0
+) -> dict:
     """Greedy (``epsilon``-greedy) returns of a saved agent over ``episodes`` games, as a run of its own."""
     path = source_file(source)
     envs = env.make(num_envs=1, asynchronous=False)
@@ -50,9 +63,17 @@ def evaluate_saved(agent: DQN, env: EnvSpec, opts: RunOptions, source: str | Non
     with run:
         returns = greedy_returns(agent.q.eval(), env, episodes, opts.seed + 20_000, opts.device, epsilon)
         np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
-                               "epsilon": epsilon, **return_stats("eval_return", returns)}
+        run.figures = lambda: {
+            "mode": "eval",
+            "source": str(path),
+            "env": env.id,
+            "episodes": len(returns),
+            "epsilon": epsilon,
+            **return_stats("eval_return", returns),
+        }
     summary = run.summary
-    log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} ± {summary['eval_return_std']:.1f}"
-             f" (min {returns.min():.0f}, max {returns.max():.0f})")
+    log.info(
+        f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} ± {summary['eval_return_std']:.1f}"
+        f" (min {returns.min():.0f}, max {returns.max():.0f})"
+    )
     return summary

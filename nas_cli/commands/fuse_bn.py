@@ -16,13 +16,12 @@ from omegaconf import DictConfig
 from rich import get_console
 from rich.table import Table
 
-from nas_cli.engine import checkpoint
 from nas_cli.engine.device import full_precision, seed_everything
 from nas_cli.engine.latency import median_latencies, n_params
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.transfer import weights_file
 from nas_cli.errors import UserError
-from nas_cli.runs import saved_config
+from nas_cli.runs import checkpoint, saved_config
 from nas_cli.runs.files import CONFIG, FUSED
 from nas_cli.runs.options import RunOptions
 from nas_cli.tools import export as exporter
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 TORCHVISION = "torchvision:"
 COMMAND = "fuse-bn"
 HEADLINE = ["pairs_fused", "pairs_skipped", "max_rel_diff"]
-# export=FORMAT's file, beside today's fused.pt (a state_dict, kept as it is)
+# export=FORMAT's file, beside fused.pt (the fused model's state_dict, written whatever the export)
 EXPORTED = {"onnx": "fused.onnx", "torchscript": "fused_torchscript.pt"}
 LATENCY_KEY = {"onnx": "onnxruntime", "torchscript": "torchscript"}  # its latency column: latency_ms_<this>
 
@@ -52,8 +51,7 @@ def task(cfg: DictConfig) -> dict:
     opts = RunOptions.from_config(cfg)
     seed_everything(opts.seed)
     batch_sizes = [int(b) for b in cfg.batch_sizes]
-    source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape),
-                    str(cfg.source_weights))
+    source = Source(str(cfg.source), cfg.weights, int(cfg.num_classes), tuple(cfg.input_shape), str(cfg.source_weights))
     fmt = _export_format(cfg.export)
     if fmt == "onnx":
         exporter.require_onnx()  # a missing extra is a one-line error before any work
@@ -70,13 +68,20 @@ def task(cfg: DictConfig) -> dict:
         with torch.inference_mode(), full_precision():  # the same figure on every device: no TF32 rounding
             expected, got = model(inputs), fused(inputs)
         max_abs = (expected - got).abs().max().item()
-        figures.update({
-            "source": described, "method": report.method, "pairs_fused": len(report.fused),
-            "pairs_skipped": len(report.skipped),
-            "large_scale_channels": sum(p.large_scale_channels for p in report.fused),
-            "max_abs_diff": max_abs, "max_rel_diff": max_abs / max(expected.abs().max().item(), 1e-12),
-            "check_precision": "fp32, TF32 off",
-            "params_before": n_params(model), "params_after": n_params(fused)})
+        figures.update(
+            {
+                "source": described,
+                "method": report.method,
+                "pairs_fused": len(report.fused),
+                "pairs_skipped": len(report.skipped),
+                "large_scale_channels": sum(p.large_scale_channels for p in report.fused),
+                "max_abs_diff": max_abs,
+                "max_rel_diff": max_abs / max(expected.abs().max().item(), 1e-12),
+                "check_precision": "fp32, TF32 off",
+                "params_before": n_params(model),
+                "params_after": n_params(fused),
+            }
+        )
         timed = {"unfused": model, "fused": fused}
         if fmt is not None:
             timed[LATENCY_KEY[fmt]] = export_and_check(fused, inputs, run.dir, fmt, cfg, figures)
@@ -86,11 +91,15 @@ def task(cfg: DictConfig) -> dict:
                 copies = -(-size // len(inputs))  # too few real inputs: repeat them
                 x = inputs.repeat(copies, *[1] * (inputs.dim() - 1))[:size]
                 times = median_latencies(timed, x, repeats=int(cfg.repeats))
-                row = {"batch_size": size, **{f"latency_ms_{k}": 1e3 * t for k, t in times.items()},
-                       "speedup": times["unfused"] / times["fused"]}
+                row = {
+                    "batch_size": size,
+                    **{f"latency_ms_{k}": 1e3 * t for k, t in times.items()},
+                    "speedup": times["unfused"] / times["fused"],
+                }
                 if fmt is not None:  # every batch size runs through the file's dynamic batch axis: check each
-                    row["export_max_rel_diff"] = check_export(fused, timed[LATENCY_KEY[fmt]], x,
-                                                             run.dir / EXPORTED[fmt], cfg)
+                    row["export_max_rel_diff"] = check_export(
+                        fused, timed[LATENCY_KEY[fmt]], x, run.dir / EXPORTED[fmt], cfg
+                    )
                     figures["export_max_rel_diff"] = max(figures["export_max_rel_diff"], row["export_max_rel_diff"])
                 run.record.log(row)
                 figures[f"speedup_bs{size}"] = times["unfused"] / times["fused"]
@@ -109,8 +118,9 @@ def _export_format(value) -> str | None:
     return str(value)
 
 
-def export_and_check(fused: torch.nn.Module, inputs: torch.Tensor, run_dir: Path, fmt: str, cfg: DictConfig,
-                     figures: dict) -> torch.nn.Module:
+def export_and_check(
+    fused: torch.nn.Module, inputs: torch.Tensor, run_dir: Path, fmt: str, cfg: DictConfig, figures: dict
+) -> torch.nn.Module:
     """Write the fused model as ``fmt`` and check the file on the check's inputs (see ``check_export``).
 
     Returns the loaded file as a module, so it is timed beside torch's models.
@@ -118,22 +128,31 @@ def export_and_check(fused: torch.nn.Module, inputs: torch.Tensor, run_dir: Path
     opset = int(cfg.export_opset)
     path = exporter.export(fused, inputs, run_dir / EXPORTED[fmt], fmt, opset=opset)
     runner, runs_on = exporter.load_exported(path, fmt, inputs.device)
-    figures.update({"export": fmt, "export_file": path.name, "export_runtime": runs_on,
-                    **({"export_opset": opset} if fmt == "onnx" else {})})
+    figures.update(
+        {
+            "export": fmt,
+            "export_file": path.name,
+            "export_runtime": runs_on,
+            **({"export_opset": opset} if fmt == "onnx" else {}),
+        }
+    )
     figures["export_max_rel_diff"] = check_export(fused, runner, inputs, path, cfg)
     return runner
 
 
-def check_export(fused: torch.nn.Module, runner: torch.nn.Module, x: torch.Tensor, path: Path,
-                 cfg: DictConfig) -> float:
+def check_export(
+    fused: torch.nn.Module, runner: torch.nn.Module, x: torch.Tensor, path: Path, cfg: DictConfig
+) -> float:
     """max |torch - file| / max |torch| on ``x`` in full fp32; past ``export_rtol`` the file goes and the run fails."""
     with torch.inference_mode(), full_precision():
         diff = exporter.max_rel_diff(fused(x), runner(x))
     tolerance = float(cfg.export_rtol)
     if not diff <= tolerance:  # also catches NaN
         path.unlink(missing_ok=True)  # a file that fails its check is not left for someone to deploy
-        raise UserError(f"export: {path.name} differs from the fused torch model by {diff:.3g} (max difference / "
-                        f"max |output|, batch {len(x)}), more than export_rtol={tolerance:g}; the file was removed")
+        raise UserError(
+            f"export: {path.name} differs from the fused torch model by {diff:.3g} (max difference / "
+            f"max |output|, batch {len(x)}), more than export_rtol={tolerance:g}; the file was removed"
+        )
     return diff
 
 
@@ -141,7 +160,7 @@ def load_source(source: Source, batch: int, seed: int) -> tuple[torch.nn.Module,
     """The model to fuse and a batch of inputs to check it on."""
     name = source.source
     if name.startswith(TORCHVISION):
-        return _torchvision(name[len(TORCHVISION):], source, batch, seed)
+        return _torchvision(name[len(TORCHVISION) :], source, batch, seed)
     if not Path(name).exists():
         raise UserError(f"source={name}: no such run folder or file (or use torchvision:NAME)")
     weights = weights_file(name, source.pick, "source")
@@ -216,8 +235,12 @@ def print_report(report: FuseReport, summary: dict, rows: list[dict]) -> None:
     for col in ("layer", "batchnorm", "result"):
         pairs.add_column(col)
     for p in report.fused:
-        pairs.add_row(p.layer, p.bn, f"fused ({p.kind})" + (f", {p.large_scale_channels} large-scale channels"
-                                                             if p.large_scale_channels else ""))
+        pairs.add_row(
+            p.layer,
+            p.bn,
+            f"fused ({p.kind})"
+            + (f", {p.large_scale_channels} large-scale channels" if p.large_scale_channels else ""),
+        )
     for s in report.skipped:
         pairs.add_row(s.layer, s.bn, f"skipped: {s.reason}")
     console.print(pairs)
@@ -225,16 +248,20 @@ def print_report(report: FuseReport, summary: dict, rows: list[dict]) -> None:
     numbers.add_column("figure")
     numbers.add_column("value", justify="right")
     numbers.add_row("max |output difference|", f"{summary['max_abs_diff']:.3g}")
-    numbers.add_row("max difference / max |output|",
-                    f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})")
+    numbers.add_row(
+        "max difference / max |output|", f"{summary['max_rel_diff']:.3g} ({summary.get('check_precision', 'fp32')})"
+    )
     numbers.add_row("parameters", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     if "export" in summary:
-        numbers.add_row(f"{summary['export_file']} ({summary['export_runtime']}) vs fused torch",
-                        f"{summary['export_max_rel_diff']:.3g} (max difference / max |output|)")
+        numbers.add_row(
+            f"{summary['export_file']} ({summary['export_runtime']}) vs fused torch",
+            f"{summary['export_max_rel_diff']:.3g} (max difference / max |output|)",
+        )
     exported = next((k for k in LATENCY_KEY.values() if rows and f"latency_ms_{k}" in rows[0]), None)
     for r in rows:
         extra = f", {exported} {r[f'latency_ms_{exported}']:.2f} ms" if exported else ""
-        numbers.add_row(f"latency, batch {r['batch_size']}",
-                        f"{r['latency_ms_unfused']:.2f} ms -> {r['latency_ms_fused']:.2f} ms ({r['speedup']:.2f}x)"
-                        + extra)
+        numbers.add_row(
+            f"latency, batch {r['batch_size']}",
+            f"{r['latency_ms_unfused']:.2f} ms -> {r['latency_ms_fused']:.2f} ms ({r['speedup']:.2f}x)" + extra,
+        )
     console.print(numbers)

@@ -12,8 +12,8 @@ from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.ga import GA, HEADLINE, train
 from nas_cli.agents.population import PolicyLayout, check_env
 from nas_cli.agents.runs import load_weights, return_stats, source_file, start
-from nas_cli.engine import checkpoint
 from nas_cli.errors import UserError
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import EVAL_RETURNS
 from nas_cli.runs.options import RunOptions
 
@@ -31,8 +31,10 @@ def task(cfg: DictConfig) -> dict:
         raise UserError(f"generations={generations}: use 1 or more")
     run = opts.run(COMMAND, budget={"generations": generations}, headline=HEADLINE)
     summary = train(ga, env, run, generations=generations, workers=int(cfg.workers), progress=opts.progress)
-    log.info(f"best elite {summary.get('best_eval_return')} at generation {summary.get('best_generation')}; "
-             f"solved at generation {summary.get('solved_generation')} ({summary.get('solved_steps')} steps)")
+    log.info(
+        f"best elite {summary.get('best_eval_return')} at generation {summary.get('best_generation')}; "
+        f"solved at generation {summary.get('solved_generation')} ({summary.get('solved_steps')} steps)"
+    )
     return summary
 
 
@@ -47,11 +49,15 @@ def evaluate_saved(ga: GA, env: EnvSpec, opts: RunOptions, source: str | None, e
     with run:
         returns = greedy_returns(net, env, episodes, opts.seed + 20_000, opts.device)
         np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(returns),
-                               **return_stats("eval_return", returns)}
-    log.info(f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} "
-             f"(min {returns.min():.0f}, max {returns.max():.0f})")
+        run.figures = lambda: {
+            "mode": "eval",
+            "source": str(path),
+            "env": env.id,
+            "episodes": len(returns),
+            **return_stats("eval_return", returns),
+        }
+    log.info(
+        f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} "
+        f"(min {returns.min():.0f}, max {returns.max():.0f})"
+    )
     return run.summary
-
-
-

@@ -12,7 +12,7 @@ from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.pg import HEADLINE, PolicyGradient, evaluate, train
 from nas_cli.agents.plots import returns_plot
 from nas_cli.agents.runs import load_weights, return_stats, source_file, start
-from nas_cli.engine import checkpoint
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
@@ -27,12 +27,22 @@ def task(cfg: DictConfig) -> dict:
         return evaluate_saved(agent, env, opts, source=cfg.source, episodes=int(cfg.eval.episodes))
     total_steps = int(cfg.total_steps)
     run = opts.run(COMMAND, budget={"total_steps": total_steps}, headline=HEADLINE)
-    summary = train(agent, env, run, total_steps=total_steps, eval_every=int(cfg.eval.every),
-                    eval_episodes=int(cfg.eval.episodes), log_every=int(cfg.log_every),
-                    optimizer=instantiate(cfg.optim), progress=opts.progress)
+    summary = train(
+        agent,
+        env,
+        run,
+        total_steps=total_steps,
+        eval_every=int(cfg.eval.every),
+        eval_episodes=int(cfg.eval.episodes),
+        log_every=int(cfg.log_every),
+        optimizer=instantiate(cfg.optim),
+        progress=opts.progress,
+    )
     returns_plot(run.dir / METRICS, run.dir / RETURNS_PLOT, summary["threshold"])
-    log.info(f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
-             f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s")
+    log.info(
+        f"best greedy evaluation {summary['best_eval_return']} at step {summary['best_eval_step']}; "
+        f"solved at step {summary['solved_step']}; {summary['steps_per_s']:.0f} steps/s"
+    )
     return summary
 
 
@@ -47,9 +57,17 @@ def evaluate_saved(agent: PolicyGradient, env: EnvSpec, opts: RunOptions, source
     with run:
         greedy, sampled = evaluate(agent, env, episodes, opts.seed + 20_000)
         np.savetxt(run.dir / EVAL_RETURNS, np.stack([greedy, sampled], 1), header="greedy sampled", fmt="%g")
-        run.figures = lambda: {"mode": "eval", "source": str(path), "env": env.id, "episodes": len(greedy),
-                               **return_stats("eval_return", greedy), **return_stats("eval_return_sampled", sampled)}
+        run.figures = lambda: {
+            "mode": "eval",
+            "source": str(path),
+            "env": env.id,
+            "episodes": len(greedy),
+            **return_stats("eval_return", greedy),
+            **return_stats("eval_return_sampled", sampled),
+        }
     summary = run.summary
-    log.info(f"{len(greedy)} episodes of {path}: return {greedy.mean():.1f} ± {summary['eval_return_std']:.1f} "
-             f"with the most likely action, {sampled.mean():.1f} ± {summary['eval_return_sampled_std']:.1f} sampled")
+    log.info(
+        f"{len(greedy)} episodes of {path}: return {greedy.mean():.1f} ± {summary['eval_return_std']:.1f} "
+        f"with the most likely action, {sampled.mean():.1f} ± {summary['eval_return_sampled_std']:.1f} sampled"
+    )
     return summary

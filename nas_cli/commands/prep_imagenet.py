@@ -26,10 +26,20 @@ def options(cfg: DictConfig, seed: int, progress: bool) -> Options:
     if isinstance(splits, str):
         splits = [splits]
     splits = OmegaConf.to_container(splits) if not isinstance(splits, list) else splits
-    return Options(src=str(cfg.src), dst=str(cfg.dst), splits=tuple(splits), workers=int(cfg.workers),
-                   labels=str(cfg.labels), fix_images=bool(cfg.fix_images), classes=cfg.classes,
-                   per_class=cfg.per_class, seed=seed, verify=bool(cfg.verify), dry_run=bool(cfg.dry_run),
-                   progress=progress)
+    return Options(
+        src=str(cfg.src),
+        dst=str(cfg.dst),
+        splits=tuple(splits),
+        workers=int(cfg.workers),
+        labels=str(cfg.labels),
+        fix_images=bool(cfg.fix_images),
+        classes=cfg.classes,
+        per_class=cfg.per_class,
+        seed=seed,
+        verify=bool(cfg.verify),
+        dry_run=bool(cfg.dry_run),
+        progress=progress,
+    )
 
 
 def task(cfg: DictConfig) -> dict:
@@ -42,16 +52,25 @@ def task(cfg: DictConfig) -> dict:
     run.figures = lambda: figures
     with run:
         result = prepare(opts, console=console)  # its own status: ok | dry_run | mismatch
-        figures.update({k: v for k, v in result.items() if k not in ("status", "wall_time_s")},
-                       dry_run=result["status"] == "dry_run")
+        figures.update(
+            {k: v for k, v in result.items() if k not in ("status", "wall_time_s")},
+            dry_run=result["status"] == "dry_run",
+        )
         mismatches = figures.get("verify", {}).get("mismatches", [])
         if mismatches:
             n = len(mismatches)
-            raise UserError(f"verify: {n} count mismatch{'es' if n > 1 else ''} in {opts.dst} "
-                            f"(listed above and in {run.dir / SUMMARY})")
+            raise UserError(
+                f"verify: {n} count mismatch{'es' if n > 1 else ''} in {opts.dst} "
+                f"(listed above and in {run.dir / SUMMARY})"
+            )
     summary = run.summary
     if not opts.dry_run:
-        console.print(Text.assemble(("done", "green"), f": {summary['files_written']:,} images written "
-                                    f"({summary['classes_already_done']} classes already done), "
-                                    f"{summary['images_fixed']} fixed, {summary['wall_time_s']:.1f} s"))
+        console.print(
+            Text.assemble(
+                ("done", "green"),
+                f": {summary['files_written']:,} images written "
+                f"({summary['classes_already_done']} classes already done), "
+                f"{summary['images_fixed']} fixed, {summary['wall_time_s']:.1f} s",
+            )
+        )
     return summary

@@ -2,7 +2,8 @@
 
 Each child is trained briefly by the one training engine (the ``optim`` / ``sched`` groups) and its
 validation accuracy (``child.score``: the best or the final epoch's) is the controller's reward (or
-``reward=synthetic``: a fixed score, for comparing strategies in seconds). Controllers (``conf/controller/``): ``reinforce`` (Zoph & Le 2017), ``metaqnn``
+``reward=synthetic``: a fixed score, for comparing strategies in seconds). Controllers (``conf/controller/``):
+``reinforce`` (Zoph & Le 2017), ``metaqnn``
 (Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph`` or ``metaqnn``).
 ``search.executor``: where children train: ``inline`` (this process or ``search.workers`` processes) or as
 submitit jobs (``local``, ``debug``, ``slurm``), ``search.batch`` a round (``nas_cli/nas/executors.py``).
@@ -29,15 +30,25 @@ def task(cfg: DictConfig) -> dict:
     data = load_data(data_config, child, opts.seed)
     space = instantiate(cfg.space, in_shape=data.in_shape, _convert_="all")
     controller = instantiate(cfg.controller, space=space, seed=opts.seed, _convert_="all")
-    evaluator = Evaluator(str(cfg.reward), OmegaConf.to_container(cfg.synthetic, resolve=True), opts.run_dir,
-                          opts.device, data, data_config, opts.seed, child, optimizer=instantiate(cfg.optim),
-                          schedule=instantiate(cfg.sched), workers=int(cfg.search.workers),
-                          runner=_runner(cfg, opts), job_device=str(cfg.device))
+    evaluator = Evaluator(
+        str(cfg.reward),
+        OmegaConf.to_container(cfg.synthetic, resolve=True),
+        opts.run_dir,
+        opts.device,
+        data,
+        data_config,
+        opts.seed,
+        child,
+        optimizer=instantiate(cfg.optim),
+        schedule=instantiate(cfg.sched),
+        workers=int(cfg.search.workers),
+        runner=_runner(cfg, opts),
+        job_device=str(cfg.device),
+    )
     children, trained = int(cfg.search.children), cfg.search.trained
     budget = {"search.children": children, **({"search.trained": trained} if trained is not None else {})}
     run = opts.run(COMMAND, budget=budget, headline=HEADLINE)
-    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained,
-                  batch=cfg.search.batch)
+    return search(controller, evaluator, run, children, progress=opts.progress, trained=trained, batch=cfg.search.batch)
 
 
 def _runner(cfg: DictConfig, opts: RunOptions) -> JobRunner | None:

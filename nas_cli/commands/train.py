@@ -49,8 +49,11 @@ def task(cfg: DictConfig) -> dict | float:
     if size < 1:
         raise UserError(f"ensemble.size={size}: use 1 (a single model) or more")
     try:
-        summary = (train_one(cfg, opts, run_dir, opts.seed, device, group)[0] if size == 1
-                   else train_ensemble(cfg, opts, run_dir, size, device))
+        summary = (
+            train_one(cfg, opts, run_dir, opts.seed, device, group)[0]
+            if size == 1
+            else train_ensemble(cfg, opts, run_dir, size, device)
+        )
     finally:
         distributed.teardown()
     metric = cfg.optimized_metric
@@ -62,15 +65,16 @@ def check_model_files(model: DictConfig) -> None:
     class's own ``check_config``: a broken one is one line before the run folder, its data or its model."""
     try:
         target = get_object(str(model._target_))
-    except Exception:  # noqa: BLE001 - a target that cannot be found is instantiate's to report, as before
+    except Exception:  # noqa: BLE001 - a target that cannot be found is instantiate's to report
         return
     check = getattr(target, "check_config", None)
     if check is not None:
         check(model)
 
 
-def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, device,
-              group: Dist = Dist()) -> tuple[dict, object, object]:
+def train_one(
+    cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, device, group: Dist = Dist()
+) -> tuple[dict, object, object]:
     """Train one model as a run in ``run_dir``; returns its summary, the model and the data."""
     seed_everything(seed)
     data = instantiate(cfg.data, seed=seed)
@@ -84,19 +88,38 @@ def train_one(cfg: DictConfig, opts: RunOptions, run_dir: Path, seed: int, devic
     model.to(device)  # before the optimizer: some (Adagrad) make their state as they are built
     optimizer = instantiate(cfg.optim)(params=transfer.param_groups(model, cfg.backbone_lr_scale))
     transfer.apply_lr_scale(optimizer)
-    log.info(f"{type(model).__name__} ({n_params(model):,} parameters"
-             + (f", {len(frozen)} tensors frozen" if frozen else "") + f") on {data.name} "
-             f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}")
+    log.info(
+        f"{type(model).__name__} ({n_params(model):,} parameters"
+        + (f", {len(frozen)} tensors frozen" if frozen else "")
+        + f") on {data.name} "
+        f"({data.in_shape}, {data.num_classes} classes), {device}; run folder {run_dir}"
+    )
     model_figures = getattr(model, "summary_figures", dict)  # a model's own summary figures (MLP: hidden units)
-    run = opts.run(COMMAND, run_dir=run_dir, seed=seed, device=device, budget={"trainer.epochs": trainer.epochs},
-                   headline=[*headline(data), *model_figures()], write=group.main)
-    summary = trainer.fit(model, optimizer, data.train, data.val, run=run, schedule=instantiate(cfg.sched),
-                          generator=data.generator, regularizer=instantiate(cfg.regularizer),
-                          ema_decay=cfg.ema.decay, test_loader=data.test,
-                          # smoothing shapes training only: val/test losses stay plain cross-entropy, comparable
-                          loss_fn=smoothed_cross_entropy(float(cfg.loss.label_smoothing)),
-                          eval_loss_fn=cross_entropy,
-                          figures=lambda: {"val_split": data.val_split, **model_figures()})
+    run = opts.run(
+        COMMAND,
+        run_dir=run_dir,
+        seed=seed,
+        device=device,
+        budget={"trainer.epochs": trainer.epochs},
+        headline=[*headline(data), *model_figures()],
+        write=group.main,
+    )
+    summary = trainer.fit(
+        model,
+        optimizer,
+        data.train,
+        data.val,
+        run=run,
+        schedule=instantiate(cfg.sched),
+        generator=data.generator,
+        regularizer=instantiate(cfg.regularizer),
+        ema_decay=cfg.ema.decay,
+        test_loader=data.test,
+        # smoothing shapes training only: val/test losses stay plain cross-entropy, comparable
+        loss_fn=smoothed_cross_entropy(float(cfg.loss.label_smoothing)),
+        eval_loss_fn=cross_entropy,
+        figures=lambda: {"val_split": data.val_split, **model_figures()},
+    )
     return summary, model, data
 
 
@@ -107,9 +130,13 @@ def headline(data) -> list[str]:
 
 def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, device) -> dict:
     """K independently seeded members (each a run in ``members/<k>``), then their averaged-softmax ensemble."""
-    run = opts.run(COMMAND, run_dir=run_dir, device=device,
-                   budget={"trainer.epochs": int(cfg.trainer.epochs), "ensemble.size": size},
-                   headline=[*HEADLINE, "ensemble_val_acc"])
+    run = opts.run(
+        COMMAND,
+        run_dir=run_dir,
+        device=device,
+        budget={"trainer.epochs": int(cfg.trainer.epochs), "ensemble.size": size},
+        headline=[*HEADLINE, "ensemble_val_acc"],
+    )
     done = run.finished()
     if done is not None:
         return done
@@ -123,8 +150,9 @@ def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, 
             member_device = torch.device("cuda", k % gpus) if gpus > 1 else device
             summary, model, data = train_one(cfg, opts, run_dir / MEMBERS / str(k), opts.seed + k, member_device)
             if summary["status"] != "ok":
-                raise UserError(f"ensemble member {k} ended with status {summary['status']}; "
-                                f"see {run_dir / MEMBERS / str(k)}")
+                raise UserError(
+                    f"ensemble member {k} ended with status {summary['status']}; see {run_dir / MEMBERS / str(k)}"
+                )
             members.append(model.to(device))
             summaries.append(summary)
         figures.update(_ensemble_figures(run, summaries, ensemble_accuracy(members, data.val, device)))
@@ -133,8 +161,10 @@ def train_ensemble(cfg: DictConfig, opts: RunOptions, run_dir: Path, size: int, 
             figures["ensemble_test_acc"] = ensemble_accuracy(members, data.test, device)
             figures["test_acc"] = sum(s["test_acc"] for s in summaries) / size
             run.headline += ["test_acc", "ensemble_test_acc"]
-    log.info(f"ensemble of {size}: val_acc {figures['ensemble_val_acc']:.4f} (members "
-             f"{figures['final_val_acc']:.4f} ± {figures['member_val_acc_std']:.4f})")
+    log.info(
+        f"ensemble of {size}: val_acc {figures['ensemble_val_acc']:.4f} (members "
+        f"{figures['final_val_acc']:.4f} ± {figures['member_val_acc_std']:.4f})"
+    )
     return run.summary
 
 
@@ -143,12 +173,22 @@ def _ensemble_figures(run: Run, summaries: list[dict], accuracy: float) -> dict:
     frames = [pd.read_csv(run.dir / MEMBERS / str(k) / METRICS) for k in range(len(summaries))]
     run.record.rows = pd.concat(frames).groupby("epoch", sort=True).mean().reset_index().to_dict("records")
     run.record.write_metrics()
-    table = pd.DataFrame([{"member": k, "seed": s["seed"], **{m: s.get(m) for m in ("train_loss", "train_acc",
-                          "val_loss", "val_acc", "final_val_acc")}} for k, s in enumerate(summaries)])
+    table = pd.DataFrame(
+        [
+            {
+                "member": k,
+                "seed": s["seed"],
+                **{m: s.get(m) for m in ("train_loss", "train_acc", "val_loss", "val_acc", "final_val_acc")},
+            }
+            for k, s in enumerate(summaries)
+        ]
+    )
     atomic_write(run.dir / MEMBERS_TABLE, lambda tmp: table.to_csv(tmp, index=False))
-    return {"ensemble_size": len(summaries),
-            **{m: float(table[m].mean()) for m in ("train_loss", "train_acc", "val_loss", "val_acc")},
-            "final_val_acc": float(table["final_val_acc"].mean()),
-            "member_val_acc_std": float(table["final_val_acc"].std(ddof=1)),
-            "ensemble_val_acc": accuracy,
-            **{k: summaries[0].get(k) for k in ("epochs", "last_n", "averaged_epochs")}}
+    return {
+        "ensemble_size": len(summaries),
+        **{m: float(table[m].mean()) for m in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        "final_val_acc": float(table["final_val_acc"].mean()),
+        "member_val_acc_std": float(table["final_val_acc"].std(ddof=1)),
+        "ensemble_val_acc": accuracy,
+        **{k: summaries[0].get(k) for k in ("epochs", "last_n", "averaged_epochs")},
+    }

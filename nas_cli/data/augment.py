@@ -25,19 +25,26 @@ import torch.nn.functional as F
 from nas_cli.errors import UserError
 
 # every key of ``data.augment`` with its "off" value
-DEFAULTS: dict[str, object] = {"hflip": False, "crop_padding": 0, "resized_crop_scale": None, "color_jitter": 0.0,
-                               "cutout": 0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+DEFAULTS: dict[str, object] = {
+    "hflip": False,
+    "crop_padding": 0,
+    "resized_crop_scale": None,
+    "color_jitter": 0.0,
+    "cutout": 0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+}
 
 
 @dataclass
 class Draws:
     """One batch's random parameters, one row (or column) per image; None for a step that is off."""
 
-    boxes: torch.Tensor | None = None    # (n, 4) resized-crop boxes: top, left, height, width
-    shifts: torch.Tensor | None = None   # (2, n) crop offsets (top, left) into the zero-padded image
-    flips: torch.Tensor | None = None    # (n,) bool: mirror this image
+    boxes: torch.Tensor | None = None  # (n, 4) resized-crop boxes: top, left, height, width
+    shifts: torch.Tensor | None = None  # (2, n) crop offsets (top, left) into the zero-padded image
+    flips: torch.Tensor | None = None  # (n,) bool: mirror this image
     factors: torch.Tensor | None = None  # (n, k) colour-jitter factors: brightness, contrast[, saturation]
-    order: torch.Tensor | None = None    # (n, k) the order each image gets its k adjustments in
+    order: torch.Tensor | None = None  # (n, k) the order each image gets its k adjustments in
     centres: tuple[torch.Tensor, torch.Tensor] | None = None  # cutout centres, rows and columns, (n, 1) each
 
 
@@ -52,9 +59,20 @@ class Augment:
     normalization as in DeVries & Taylor's and DARTS's code (which cut normalized images).
     """
 
-    def __init__(self, size: tuple[int, int], channels: int, *, hflip: bool, crop_padding: int,
-                 resized_crop_scale: tuple[float, float] | None, color_jitter: float, cutout: int = 0,
-                 fill: Sequence[float] | float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+    def __init__(
+        self,
+        size: tuple[int, int],
+        channels: int,
+        *,
+        hflip: bool,
+        crop_padding: int,
+        resized_crop_scale: tuple[float, float] | None,
+        color_jitter: float,
+        cutout: int = 0,
+        fill: Sequence[float] | float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+    ):
         from torchvision.transforms import v2  # imported here: torchvision is slow to import
 
         # whole-batch mixing, after the per-image steps: the loader calls it with the labels (see Mixing)
@@ -68,7 +86,9 @@ class Augment:
         self.jitter_ops = 3 if channels == 3 else 2
         strength = (color_jitter, color_jitter, color_jitter if channels == 3 else 0.0)
         steps = [
-            None if resized_crop_scale is None else v2.RandomResizedCrop(size, scale=resized_crop_scale, antialias=True),
+            None
+            if resized_crop_scale is None
+            else v2.RandomResizedCrop(size, scale=resized_crop_scale, antialias=True),
             v2.RandomCrop(size, padding=crop_padding) if crop_padding else None,
             v2.RandomHorizontalFlip() if hflip else None,
             v2.ColorJitter(*strength) if color_jitter else None,
@@ -92,10 +112,17 @@ class Augment:
         draws = self.draw(len(x), *x.shape[-2:], generator=generator, device=x.device if generator else None)
         return self.apply(x, draws, gather=generator is not None)
 
-    def draw(self, n: int, height: int, width: int, *, generator: torch.Generator | None = None,
-             device: torch.device | None = None) -> Draws:
-        """The random parameters of ``n`` images, drawn in one fixed order (the order host runs have
-        always used, so a seed gives the same augmentation as before)."""
+    def draw(
+        self,
+        n: int,
+        height: int,
+        width: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> Draws:
+        """The random parameters of ``n`` images, drawn in one fixed order (the host path's order, so a
+        seed gives the same augmentation whether the data sits on the host or on the device)."""
         rand = {"generator": generator, "device": device}
         d = Draws()
         if self.resized_crop_scale is not None:
@@ -141,9 +168,9 @@ class Augment:
 class MixDraws:
     """One batch's MixUp/CutMix parameters, 0-d tensors (on the data's device: no host sync); None when off."""
 
-    mixup_lam: torch.Tensor | None = None   # MixUp's lambda ~ Beta(mixup_alpha, mixup_alpha)
+    mixup_lam: torch.Tensor | None = None  # MixUp's lambda ~ Beta(mixup_alpha, mixup_alpha)
     cutmix_lam: torch.Tensor | None = None  # CutMix's lambda ~ Beta(cutmix_alpha, cutmix_alpha), before the box
-    cut: torch.Tensor | None = None         # bool: with both on, whether this batch gets CutMix (else MixUp)
+    cut: torch.Tensor | None = None  # bool: with both on, whether this batch gets CutMix (else MixUp)
     centre: tuple[torch.Tensor, torch.Tensor] | None = None  # CutMix box centre: row, column
 
 
@@ -163,14 +190,16 @@ class Mixing:
     def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixed batch and its soft labels; ``generator`` as ``Augment.batch``'s (None: torch's global RNG)."""
         draws = self.draw(*x.shape[-2:], generator=generator, device=x.device if generator else None)
         return self.apply(x, y, num_classes, draws)
 
-    def draw(self, height: int, width: int, *, generator: torch.Generator | None = None,
-             device: torch.device | None = None) -> MixDraws:
+    def draw(
+        self, height: int, width: int, *, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> MixDraws:
         """The batch's parameters, in a fixed order: MixUp's lambda, CutMix's lambda, the choice, the centre."""
         rand = {"generator": generator, "device": device}
         d = MixDraws()
@@ -220,8 +249,7 @@ class MixCollate:
         return self.mixing(x, y, self.num_classes)
 
 
-def beta(alpha: float, *, generator: torch.Generator | None = None,
-         device: torch.device | None = None) -> torch.Tensor:
+def beta(alpha: float, *, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
     """One draw of Beta(alpha, alpha) as a 0-d tensor: the first part of a Dirichlet(alpha, alpha) draw,
     the sampler that ``torch.distributions.Beta`` uses, called directly because only it takes a generator."""
     return torch._sample_dirichlet(torch.full((2,), float(alpha), device=device), generator=generator)[0]
@@ -233,8 +261,14 @@ def cutmix_box(lam: torch.Tensor, centre, height: int, width: int) -> torch.Tens
     row, col = centre
     r = 0.5 * (1 - lam).sqrt()
     half_h, half_w = (r * height).long(), (r * width).long()  # int() of a positive number: floor
-    return torch.stack([(row - half_h).clamp(min=0), (col - half_w).clamp(min=0),
-                        (row + half_h).clamp(max=height), (col + half_w).clamp(max=width)])
+    return torch.stack(
+        [
+            (row - half_h).clamp(min=0),
+            (col - half_w).clamp(min=0),
+            (row + half_h).clamp(max=height),
+            (col + half_w).clamp(max=width),
+        ]
+    )
 
 
 def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -246,8 +280,9 @@ def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (inside_y[:, None] & inside_x[None, :]).view(1, 1, height, width)
 
 
-def cutout(x: torch.Tensor, size: int, fill: torch.Tensor,
-           centres: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def cutout(
+    x: torch.Tensor, size: int, fill: torch.Tensor, centres: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Paint a ``size`` x ``size`` square of each image (N, C, H, W) with ``fill`` (C, 1, 1).
 
     As DeVries & Taylor (2017) and DARTS's training code: the centre is uniform over the whole
@@ -267,8 +302,9 @@ def cutout(x: torch.Tensor, size: int, fill: torch.Tensor,
     return torch.where(hole, fill.to(x.device, x.dtype), x)
 
 
-def random_shift(x: torch.Tensor, padding: int, offsets: torch.Tensor | None = None, *,
-                 gather: bool = False) -> torch.Tensor:
+def random_shift(
+    x: torch.Tensor, padding: int, offsets: torch.Tensor | None = None, *, gather: bool = False
+) -> torch.Tensor:
     """``v2.RandomCrop(size, padding)`` for a batch: zero-pad, then crop each image at its own offset.
 
     ``offsets``: (2, n) top and left offsets into the padded image, in [0, 2 * padding]; else drawn
@@ -282,16 +318,24 @@ def random_shift(x: torch.Tensor, padding: int, offsets: torch.Tensor | None = N
         offsets = torch.randint(0, 2 * padding + 1, (2, n))
     if not gather:
         top, left = offsets.tolist()
-        return torch.stack([image[:, i:i + h, j:j + w] for image, i, j in zip(padded, top, left)])
+        return torch.stack([image[:, i : i + h, j : j + w] for image, i, j in zip(padded, top, left)])
     top, left = offsets.to(x.device)
     rows = (top[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
     cols = (left[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
     return padded.gather(2, rows).gather(3, cols)
 
 
-def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10, *,
-                 generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+def random_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """``v2.RandomResizedCrop``'s crop boxes (top, left, height, width), one row per image.
 
     As v2: up to ``tries`` draws of area and log-uniform aspect ratio, the first that fits
@@ -299,8 +343,12 @@ def random_boxes(n: int, height: int, width: int, scale: tuple[float, float],
     torch's global RNG, on the CPU).
     """
     area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator).double()
-    aspect = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]),
-                                                           generator=generator).exp().double()
+    aspect = (
+        torch.empty(n, tries, device=device)
+        .uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+        .exp()
+        .double()
+    )
     w, h = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = fits.long().argmax(1, keepdim=True)  # index of the first fitting try
@@ -372,7 +420,7 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, *, selec
         lambda image, f: blend(image, 0.0, f),
         lambda image, f: blend(image, grey(image).mean(dim=(1, 2, 3), keepdim=True), f),
         lambda image, f: blend(image, grey(image), f),
-    ][:factors.shape[1]]
+    ][: factors.shape[1]]
     if select:
         for step in range(order.shape[1]):
             out = x
@@ -389,8 +437,9 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, *, selec
     return x
 
 
-def build_augment(augment: Mapping | None, image_size: int | Sequence[int],
-                  mean: Sequence[float] | float = 0.0) -> Augment | None:
+def build_augment(
+    augment: Mapping | None, image_size: int | Sequence[int], mean: Sequence[float] | float = 0.0
+) -> Augment | None:
     """The augmentation ``augment`` (the ``data.augment`` block) asks for, or None when all is off.
 
     ``image_size``: the input shape (channels, height, width), or an int for square RGB images.
@@ -401,8 +450,10 @@ def build_augment(augment: Mapping | None, image_size: int | Sequence[int],
         return None
     shape = (3, int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(map(int, image_size))
     if len(shape) != 3:
-        raise UserError(f"data.augment works on images (channels, height, width), not on inputs of shape {shape}; "
-                        f"turn it off for this data")
+        raise UserError(
+            f"data.augment works on images (channels, height, width), not on inputs of shape {shape}; "
+            f"turn it off for this data"
+        )
     if options["color_jitter"] and shape[0] not in (1, 3):
         raise UserError(f"data.augment.color_jitter needs 1 or 3 channels, not {shape[0]}; set it to 0")
     if options["cutout"] > min(shape[1:]):
@@ -417,8 +468,9 @@ def parse(augment: Mapping | None) -> dict:
     augment = dict(augment or {})
     unknown = sorted(set(augment) - set(DEFAULTS))
     if unknown:
-        raise UserError(f"unknown data.augment key(s) {', '.join(map(str, unknown))}; "
-                        f"valid keys: {', '.join(DEFAULTS)}")
+        raise UserError(
+            f"unknown data.augment key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(DEFAULTS)}"
+        )
     options = {**DEFAULTS, **augment}
     hflip, padding, scale, strength, hole, mixup, cutmix = (options[k] for k in DEFAULTS)
     if not isinstance(hflip, bool):
@@ -427,10 +479,11 @@ def parse(augment: Mapping | None) -> dict:
         raise UserError(f"data.augment.crop_padding must be a whole number of pixels >= 0, not {padding!r}")
     if scale is not None:
         scale = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else (scale,)
-        if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale) \
-                or not 0 < scale[0] <= scale[1] <= 1:
-            raise UserError(f"data.augment.resized_crop_scale must be [low, high] with 0 < low <= high <= 1 "
-                            f"(e.g. [0.5, 1.0]) or null, not {list(scale)}")
+        if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale) or not 0 < scale[0] <= scale[1] <= 1:
+            raise UserError(
+                f"data.augment.resized_crop_scale must be [low, high] with 0 < low <= high <= 1 "
+                f"(e.g. [0.5, 1.0]) or null, not {list(scale)}"
+            )
         scale = (float(scale[0]), float(scale[1]))
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
         raise UserError(f"data.augment.color_jitter must be a number >= 0, not {strength!r}")
@@ -438,7 +491,16 @@ def parse(augment: Mapping | None) -> dict:
         raise UserError(f"data.augment.cutout must be the hole's side in pixels (>= 0, 0: off), not {hole!r}")
     for key, alpha in (("mixup_alpha", mixup), ("cutmix_alpha", cutmix)):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
-            raise UserError(f"data.augment.{key} must be the Beta(alpha, alpha) parameter, a number >= 0 "
-                            f"(0: off; 1.0 is a common choice), not {alpha!r}")
-    return {"hflip": hflip, "crop_padding": padding, "resized_crop_scale": scale, "color_jitter": float(strength),
-            "cutout": hole, "mixup_alpha": float(mixup), "cutmix_alpha": float(cutmix)}
+            raise UserError(
+                f"data.augment.{key} must be the Beta(alpha, alpha) parameter, a number >= 0 "
+                f"(0: off; 1.0 is a common choice), not {alpha!r}"
+            )
+    return {
+        "hflip": hflip,
+        "crop_padding": padding,
+        "resized_crop_scale": scale,
+        "color_jitter": float(strength),
+        "cutout": hole,
+        "mixup_alpha": float(mixup),
+        "cutmix_alpha": float(cutmix),
+    }

@@ -34,10 +34,21 @@ class TensorLoader:
     yields soft labels (N, ``num_classes``) instead of class indices.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 generator: torch.Generator | None = None, mean=None, std=None, drop_last: bool = False,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: str | bool = False,
-                 num_classes: int | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        mean=None,
+        std=None,
+        drop_last: bool = False,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_device: str | bool = False,
+        num_classes: int | None = None,
+    ):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
         # class labels as int64; float targets (detection boxes, rows of class and xyxy) as they are
@@ -50,8 +61,10 @@ class TensorLoader:
         self.mixing = getattr(augment, "mixing", None)
         self.num_classes = num_classes
         if self.mixing is not None and num_classes is None:
-            raise UserError("data.augment.mixup_alpha / cutmix_alpha mix the batches of `train` (and search-rl's "
-                            "children) only; set them to 0 for this command")
+            raise UserError(
+                "data.augment.mixup_alpha / cutmix_alpha mix the batches of `train` (and search-rl's "
+                "children) only; set them to 0 for this command"
+            )
         self.on_device = on_device_policy(on_device)
         self.device: torch.device | None = None  # set by place(): batches are made there
         self._draws: torch.Generator | None = None  # the augmentation's generator on that device
@@ -107,7 +120,7 @@ class TensorLoader:
 
     def _batches(self, order: torch.Tensor, pass_seed: int | None, start: int):
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world]
             seed = None if pass_seed is None else pass_seed + i
             if self.mixing is None:
                 yield self._prepare(self.x[idx], seed), self.y[idx]
@@ -122,7 +135,7 @@ class TensorLoader:
 
     def _pass_seed(self) -> int:
         """The seed of a pass's augmentation on the device; a host draw, once a pass."""
-        return int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator))
 
     def _prepare(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         return self._normalized(self._augmented(x, seed))
@@ -196,9 +209,16 @@ def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBund
         if isinstance(inner, DataLoader):
             sampler = DistributedSampler(inner.dataset, world, rank, shuffle=shuffle, seed=seed)
             workers = inner.num_workers
-            sharded = DataLoader(inner.dataset, batch_size=max(1, inner.batch_size // world), sampler=sampler,
-                                 num_workers=workers, pin_memory=inner.pin_memory, collate_fn=inner.collate_fn,
-                                 persistent_workers=workers > 0, prefetch_factor=inner.prefetch_factor)
+            sharded = DataLoader(
+                inner.dataset,
+                batch_size=max(1, inner.batch_size // world),
+                sampler=sampler,
+                num_workers=workers,
+                pin_memory=inner.pin_memory,
+                collate_fn=inner.collate_fn,
+                persistent_workers=workers > 0,
+                prefetch_factor=inner.prefetch_factor,
+            )
             if inner is loader:
                 setattr(data, name, sharded)
             else:
@@ -216,8 +236,9 @@ def split_indices(labels, val_size: float | int, seed: int, subset: int | None =
 
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(idx, test_size=check_val_size(val_size, labels),
-                                          stratify=labels, random_state=seed)
+    train_idx, val_idx = train_test_split(
+        idx, test_size=check_val_size(val_size, labels), stratify=labels, random_state=seed
+    )
     return stratified_cap(train_idx, labels, subset, seed), stratified_cap(val_idx, labels, subset, seed)
 
 
@@ -232,8 +253,10 @@ def check_val_size(val_size, labels) -> float | int:
     if isinstance(val_size, float) and not val_size < 1:
         raise UserError(f"data.val_size={val_size}: a fraction must be below 1")
     if isinstance(val_size, int) and not classes <= val_size <= n - classes:
-        raise UserError(f"data.val_size={val_size} must leave every one of the {classes} classes in both "
-                        f"parts of the {n} training examples: between {classes} and {n - classes}")
+        raise UserError(
+            f"data.val_size={val_size} must leave every one of the {classes} classes in both "
+            f"parts of the {n} training examples: between {classes} and {n - classes}"
+        )
     return val_size
 
 
@@ -248,18 +271,39 @@ def stratified_cap(idx, labels, cap: int | None, seed: int):
     return kept
 
 
-def tensor_bundle(name: str, x: torch.Tensor, y: torch.Tensor, train_idx, val_idx, num_classes: int, *,
-                  batch_size: int, seed: int, mean=None, std=None, eval_batch_size: int | None = None,
-                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  test: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  val_split: str = "held out from train", on_device: str | bool = "auto") -> DataBundle:
+def tensor_bundle(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx,
+    val_idx,
+    num_classes: int,
+    *,
+    batch_size: int,
+    seed: int,
+    mean=None,
+    std=None,
+    eval_batch_size: int | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    val_split: str = "held out from train",
+    on_device: str | bool = "auto",
+) -> DataBundle:
     """Bundle in-memory data: a shuffled (optionally augmented) training loader, fixed-order validation
     and (``test``: inputs and labels) test loaders; ``on_device``: see ``TensorLoader``."""
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
     where = {"mean": mean, "std": std, "on_device": on_device_policy(on_device)}
-    train = TensorLoader(x[train_idx], y[train_idx], batch_size, shuffle=True, generator=generator, augment=augment,
-                         num_classes=num_classes, **where)
+    train = TensorLoader(
+        x[train_idx],
+        y[train_idx],
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        augment=augment,
+        num_classes=num_classes,
+        **where,
+    )
     eval_batch = eval_batch_size or max(batch_size, 512)
     val = TensorLoader(x[val_idx], y[val_idx], eval_batch, **where)
     test_loader = None if test is None else TensorLoader(*test, eval_batch, **where)

@@ -7,6 +7,11 @@ expected to be small (thousands of images); a large dataset would need streaming
 
 An annotations file may come from elsewhere: its ``file_name`` values are names inside ``images/``, never paths
 that leave it (absolute, or with ``..``).
+
+Crowd annotations (``iscrowd=1``: one box over a group of objects) are kept as ignore regions, as COCO's own
+evaluation treats them: a row of class ``crowd_class(c) = -2 - c`` (``CROWD`` or below). Below 0, the detector's
+assignment and losses pass it over like a padding row (class -1); ``nas_cli.detection.evaluate.ground_truth``
+reads it back as class ``c`` with ``iscrowd`` 1, and a detection matched to it counts neither way.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from nas_cli.data.shapes import channel_stats
 from nas_cli.errors import UserError
 
 ANNOTATIONS = "annotations.json"
+CROWD = -2  # rows of class CROWD or below are crowd regions: class crowd_class(c) for a crowd of class c
+
+
+def crowd_class(c):
+    """The stored class of a crowd region of class ``c``, and back (``-2 - c`` is its own inverse); ints, floats
+    or tensors."""
+    return CROWD - c
 
 
 @dataclass
@@ -37,28 +49,36 @@ class Split:
     category_ids: list[int]
 
 
-def coco(root: str | os.PathLike, batch_size: int = 32, image_size: int | Sequence[int] = 64,
-         val_size: float | int = 0.1, subset: int | None = None, data_seed: int = 0, on_device: str | bool = "auto",
-         *, seed: int = 0) -> DataBundle:
+def coco(
+    root: str | os.PathLike,
+    batch_size: int = 32,
+    image_size: int | Sequence[int] = 64,
+    val_size: float | int = 0.1,
+    subset: int | None = None,
+    data_seed: int = 0,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """Detection data from a COCO-format folder (see the module docstring for the layouts).
 
-    ``image_size``: an int (square) or [height, width]. Every image is converted to RGB and resized to it,
-    boxes scaled by the same factors: a plain resize rather than a letterbox keeps the code simple, and the
-    detector sees one size anyway. Boxes (COCO's [x, y, w, h]) become xyxy in pixels, clipped to the image;
-    ``iscrowd`` annotations and boxes with no area left after clipping are skipped. Category ids map to
-    classes 0..K-1 in order of id; ``classes`` holds their names. Images without annotations are kept (all
-    padding rows: class -1, box zeros).
+        ``image_size``: an int (square) or [height, width]. Every image is converted to RGB and resized to it,
+        boxes scaled by the same factors: a plain resize rather than a letterbox keeps the code simple, and the
+        detector sees one size anyway. Boxes (COCO's [x, y, w, h]) become xyxy in pixels, clipped to the image;
+        boxes with no area left after clipping are skipped; ``iscrowd`` annotations are kept as ignore regions (class
+    ``crowd_class(c)``, see the module docstring). Category ids map to
+        classes 0..K-1 in order of id; ``classes`` holds their names. Images without annotations are kept (all
+        padding rows: class -1, box zeros).
 
-    With one ``annotations.json``, ``val_size`` (a fraction in [0, 1), or a number of images) goes to val, a
-    random split of images seeded by ``data_seed`` (0: everything trains, val is empty; both keep file order).
-    With ``train/`` and ``val/`` folders, those are the splits and ``val_size`` is ignored.
-    ``subset`` caps the number of training images (a seeded random choice). ``seed`` orders the batches.
+        With one ``annotations.json``, ``val_size`` (a fraction in [0, 1), or a number of images) goes to val, a
+        random split of images seeded by ``data_seed`` (0: everything trains, val is empty; both keep file order).
+        With ``train/`` and ``val/`` folders, those are the splits and ``val_size`` is ignored.
+        ``subset`` caps the number of training images (a seeded random choice). ``seed`` orders the batches.
     """
     root = Path(root).expanduser()
     height, width = check_image_size(image_size)
     if not root.is_dir():
-        raise UserError(f"data.root={root}: no such folder; point data.root at a folder with {ANNOTATIONS} "
-                        f"and images/")
+        raise UserError(f"data.root={root}: no such folder; point data.root at a folder with {ANNOTATIONS} and images/")
     rng = np.random.default_rng(int(data_seed))
     if (root / "train" / ANNOTATIONS).is_file() and (root / "val" / ANNOTATIONS).is_file():
         train = read_split(root / "train", height, width)
@@ -77,13 +97,26 @@ def coco(root: str | os.PathLike, batch_size: int = 32, image_size: int | Sequen
         train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
         val_split = f"random {n_val} of {len(images)} images (data_seed={data_seed})"
     else:
-        raise UserError(f"{root}: no {ANNOTATIONS} (nor train/{ANNOTATIONS} and val/{ANNOTATIONS}); "
-                        f"put a COCO annotations file there")
+        raise UserError(
+            f"{root}: no {ANNOTATIONS} (nor train/{ANNOTATIONS} and val/{ANNOTATIONS}); "
+            f"put a COCO annotations file there"
+        )
     train_idx = cap(train_idx, subset, rng)
     mean, std = channel_stats(images[torch.from_numpy(train_idx)])
-    bundle = tensor_bundle("coco", images, pad_rows(rows), torch.from_numpy(train_idx), torch.from_numpy(val_idx),
-                           len(classes), batch_size=batch_size, seed=seed, mean=mean, std=std, val_split=val_split,
-                           on_device=on_device)
+    bundle = tensor_bundle(
+        "coco",
+        images,
+        pad_rows(rows),
+        torch.from_numpy(train_idx),
+        torch.from_numpy(val_idx),
+        len(classes),
+        batch_size=batch_size,
+        seed=seed,
+        mean=mean,
+        std=std,
+        val_split=val_split,
+        on_device=on_device,
+    )
     bundle.classes = classes
     return bundle
 
@@ -162,8 +195,11 @@ def load_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path}: not a readable JSON file ({error})") from None
-    missing = [k for k in ("images", "annotations", "categories")
-               if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    missing = [
+        k
+        for k in ("images", "annotations", "categories")
+        if not isinstance(data, dict) or not isinstance(data.get(k), list)
+    ]
     if missing:
         raise UserError(f"{path}: not a COCO annotations file (no list {', '.join(missing)})")
     return data
@@ -174,8 +210,10 @@ def image_file(images: Path, file_name, listed_in: Path, i: int) -> Path:
     name = str(file_name)
     absolute = name.startswith(("/", "\\")) or name[1:2] == ":"  # a drive letter counts too
     if not name or absolute or ".." in name.replace("\\", "/").split("/") or "\0" in name:
-        raise UserError(f"{listed_in}: images[{i}].file_name={name!r} is not a name inside {images} "
-                        f"(absolute, or with '..'): refused")
+        raise UserError(
+            f"{listed_in}: images[{i}].file_name={name!r} is not a name inside {images} "
+            f"(absolute, or with '..'): refused"
+        )
     return images / name
 
 
@@ -207,19 +245,22 @@ def read_image(file: Path, listed_in: Path, height: int, width: int) -> tuple[to
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), factor
 
 
-def annotation_row(ann, j: int, path: Path, index: dict, position: dict, factors: list, height: int,
-                   width: int) -> list[float] | None:
-    """(class, x1, y1, x2, y2) of one annotation, scaled and clipped; None for a crowd or an empty box."""
+def annotation_row(
+    ann, j: int, path: Path, index: dict, position: dict, factors: list, height: int, width: int
+) -> list[float] | None:
+    """(class, x1, y1, x2, y2) of one annotation, scaled and clipped (a crowd's class: ``crowd_class(c)``); None
+    for an empty box."""
     if not isinstance(ann, dict):
         raise UserError(f"{path}: annotations[{j}] is not an object")
     if ann.get("category_id") not in index:
-        raise UserError(f"{path}: annotation {ann.get('id', j)} has category_id {ann.get('category_id')!r}, "
-                        f"which is not among the categories {sorted(index)}")
+        raise UserError(
+            f"{path}: annotation {ann.get('id', j)} has category_id {ann.get('category_id')!r}, "
+            f"which is not among the categories {sorted(index)}"
+        )
     if ann.get("image_id") not in position:
-        raise UserError(f"{path}: annotation {ann.get('id', j)} has image_id {ann.get('image_id')!r}, "
-                        f"which is not among the images")
-    if ann.get("iscrowd", 0):
-        return None
+        raise UserError(
+            f"{path}: annotation {ann.get('id', j)} has image_id {ann.get('image_id')!r}, which is not among the images"
+        )
     box = ann.get("bbox")
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise UserError(f"{path}: annotation {ann.get('id', j)} needs a bbox [x, y, width, height]")
@@ -229,7 +270,8 @@ def annotation_row(ann, j: int, path: Path, index: dict, position: dict, factors
     y1, y2 = np.clip([y * fy, (y + h) * fy], 0, height)
     if x2 <= x1 or y2 <= y1:
         return None
-    return [float(index[ann["category_id"]]), float(x1), float(y1), float(x2), float(y2)]
+    label = index[ann["category_id"]]
+    return [float(crowd_class(label) if ann.get("iscrowd", 0) else label), float(x1), float(y1), float(x2), float(y2)]
 
 
 def pad_rows(rows: list[np.ndarray]) -> torch.Tensor:
@@ -238,5 +280,5 @@ def pad_rows(rows: list[np.ndarray]) -> torch.Tensor:
     out = np.zeros((len(rows), most, 5), np.float32)
     out[:, :, 0] = -1
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return torch.from_numpy(out)

@@ -15,8 +15,16 @@ from nas_cli.data.bundle import DataBundle, split_indices, tensor_bundle
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
-def mnist5k(batch_size: int = 64, val_size: float | int = 0.1, subset: int | None = None, data_seed: int = 0,
-            augment: dict | None = None, on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+def mnist5k(
+    batch_size: int = 64,
+    val_size: float | int = 0.1,
+    subset: int | None = None,
+    data_seed: int = 0,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """MNIST, 5,000 images: a stratified split seeded by ``data_seed``, ``val_size`` (a fraction or a
     count) of them for validation.
 
@@ -31,12 +39,32 @@ def mnist5k(batch_size: int = 64, val_size: float | int = 0.1, subset: int | Non
     x = torch.from_numpy(images.astype(np.uint8).reshape(-1, 1, 28, 28))
     y = torch.from_numpy(labels.astype(np.int64))
     train_idx, val_idx = split_indices(labels, val_size, data_seed, subset)
-    return tensor_bundle("mnist5k", x, y, train_idx, val_idx, 10, batch_size=batch_size, seed=seed,
-                         mean=MNIST_MEAN, std=MNIST_STD, augment=transform, on_device=on_device)
+    return tensor_bundle(
+        "mnist5k",
+        x,
+        y,
+        train_idx,
+        val_idx,
+        10,
+        batch_size=batch_size,
+        seed=seed,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        augment=transform,
+        on_device=on_device,
+    )
 
 
-def digits(batch_size: int = 64, val_size: float | int = 0.2, subset: int | None = None, data_seed: int = 0,
-           augment: dict | None = None, on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+def digits(
+    batch_size: int = 64,
+    val_size: float | int = 0.2,
+    subset: int | None = None,
+    data_seed: int = 0,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """scikit-learn's 8x8 digits (1,797 images, 16 grey levels), split like ``mnist5k``."""
     from sklearn.datasets import load_digits
 
@@ -46,5 +74,17 @@ def digits(batch_size: int = 64, val_size: float | int = 0.2, subset: int | None
     mean, std = float(x.mean()), float(x.std())
     transform = build_augment(augment, (1, 8, 8), mean)
     train_idx, val_idx = split_indices(data.target, val_size, data_seed, subset)
-    return tensor_bundle("digits", x, y, train_idx, val_idx, 10, batch_size=batch_size, seed=seed,
-                         mean=(mean,), std=(std,), augment=transform, on_device=on_device)
+    return tensor_bundle(
+        "digits",
+        x,
+        y,
+        train_idx,
+        val_idx,
+        10,
+        batch_size=batch_size,
+        seed=seed,
+        mean=(mean,),
+        std=(std,),
+        augment=transform,
+        on_device=on_device,
+    )

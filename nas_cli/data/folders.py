@@ -23,9 +23,17 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float | int = 5000,
-            subset: int | None = None, data_seed: int = 0, augment: dict | None = None,
-            on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+def cifar10(
+    root: str = "data/cifar10",
+    batch_size: int = 128,
+    val_size: float | int = 5000,
+    subset: int | None = None,
+    data_seed: int = 0,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """CIFAR-10 from ``root``: ``val_size`` training images held out (stratified, seeded by ``data_seed``)
     for validation, the 10,000 test images as the test set; ``augment``: training only.
 
@@ -37,18 +45,39 @@ def cifar10(root: str = "data/cifar10", batch_size: int = 128, val_size: float |
     folder = Path(root) / "cifar-10-batches-py"
     x, y = read_cifar_batches(folder, [f"data_batch_{k}" for k in range(1, 6)])
     xt, yt = read_cifar_batches(folder, ["test_batch"])
-    return held_out_bundle("cifar10", (x, y), (xt, yt), 10, CIFAR_MEAN, CIFAR_STD, batch_size=batch_size,
-                           val_size=val_size, subset=subset, data_seed=data_seed, augment=transform,
-                           on_device=on_device, seed=seed)
+    return held_out_bundle(
+        "cifar10",
+        (x, y),
+        (xt, yt),
+        10,
+        CIFAR_MEAN,
+        CIFAR_STD,
+        batch_size=batch_size,
+        val_size=val_size,
+        subset=subset,
+        data_seed=data_seed,
+        augment=transform,
+        on_device=on_device,
+        seed=seed,
+    )
 
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR100_LABELS = {"fine": 100, "coarse": 20}  # label kind -> number of classes
 
 
-def cifar100(root: str = "data/cifar100", batch_size: int = 128, val_size: float | int = 5000,
-             subset: int | None = None, data_seed: int = 0, label: str = "fine", augment: dict | None = None,
-             on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+def cifar100(
+    root: str = "data/cifar100",
+    batch_size: int = 128,
+    val_size: float | int = 5000,
+    subset: int | None = None,
+    data_seed: int = 0,
+    label: str = "fine",
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """CIFAR-100 (python version, ``root/cifar-100-python/{train,test}``), split like :func:`cifar10`.
 
     ``label``: ``fine`` (the 100 classes everyone reports) or ``coarse`` (the 20 superclasses).
@@ -60,20 +89,47 @@ def cifar100(root: str = "data/cifar100", batch_size: int = 128, val_size: float
     folder = Path(root) / "cifar-100-python"
     missing = [n for n in ("train", "test") if not (folder / n).is_file()]
     if missing:
-        raise UserError(f"CIFAR-100 not found: {folder} lacks {', '.join(missing)} (the python version, "
-                        f"cifar-100-python.tar.gz, unpacked under data.root); set data.root=...")
+        raise UserError(
+            f"CIFAR-100 not found: {folder} lacks {', '.join(missing)} (the python version, "
+            f"cifar-100-python.tar.gz, unpacked under data.root); set data.root=..."
+        )
     key = f"{label}_labels"
     train, test = read_cifar_pickle(folder / "train", key), read_cifar_pickle(folder / "test", key)
-    data = held_out_bundle("cifar100", train, test, CIFAR100_LABELS[label], CIFAR100_MEAN, CIFAR100_STD,
-                           batch_size=batch_size, val_size=val_size, subset=subset, data_seed=data_seed,
-                           augment=transform, on_device=on_device, seed=seed)
+    data = held_out_bundle(
+        "cifar100",
+        train,
+        test,
+        CIFAR100_LABELS[label],
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        batch_size=batch_size,
+        val_size=val_size,
+        subset=subset,
+        data_seed=data_seed,
+        augment=transform,
+        on_device=on_device,
+        seed=seed,
+    )
     data.classes = _cifar100_names(folder / "meta", f"{label}_label_names")
     return data
 
 
-def held_out_bundle(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                    num_classes: int, mean, std, *, batch_size: int, val_size: float | int, subset: int | None,
-                    data_seed: int, augment, on_device: str | bool, seed: int) -> DataBundle:
+def held_out_bundle(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    mean,
+    std,
+    *,
+    batch_size: int,
+    val_size: float | int,
+    subset: int | None,
+    data_seed: int,
+    augment,
+    on_device: str | bool,
+    seed: int,
+) -> DataBundle:
     """The protocol every in-memory set with an official test split follows (CIFAR, MNIST, SVHN).
 
     Validation: ``val_size`` training images (stratified, seeded by ``data_seed``, so fixed across
@@ -84,16 +140,39 @@ def held_out_bundle(name: str, train: tuple[torch.Tensor, torch.Tensor], test: t
     (x, y), (xt, yt) = train, test
     test_idx = stratified_cap(np.arange(len(yt)), yt.numpy(), subset, seed=0)
     xt, yt = xt[test_idx], yt[test_idx]
-    common = {"batch_size": batch_size, "seed": seed, "mean": mean, "std": std, "augment": augment,
-              "on_device": on_device}
+    common = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "mean": mean,
+        "std": std,
+        "augment": augment,
+        "on_device": on_device,
+    }
     if not val_size:
         train_idx = stratified_cap(np.arange(len(y)), y.numpy(), subset, seed=0)
         x, y = torch.cat([x[train_idx], xt]), torch.cat([y[train_idx], yt])
-        return tensor_bundle(name, x, y, np.arange(len(train_idx)), np.arange(len(train_idx), len(y)), num_classes,
-                             val_split="test", **common)
+        return tensor_bundle(
+            name,
+            x,
+            y,
+            np.arange(len(train_idx)),
+            np.arange(len(train_idx), len(y)),
+            num_classes,
+            val_split="test",
+            **common,
+        )
     train_idx, val_idx = split_indices(y.numpy(), val_size, data_seed, subset)
-    return tensor_bundle(name, x, y, train_idx, val_idx, num_classes, test=(xt, yt),
-                         val_split=f"{len(val_idx)} held out from train", **common)
+    return tensor_bundle(
+        name,
+        x,
+        y,
+        train_idx,
+        val_idx,
+        num_classes,
+        test=(xt, yt),
+        val_split=f"{len(val_idx)} held out from train",
+        **common,
+    )
 
 
 def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +183,10 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, to
     """
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise UserError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)} (the python version, "
-                        f"cifar-10-python.tar.gz, unpacked under data.root); set data.root=...")
+        raise UserError(
+            f"CIFAR-10 not found: {folder} lacks {', '.join(missing)} (the python version, "
+            f"cifar-10-python.tar.gz, unpacked under data.root); set data.root=..."
+        )
     parts = [read_cifar_pickle(folder / name, "labels") for name in names]
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
@@ -125,10 +206,17 @@ def read_cifar_pickle(path: Path, label_key: str) -> tuple[torch.Tensor, torch.T
 
 # What a CIFAR batch may be made of: plain containers and numpy arrays. A data folder may come from
 # someone else, and an unrestricted pickle can call any function while it loads.
-_PICKLE_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-                   for name in ("_reconstruct", "scalar")} | {
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # protocol 2 writes bytes with encode
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+_PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol 2 writes bytes with encode
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
 
 
 def _load_pickle(path: Path) -> dict:
@@ -175,9 +263,20 @@ def default_workers() -> int:
     return max(1, min(cores // max(ranks, 1), MAX_WORKERS))
 
 
-def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_workers: int | None = None,
-                subset: int | None = None, augment: dict | None = None, val_size: float | int | None = None,
-                data_seed: int = 0, prefetch_factor: int = 4, decode: str = "cpu", *, seed: int = 0) -> DataBundle:
+def imagefolder(
+    root: str,
+    image_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    subset: int | None = None,
+    augment: dict | None = None,
+    val_size: float | int | None = None,
+    data_seed: int = 0,
+    prefetch_factor: int = 4,
+    decode: str = "cpu",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """Images under ``root/train``, ``root/val`` and optionally ``root/test`` (one folder per class),
     resized and center-cropped.
 
@@ -203,15 +302,19 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
         gpu_decode.check_cuda_decode()  # before reading anything: a CPU machine fails at once, in one line
     workers = default_workers() if num_workers is None else int(num_workers)
     if workers < 0 or (workers and int(prefetch_factor) < 1):
-        raise UserError(f"data.num_workers={num_workers}, data.prefetch_factor={prefetch_factor}: "
-                        f"use null or 0 or more workers, and a prefetch_factor of 1 or more")
+        raise UserError(
+            f"data.num_workers={num_workers}, data.prefetch_factor={prefetch_factor}: "
+            f"use null or 0 or more workers, and a prefetch_factor of 1 or more"
+        )
     augmentation = build_augment(augment, image_size, IMAGENET_MEAN)
     root_path = Path(root)
     required = ("train",) if val_size else ("train", "val")
     for split in required:
         if not (root_path / split).is_dir():
-            raise UserError(f"image folder '{root_path / split}' not found: data.root must hold train/ and val/ "
-                            f"with one sub-folder per class (nas-cli prep-imagenet writes this layout)")
+            raise UserError(
+                f"image folder '{root_path / split}' not found: data.root must hold train/ and val/ "
+                f"with one sub-folder per class (nas-cli prep-imagenet writes this layout)"
+            )
     resize = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     eval_transform = v2.Compose([v2.ToImage(), *resize, *to_float])
@@ -243,8 +346,13 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
             train_ds = Subset(train_ds, stratified_cap(np.arange(len(train_ds)), targets, subset, 0))
     test_split = next((s for s in ("test", "val" if val_size else None) if s and (root_path / s).is_dir()), None)
     generator = torch.Generator().manual_seed(seed)
-    common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": workers > 0, "prefetch_factor": int(prefetch_factor) if workers else None}
+    common = {
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+        "prefetch_factor": int(prefetch_factor) if workers else None,
+    }
     if decode == "cuda":
         common["collate_fn"] = gpu_decode.collate_bytes
     mixing = getattr(augmentation, "mixing", None)
@@ -262,5 +370,13 @@ def imagefolder(root: str, image_size: int = 224, batch_size: int = 64, num_work
         evaluation = gpu_decode.ImageBatcher(image_size, IMAGENET_MEAN, IMAGENET_STD)
         val_loader = gpu_decode.GpuDecoded(val_loader, evaluation, device)
         test_loader = gpu_decode.GpuDecoded(test_loader, evaluation, device) if test_loader is not None else None
-    return DataBundle("imagefolder", train_loader, val_loader, (3, image_size, image_size), len(classes),
-                      generator, test_loader, val_split)
+    return DataBundle(
+        "imagefolder",
+        train_loader,
+        val_loader,
+        (3, image_size, image_size),
+        len(classes),
+        generator,
+        test_loader,
+        val_split,
+    )

@@ -23,15 +23,16 @@ from nas_cli.errors import UserError
 def check_cuda_decode() -> None:
     """``data.decode=cuda`` needs a CUDA GPU and a torchvision whose ``decode_jpeg`` decodes batches there."""
     if not torch.cuda.is_available():
-        raise UserError("data.decode=cuda decodes JPEGs on a CUDA GPU, and none is visible here; "
-                        "use data.decode=cpu")
+        raise UserError("data.decode=cuda decodes JPEGs on a CUDA GPU, and none is visible here; use data.decode=cpu")
     import inspect
 
     from torchvision.io import decode_jpeg
 
     if "device" not in inspect.signature(decode_jpeg).parameters:
-        raise UserError("data.decode=cuda needs torchvision >= 0.19 (batched decode_jpeg on the GPU); "
-                        "upgrade torchvision or use data.decode=cpu")
+        raise UserError(
+            "data.decode=cuda needs torchvision >= 0.19 (batched decode_jpeg on the GPU); "
+            "upgrade torchvision or use data.decode=cpu"
+        )
 
 
 def read_bytes(path: str) -> torch.Tensor:
@@ -63,8 +64,13 @@ class ImageBatcher:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, images: Sequence[torch.Tensor], *, host: torch.Generator | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        images: Sequence[torch.Tensor],
+        *,
+        host: torch.Generator | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """``host``: draws the resized crops' boxes; ``generator`` (on the images' device): the rest."""
         from torchvision.transforms.v2 import functional as TF
 
@@ -73,8 +79,9 @@ class ImageBatcher:
         out = []
         for image in images:
             if crop:
-                top, left, h, w = random_boxes(1, *image.shape[-2:], self.augment.resized_crop_scale,
-                                               generator=host)[0].tolist()
+                top, left, h, w = random_boxes(1, *image.shape[-2:], self.augment.resized_crop_scale, generator=host)[
+                    0
+                ].tolist()
                 out.append(TF.resized_crop(image, top, left, h, w, size, antialias=True))
             else:
                 resized = TF.resize(image, [round(self.size * 8 / 7)], antialias=True)
@@ -121,7 +128,7 @@ class GpuDecoded:
 
     def __iter__(self):
         # the pass's draws happen here, at once, before any batch (as a DataLoader's own)
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         return self._batches(seed, iter(self.loader))
 
     def _batches(self, seed: int, batches):

@@ -24,28 +24,69 @@ from nas_cli.errors import UserError
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 UBYTE = 0x08  # the only value type MNIST-style files use
 
 
-def mnist(root: str = "data/mnist", batch_size: int = 128, val_size: float | int = 5000, subset: int | None = None,
-          data_seed: int = 0, augment: dict | None = None, on_device: str | bool = "auto", *,
-          seed: int = 0) -> DataBundle:
+def mnist(
+    root: str = "data/mnist",
+    batch_size: int = 128,
+    val_size: float | int = 5000,
+    subset: int | None = None,
+    data_seed: int = 0,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """All 70,000 MNIST digits: ``val_size`` of the 60,000 training images held out for validation
     (stratified, seeded by ``data_seed``), the 10,000 t10k images the test set (see
     :func:`nas_cli.data.folders.held_out_bundle`, which also says what ``val_size=0`` does)."""
-    return _idx_bundle("mnist", "MNIST", root, MNIST_MEAN, MNIST_STD, batch_size=batch_size, val_size=val_size,
-                       subset=subset, data_seed=data_seed, augment=augment, on_device=on_device, seed=seed)
+    return _idx_bundle(
+        "mnist",
+        "MNIST",
+        root,
+        MNIST_MEAN,
+        MNIST_STD,
+        batch_size=batch_size,
+        val_size=val_size,
+        subset=subset,
+        data_seed=data_seed,
+        augment=augment,
+        on_device=on_device,
+        seed=seed,
+    )
 
 
-def fashion_mnist(root: str = "data/fashion_mnist", batch_size: int = 128, val_size: float | int = 5000,
-                  subset: int | None = None, data_seed: int = 0, augment: dict | None = None,
-                  on_device: str | bool = "auto", *, seed: int = 0) -> DataBundle:
+def fashion_mnist(
+    root: str = "data/fashion_mnist",
+    batch_size: int = 128,
+    val_size: float | int = 5000,
+    subset: int | None = None,
+    data_seed: int = 0,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """Fashion-MNIST (70,000 28x28 clothing images, 10 classes), split like :func:`mnist`."""
-    return _idx_bundle("fashion_mnist", "FashionMNIST", root, FASHION_MEAN, FASHION_STD, batch_size=batch_size,
-                       val_size=val_size, subset=subset, data_seed=data_seed, augment=augment,
-                       on_device=on_device, seed=seed)
+    return _idx_bundle(
+        "fashion_mnist",
+        "FashionMNIST",
+        root,
+        FASHION_MEAN,
+        FASHION_STD,
+        batch_size=batch_size,
+        val_size=val_size,
+        subset=subset,
+        data_seed=data_seed,
+        augment=augment,
+        on_device=on_device,
+        seed=seed,
+    )
 
 
 def _idx_bundle(name: str, folder_name: str, root: str, mean, std, *, augment: dict | None, **split) -> DataBundle:
@@ -65,8 +106,10 @@ def find_folder(root: Path, folder_name: str) -> Path:
             return folder
     best = max(candidates, key=lambda c: sum(_file(c, f) is not None for f in needed))
     missing = [f for f in needed if _file(best, f) is None]
-    raise UserError(f"{folder_name} not found: {best} lacks {', '.join(missing)} (each plain or .gz); put the four "
-                    f"IDX files in data.root/{folder_name}/raw/ or data.root/ and set data.root=...")
+    raise UserError(
+        f"{folder_name} not found: {best} lacks {', '.join(missing)} (each plain or .gz); put the four "
+        f"IDX files in data.root/{folder_name}/raw/ or data.root/ and set data.root=..."
+    )
 
 
 def _file(folder: Path, name: str) -> Path | None:
@@ -78,8 +121,10 @@ def read_pair(folder: Path, images_name: str, labels_name: str) -> tuple[torch.T
     """Images (N, 1, H, W) uint8 and labels (N,) int64 from an IDX image file and its label file."""
     images, labels = read_idx(_file(folder, images_name)), read_idx(_file(folder, labels_name))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{folder}: {images_name} holds shape {images.shape} and {labels_name} {labels.shape}; "
-                        f"expected (N, H, W) images and N labels")
+        raise UserError(
+            f"{folder}: {images_name} holds shape {images.shape} and {labels_name} {labels.shape}; "
+            f"expected (N, H, W) images and N labels"
+        )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -92,12 +137,15 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError) as ex:
         raise UserError(f"{path} cannot be read ({ex}); fetch it again") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != UBYTE:
-        raise UserError(f"{path} is not an unsigned-byte IDX file (its header starts {raw[:4].hex()}, "
-                        f"expected 0000 08 <dims>)")
+        raise UserError(
+            f"{path} is not an unsigned-byte IDX file (its header starts {raw[:4].hex()}, expected 0000 08 <dims>)"
+        )
     dims = raw[3]
     header = 4 + 4 * dims
     shape = struct.unpack(f">{dims}I", raw[4:header]) if len(raw) >= header else ()
     if len(raw) != header + int(np.prod(shape, dtype=np.int64)) or len(shape) != dims:
-        raise UserError(f"{path}: header says shape {tuple(shape)} but the file holds {len(raw) - header} values "
-                        f"(truncated or corrupt); fetch it again")
+        raise UserError(
+            f"{path}: header says shape {tuple(shape)} but the file holds {len(raw) - header} values "
+            f"(truncated or corrupt); fetch it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)

@@ -34,7 +34,7 @@ def place_loaders(loaders: Iterable, device: torch.device | str) -> list:
     ``true``: always (a UserError when the data cannot fit in the GPU's free memory);
     ``auto``: on a CUDA device, when all ``auto`` loaders together take under ``AUTO_SHARE`` of
     its free memory (all or none: split data would leave evaluation on the host); ``false``, and
-    ``auto`` on a CPU: never (today's host path). Loaders without ``place`` (``DataLoader``) and
+    ``auto`` on a CPU: never (the data stays on the host). Loaders without ``place`` (``DataLoader``) and
     loaders already on ``device`` are left as they are, so placing twice is harmless.
     """
     device = torch.device(device)
@@ -52,19 +52,25 @@ def place_loaders(loaders: Iterable, device: torch.device | str) -> list:
         free = free_bytes(device)
         need = sum(ld.nbytes for ld in wanted)
         if need > free:
-            raise UserError(f"data.on_device=true: the data takes {need / 2**30:.2f} GiB but {device} has "
-                            f"{free / 2**30:.2f} GiB free; use data.on_device=auto or false")
+            raise UserError(
+                f"data.on_device=true: the data takes {need / 2**30:.2f} GiB but {device} has "
+                f"{free / 2**30:.2f} GiB free; use data.on_device=auto or false"
+            )
         extra = sum(ld.nbytes for ld in auto)
         if auto and extra < AUTO_SHARE * (free - need):
             wanted += auto
         elif auto:
-            log.info(f"data.on_device=auto: {extra / 2**20:.0f} MiB of data is over {AUTO_SHARE:.0%} of the "
-                     f"{(free - need) / 2**20:.0f} MiB free on {device}: kept on the host")
+            log.info(
+                f"data.on_device=auto: {extra / 2**20:.0f} MiB of data is over {AUTO_SHARE:.0%} of the "
+                f"{(free - need) / 2**20:.0f} MiB free on {device}: kept on the host"
+            )
     for loader in wanted:
         loader.place(device)
     if wanted and device.type != "cpu":
-        log.info(f"data held on {device}: {sum(ld.nbytes for ld in wanted) / 2**20:.1f} MiB "
-                 f"({len(wanted)} loader(s)); batches and augmentation made there")
+        log.info(
+            f"data held on {device}: {sum(ld.nbytes for ld in wanted) / 2**20:.1f} MiB "
+            f"({len(wanted)} loader(s)); batches and augmentation made there"
+        )
     return wanted
 
 

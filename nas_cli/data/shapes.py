@@ -45,10 +45,23 @@ MAX_HIDDEN = 0.5  # at most this fraction of an earlier object's box may be cove
 CHUNK = 512  # images drawn at once: big enough to vectorise, small enough to stay in cache-friendly memory
 
 
-def shapes(batch_size: int = 32, n_train: int = 4000, n_val: int = 500, image_size: int = 64, max_objects: int = 4,
-           min_size: int = 12, max_size: int = 28, classes: Sequence[str] | None = None, max_overlap: float = 0.3,
-           noise: float = 0.04, clutter: int = 4, data_seed: int = 0, on_device: str | bool = "auto", *,
-           seed: int = 0) -> DataBundle:
+def shapes(
+    batch_size: int = 32,
+    n_train: int = 4000,
+    n_val: int = 500,
+    image_size: int = 64,
+    max_objects: int = 4,
+    min_size: int = 12,
+    max_size: int = 28,
+    classes: Sequence[str] | None = None,
+    max_overlap: float = 0.3,
+    noise: float = 0.04,
+    clutter: int = 4,
+    data_seed: int = 0,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """Shapes and digits to detect, generated from ``data_seed`` (see the module docstring for the drawing).
 
     Train and val come from two independent streams spawned from ``data_seed``, so changing ``n_train``
@@ -56,8 +69,16 @@ def shapes(batch_size: int = 32, n_train: int = 4000, n_val: int = 500, image_si
     ``k`` is the ``k``-th name given; None: all six, in ``CLASSES``'s order). ``seed`` orders the training batches.
     """
     names = check_classes(classes)
-    knobs = dict(image_size=image_size, max_objects=max_objects, min_size=min_size, max_size=max_size,
-                 classes=names, max_overlap=max_overlap, noise=noise, clutter=clutter)
+    knobs = dict(
+        image_size=image_size,
+        max_objects=max_objects,
+        min_size=min_size,
+        max_size=max_size,
+        classes=names,
+        max_overlap=max_overlap,
+        noise=noise,
+        clutter=clutter,
+    )
     check_knobs(**knobs)
     for key, n in (("n_train", n_train), ("n_val", n_val)):
         if int(n) < 1:
@@ -67,10 +88,20 @@ def shapes(batch_size: int = 32, n_train: int = 4000, n_val: int = 500, image_si
     x_val, y_val = make_shapes(int(n_val), np.random.default_rng(val_stream), **knobs)
     mean, std = channel_stats(x_train)
     n = len(x_train)
-    bundle = tensor_bundle("shapes", torch.cat([x_train, x_val]), torch.cat([y_train, y_val]), torch.arange(n),
-                           torch.arange(n, n + len(x_val)), len(names), batch_size=batch_size, seed=seed,
-                           mean=mean, std=std, val_split=f"generated ({len(x_val)} images, own stream)",
-                           on_device=on_device)
+    bundle = tensor_bundle(
+        "shapes",
+        torch.cat([x_train, x_val]),
+        torch.cat([y_train, y_val]),
+        torch.arange(n),
+        torch.arange(n, n + len(x_val)),
+        len(names),
+        batch_size=batch_size,
+        seed=seed,
+        mean=mean,
+        std=std,
+        val_split=f"generated ({len(x_val)} images, own stream)",
+        on_device=on_device,
+    )
     bundle.classes = list(names)
     return bundle
 
@@ -90,14 +121,24 @@ def check_classes(classes: Sequence[str] | None) -> list[str]:
     return names
 
 
-def check_knobs(image_size: int, max_objects: int, min_size: int, max_size: int, classes: list[str],
-                max_overlap: float, noise: float, clutter: int) -> None:
+def check_knobs(
+    image_size: int,
+    max_objects: int,
+    min_size: int,
+    max_size: int,
+    classes: list[str],
+    max_overlap: float,
+    noise: float,
+    clutter: int,
+) -> None:
     """One clear line for each impossible setting, before anything is drawn."""
     if not 8 <= image_size:
         raise UserError(f"data.image_size={image_size}: use at least 8 px")
     if not 4 <= min_size <= max_size <= image_size:
-        raise UserError(f"data.min_size={min_size}, max_size={max_size}: need 4 <= min_size <= max_size <= "
-                        f"image_size ({image_size})")
+        raise UserError(
+            f"data.min_size={min_size}, max_size={max_size}: need 4 <= min_size <= max_size <= "
+            f"image_size ({image_size})"
+        )
     if max_objects < 1:
         raise UserError(f"data.max_objects={max_objects}: at least 1")
     if not 0 <= max_overlap <= 1:
@@ -106,9 +147,18 @@ def check_knobs(image_size: int, max_objects: int, min_size: int, max_size: int,
         raise UserError(f"data.noise={noise}, data.clutter={clutter}: neither may be negative")
 
 
-def make_shapes(n: int, rng: np.random.Generator, image_size: int = 64, max_objects: int = 4, min_size: int = 12,
-                max_size: int = 28, classes: Sequence[str] = CLASSES, max_overlap: float = 0.3, noise: float = 0.04,
-                clutter: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def make_shapes(
+    n: int,
+    rng: np.random.Generator,
+    image_size: int = 64,
+    max_objects: int = 4,
+    min_size: int = 12,
+    max_size: int = 28,
+    classes: Sequence[str] = CLASSES,
+    max_overlap: float = 0.3,
+    noise: float = 0.04,
+    clutter: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images (uint8 [n, 3, H, W]) and their targets (float32 [n, max_objects, 5]) drawn from ``rng``.
 
     Class index ``k`` is ``classes[k]``. The same ``rng`` state and arguments give the same tensors, bit for bit.
@@ -121,11 +171,11 @@ def make_shapes(n: int, rng: np.random.Generator, image_size: int = 64, max_obje
         m = min(CHUNK, n - start)
         canvas = background(m, image_size, rng)
         paint_clutter(canvas, clutter, min_size, rng)
-        targets[start:start + m] = paint_objects(canvas, max_objects, min_size, max_size, classes, max_overlap, rng)
+        targets[start : start + m] = paint_objects(canvas, max_objects, min_size, max_size, classes, max_overlap, rng)
         if noise > 0:
             canvas += np.float32(noise) * rng.standard_normal(canvas.shape, dtype=np.float32)
         np.clip(canvas, 0, 1, out=canvas)
-        images[start:start + m] = np.rint(canvas * 255, out=canvas)
+        images[start : start + m] = np.rint(canvas * 255, out=canvas)
     return torch.from_numpy(images), torch.from_numpy(targets)
 
 
@@ -139,7 +189,7 @@ def background(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     centres = rng.uniform(-0.5, 0.5, (n, 3, 2, 1)).astype(np.float32)
     widths = rng.uniform(0.1, 0.3, (n, 3, 1, 1)).astype(np.float32)
     signs = rng.choice(np.array([-1.0, 1.0], np.float32), (n, 3))
-    along = np.exp(-((grid - centres) ** 2) / (2 * widths ** 2))  # a Gaussian blob is separable: [n, 3, (x, y), size]
+    along = np.exp(-((grid - centres) ** 2) / (2 * widths**2))  # a Gaussian blob is separable: [n, 3, (x, y), size]
     blobs = np.einsum("nb,nbx,nby->nyx", signs, along[:, :, 0], along[:, :, 1])
     use_gradient = rng.random(n) < 0.5
     field = np.where(use_gradient[:, None, None], gradient, blobs).clip(-1, 1).astype(np.float32)
@@ -171,8 +221,15 @@ def paint_clutter(canvas: np.ndarray, count: int, min_size: int, rng: np.random.
         canvas[image, c, points[..., 1], points[..., 0]] = colours[..., c, None]
 
 
-def paint_objects(canvas: np.ndarray, max_objects: int, min_size: int, max_size: int, classes: list[str],
-                  max_overlap: float, rng: np.random.Generator) -> np.ndarray:
+def paint_objects(
+    canvas: np.ndarray,
+    max_objects: int,
+    min_size: int,
+    max_size: int,
+    classes: list[str],
+    max_overlap: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Place and paint the objects of a chunk, one slot at a time across all images; return their targets."""
     n, _, size, _ = canvas.shape
     counts = rng.integers(1, max_objects + 1, n)
@@ -198,8 +255,9 @@ def paint_objects(canvas: np.ndarray, max_objects: int, min_size: int, max_size:
     return pack_targets(boxes, labels)
 
 
-def draw_masks(kind: np.ndarray, side: np.ndarray, classes: list[str], cell: int,
-               rng: np.random.Generator) -> np.ndarray:
+def draw_masks(
+    kind: np.ndarray, side: np.ndarray, classes: list[str], cell: int, rng: np.random.Generator
+) -> np.ndarray:
     """Boolean masks [n, cell, cell]: object ``i`` of class ``classes[kind[i]]`` in the top-left ``side[i]``
     square, from the pixel centres' coordinates relative to that square (u, v in (0, 1) inside it)."""
     n = len(kind)
@@ -215,8 +273,7 @@ def draw_masks(kind: np.ndarray, side: np.ndarray, classes: list[str], cell: int
         "circle": lambda: inside & (radius2 <= (0.5 + half_px * 0.5) ** 2),
         "triangle": lambda: inside & (2 * np.abs(u - 0.5) <= v + 2 * half_px),
         "square_outline": lambda: inside & ((u < thick) | (u > 1 - thick) | (v < thick) | (v > 1 - thick)),
-        "circle_outline": lambda: inside & (radius2 <= (0.5 + half_px * 0.5) ** 2)
-        & (radius2 >= (0.5 - thick) ** 2),
+        "circle_outline": lambda: inside & (radius2 <= (0.5 + half_px * 0.5) ** 2) & (radius2 >= (0.5 - thick) ** 2),
     }
     masks = np.zeros((n, cell, cell), bool)
     for index, name in enumerate(classes):
@@ -256,9 +313,13 @@ def digit_masks(side: np.ndarray, cell: int, rng: np.random.Generator) -> np.nda
     digit_x = box[:, 0, None] + (centres[None] - offset_x[:, None]) / scale[:, None]  # [n, cell] in digit px
     digit_y = box[:, 1, None] + (centres[None] - offset_y[:, None]) / scale[:, None]
     grid = np.stack(np.broadcast_arrays(digit_x[:, None, :], digit_y[:, :, None]), -1) / 14.0 - 1  # to [-1, 1]
-    sampled = torch.nn.functional.grid_sample(digits[torch.from_numpy(pick)],
-                                              torch.from_numpy(grid.astype(np.float32)),
-                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = torch.nn.functional.grid_sample(
+        digits[torch.from_numpy(pick)],
+        torch.from_numpy(grid.astype(np.float32)),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     inside = (centres[None, None, :] < side[:, None, None]) & (centres[None, :, None] < side[:, None, None])
     return (sampled[:, 0].numpy() > 0.5) & inside
 
@@ -267,17 +328,20 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     """The tight box (x1, y1, x2, y2) of each mask's pixels, pixel edges (x2 = last column + 1)."""
     cols, rows = masks.any(1), masks.any(2)
     width = masks.shape[2]
-    return np.stack([cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1),
-                     masks.shape[1] - rows[:, ::-1].argmax(1)], 1).astype(np.float64)
+    return np.stack(
+        [cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1), masks.shape[1] - rows[:, ::-1].argmax(1)], 1
+    ).astype(np.float64)
 
 
-def allowed(candidates: np.ndarray, boxes: np.ndarray, valid: np.ndarray, hidden: np.ndarray,
-            max_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+def allowed(
+    candidates: np.ndarray, boxes: np.ndarray, valid: np.ndarray, hidden: np.ndarray, max_overlap: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Which candidate boxes [n, tries, 4] may join the placed ``boxes`` [n, k, 4]: IoU with each at most
     ``max_overlap`` and no placed box more than ``MAX_HIDDEN`` covered. Also the coverage each would add."""
     c, b = candidates[:, :, None, :], boxes[:, None, :, :]
-    inter = (np.clip(np.minimum(c[..., 2], b[..., 2]) - np.maximum(c[..., 0], b[..., 0]), 0, None)
-             * np.clip(np.minimum(c[..., 3], b[..., 3]) - np.maximum(c[..., 1], b[..., 1]), 0, None))
+    inter = np.clip(np.minimum(c[..., 2], b[..., 2]) - np.maximum(c[..., 0], b[..., 0]), 0, None) * np.clip(
+        np.minimum(c[..., 3], b[..., 3]) - np.maximum(c[..., 1], b[..., 1]), 0, None
+    )
     area_c = (c[..., 2] - c[..., 0]) * (c[..., 3] - c[..., 1])
     area_b = np.maximum((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]), 1e-9)
     iou = inter / np.maximum(area_c + area_b - inter, 1e-9)
@@ -292,7 +356,9 @@ def paste(canvas: np.ndarray, masks: np.ndarray, corner: np.ndarray, placed: np.
     padded = np.zeros((len(masks), size + cell, size + cell), bool)  # room for a cell that pokes out (it is empty)
     offsets = np.arange(cell)
     rows = np.arange(len(masks))[:, None, None]
-    padded[rows, corner[:, 1, None, None] + offsets[None, :, None], corner[:, 0, None, None] + offsets[None, None, :]] = masks
+    padded[
+        rows, corner[:, 1, None, None] + offsets[None, :, None], corner[:, 0, None, None] + offsets[None, None, :]
+    ] = masks
     full = padded[:, :size, :size] & placed[:, None, None]
     np.copyto(canvas, colour[:, :, None, None], where=full[:, None])
 
@@ -308,7 +374,9 @@ def pack_targets(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units (one channel at a time: little memory)."""
-    stats = [(float(ch.mean()), float(ch.std())) for ch in (images[:, c].double() / 255 for c in range(images.shape[1]))]
+    stats = [
+        (float(ch.mean()), float(ch.std())) for ch in (images[:, c].double() / 255 for c in range(images.shape[1]))
+    ]
     return tuple(m for m, _ in stats), tuple(max(s, 1e-6) for _, s in stats)
 
 
@@ -326,8 +394,7 @@ def save_images(images: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def write_coco(root: str | os.PathLike, images: torch.Tensor, targets: torch.Tensor,
-               classes: Sequence[str]) -> Path:
+def write_coco(root: str | os.PathLike, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]) -> Path:
     """``root/images/*.png`` and ``root/annotations.json`` (COCO: bbox [x, y, w, h], ids from 1 as COCO's).
 
     ``targets`` [N, M, 5] rows (class, x1, y1, x2, y2), padding class -1. The JSON is written last, to a
@@ -341,8 +408,16 @@ def write_coco(root: str | os.PathLike, images: torch.Tensor, targets: torch.Ten
         entries.append({"id": i + 1, "file_name": path.name, "width": width, "height": height})
         for cls, x1, y1, x2, y2 in rows[rows[:, 0] >= 0].tolist():
             w, h = x2 - x1, y2 - y1
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(cls) + 1,
-                                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(cls) + 1,
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": k + 1, "name": str(name)} for k, name in enumerate(classes)]
     tmp = root / "annotations.json.tmp"
     tmp.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))

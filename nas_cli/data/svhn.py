@@ -21,9 +21,18 @@ SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
 
 
-def svhn(root: str = "data/svhn", batch_size: int = 128, val_size: float | int = 5000, subset: int | None = None,
-         data_seed: int = 0, extra: bool = False, augment: dict | None = None, on_device: str | bool = "auto", *,
-         seed: int = 0) -> DataBundle:
+def svhn(
+    root: str = "data/svhn",
+    batch_size: int = 128,
+    val_size: float | int = 5000,
+    subset: int | None = None,
+    data_seed: int = 0,
+    extra: bool = False,
+    augment: dict | None = None,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """SVHN: ``val_size`` of the 73,257 training images held out (stratified, seeded by ``data_seed``),
     the 26,032 test images the test set (see :func:`nas_cli.data.folders.held_out_bundle`).
 
@@ -35,15 +44,28 @@ def svhn(root: str = "data/svhn", batch_size: int = 128, val_size: float | int =
     parts = ["train", "test", *(["extra"] if extra else [])]
     missing = [FILES[p] for p in parts if not (folder / FILES[p]).is_file()]
     if missing:
-        raise UserError(f"SVHN not found: {folder} lacks {', '.join(missing)} (the cropped-digits .mat files); "
-                        f"set data.root=...")
+        raise UserError(
+            f"SVHN not found: {folder} lacks {', '.join(missing)} (the cropped-digits .mat files); set data.root=..."
+        )
     train = read_mat(folder / FILES["train"])
     if extra:
         more = read_mat(folder / FILES["extra"])
         train = (torch.cat([train[0], more[0]]), torch.cat([train[1], more[1]]))
-    return held_out_bundle("svhn", train, read_mat(folder / FILES["test"]), 10, SVHN_MEAN, SVHN_STD,
-                           batch_size=batch_size, val_size=val_size, subset=subset, data_seed=data_seed,
-                           augment=transform, on_device=on_device, seed=seed)
+    return held_out_bundle(
+        "svhn",
+        train,
+        read_mat(folder / FILES["test"]),
+        10,
+        SVHN_MEAN,
+        SVHN_STD,
+        batch_size=batch_size,
+        val_size=val_size,
+        subset=subset,
+        data_seed=data_seed,
+        augment=transform,
+        on_device=on_device,
+        seed=seed,
+    )
 
 
 def read_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,21 @@ from nas_cli.data.augment import build_augment
 from nas_cli.data.bundle import DataBundle, tensor_bundle
 
 
-def synthetic(shape: list[int] = (1, 28, 28), num_classes: int = 10, n_train: int = 1000, n_val: int = 200,
-              noise: float = 1.0, batch_size: int = 64, data_seed: int = 0, subset: int | None = None,
-              augment: dict | None = None, n_test: int = 0, on_device: str | bool = "auto", *,
-              seed: int = 0) -> DataBundle:
+def synthetic(
+    shape: list[int] = (1, 28, 28),
+    num_classes: int = 10,
+    n_train: int = 1000,
+    n_val: int = 200,
+    noise: float = 1.0,
+    batch_size: int = 64,
+    data_seed: int = 0,
+    subset: int | None = None,
+    augment: dict | None = None,
+    n_test: int = 0,
+    on_device: str | bool = "auto",
+    *,
+    seed: int = 0,
+) -> DataBundle:
     """``x = prototype[y] + noise * N(0, 1)``: learnable, any input ``shape``, no files needed.
 
     ``augment`` (training batches only) needs an image ``shape`` (channels, height, width).
@@ -32,5 +43,16 @@ def synthetic(shape: list[int] = (1, 28, 28), num_classes: int = 10, n_train: in
     if n_test:  # drawn after the rest, so the train and val examples do not depend on it
         y_test = torch.arange(int(n_test)) % num_classes
         test = (prototypes[y_test] + noise * torch.randn(int(n_test), *shape, generator=g), y_test)
-    return tensor_bundle("synthetic", x, y, torch.arange(n_train), torch.arange(n_train, n), num_classes,
-                         batch_size=batch_size, seed=seed, augment=transform, test=test, on_device=on_device)
+    return tensor_bundle(
+        "synthetic",
+        x,
+        y,
+        torch.arange(n_train),
+        torch.arange(n_train, n),
+        num_classes,
+        batch_size=batch_size,
+        seed=seed,
+        augment=transform,
+        test=test,
+        on_device=on_device,
+    )

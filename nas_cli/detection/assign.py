@@ -15,14 +15,14 @@ import torch
 def assign(centers: torch.Tensor, targets: torch.Tensor, stride: int, radius: float = 1.5) -> torch.Tensor:
     """The ground-truth row each cell learns, or -1: ``[B, P]`` from cell ``centers`` ``[P, 2]`` and padded
     ``targets`` ``[B, M, 5]`` (class, x1, y1, x2, y2; class -1 for padding). No host sync."""
-    valid = targets[..., 0] >= 0                                       # [B, M]
+    valid = targets[..., 0] >= 0  # [B, M]
     boxes = targets[..., 1:]
     cx, cy = centers[:, 0].view(1, -1, 1), centers[:, 1].view(1, -1, 1)  # [1, P, 1]
-    x1, y1, x2, y2 = (boxes[..., i].unsqueeze(1) for i in range(4))     # [B, 1, M]
+    x1, y1, x2, y2 = (boxes[..., i].unsqueeze(1) for i in range(4))  # [B, 1, M]
     inside = (cx > x1) & (cx < x2) & (cy > y1) & (cy < y2)
     reach = radius * stride
     near = ((cx - (x1 + x2) / 2).abs() < reach) & ((cy - (y1 + y2) / 2).abs() < reach)
-    candidate = inside & near & valid.unsqueeze(1)                      # [B, P, M]
+    candidate = inside & near & valid.unsqueeze(1)  # [B, P, M]
     # the cell nearest each box's centre is always a candidate for it
     box_centers = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
     nearest = torch.cdist(box_centers.float(), centers.float().unsqueeze(0).expand(len(boxes), -1, -1)).argmin(-1)

@@ -3,8 +3,10 @@
 * box: GIoU loss (Rezatofighi et al. 2019), 1 - GIoU of each positive cell's box with its ground truth,
   or CIoU (Zheng et al. 2020) with ``box=ciou``; the mean over positives.
 * objectness: binary cross-entropy of every cell's objectness against the IoU of its predicted box with
-  its ground truth (0 for cells that learn no box), as YOLOv3/YOLOX make confidence predict the overlap;
-  the IoU is a target, so no gradient flows through it.
+  its ground truth (0 for cells that learn no box), as YOLOv5 does (Ultralytics' ``utils/loss.py``:
+  ``tobj[b, a, gj, gi] = iou``, the IoU detached and clamped at 0, with ``gr = 1.0`` the whole target is the
+  IoU); the IoU is a target, so no gradient flows through it. YOLOX does not: its objectness target is 1 at
+  positive cells (``obj_target = fg_mask``), and the IoU goes into its class target instead.
 * class: binary cross-entropy of the positives' class logits against their one-hot class.
 
 Objectness and class are summed and divided by the number of positives, as YOLOX normalises them, so
@@ -33,8 +35,14 @@ class DetectionLoss:
         center_radius: the assignment's centre region, in strides (FCOS: 1.5).
     """
 
-    def __init__(self, box: str = "giou", box_weight: float = 5.0, obj_weight: float = 1.0,
-                 cls_weight: float = 1.0, center_radius: float = 1.5):
+    def __init__(
+        self,
+        box: str = "giou",
+        box_weight: float = 5.0,
+        obj_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        center_radius: float = 1.5,
+    ):
         if box not in BOX_LOSSES:
             raise UserError(f"loss.box={box}: use one of {sorted(BOX_LOSSES)}")
         if min(box_weight, obj_weight, cls_weight) < 0 or center_radius <= 0:
@@ -52,8 +60,14 @@ class DetectionLoss:
         return total, None, terms
 
 
-def detection_terms(cls: torch.Tensor, obj: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor,
-                    matched: torch.Tensor, box_loss=giou_loss) -> dict[str, torch.Tensor]:
+def detection_terms(
+    cls: torch.Tensor,
+    obj: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    matched: torch.Tensor,
+    box_loss=giou_loss,
+) -> dict[str, torch.Tensor]:
     """The three unweighted terms from raw outputs (``cls`` [B,P,K], ``obj`` [B,P], ``boxes`` [B,P,4]),
     padded ``targets`` [B,M,5] and the assignment ``matched`` [B,P]. Dense and masked: no host sync."""
     positive = matched >= 0

@@ -31,9 +31,9 @@ PRIOR = 0.01  # initial objectness and class probability (RetinaNet's prior): a 
 class DetectorOutput(NamedTuple):
     """Per cell of the grid, flattened row by row: P = grid height x width."""
 
-    cls: torch.Tensor      # [B, P, K] class logits
-    obj: torch.Tensor      # [B, P] objectness logits
-    boxes: torch.Tensor    # [B, P, 4] decoded boxes, xyxy pixels
+    cls: torch.Tensor  # [B, P, K] class logits
+    obj: torch.Tensor  # [B, P] objectness logits
+    boxes: torch.Tensor  # [B, P, 4] decoded boxes, xyxy pixels
     centers: torch.Tensor  # [P, 2] cell centres (x, y) in pixels
     stride: int
 
@@ -60,7 +60,7 @@ class Detector(nn.Module):
             raise UserError(f"detect needs image sides divisible by 8, got {height}x{width_px}")
         self.stride, self.num_classes = int(stride), int(num_classes)
         w, hw = int(width), int(head_width or 2 * width)
-        self.stem = _conv_bn_relu(channels, w, stride=2)                                   # stride 2
+        self.stem = _conv_bn_relu(channels, w, stride=2)  # stride 2
         self.stage4 = nn.Sequential(BasicBlock(w, 2 * w, stride=2), BasicBlock(2 * w, 2 * w))  # stride 4
         self.stage8 = nn.Sequential(BasicBlock(2 * w, 4 * w, stride=2), BasicBlock(4 * w, 4 * w))  # stride 8
         self.lateral = nn.Conv2d(4 * w, 2 * w, 1)  # stride-8 features brought to the stride-4 width
@@ -86,8 +86,8 @@ class Detector(nn.Module):
         f = self.features(x)
         batch, _, gh, gw = f.shape
         reg = self.reg_branch(f)
-        cls = self.cls_out(self.cls_branch(f)).flatten(2).transpose(1, 2)      # [B, P, K]
-        obj = self.obj_out(reg).flatten(1)                                      # [B, P]
+        cls = self.cls_out(self.cls_branch(f)).flatten(2).transpose(1, 2)  # [B, P, K]
+        obj = self.obj_out(reg).flatten(1)  # [B, P]
         ltrb = F.softplus(self.box_out(reg).float()).flatten(2).transpose(1, 2) * self.stride  # [B, P, 4] px
         centers = grid_centers(gh, gw, self.stride, f.device)
         boxes = torch.cat([centers - ltrb[..., :2], centers + ltrb[..., 2:]], dim=-1)

@@ -29,7 +29,9 @@ import torch
 
 from nas_cli.errors import UserError
 
-NMS_BLOCK = 512  # boxes nms_torch resolves together: 256-1024 all do well on CPU (bench/detect.py); 512 was best at 100k
+NMS_BLOCK = (
+    512  # boxes nms_torch resolves together: 256-1024 all do well on CPU (bench/detect.py); 512 was best at 100k
+)
 TILE = 1 << 20  # most IoUs nms_torch computes in one tensor (4 MiB a float32 temporary), so memory stays O(N)
 SOFT_NMS_CHECK_EVERY = 32  # soft_nms looks on the host whether boxes remain only every this many selections
 SOFT_NMS_METHODS = ("linear", "gaussian")
@@ -54,8 +56,9 @@ def _check_iou_threshold(iou_threshold: float) -> None:
 
 def _has_kernel(boxes: torch.Tensor) -> bool:
     """Whether torchvision's compiled NMS serves these boxes (its device and dtype), importing it only here."""
-    kernel_dtypes = (torch.float32, torch.float64) if boxes.device.type == "cpu" else (torch.float16, torch.float32,
-                                                                                      torch.float64)
+    kernel_dtypes = (
+        (torch.float32, torch.float64) if boxes.device.type == "cpu" else (torch.float16, torch.float32, torch.float64)
+    )
     if boxes.dtype not in kernel_dtypes:
         return False
     try:
@@ -144,14 +147,20 @@ def _greedy_sorted(cols: torch.Tensor, threshold: float, block: int) -> torch.Te
         kept.append(pos[keep])
         if rest.numel() and winners.shape[1]:
             step = max(1, TILE // winners.shape[1])
-            struck = torch.cat([_overlaps(winners, tail[:, s:s + step], threshold).any(0)
-                                for s in range(0, rest.numel(), step)])
+            struck = torch.cat(
+                [_overlaps(winners, tail[:, s : s + step], threshold).any(0) for s in range(0, rest.numel(), step)]
+            )
             rest = rest[~struck]
     return torch.cat(kept)
 
 
-def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, idxs: torch.Tensor | None = None,
-              block: int = NMS_BLOCK) -> torch.Tensor:
+def nms_torch(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    idxs: torch.Tensor | None = None,
+    block: int = NMS_BLOCK,
+) -> torch.Tensor:
     """Greedy NMS in plain torch, on any device: the boxes ``torchvision.ops.nms`` keeps, in its order.
 
     ``idxs`` (class per box, optional) makes it per-class like ``batched_nms``, without offsetting coordinates.
@@ -232,9 +241,15 @@ def _decay(iou: torch.Tensor, method: str, iou_threshold: float, sigma: float) -
     return torch.exp(-(iou * iou) / sigma)
 
 
-def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.3, sigma: float = 0.5,
-             method: str = "linear", score_threshold: float = 0.001,
-             idxs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    method: str = "linear",
+    score_threshold: float = 0.001,
+    idxs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft-NMS (Bodla et al., ICCV 2017, Algorithm 1): returns ``(keep, kept_scores)``.
 
     Repeatedly take the highest-scoring remaining box (the first one on a tie), keep it, and multiply every
@@ -293,9 +308,16 @@ def _iou_one_to_many(one: torch.Tensor, one_area: torch.Tensor, many: torch.Tens
     return torch.where(union > 0, inter / union, torch.zeros_like(inter))
 
 
-def soft_nms_batch(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.3, sigma: float = 0.5,
-                   method: str = "linear", score_threshold: float = 0.001, idxs: torch.Tensor | None = None,
-                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_nms_batch(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    method: str = "linear",
+    score_threshold: float = 0.001,
+    idxs: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``soft_nms`` on B independent sets of K boxes at once (a batch of images): ``boxes`` [B, K, 4],
     ``scores`` [B, K], optional ``idxs`` [B, K] (class per box) and ``valid`` [B, K] (False: padding).
 
@@ -326,8 +348,8 @@ def soft_nms_batch(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: flo
         for step in range(k):
             if step % SOFT_NMS_CHECK_EVERY == 0 and not bool(live.any()):
                 break
-            best = torch.where(live, score, -math.inf).argmax(1)            # [B]
-            chosen = live[rows, best]                                      # False where a set has none left
+            best = torch.where(live, score, -math.inf).argmax(1)  # [B]
+            chosen = live[rows, best]  # False where a set has none left
             kept[rows, best] |= chosen
             decayed[rows, best] = torch.where(chosen, score[rows, best], decayed[rows, best])
             live[rows, best] = False

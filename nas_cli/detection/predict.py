@@ -15,8 +15,20 @@ from nas_cli.runs.record import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DRAWN_SCORE = 0.3  # boxes drawn from this score up (every detection above score_threshold is in the JSON)
 MIN_DRAWN_SIDE = 256  # small images are enlarged (nearest) before drawing, so boxes and labels are legible
-PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
-           "#bcf60c", "#fabebe", "#008080", "#e6beff"]
+PALETTE = [
+    "#e6194b",
+    "#3cb44b",
+    "#ffe119",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#fabebe",
+    "#008080",
+    "#e6beff",
+]
 
 
 class DetectorMeta:
@@ -101,8 +113,16 @@ def draw(image: torch.Tensor, found: dict[str, torch.Tensor], classes: list[str]
 
 
 @torch.inference_mode()
-def predict_images(model, meta: DetectorMeta, files: list[Path], out_dir: Path, post: Postprocess,
-                   method: str, device: torch.device, batch_size: int = 64) -> list[dict]:
+def predict_images(
+    model,
+    meta: DetectorMeta,
+    files: list[Path],
+    out_dir: Path,
+    post: Postprocess,
+    method: str,
+    device: torch.device,
+    batch_size: int = 64,
+) -> list[dict]:
     """Detect in every file (resized to the model's input, boxes mapped back to the file's size); write
     ``out_dir/<stem>.png`` with the boxes drawn; return the detections, one record per image."""
     import torch.nn.functional as F
@@ -112,27 +132,56 @@ def predict_images(model, meta: DetectorMeta, files: list[Path], out_dir: Path, 
     model.eval()
     records = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         images = [read_image(p) for p in chunk]
-        x = torch.stack([F.interpolate(im[None].float(), size=(height, width), mode="bilinear",
-                                       antialias=True, align_corners=False)[0].round().clamp(0, 255)
-                         for im in images]).to(device)
+        x = torch.stack(
+            [
+                F.interpolate(
+                    im[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+                .round()
+                .clamp(0, 255)
+                for im in images
+            ]
+        ).to(device)
         for path, image, found in zip(chunk, images, detect(model(meta.normalize(x)), post, method)):
             found = {k: v.cpu() for k, v in found.items()}
             sx, sy = image.shape[2] / width, image.shape[1] / height
             found["boxes"] = found["boxes"] * torch.tensor([sx, sy, sx, sy])
             png = draw(image, found, meta.classes)
             write_png(png, out_dir / f"{path.stem}.png")
-            records.append({"image": path.name, "width": image.shape[2], "height": image.shape[1],
-                            "detections": [{"class": meta.classes[int(c)], "class_id": int(c), "score": float(s),
-                                            "box": [round(float(v), 2) for v in b]}
-                                           for b, s, c in zip(found["boxes"], found["scores"], found["labels"])]})
+            records.append(
+                {
+                    "image": path.name,
+                    "width": image.shape[2],
+                    "height": image.shape[1],
+                    "detections": [
+                        {
+                            "class": meta.classes[int(c)],
+                            "class_id": int(c),
+                            "score": float(s),
+                            "box": [round(float(v), 2) for v in b],
+                        }
+                        for b, s, c in zip(found["boxes"], found["scores"], found["labels"])
+                    ],
+                }
+            )
     return records
 
 
 @torch.inference_mode()
-def detection_grid(model, loader, classes: list[str], mean, std, device: torch.device, post: Postprocess,
-                   path: Path, n: int = 16, method: str = "nms") -> Path:
+def detection_grid(
+    model,
+    loader,
+    classes: list[str],
+    mean,
+    std,
+    device: torch.device,
+    post: Postprocess,
+    path: Path,
+    n: int = 16,
+    method: str = "nms",
+) -> Path:
     """The first ``n`` images of ``loader`` with their detections, in one PNG (a look at what the mAP means)."""
     from torchvision.utils import make_grid
 

@@ -15,23 +15,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for, but no CUDA GPU is visible; use device=auto or device=cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device=mps asked for, but MPS is not available; use device=auto or device=cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise UserError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
-
-
 def effective_precision(device: torch.device, precision: str) -> str:
     """``trainer.precision`` as it will run here: fp16 autocast and loss scaling need a GPU.
 
@@ -81,8 +64,13 @@ def full_precision():
     torch.set_float32_matmul_precision("highest")
     try:
         # every cudnn flag passed as it is: flags() resets the ones it is not given
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, benchmark_limit=cudnn.benchmark_limit,
-                         deterministic=cudnn.deterministic, allow_tf32=False):
+        with cudnn.flags(
+            enabled=cudnn.enabled,
+            benchmark=cudnn.benchmark,
+            benchmark_limit=cudnn.benchmark_limit,
+            deterministic=cudnn.deterministic,
+            allow_tf32=False,
+        ):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32

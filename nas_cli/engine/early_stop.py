@@ -32,8 +32,9 @@ class Watch:
     def value(self, row: dict) -> float:
         """The monitored figure of ``row``; a name that is not a column is the user's mistake."""
         if self.monitor not in row:
-            raise UserError(f"{self.key}.monitor={self.monitor} is not a column of this run's metrics "
-                            f"({', '.join(sorted(row))})")
+            raise UserError(
+                f"{self.key}.monitor={self.monitor} is not a column of this run's metrics ({', '.join(sorted(row))})"
+            )
         return float(row[self.monitor])
 
     def improves(self, value: float) -> bool:
@@ -69,8 +70,7 @@ class EarlyStopping:
         min_delta: the smallest change (absolute) that counts as improving.
     """
 
-    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 10,
-                 min_delta: float = 0.0):
+    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 10, min_delta: float = 0.0):
         if int(patience) < 1:
             raise UserError(f"trainer.early_stop.patience={patience}: must be 1 or more")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, int(patience), float(min_delta)
@@ -98,20 +98,27 @@ class EarlyStopping:
 
     def reason(self) -> str:
         w = self.watch
-        return (f"{w.monitor} did not improve by more than {w.min_delta:g} for {self.patience} epochs "
-                f"(best {w.best:.6g} at epoch {w.best_epoch})")
+        return (
+            f"{w.monitor} did not improve by more than {w.min_delta:g} for {self.patience} epochs "
+            f"(best {w.best:.6g} at epoch {w.best_epoch})"
+        )
 
     def figures(self) -> dict:
         """The summary's record of the decision (nothing when early stopping is off)."""
         if self.watch is None:
             return {}
         stopped = self.stopped_epoch is not None
-        return {"stopped_early": stopped,
-                **({"stopped_epoch": self.stopped_epoch, "stop_reason": self.reason()} if stopped else {})}
+        return {
+            "stopped_early": stopped,
+            **({"stopped_epoch": self.stopped_epoch, "stop_reason": self.reason()} if stopped else {}),
+        }
 
     def state_dict(self) -> dict:
-        return {"watch": self.watch.state_dict() if self.watch else None, "bad_epochs": self.bad_epochs,
-                "stopped_epoch": self.stopped_epoch}
+        return {
+            "watch": self.watch.state_dict() if self.watch else None,
+            "bad_epochs": self.bad_epochs,
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.watch is not None and state.get("watch") is not None:
@@ -137,8 +144,9 @@ class BestCheckpoint:
         """A copy for one fit, its ``score`` monitor resolved to the fit's score column."""
         best = BestCheckpoint(self.monitor, self.mode, self.min_delta)
         if self.monitor:
-            best.watch = Watch(score if self.monitor == SCORE else self.monitor, self.mode, self.min_delta,
-                               "trainer.best")
+            best.watch = Watch(
+                score if self.monitor == SCORE else self.monitor, self.mode, self.min_delta, "trainer.best"
+            )
         return best
 
     @property

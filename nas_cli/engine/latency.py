@@ -10,8 +10,9 @@ from torch import nn
 
 
 @torch.inference_mode()
-def median_latencies(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 30,
-                     warmup: int = 3) -> dict[str, float]:
+def median_latencies(
+    models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 30, warmup: int = 3
+) -> dict[str, float]:
     """Median seconds per forward of each model on ``x``; the models take turns every repeat."""
     for model in models.values():
         model.eval()

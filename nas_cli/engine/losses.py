@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nas_cli.errors import UserError
+from nas_cli.models.outputs import AuxiliaryLogits
 
 
-class AuxiliaryLogits(NamedTuple):
-    """What a model with an auxiliary classifier returns in training (in eval it returns logits alone)."""
-
-    logits: torch.Tensor
-    aux: torch.Tensor
-    weight: float  # the auxiliary cross-entropy's weight in the loss
-
-
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The supervised step's loss: returns (loss, logits); an auxiliary head adds its weighted loss.
 
     ``label_smoothing`` ε (Szegedy et al. 2016) trains against (1 - ε) one-hot + ε / classes, the
@@ -31,8 +24,10 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     out = model(x)
     if isinstance(out, AuxiliaryLogits):
-        return (F.cross_entropy(out.logits, y, label_smoothing=label_smoothing)
-                + out.weight * F.cross_entropy(out.aux, y, label_smoothing=label_smoothing)), out.logits
+        return (
+            F.cross_entropy(out.logits, y, label_smoothing=label_smoothing)
+            + out.weight * F.cross_entropy(out.aux, y, label_smoothing=label_smoothing)
+        ), out.logits
     return F.cross_entropy(out, y, label_smoothing=label_smoothing), out
 
 

@@ -31,9 +31,16 @@ class TrainingProgress(Progress):
     def __init__(self, enabled: bool = True):
         console = get_console()  # the console Hydra's rich log handler writes to: lines land above the bar
         super().__init__(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=console, transient=True, auto_refresh=False, disable=not (enabled and console.is_terminal),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=True,
+            auto_refresh=False,
+            disable=not (enabled and console.is_terminal),
         )
         self._drawn_at = 0.0
         self._ticks: dict[TaskID, int] = {}

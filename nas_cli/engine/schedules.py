@@ -126,9 +126,17 @@ class Plateau(Schedule):
     name (see ``monitor_mode``). The lr never drops below ``min_factor`` x base lr.
     """
 
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 5, threshold: float = 1e-4,
-                 min_factor: float = 0.0, warmup_epochs: float = 0.0, mode: str | None = None,
-                 every: str = "step"):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 5,
+        threshold: float = 1e-4,
+        min_factor: float = 0.0,
+        warmup_epochs: float = 0.0,
+        mode: str | None = None,
+        every: str = "step",
+    ):
         # a plain class: a dataclass field named `factor` would shadow the method
         self.every = check_every(every)
         self.monitor, self.decay, self.patience = monitor, factor, patience
@@ -147,8 +155,9 @@ class Plateau(Schedule):
 
     def epoch_end(self, metrics: dict) -> None:
         if self.monitor not in metrics:
-            raise UserError(f"sched.monitor={self.monitor} is not a column of this run's metrics "
-                            f"({', '.join(sorted(metrics))})")
+            raise UserError(
+                f"sched.monitor={self.monitor} is not a column of this run's metrics ({', '.join(sorted(metrics))})"
+            )
         value = metrics[self.monitor]
         if self.improved(value):
             self.best, self.bad_epochs = value, 0
@@ -180,6 +189,7 @@ def monitor_mode(monitor: str, mode: str | None, key: str) -> str:
 
 def check_every(every: str) -> str:
     if every not in ("step", "epoch"):
-        raise UserError(f"sched.every={every}: use step (the lr changes every iteration) or epoch "
-                        f"(held within each epoch)")
+        raise UserError(
+            f"sched.every={every}: use step (the lr changes every iteration) or epoch (held within each epoch)"
+        )
     return every

@@ -12,10 +12,12 @@ def smooth(losses: pd.Series, window: int, alpha: float) -> pd.DataFrame:
     the first losses instead of at zero.
     """
     losses = losses.reset_index(drop=True).astype(float)
-    return pd.DataFrame({
-        "iteration": range(1, len(losses) + 1),
-        "loss": losses,
-        "loss_sma": losses.rolling(window, min_periods=1).mean(),
-        "loss_cma": losses.expanding().mean(),
-        "loss_ema": losses.ewm(alpha=alpha, adjust=True).mean(),
-    })
+    return pd.DataFrame(
+        {
+            "iteration": range(1, len(losses) + 1),
+            "loss": losses,
+            "loss_sma": losses.rolling(window, min_periods=1).mean(),
+            "loss_cma": losses.expanding().mean(),
+            "loss_ema": losses.ewm(alpha=alpha, adjust=True).mean(),
+        }
+    )

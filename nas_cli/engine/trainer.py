@@ -34,7 +34,6 @@ from torch import nn
 
 from nas_cli.data.resident import place_loaders
 from nas_cli.data.resumable import LoaderPass
-from nas_cli.engine import checkpoint
 from nas_cli.engine.averaging import EMA, ensemble_accuracy
 from nas_cli.engine.device import autocast, effective_precision, set_determinism
 from nas_cli.engine.distributed import Dist, all_reduce_sum, gather
@@ -46,7 +45,7 @@ from nas_cli.engine.regularizers import Regularizer
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.smoothing import smooth
 from nas_cli.errors import UserError
-from nas_cli.runs import signals
+from nas_cli.runs import checkpoint, signals
 from nas_cli.runs.files import BEST, EMA_WEIGHTS, SNAPSHOTS, STEPS, WEIGHTS
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.record import RunRecord, atomic_write
@@ -92,8 +91,15 @@ class EpochTally:
         self.counts: list[int] = list(s.get("counts", []))
         self.lr = s.get("lr")
 
-    def add(self, loss: torch.Tensor, penalty: torch.Tensor | None, logits: torch.Tensor | None, y: torch.Tensor,
-            lr: float, parts: dict[str, torch.Tensor] | None = None) -> None:
+    def add(
+        self,
+        loss: torch.Tensor,
+        penalty: torch.Tensor | None,
+        logits: torch.Tensor | None,
+        y: torch.Tensor,
+        lr: float,
+        parts: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.losses.append(loss.detach().float())
         if logits is not None:
             top1, top5 = hits(logits.detach(), y)
@@ -120,8 +126,14 @@ class EpochTally:
         parts = [(torch.stack(v) * n).sum() for v in self.parts.values()]
         correct5 = torch.stack(self.correct5).sum().float() if self.correct5 else zero
         loss, penalty, correct, correct5, *parts = torch.stack([loss, penalty, correct, correct5, *parts]).tolist()
-        return (loss, penalty, int(correct), int(correct5) if self.correct5 else None, int(sum(self.counts)),
-                dict(zip(self.parts, parts)))
+        return (
+            loss,
+            penalty,
+            int(correct),
+            int(correct5) if self.correct5 else None,
+            int(sum(self.counts)),
+            dict(zip(self.parts, parts)),
+        )
 
     @property
     def counts_correct(self) -> bool:
@@ -132,12 +144,16 @@ class EpochTally:
         return torch.stack(self.losses).tolist() if self.losses else []
 
     def state_dict(self) -> dict:
-        return {"loader": self.loader_pass.state_dict(), "losses": self.loss_values(),
-                "correct": torch.stack(self.correct).tolist() if self.correct else [],
-                "correct5": torch.stack(self.correct5).tolist() if self.correct5 else [],
-                "penalties": torch.stack(self.penalties).tolist() if self.penalties else [],
-                "parts": {k: torch.stack(v).tolist() for k, v in self.parts.items()},
-                "counts": self.counts, "lr": self.lr}
+        return {
+            "loader": self.loader_pass.state_dict(),
+            "losses": self.loss_values(),
+            "correct": torch.stack(self.correct).tolist() if self.correct else [],
+            "correct5": torch.stack(self.correct5).tolist() if self.correct5 else [],
+            "penalties": torch.stack(self.penalties).tolist() if self.penalties else [],
+            "parts": {k: torch.stack(v).tolist() for k, v in self.parts.items()},
+            "counts": self.counts,
+            "lr": self.lr,
+        }
 
 
 @dataclass
@@ -185,7 +201,7 @@ class Trainer:
         best: keep the best epoch's weights as ``best.pt`` (``BestCheckpoint`` or its keyword arguments;
             None: off, the default here so that internal fits such as search-rl's children write nothing;
             the trainer config turns it on with ``monitor: score``).
-        device: where to train (from ``nas_cli.engine.device.resolve_device``).
+        device: where to train (from ``nas_cli.runs.options.resolve_device``).
         progress: draw a progress bar when stdout is a terminal.
         dist: the process group under torchrun: data is sharded by the caller, gradients are
             averaged by DistributedDataParallel, metrics summed over processes, and only rank 0 writes.
@@ -226,7 +242,9 @@ class Trainer:
         self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
         self.score = "val_acc"  # fit's ``score``
         self.early_stop = early_stop if isinstance(early_stop, EarlyStopping) else EarlyStopping(**(early_stop or {}))
-        self.best = best if isinstance(best, BestCheckpoint) else BestCheckpoint(**({"monitor": None} | dict(best or {})))
+        self.best = (
+            best if isinstance(best, BestCheckpoint) else BestCheckpoint(**({"monitor": None} | dict(best or {})))
+        )
         set_determinism(self.device, deterministic)
 
     # -- one epoch -------------------------------------------------------------------------
@@ -269,13 +287,21 @@ class Trainer:
         fit.optimizer.step(closure)
         return tuple(first)
 
-    def train_epoch(self, net: nn.Module, fit: FitState, loader, loss_fn: LossFn = cross_entropy,
-                    on_batch: Callable[[], None] | None = None, run: Run | None = None) -> dict:
+    def train_epoch(
+        self,
+        net: nn.Module,
+        fit: FitState,
+        loader,
+        loss_fn: LossFn = cross_entropy,
+        on_batch: Callable[[], None] | None = None,
+        run: Run | None = None,
+    ) -> dict:
         """One pass over ``loader`` (or the rest of it, when resuming mid-epoch); returns mean loss,
         penalty, accuracy, samples and iterations. With a ``run``, every batch ends at a safe point."""
         net.train()
-        fit.tally = tally = EpochTally(LoaderPass(loader, fit.generator, (fit.saved_tally or {}).get("loader")),
-                                       self.device, fit.saved_tally)
+        fit.tally = tally = EpochTally(
+            LoaderPass(loader, fit.generator, (fit.saved_tally or {}).get("loader")), self.device, fit.saved_tally
+        )
         fit.saved_tally = None
         if fit.pending_rng is not None:  # the pass has caught up with the checkpoint: continue its randomness
             self._set_rng(fit.pending_rng, fit)
@@ -305,7 +331,8 @@ class Trainer:
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
         loss_total, penalty_total, correct_total, correct5, seen, parts = tally.sums()
         loss_total, penalty_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum(
-            [loss_total, penalty_total, correct_total, correct5 or 0, seen, *parts.values()], self.device)
+            [loss_total, penalty_total, correct_total, correct5 or 0, seen, *parts.values()], self.device
+        )
         n = max(seen, 1)
         stats = {"train_loss": loss_total / n}
         if tally.counts_correct:
@@ -315,8 +342,12 @@ class Trainer:
         stats.update({f"train_loss_{k}": v / n for k, v in zip(parts, part_totals)})
         if fit.regularizer:
             stats["train_penalty"] = penalty_total / n
-        return {**stats, "lr": tally.lr if tally.lr is not None else fit.optimizer.param_groups[0]["lr"],
-                "samples": int(seen), "iterations": len(tally.counts)}
+        return {
+            **stats,
+            "lr": tally.lr if tally.lr is not None else fit.optimizer.param_groups[0]["lr"],
+            "samples": int(seen),
+            "iterations": len(tally.counts),
+        }
 
     def _stop_point(self, run: Run, fit: FitState, batch: int | None = None) -> None:
         """Stop here if asked, writing a checkpoint first. Under torchrun every process must stop at the
@@ -362,19 +393,27 @@ class Trainer:
                     correct5, top5 = correct5 + in_top5, True
             seen += y.shape[0]
         sums = torch.stack([loss_sum, correct.float(), correct5.float(), *part_sums.values()]).tolist()
-        loss_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum([*sums[:3], seen, *sums[3:]],
-                                                                                        self.device)
+        loss_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum(
+            [*sums[:3], seen, *sums[3:]], self.device
+        )
         seen = max(seen, 1)
-        figures = {"val_loss": loss_total / seen, **({"val_acc": correct_total / seen} if classes else {}),
-                   **({"val_acc5": correct5_total / seen} if top5 else {})}
+        figures = {
+            "val_loss": loss_total / seen,
+            **({"val_acc": correct_total / seen} if classes else {}),
+            **({"val_acc5": correct5_total / seen} if top5 else {}),
+        }
         return {**figures, **{f"val_loss_{k}": v / seen for k, v in zip(part_sums, part_totals)}}
 
     def test(self, net, fit: FitState, loader, loss_fn: LossFn = cross_entropy) -> dict:
         """The final model (and its weight average) on the test set: ``test_loss``, ``test_acc``."""
         figures = {k.replace("val_", "test_"): v for k, v in self.evaluate(net, loader, loss_fn).items()}
         if fit.ema is not None:
-            figures.update({f"{k.replace('val_', 'test_')}_ema": v
-                            for k, v in self.evaluate(fit.ema.module, loader, loss_fn).items()})
+            figures.update(
+                {
+                    f"{k.replace('val_', 'test_')}_ema": v
+                    for k, v in self.evaluate(fit.ema.module, loader, loss_fn).items()
+                }
+            )
         log.info("test set: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
         return figures
 
@@ -419,19 +458,25 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if isinstance(optimizer, LBFGS):
             if self.precision != "fp32" or self.grad_clip:
-                raise UserError("optim=lbfgs cannot be combined with trainer.precision other than fp32 "
-                                "or trainer.grad_clip")
+                raise UserError(
+                    "optim=lbfgs cannot be combined with trainer.precision other than fp32 or trainer.grad_clip"
+                )
             train_loader = closure_batches(optimizer, train_loader, model)
         # in-memory data asked to (data.on_device) lives on the device from here: batches made there
         place_loaders([train_loader, val_loader, test_loader], self.device)
         fit = FitState(
-            model=model, optimizer=optimizer, schedule=schedule,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
             scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"), generator=generator,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"),
+            generator=generator,
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
             ema=EMA(model, ema_decay) if ema_decay is not None else None,
-            record=run.record, extra=dict(extra_state or {}),
-            early_stop=self.early_stop.fresh(), best=self.best.fresh(score),
+            record=run.record,
+            extra=dict(extra_state or {}),
+            early_stop=self.early_stop.fresh(),
+            best=self.best.fresh(score),
         )
         state = run.load_checkpoint(map_location=self.device)
         if state is not None:
@@ -445,8 +490,9 @@ class Trainer:
         run.figures = lambda: {**self._figures(fit), **tested, **(figures() if figures else {})}
         progress = TrainingProgress(self.progress)
         with run, progress:
-            self._epochs(net, fit, run, train_loader, val_loader, (loss_fn, eval_loss_fn or loss_fn), progress,
-                         on_epoch_end)
+            self._epochs(
+                net, fit, run, train_loader, val_loader, (loss_fn, eval_loss_fn or loss_fn), progress, on_epoch_end
+            )
             if run.status == "ok" and test_loader is not None:
                 tested.update(self.test(net, fit, test_loader, eval_loss_fn or loss_fn))
             if run.status == "ok" and self.dist.main:
@@ -457,8 +503,9 @@ class Trainer:
             self.print_summary(run.summary)
         return run.summary
 
-    def _epochs(self, net, fit: FitState, run: Run, train_loader, val_loader, loss_fns: tuple, progress,
-                on_epoch_end) -> None:
+    def _epochs(
+        self, net, fit: FitState, run: Run, train_loader, val_loader, loss_fns: tuple, progress, on_epoch_end
+    ) -> None:
         loss_fn, eval_loss_fn = loss_fns
         rows = fit.record.rows
         iterations = rows[-1]["iterations"] if rows else 0
@@ -466,8 +513,11 @@ class Trainer:
         epochs_bar = progress.add_task("epochs", total=self.epochs, completed=fit.epoch, info="")
         batches_bar = progress.add_task("batches", total=len(train_loader), info="")
         for epoch in range(fit.epoch, self.epochs):
-            progress.reset(batches_bar, total=len(train_loader),
-                           completed=(fit.saved_tally or {}).get("loader", {}).get("taken", 0))
+            progress.reset(
+                batches_bar,
+                total=len(train_loader),
+                completed=(fit.saved_tally or {}).get("loader", {}).get("taken", 0),
+            )
             for loader in (train_loader, val_loader):  # DistributedSampler reshuffles per epoch
                 getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None)(epoch)
             getattr(fit.model, "set_epoch", lambda e, n: None)(epoch, self.epochs)  # e.g. drop-path
@@ -476,24 +526,34 @@ class Trainer:
             train_time = time.perf_counter() - tick
             stats.update(self.evaluate(net, val_loader, eval_loss_fn))
             if fit.ema is not None:
-                stats.update({f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader, eval_loss_fn).items()})
+                stats.update(
+                    {f"{k}_ema": v for k, v in self.evaluate(fit.ema.module, val_loader, eval_loss_fn).items()}
+                )
             if fit.schedule is not None and fit.schedule.cycle_ends(epoch + 1, self.epochs):
                 stats["val_acc_snapshots"] = self._snapshot(fit, run, epoch + 1, val_loader)
             iterations += stats.pop("iterations")
             lr = stats.pop("lr")
             epoch_samples = stats.pop("samples")
             samples += epoch_samples
-            row = {"epoch": epoch + 1, **stats, "lr": lr, "iterations": iterations, "samples_seen": samples,
-                   **self._smoothed(fit, run)}
+            row = {
+                "epoch": epoch + 1,
+                **stats,
+                "lr": lr,
+                "iterations": iterations,
+                "samples_seen": samples,
+                **self._smoothed(fit, run),
+            }
             if on_epoch_end is not None:
                 row.update(on_epoch_end(row))
-            row.update({"epoch_time_s": time.perf_counter() - tick,
-                        "samples_per_s": epoch_samples / max(train_time, 1e-9)})
+            row.update(
+                {"epoch_time_s": time.perf_counter() - tick, "samples_per_s": epoch_samples / max(train_time, 1e-9)}
+            )
             fit.record.log(row)
             fit.epoch = epoch + 1
             log.info(_epoch_line(row, self.epochs, self.score))
-            progress.update(epochs_bar, advance=1, info=f"{self.score} {row.get(self.score, math.nan):.4f}",
-                            refresh=True)
+            progress.update(
+                epochs_bar, advance=1, info=f"{self.score} {row.get(self.score, math.nan):.4f}", refresh=True
+            )
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
                 run.status = "diverged"
                 log.warning(f"loss is {row['train_loss']} at epoch {epoch + 1}: run diverged, stopping")
@@ -501,8 +561,15 @@ class Trainer:
             if fit.schedule is not None:
                 fit.schedule.epoch_end(row)
             if fit.best.update(row) and self.dist.main:
-                checkpoint.save(run.dir / BEST, {"model": fit.model.state_dict(), "epoch": epoch + 1,
-                                                 "monitor": fit.best.watch.monitor, "value": fit.best.watch.best})
+                checkpoint.save(
+                    run.dir / BEST,
+                    {
+                        "model": fit.model.state_dict(),
+                        "epoch": epoch + 1,
+                        "monitor": fit.best.watch.monitor,
+                        "value": fit.best.watch.best,
+                    },
+                )
             stop = fit.early_stop.update(row)
             if self.checkpoint:  # before stopping too: a resumed run then finds the decision taken
                 self._save(run, fit)
@@ -553,16 +620,26 @@ class Trainer:
         tally = fit.tally.state_dict() if fit.tally is not None else None
         # mid-epoch under torchrun each process has its own share of the epoch's sums: keep every one
         tallies = gather(tally) if tally is not None and self.dist.enabled else None
-        run.save_checkpoint({
-            "epoch": fit.epoch, "tally": tally, "tallies": tallies,
-            "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict(),
-            "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
-            "schedule": fit.schedule.state_dict() if fit.schedule else {},
-            "scaler": fit.scaler.state_dict(), "ema": fit.ema.state_dict() if fit.ema else None,
-            "snapshots": [m.state_dict() for m in fit.snapshots],
-            "extra": {name: obj.state_dict() for name, obj in fit.extra.items()},
-            "early_stop": fit.early_stop.state_dict(), "best": fit.best.state_dict(),
-            "rng": rng, "history": fit.record.rows, "steps": fit.step_losses})
+        run.save_checkpoint(
+            {
+                "epoch": fit.epoch,
+                "tally": tally,
+                "tallies": tallies,
+                "model": fit.model.state_dict(),
+                "optimizer": fit.optimizer.state_dict(),
+                "scheduler": fit.scheduler.state_dict() if fit.scheduler else None,
+                "schedule": fit.schedule.state_dict() if fit.schedule else {},
+                "scaler": fit.scaler.state_dict(),
+                "ema": fit.ema.state_dict() if fit.ema else None,
+                "snapshots": [m.state_dict() for m in fit.snapshots],
+                "extra": {name: obj.state_dict() for name, obj in fit.extra.items()},
+                "early_stop": fit.early_stop.state_dict(),
+                "best": fit.best.state_dict(),
+                "rng": rng,
+                "history": fit.record.rows,
+                "steps": fit.step_losses,
+            }
+        )
 
     def _restore(self, state: dict, fit: FitState) -> None:
         try:
@@ -593,8 +670,10 @@ class Trainer:
         if state.get("tally"):  # stopped mid-epoch: replay the pass up to the batch, then its randomness
             tallies = state.get("tallies") or [state["tally"]]
             if len(tallies) != self.dist.world:
-                raise UserError(f"this checkpoint stopped mid-epoch in {len(tallies)} process(es): resume it with "
-                                f"{len(tallies)} (torchrun --nproc_per_node={len(tallies)})")
+                raise UserError(
+                    f"this checkpoint stopped mid-epoch in {len(tallies)} process(es): resume it with "
+                    f"{len(tallies)} (torchrun --nproc_per_node={len(tallies)})"
+                )
             fit.saved_tally, fit.pending_rng = tallies[self.dist.rank], state.get("rng", {})
         else:
             self._set_rng(state.get("rng", {}), fit)
@@ -613,8 +692,11 @@ class Trainer:
         rows = fit.record.rows
         last = rows[-1] if rows else {}
         n = min(self.last_n, len(rows))
-        summary = {"epochs": len(rows), "last_n": n,
-                   "averaged_epochs": [rows[-n]["epoch"], rows[-1]["epoch"]] if n else None}
+        summary = {
+            "epochs": len(rows),
+            "last_n": n,
+            "averaged_epochs": [rows[-n]["epoch"], rows[-1]["epoch"]] if n else None,
+        }
         summary.update(fit.record.last_n_means(AVERAGED + ["train_penalty"], n) if n else {})
         summary.update({f"final_{k}": last[k] for k in AVERAGED if k in last})
         if rows and self.score in rows[-1]:
@@ -640,18 +722,29 @@ class Trainer:
             if key in summary:
                 final = summary.get("final_" + key, float("nan"))
                 table.add_row(key, f"{summary[key]:.4f}", *([] if first == last else [f"{final:.4f}"]))
-        finals = ["test_loss", "test_acc", "test_acc5", "test_acc_ema", "snapshot_ensemble_val_acc", "ensemble_val_acc",
-                  "ensemble_test_acc", *summary.get("headline", [])]  # a command's own headline figures (detect: mAP)
+        finals = [
+            "test_loss",
+            "test_acc",
+            "test_acc5",
+            "test_acc_ema",
+            "snapshot_ensemble_val_acc",
+            "ensemble_val_acc",
+            "ensemble_test_acc",
+            *summary.get("headline", []),
+        ]  # a command's own headline figures (detect: mAP)
         for key in dict.fromkeys(k for k in finals if k not in AVERAGED):
             if isinstance(summary.get(key), float):
                 table.add_row(key, *([""] if first != last else []), f"{summary[key]:.4f}")
-        table.caption = (f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}"
-                         + (f"; validation: {summary['val_split']}" if summary.get("val_split") else ""))
+        table.caption = f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}" + (
+            f"; validation: {summary['val_split']}" if summary.get("val_split") else ""
+        )
         get_console().print(table)
 
 
 def _epoch_line(row: dict, epochs: int, score: str = "val_acc") -> str:
     shown = ["train_loss", "train_acc", "val_loss", score, "val_acc_ema", "val_acc_snapshots", "train_penalty"]
     figures = "".join(f"  {k} {row[k]:.4f}" for k in dict.fromkeys(shown) if k in row)
-    return (f"epoch {row['epoch']}/{epochs}{figures}  lr {row['lr']:.3g}  "
-            f"{row['epoch_time_s']:.1f}s  {row['samples_per_s']:.0f} samples/s")
+    return (
+        f"epoch {row['epoch']}/{epochs}{figures}  lr {row['lr']:.3g}  "
+        f"{row['epoch_time_s']:.1f}s  {row['samples_per_s']:.0f} samples/s"
+    )

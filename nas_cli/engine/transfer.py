@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nas_cli.engine import checkpoint
 from nas_cli.errors import UserError
+from nas_cli.runs import checkpoint
 from nas_cli.runs.files import BEST, CHECKPOINT, WEIGHTS
 
 PICKS = ("last", "best")  # which weights of a run folder: the final model.pt, or best.pt (trainer.best)
@@ -36,8 +36,10 @@ def weights_file(path: str | Path, pick: str = "last", key: str = "init_from") -
     path = Path(path)
     if path.is_dir() and pick == "best":
         if not (path / BEST).is_file():
-            raise UserError(f"{key}={path}: no {BEST} in that run folder (trained with trainer.best.monitor=null?); "
-                            f"use {key}_weights=last")
+            raise UserError(
+                f"{key}={path}: no {BEST} in that run folder (trained with trainer.best.monitor=null?); "
+                f"use {key}_weights=last"
+            )
         return path / BEST
     if path.is_dir():
         for candidate in (path / WEIGHTS, path / CHECKPOINT):
@@ -66,8 +68,10 @@ def load_pretrained(model: nn.Module, path: str | Path, pick: str = "last") -> d
     if not loaded:
         raise UserError(f"init_from={path}: no weight matches this model (is it the same architecture?)")
     model.load_state_dict(loaded, strict=False)
-    log.info(f"init_from {path}: loaded {len(loaded)}/{len(own)} tensors"
-             + "".join(f"; {kind}: {', '.join(keys)}" for kind, keys in report.items() if keys))
+    log.info(
+        f"init_from {path}: loaded {len(loaded)}/{len(own)} tensors"
+        + "".join(f"; {kind}: {', '.join(keys)}" for kind, keys in report.items() if keys)
+    )
     return report
 
 
@@ -86,8 +90,10 @@ def freeze(model: nn.Module, prefixes: list[str] | str | None) -> list[str]:
         names = [n for n, _ in model.named_parameters()]
         for prefix in prefixes:
             if not any(n.startswith(prefix) for n in names):
-                raise UserError(f"freeze: no parameter name starts with '{prefix}' "
-                                f"(top-level modules: {', '.join(n for n, _ in model.named_children())})")
+                raise UserError(
+                    f"freeze: no parameter name starts with '{prefix}' "
+                    f"(top-level modules: {', '.join(n for n, _ in model.named_children())})"
+                )
         match = lambda name: any(name.startswith(p) for p in prefixes)  # noqa: E731
     frozen = [n for n, p in model.named_parameters() if match(n)]
     for name, p in model.named_parameters():
@@ -107,8 +113,10 @@ def param_groups(model: nn.Module, backbone_lr_scale: float = 1.0) -> list[dict]
     if backbone_lr_scale == 1.0:
         return [{"params": [p for _, p in trainable]}]
     head = head_name(model) + "."
-    groups = [{"params": [p for n, p in trainable if n.startswith(head)], "lr_scale": 1.0},
-              {"params": [p for n, p in trainable if not n.startswith(head)], "lr_scale": backbone_lr_scale}]
+    groups = [
+        {"params": [p for n, p in trainable if n.startswith(head)], "lr_scale": 1.0},
+        {"params": [p for n, p in trainable if not n.startswith(head)], "lr_scale": backbone_lr_scale},
+    ]
     return [g for g in groups if g["params"]]
 
 

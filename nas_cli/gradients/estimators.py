@@ -29,8 +29,9 @@ from nas_cli.models.binary import STE_VARIANTS
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
 
 
-def ste_gradient(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ste: str, k: float = 2.0,
-                 beta: float = 5.0) -> torch.Tensor:
+def ste_gradient(
+    theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ste: str, k: float = 2.0, beta: float = 5.0
+) -> torch.Tensor:
     """The STE estimate: autograd of the true loss with ``ste``'s surrogate derivative through each sign."""
     if ste not in STE_VARIANTS:
         raise UserError(f"ste={ste} is not one of {', '.join(STE_VARIANTS)}")
@@ -53,15 +54,23 @@ def noise_chunk(chunk: int, rows: int, dim: int, seed: int, device, dtype) -> to
     return torch.randn(rows, dim, generator=g, device=device, dtype=dtype)
 
 
-def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: int, antithetic: bool = True,
-                 fitness_shaping: bool = False, seed: int = 0, pop_chunk: int = 1024) -> torch.Tensor:
+def nes_gradient(
+    f: BatchedLoss,
+    theta: torch.Tensor,
+    sigma: float,
+    population: int,
+    antithetic: bool = True,
+    fitness_shaping: bool = False,
+    seed: int = 0,
+    pop_chunk: int = 1024,
+) -> torch.Tensor:
     """NES estimate of grad E[f(theta + sigma eps)], ``eps ~ N(0, I)``, from ``population`` evaluations."""
     if population < (2 if antithetic else 1):
         raise UserError(f"nes.population={population} is too small")
     if sigma <= 0:
         raise UserError(f"nes.sigma={sigma} must be > 0")
     dim, dtype, device = theta.numel(), theta.dtype, theta.device
-    base = population // 2 if antithetic else population      # independent noise vectors
+    base = population // 2 if antithetic else population  # independent noise vectors
     pop_chunk = max(1, pop_chunk)
     starts = list(range(0, base, pop_chunk))
     # pass 1: the fitness of every member
@@ -70,8 +79,8 @@ def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: 
         eps = noise_chunk(c, min(pop_chunk, base - s), dim, seed, device, dtype)
         if antithetic:
             both = f(torch.cat([theta + sigma * eps, theta - sigma * eps]))
-            fit_plus.append(both[:len(eps)])
-            fit_minus.append(both[len(eps):])
+            fit_plus.append(both[: len(eps)])
+            fit_minus.append(both[len(eps) :])
         else:
             fit_plus.append(f(theta + sigma * eps))
     plus = torch.cat(fit_plus)
@@ -80,7 +89,7 @@ def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: 
         if fitness_shaping:
             u = centred_ranks(torch.cat([plus, minus]))
             plus, minus = u[:base], u[base:]
-        weights = plus - minus                # sum over the pair: u(+eps) eps + u(-eps) (-eps)
+        weights = plus - minus  # sum over the pair: u(+eps) eps + u(-eps) (-eps)
         members = 2 * base
     else:
         weights = centred_ranks(plus) if fitness_shaping else plus - plus.mean()
@@ -89,7 +98,7 @@ def nes_gradient(f: BatchedLoss, theta: torch.Tensor, sigma: float, population: 
     grad = torch.zeros(dim, dtype=torch.float64, device=device)
     for c, s in enumerate(starts):
         eps = noise_chunk(c, min(pop_chunk, base - s), dim, seed, device, dtype)
-        grad += weights[s:s + len(eps)].to(torch.float64) @ eps.to(torch.float64)
+        grad += weights[s : s + len(eps)].to(torch.float64) @ eps.to(torch.float64)
     return (grad / (members * sigma)).to(dtype)
 
 
@@ -105,7 +114,7 @@ def cdg_gradient(f: BatchedLoss, theta: torch.Tensor, delta: float, coord_chunk:
         step = torch.zeros(len(idx), dim, dtype=theta.dtype, device=theta.device)
         step[torch.arange(len(idx)), idx] = delta
         both = f(torch.cat([theta + step, theta - step]))
-        grad[s:s + len(idx)] = (both[:len(idx)].to(torch.float64) - both[len(idx):].to(torch.float64)) / (2 * delta)
+        grad[s : s + len(idx)] = (both[: len(idx)].to(torch.float64) - both[len(idx) :].to(torch.float64)) / (2 * delta)
     return grad.to(theta.dtype)
 
 

@@ -22,12 +22,29 @@ default it is estimated from the same samples, per weight and separately for ``m
     sigma <- sigma * exp(eta_sigma grad_sigma J / (F_sigma sigma))   ("multiplicative": SNES's form, equal to
                                                             first order, cannot step sigma below 0)
 
-sigma is floored at ``sigma_min`` either way (an additive step can overshoot below 0). The default is the
-additive step, the plain natural-gradient one; the paper's SNES uses the multiplicative one (and fitness shaping).
+sigma is floored at ``sigma_min`` either way (an additive step can overshoot below 0).
 
-Fitness options, off by default (``fitness="raw"``, the plain log-derivative estimator):
-``"baseline"`` subtracts the population's mean fitness, ``"ranks"`` replaces it by centred ranks (fitness
-shaping). ``antithetic`` (on by default, as for ``nes``) draws the noise in pairs ``+-eps``.
+Fitness options: ``"raw"`` (the default, ``F = -loss``: the plain log-derivative estimator), ``"baseline"``
+subtracts the population's mean fitness, ``"ranks"`` replaces it by centred ranks in [-0.5, 0.5] (the rank
+shaping of Salimans et al. 2017, *not* the NES paper's), ``"utilities"`` by SNES's utilities (Wierstra et al.
+2014, fitness shaping): the member of rank k among lambda (k = 1 the best, lowest loss) gets
+
+    u_k = max(0, log(lambda/2 + 1) - log k) / sum_j max(0, log(lambda/2 + 1) - log j) - 1/lambda
+
+(``snes_utilities``), which sum to 0. The paper's estimate is ``sum_k u_k grad log p(z_k)``: the utilities take
+the place of ``F_k / lambda``, so the fitness used here is ``lambda u_k`` and the ``1/M`` average above gives the
+paper's sum. ``antithetic`` (on by default, as for ``nes``) draws the noise in pairs ``+-eps``.
+
+Which combination is which:
+
+* the defaults (``fitness="raw"``, ``fisher="empirical"``, ``sigma_update="additive"``): the plain natural step
+  with an empirical Fisher: raw fitness, the Fisher estimated from the same samples, an additive step of sigma.
+  A variant of separable NES, not the paper's algorithm.
+* Wierstra et al. 2014's SNES (their Algorithm for separable NES): ``fitness="utilities"``, ``fisher="exact"``,
+  ``sigma_update="multiplicative"`` (and ``antithetic=False``: SNES draws every member independently). With
+  ``s_k`` the noise of rank k, its step is ``mu <- mu + eta_mu sigma sum_k u_k s_k`` and
+  ``sigma <- sigma exp(eta_sigma / 2 sum_k u_k (s_k^2 - 1))``, exactly what ``update`` computes from this
+  module's estimate (``eta_mu`` 1 and ``eta_sigma = snes_lr_sigma(n)`` are the paper's defaults).
 
 The final weights are the mean ``mu`` or one sample ``mu + sigma eps*``; either is then run
 through the quantized network (grad-bench's hard-sign forward), see ``final_weights``.
@@ -48,7 +65,7 @@ from nas_cli.errors import UserError
 from nas_cli.gradients.estimators import centred_ranks, noise_chunk
 
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
-FITNESS = ("raw", "baseline", "ranks")
+FITNESS = ("raw", "baseline", "ranks", "utilities")
 FISHER = ("empirical", "exact")
 SIGMA_UPDATES = ("additive", "multiplicative")
 QUANTIZE_FROM = ("mean", "sample")
@@ -78,36 +95,72 @@ def snes_lr_sigma(num_weights: int) -> float:
 
 
 def check_options(fitness: str, fisher: str, sigma_update: str = "additive") -> None:
-    for key, value, choices in (("fitness", fitness, FITNESS), ("fisher", fisher, FISHER),
-                                ("sigma_update", sigma_update, SIGMA_UPDATES)):
+    for key, value, choices in (
+        ("fitness", fitness, FITNESS),
+        ("fisher", fisher, FISHER),
+        ("sigma_update", sigma_update, SIGMA_UPDATES),
+    ):
         if value not in choices:
             raise UserError(f"nes_natural.{key}={value} is not one of {', '.join(choices)}")
 
 
+def snes_utilities(population: int, device=None) -> torch.Tensor:
+    """SNES's utilities ``u_1 >= ... >= u_lambda`` for ``lambda = population`` members, by rank (k = 1 the best):
+    ``max(0, log(lambda/2 + 1) - log k) / sum_j max(0, log(lambda/2 + 1) - log j) - 1/lambda`` (Wierstra et al. 2014,
+    fitness shaping). They sum to 0; the better half gets a log-shaped share, the rest ``-1/lambda``. float64."""
+    lam = int(population)
+    k = torch.arange(1, lam + 1, dtype=torch.float64, device=device)
+    raw = (math.log(lam / 2 + 1) - torch.log(k)).clamp(min=0)
+    return raw / raw.sum() - 1 / lam
+
+
 def shape_fitness(losses: torch.Tensor, fitness: str) -> torch.Tensor:
-    """The fitness each member's noise is weighted by: ``-loss``, less its mean, or its centred rank."""
+    """The fitness each member's noise is weighted by: ``-loss``, less its mean, its centred rank, or
+    ``lambda u_k`` for its rank k (``utilities``: the estimator's ``1/M`` mean is then the paper's ``sum u_k``)."""
     f = -losses.to(torch.float64)
     if fitness == "baseline":
         return f - f.mean()
     if fitness == "ranks":
         return -centred_ranks(losses.to(torch.float64))  # lowest loss -> +0.5
+    if fitness == "utilities":
+        lam = len(losses)
+        order = torch.argsort(losses.to(torch.float64), stable=True)  # best (lowest loss) first
+        shaped = torch.empty(lam, dtype=torch.float64, device=losses.device)
+        shaped[order] = lam * snes_utilities(lam, losses.device)
+        return shaped
     return f
 
 
-def _finish(fe: torch.Tensor, fs: torch.Tensor, e2: torch.Tensor, s2: torch.Tensor, members: int,
-            sigma: torch.Tensor, fisher: str) -> NaturalGradient:
+def _finish(
+    fe: torch.Tensor,
+    fs: torch.Tensor,
+    e2: torch.Tensor,
+    s2: torch.Tensor,
+    members: int,
+    sigma: torch.Tensor,
+    fisher: str,
+) -> NaturalGradient:
     """From the sums over members of ``F eps``, ``F (eps^2-1)``, ``eps^2``, ``(eps^2-1)^2`` to the estimate."""
     sigma = sigma.to(torch.float64)
     if fisher == "exact":
         fisher_mu, fisher_sigma = 1 / sigma**2, 2 / sigma**2
     else:
         fisher_mu, fisher_sigma = e2 / (members * sigma**2), s2 / (members * sigma**2)
-    return NaturalGradient(grad_mu=fe / (members * sigma), grad_sigma=fs / (members * sigma),
-                           fisher_mu=fisher_mu, fisher_sigma=fisher_sigma)
+    return NaturalGradient(
+        grad_mu=fe / (members * sigma),
+        grad_sigma=fs / (members * sigma),
+        fisher_mu=fisher_mu,
+        fisher_sigma=fisher_sigma,
+    )
 
 
-def from_samples(eps: torch.Tensor, losses: torch.Tensor, sigma: torch.Tensor | float, fitness: str = "raw",
-                 fisher: str = "empirical") -> NaturalGradient:
+def from_samples(
+    eps: torch.Tensor,
+    losses: torch.Tensor,
+    sigma: torch.Tensor | float,
+    fitness: str = "raw",
+    fisher: str = "empirical",
+) -> NaturalGradient:
     """The estimate from given members: ``eps`` ``(M, n)`` standard normal draws, ``losses`` ``(M,)`` the loss
     of ``mu + sigma eps``. For small problems and for checking ``estimate``."""
     check_options(fitness, fisher)
@@ -118,8 +171,17 @@ def from_samples(eps: torch.Tensor, losses: torch.Tensor, sigma: torch.Tensor | 
     return _finish(f @ eps, f @ s, eps.square().sum(0), s.square().sum(0), len(eps), sigma, fisher)
 
 
-def estimate(f: BatchedLoss, mu: torch.Tensor, sigma: torch.Tensor, population: int, antithetic: bool = True,
-             fitness: str = "raw", fisher: str = "empirical", seed: int = 0, pop_chunk: int = 1024) -> NaturalGradient:
+def estimate(
+    f: BatchedLoss,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    population: int,
+    antithetic: bool = True,
+    fitness: str = "raw",
+    fisher: str = "empirical",
+    seed: int = 0,
+    pop_chunk: int = 1024,
+) -> NaturalGradient:
     """Natural-gradient estimate at ``N(mu, diag(sigma^2))`` from ``population`` evaluations of the loss ``f``.
 
     Two passes as in ``nes_gradient``: the losses of every member first (fitness shaping needs them all),
@@ -141,7 +203,7 @@ def estimate(f: BatchedLoss, mu: torch.Tensor, sigma: torch.Tensor, population: 
         out = f(torch.cat([mu + step, mu - step]) if antithetic else mu + step)
         plus.append(out[:rows])
         minus.append(out[rows:])
-    losses = torch.cat(plus + minus)                 # every member: the + half, then the - half
+    losses = torch.cat(plus + minus)  # every member: the + half, then the - half
     fit = shape_fitness(losses, fitness)
     fit_plus, fit_minus = fit[:base], fit[base:]
     members = len(losses)
@@ -149,11 +211,11 @@ def estimate(f: BatchedLoss, mu: torch.Tensor, sigma: torch.Tensor, population: 
     for c, (start, rows) in enumerate(zip(starts, sizes)):
         eps = noise_chunk(c, rows, n, seed, device, dtype).to(torch.float64)
         eps2 = eps.square()
-        sq = eps2 - 1                                # the same for +eps and -eps
-        wp = fit_plus[start:start + rows]
-        copies = 2 if antithetic else 1              # each noise vector stands for this many members
-        if antithetic:                               # F(+) eps + F(-) (-eps); F(+) s + F(-) s
-            wm = fit_minus[start:start + rows]
+        sq = eps2 - 1  # the same for +eps and -eps
+        wp = fit_plus[start : start + rows]
+        copies = 2 if antithetic else 1  # each noise vector stands for this many members
+        if antithetic:  # F(+) eps + F(-) (-eps); F(+) s + F(-) s
+            wm = fit_minus[start : start + rows]
             fe += (wp - wm) @ eps
             fs += (wp + wm) @ sq
         else:
@@ -164,9 +226,15 @@ def estimate(f: BatchedLoss, mu: torch.Tensor, sigma: torch.Tensor, population: 
     return _finish(fe, fs, e2, s2, members, sigma, fisher)
 
 
-def update(mu: torch.Tensor, sigma: torch.Tensor, g: NaturalGradient, lr_mu: float | torch.Tensor,
-           lr_sigma: float | torch.Tensor, sigma_update: str = "additive",
-           sigma_min: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+def update(
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    g: NaturalGradient,
+    lr_mu: float | torch.Tensor,
+    lr_sigma: float | torch.Tensor,
+    sigma_update: str = "additive",
+    sigma_min: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One natural-gradient ascent step of ``(mu, sigma)``; a tensor of step sizes ``(L,)`` gives ``(L, n)``."""
     check_options("raw", "empirical", sigma_update)
     lr_mu = torch.as_tensor(lr_mu, dtype=torch.float64, device=mu.device)
@@ -192,8 +260,9 @@ def sample_noise(n: int, seed: int, device: torch.device, dtype: torch.dtype = t
     return torch.randn(n, generator=g, device=device, dtype=dtype)
 
 
-def final_weights(mu: torch.Tensor, sigma: torch.Tensor, quantize_from: str,
-                  eps: torch.Tensor | None = None) -> torch.Tensor:
+def final_weights(
+    mu: torch.Tensor, sigma: torch.Tensor, quantize_from: str, eps: torch.Tensor | None = None
+) -> torch.Tensor:
     """The weights handed to the quantized network: ``mu`` itself, or the sample
     ``mu + sigma eps`` (``eps`` from ``sample_noise``). grad-bench's network quantizes its activations
     (hard sign forward), so these real weights are what the true loss is measured at."""
@@ -206,18 +275,31 @@ def final_weights(mu: torch.Tensor, sigma: torch.Tensor, quantize_from: str,
     raise UserError(f"nes_natural.quantize_from={quantize_from} is not one of {', '.join(QUANTIZE_FROM)}")
 
 
-def optimize(f: BatchedLoss, mu: torch.Tensor, sigma: float | torch.Tensor, steps: int, population: int,
-             lr_mu: float = 1.0, lr_sigma: float | None = None, antithetic: bool = True, fitness: str = "raw",
-             fisher: str = "empirical", sigma_update: str = "additive", sigma_min: float = 1e-8, seed: int = 0,
-             pop_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+def optimize(
+    f: BatchedLoss,
+    mu: torch.Tensor,
+    sigma: float | torch.Tensor,
+    steps: int,
+    population: int,
+    lr_mu: float = 1.0,
+    lr_sigma: float | None = None,
+    antithetic: bool = True,
+    fitness: str = "raw",
+    fisher: str = "empirical",
+    sigma_update: str = "additive",
+    sigma_min: float = 1e-8,
+    seed: int = 0,
+    pop_chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """``steps`` natural-gradient steps from ``N(mu, sigma^2)`` (``lr_sigma=None``: SNES's default);
     returns the final ``mu``, ``sigma`` and one record per step (the loss at ``mu``, the mean ``sigma``)."""
     sigma = torch.as_tensor(sigma, dtype=mu.dtype, device=mu.device).expand_as(mu).clone()
     lr_sigma = snes_lr_sigma(mu.numel()) if lr_sigma is None else lr_sigma
     history = []
     for t in range(steps):
-        g = estimate(f, mu, sigma, population, antithetic, fitness, fisher, seed=seed * 1_000_003 + t,
-                     pop_chunk=pop_chunk)
+        g = estimate(
+            f, mu, sigma, population, antithetic, fitness, fisher, seed=seed * 1_000_003 + t, pop_chunk=pop_chunk
+        )
         mu, sigma = update(mu, sigma, g, lr_mu, lr_sigma, sigma_update, sigma_min)
         history.append({"step": t + 1, "loss": float(f(mu[None])[0]), "sigma_mean": float(sigma.mean())})
     return mu, sigma, history

@@ -38,7 +38,7 @@ def loss_decrease_vs_lr(curves: pd.DataFrame, path: Path) -> Path:
         if top > 0 and low < -top:  # a step too large blows the loss up: keep the useful range readable
             ax.set_ylim(-top, 1.1 * top)
             ax.set_title(f"num_dim = {d} (y clipped at -{top:.3g})")
-    for ax in list(axes.flat)[len(dims):]:
+    for ax in list(axes.flat)[len(dims) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()

@@ -35,16 +35,18 @@ def random_weights(d: int, scale: float, generator: torch.Generator, device: tor
     return torch.randn(num_params(d), generator=generator, device=device) * (scale / math.sqrt(d))
 
 
-def forward(theta: torch.Tensor, x: torch.Tensor, ste: str | None = None, k: float = 2.0,
-            beta: float = 5.0) -> torch.Tensor:
+def forward(
+    theta: torch.Tensor, x: torch.Tensor, ste: str | None = None, k: float = 2.0, beta: float = 5.0
+) -> torch.Tensor:
     """``net(x; theta)`` for one weight vector; ``ste`` set: sign forward, that STE's surrogate backward."""
     w1, w2, w3 = unflatten(theta, x.shape[-1])
     act = sign if ste is None else (lambda z: binary_sign(z, ste, k, beta))
     return act(act(x @ w1.T) @ w2.T) @ w3.T
 
 
-def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ste: str | None = None, k: float = 2.0,
-         beta: float = 5.0) -> torch.Tensor:
+def loss(
+    theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ste: str | None = None, k: float = 2.0, beta: float = 5.0
+) -> torch.Tensor:
     return ((forward(theta, x, ste, k, beta) - y) ** 2).mean()
 
 
@@ -61,8 +63,9 @@ def _sign_(z: torch.Tensor) -> torch.Tensor:
     return z.sign_().masked_fill_(z == 0, 1.0)
 
 
-def batched_losses(thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                   chunk_elements: int = 1 << 24) -> torch.Tensor:
+def batched_losses(
+    thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk_elements: int = 1 << 24
+) -> torch.Tensor:
     """The true loss of each row of ``thetas`` (``(M, 3 d^2)``) on the shared batch ``x, y``: ``(M,)`` float64.
 
     Batched tensor ops over the population: activations are kept as ``(m, d, n)`` (member, unit, input),
@@ -75,20 +78,29 @@ def batched_losses(thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     xt, yt = x.T.contiguous(), y.T.contiguous()
     total = torch.zeros(pop, dtype=torch.float64, device=thetas.device)
     for m0 in range(0, pop, m_chunk):
-        w1, w2, w3 = unflatten(thetas[m0:m0 + m_chunk], d)
+        w1, w2, w3 = unflatten(thetas[m0 : m0 + m_chunk], d)
         for n0 in range(0, n, n_chunk):
-            h = _sign_(torch.matmul(w1, xt[:, n0:n0 + n_chunk]))       # (m, d, n)
+            h = _sign_(torch.matmul(w1, xt[:, n0 : n0 + n_chunk]))  # (m, d, n)
             h = _sign_(torch.bmm(w2, h))
-            err = torch.bmm(w3, h).sub_(yt[:, n0:n0 + n_chunk])
-            total[m0:m0 + m_chunk] += err.square_().sum(dim=1).sum(dim=1, dtype=torch.float64)
+            err = torch.bmm(w3, h).sub_(yt[:, n0 : n0 + n_chunk])
+            total[m0 : m0 + m_chunk] += err.square_().sum(dim=1).sum(dim=1, dtype=torch.float64)
     return total / (n * d)
 
 
 class Problem:
     """One teacher and its inputs: ``batch(b)`` draws batch ``b`` reproducibly; ``init(i)`` a student."""
 
-    def __init__(self, d: int, batch_size: int, seed: int, teacher_seed: int, teacher_scale: float,
-                 teacher_noise: float, init_scale: float, device: torch.device):
+    def __init__(
+        self,
+        d: int,
+        batch_size: int,
+        seed: int,
+        teacher_seed: int,
+        teacher_scale: float,
+        teacher_noise: float,
+        init_scale: float,
+        device: torch.device,
+    ):
         self.d, self.batch_size, self.seed, self.device = d, batch_size, seed, device
         self.noise, self.init_scale = teacher_noise, init_scale
         g = torch.Generator(device=device).manual_seed(teacher_seed * 1009 + d)

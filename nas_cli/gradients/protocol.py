@@ -3,7 +3,8 @@
 Per num_dim, per init (a student), per batch (fresh inputs, the same teacher): compute every
 estimator's gradient on that batch, then the true loss at ``w - lr g`` for all lrs of the grid at once
 (one batched evaluation, together with ``w`` itself), on the same batch. ``reinforce`` steps along its estimate
-of the gradient of the expected loss of the same network with stochastic binary units (``gradients.reinforce``). ``nes_natural`` starts each block
+of the gradient of the expected loss of the same network with stochastic binary units (``gradients.reinforce``).
+``nes_natural`` starts each block
 from ``N(w, sigma^2)``, takes one natural step of mu and sigma per lr, and is measured at the new mean or at
 one sample of the new distribution (``quantize_from``). One row per
 num_dim x estimator x lr x init x batch. ``summarize`` then averages over inits and batches and picks
@@ -26,14 +27,30 @@ from nas_cli.gradients import estimators as est
 from nas_cli.gradients import natural_nes, problem, reinforce
 from nas_cli.models.binary import STE_VARIANTS
 
-COLUMNS = ["num_dim", "estimator", "lr", "init", "batch", "loss_before", "loss_after", "loss_decrease",
-           "relative_decrease", "cosine_to_cdg", "grad_norm", "grad_time_s"]
+COLUMNS = [
+    "num_dim",
+    "estimator",
+    "lr",
+    "init",
+    "batch",
+    "loss_before",
+    "loss_after",
+    "loss_decrease",
+    "relative_decrease",
+    "cosine_to_cdg",
+    "grad_norm",
+    "grad_time_s",
+]
 
 
 def lr_grid(coarse: int, refined: int, low: float, high: float, refined_low: float) -> list[float]:
     """``coarse`` log-spaced lrs on [low, high] joined with ``refined`` log-spaced on [refined_low, high]."""
-    points = np.concatenate([np.logspace(np.log10(low), np.log10(high), coarse) if coarse > 0 else [],
-                             np.logspace(np.log10(refined_low), np.log10(high), refined) if refined > 0 else []])
+    points = np.concatenate(
+        [
+            np.logspace(np.log10(low), np.log10(high), coarse) if coarse > 0 else [],
+            np.logspace(np.log10(refined_low), np.log10(high), refined) if refined > 0 else [],
+        ]
+    )
     if len(points) == 0:
         raise UserError("lr.coarse and lr.refined are both 0: no learning rate to try")
     return sorted({float(f"{p:.6g}") for p in points})
@@ -41,6 +58,7 @@ def lr_grid(coarse: int, refined: int, low: float, high: float, refined_low: flo
 
 # The settings mirror conf/grad_bench.yaml block by block, field by key, and carry no defaults: the yaml is
 # the one place a default is written, and ``Settings.from_config`` builds them from a config node as it is.
+
 
 @dataclass
 class TeacherSettings:
@@ -174,8 +192,12 @@ def _from_node(cls: type, node: Mapping[str, Any]):
     """``cls`` (a settings dataclass) from the node of its shape; a field that is a settings dataclass
     itself is built from its sub-node."""
     hints = get_type_hints(cls)
-    return cls(**{f.name: _from_node(hints[f.name], node[f.name]) if is_dataclass(hints[f.name]) else node[f.name]
-                  for f in fields(cls)})
+    return cls(
+        **{
+            f.name: _from_node(hints[f.name], node[f.name]) if is_dataclass(hints[f.name]) else node[f.name]
+            for f in fields(cls)
+        }
+    )
 
 
 KNOWN = (*STE_VARIANTS, "nes", "nes_natural", "reinforce", "cdg")
@@ -263,9 +285,11 @@ def natural_lr_scale(s: Settings) -> float:
     return 1 / s.natural_sigma**2 if s.nes_natural.lr_scale is None else s.nes_natural.lr_scale
 
 
-def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-              noise_seed: int) -> dict[str, Estimate]:
+def gradients(
+    s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise_seed: int
+) -> dict[str, Estimate]:
     """Every estimator's gradient at ``theta`` on ``(x, y)``, with the seconds it took."""
+
     def f(rows: torch.Tensor) -> torch.Tensor:
         return problem.batched_losses(rows, x, y, s.chunk_elements)
 
@@ -278,14 +302,33 @@ def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                 out.update(_natural(s, f, theta, m, noise_seed, pop_chunk))
             continue
         if e == "nes":
-            runs = [(f"nes_{m}", lambda m=m: est.nes_gradient(f, theta, s.nes.sigma, m, s.nes.antithetic, s.nes.fitness_shaping,
-                                                                seed=noise_seed, pop_chunk=pop_chunk))
-                    for m in s.nes.population]
+            runs = [
+                (
+                    f"nes_{m}",
+                    lambda m=m: est.nes_gradient(
+                        f,
+                        theta,
+                        s.nes.sigma,
+                        m,
+                        s.nes.antithetic,
+                        s.nes.fitness_shaping,
+                        seed=noise_seed,
+                        pop_chunk=pop_chunk,
+                    ),
+                )
+                for m in s.nes.population
+            ]
         elif e == "reinforce":
             r = s.reinforce
-            runs = [(f"reinforce_{m}", lambda m=m, r=r: reinforce.reinforce_gradient(
-                theta, x, y, m, r.baseline, r.temperature, seed=noise_seed, chunk_elements=s.chunk_elements))
-                for m in r.population]
+            runs = [
+                (
+                    f"reinforce_{m}",
+                    lambda m=m, r=r: reinforce.reinforce_gradient(
+                        theta, x, y, m, r.baseline, r.temperature, seed=noise_seed, chunk_elements=s.chunk_elements
+                    ),
+                )
+                for m in r.population
+            ]
         elif e == "cdg":
             runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.cdg.delta, coord_chunk=pop_chunk))]
         else:
@@ -296,15 +339,20 @@ def gradients(s: Settings, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     return out
 
 
-def _natural(s: Settings, f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, m: int, noise_seed: int,
-             pop_chunk: int) -> dict[str, Estimate]:
+def _natural(
+    s: Settings, f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, m: int, noise_seed: int, pop_chunk: int
+) -> dict[str, Estimate]:
     """``nes_natural`` with population ``m`` at ``N(theta, sigma^2)``: one estimate, a row label per final-weights
     choice. The noise seed is ``nes``'s: both see the same population."""
     n = s.nes_natural
     sigma = torch.full_like(theta, s.natural_sigma)
-    ng, seconds = _timed(lambda: natural_nes.estimate(f, theta, sigma, m, n.antithetic, n.fitness, n.fisher,
-                                                      seed=noise_seed, pop_chunk=pop_chunk), theta.device)
-    grad = (-natural_lr_scale(s) * ng.natural_mu).to(theta.dtype)   # descent direction on the loss
+    ng, seconds = _timed(
+        lambda: natural_nes.estimate(
+            f, theta, sigma, m, n.antithetic, n.fitness, n.fisher, seed=noise_seed, pop_chunk=pop_chunk
+        ),
+        theta.device,
+    )
+    grad = (-natural_lr_scale(s) * ng.natural_mu).to(theta.dtype)  # descent direction on the loss
     return {natural_name(m, q): Estimate(grad, seconds, ng, q) for q in n.quantize_from}
 
 
@@ -324,8 +372,15 @@ def candidates(s: Settings, theta: torch.Tensor, e: Estimate, lrs: torch.Tensor,
         return torch.cat([theta[None], theta[None] - lrs[:, None] * e.grad[None]])
     n = s.nes_natural
     lr_sigma = natural_nes.snes_lr_sigma(theta.numel()) if n.lr_sigma is None else n.lr_sigma
-    mu, sigma = natural_nes.update(theta, torch.full_like(theta, s.natural_sigma), e.natural,
-                                   lrs.double() * natural_lr_scale(s), lr_sigma, n.sigma_update, n.sigma_min)
+    mu, sigma = natural_nes.update(
+        theta,
+        torch.full_like(theta, s.natural_sigma),
+        e.natural,
+        lrs.double() * natural_lr_scale(s),
+        lr_sigma,
+        n.sigma_update,
+        n.sigma_min,
+    )
     eps = natural_nes.sample_noise(theta.numel(), noise_seed, theta.device, theta.dtype)
     return torch.cat([theta[None], natural_nes.final_weights(mu, sigma.expand_as(mu), e.quantize_from, eps)])
 
@@ -340,8 +395,13 @@ def blocks(s: Settings) -> list[tuple[int, int, int]]:
     return [(int(d), i, b) for d in s.num_dims for i in range(s.num_init) for b in range(s.num_batch)]
 
 
-def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None] | None = None,
-        on_progress: Callable[[str], None] | None = None, skip: set[tuple[int, int, int]] = frozenset()) -> list[dict]:
+def run(
+    s: Settings,
+    device: torch.device,
+    on_rows: Callable[[list[dict]], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    skip: set[tuple[int, int, int]] = frozenset(),
+) -> list[dict]:
     """Every row of the protocol; ``on_rows`` sees each (num_dim, init, batch) block as it is done.
 
     Each block draws from its own seeds, so the blocks in ``skip`` (done by an earlier, interrupted
@@ -351,8 +411,9 @@ def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None]
     rows: list[dict] = []
     lrs = torch.tensor(s.lrs, device=device, dtype=torch.float32)
     for d in s.num_dims:
-        prob = problem.Problem(int(d), s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise,
-                               s.init_scale, device)
+        prob = problem.Problem(
+            int(d), s.batch_size, s.seed, s.teacher.seed, s.teacher.scale, s.teacher.noise, s.init_scale, device
+        )
         for i in range(s.num_init):
             theta = prob.init(i)
             for b in range(s.num_batch):
@@ -373,11 +434,22 @@ def run(s: Settings, device: torch.device, on_rows: Callable[[list[dict]], None]
                     # loss_before is the student theta for every estimator (a sampled network included)
                     before, cos, norm = float(losses[0]), est.cosine(g, ref), float(g.double().norm())
                     for lr, after in zip(s.lrs, losses[1:]):
-                        block.append({"num_dim": int(d), "estimator": name, "lr": lr, "init": i, "batch": b,
-                                      "loss_before": before, "loss_after": float(after),
-                                      "loss_decrease": before - float(after),
-                                      "relative_decrease": (before - float(after)) / before if before else 0.0,
-                                      "cosine_to_cdg": cos, "grad_norm": norm, "grad_time_s": seconds})
+                        block.append(
+                            {
+                                "num_dim": int(d),
+                                "estimator": name,
+                                "lr": lr,
+                                "init": i,
+                                "batch": b,
+                                "loss_before": before,
+                                "loss_after": float(after),
+                                "loss_decrease": before - float(after),
+                                "relative_decrease": (before - float(after)) / before if before else 0.0,
+                                "cosine_to_cdg": cos,
+                                "grad_norm": norm,
+                                "grad_time_s": seconds,
+                            }
+                        )
                 rows += block
                 if on_rows:
                     on_rows(block)
@@ -390,15 +462,26 @@ def summarize(rows: list[dict] | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     """``(curves, best)``: the mean (and std) loss decrease per num_dim x estimator x lr over inits and
     batches, and per num_dim x estimator the lr with the largest mean decrease."""
     frame = pd.DataFrame(rows)
-    curves = (frame.groupby(["num_dim", "estimator", "lr"], sort=True)
-              .agg(loss_decrease=("loss_decrease", "mean"), loss_decrease_std=("loss_decrease", "std"),
-                   relative_decrease=("relative_decrease", "mean"), cosine_to_cdg=("cosine_to_cdg", "mean"),
-                   n=("loss_decrease", "size"))
-              .reset_index())
+    curves = (
+        frame.groupby(["num_dim", "estimator", "lr"], sort=True)
+        .agg(
+            loss_decrease=("loss_decrease", "mean"),
+            loss_decrease_std=("loss_decrease", "std"),
+            relative_decrease=("relative_decrease", "mean"),
+            cosine_to_cdg=("cosine_to_cdg", "mean"),
+            n=("loss_decrease", "size"),
+        )
+        .reset_index()
+    )
     best = curves.loc[curves.groupby(["num_dim", "estimator"], sort=True)["loss_decrease"].idxmax()]
-    best = best.rename(columns={"lr": "best_lr", "loss_decrease": "best_loss_decrease",
-                                "loss_decrease_std": "best_loss_decrease_std",
-                                "relative_decrease": "best_relative_decrease"})
+    best = best.rename(
+        columns={
+            "lr": "best_lr",
+            "loss_decrease": "best_loss_decrease",
+            "loss_decrease_std": "best_loss_decrease_std",
+            "relative_decrease": "best_relative_decrease",
+        }
+    )
     times = frame.groupby(["num_dim", "estimator"])["grad_time_s"].mean().rename("grad_time_s")
     best = best.merge(times.reset_index(), on=["num_dim", "estimator"]).reset_index(drop=True)
     return curves, best

@@ -44,8 +44,9 @@ def check_options(population: int, baseline: str, temperature: float) -> None:
         raise UserError(f"reinforce.temperature={temperature} must be > 0")
 
 
-def _stochastic_sign(logits: torch.Tensor, uniform: torch.Tensor, temperature: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _stochastic_sign(
+    logits: torch.Tensor, uniform: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A draw ``h`` (+1 with probability sigmoid(a / T)) and its score ``d log p(h) / d a``."""
     p = torch.sigmoid(logits / temperature)
     h = torch.where(uniform < p, 1.0, -1.0).to(logits.dtype)
@@ -60,9 +61,16 @@ def _advantage(losses: torch.Tensor, baseline: str) -> torch.Tensor:
     return losses - (losses.sum(0, keepdim=True) - losses) / (m - 1)
 
 
-def reinforce_gradient(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, population: int,
-                       baseline: str = "loo", temperature: float = 1.0, seed: int = 0,
-                       chunk_elements: int = 1 << 24) -> torch.Tensor:
+def reinforce_gradient(
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    population: int,
+    baseline: str = "loo",
+    temperature: float = 1.0,
+    seed: int = 0,
+    chunk_elements: int = 1 << 24,
+) -> torch.Tensor:
     """The REINFORCE estimate of ``grad E_h[L]`` at ``theta`` (``3 d^2``) on the batch ``x, y`` (``(n, d)``),
     ``population`` draws of the stochastic units per input; the same seed gives the same draws."""
     check_options(population, baseline, temperature)
@@ -72,12 +80,12 @@ def reinforce_gradient(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, po
     grads = [torch.zeros(d, d, dtype=torch.float64, device=theta.device) for _ in range(3)]
     n_chunk = max(1, min(n, chunk_elements // (population * d)))
     for n0 in range(0, n, n_chunk):
-        xc, yc = x[n0:n0 + n_chunk], y[n0:n0 + n_chunk]            # (c, d)
-        shape = (population, d, len(xc))                            # (draw, unit, input)
+        xc, yc = x[n0 : n0 + n_chunk], y[n0 : n0 + n_chunk]  # (c, d)
+        shape = (population, d, len(xc))  # (draw, unit, input)
         h1, s1 = _stochastic_sign((w1 @ xc.T).expand(shape), _uniform(shape, gen, theta), temperature)
         h2, s2 = _stochastic_sign(torch.matmul(w2, h1), _uniform(shape, gen, theta), temperature)
-        err = torch.matmul(w3, h2) - yc.T                           # (M, d, c)
-        adv = _advantage(err.square().mean(1), baseline)[:, None]    # (M, 1, c)
+        err = torch.matmul(w3, h2) - yc.T  # (M, d, c)
+        adv = _advantage(err.square().mean(1), baseline)[:, None]  # (M, 1, c)
         grads[0] += ((adv * s1).sum(0) @ xc).double()
         grads[1] += (adv * s2 @ h1.transpose(1, 2)).sum(0).double()
         grads[2] += (err @ h2.transpose(1, 2)).sum(0).double() * (2 / d)
@@ -96,13 +104,13 @@ def expected_loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, tempera
         raise ValueError("expected_loss enumerates 4^d patterns: d <= 6")
     w1, w2, w3 = problem.unflatten(theta, d)
     codes = torch.arange(2**d, device=x.device)
-    patterns = ((codes[:, None] >> torch.arange(d, device=x.device)) & 1).to(x.dtype) * 2 - 1   # (2^d, d)
+    patterns = ((codes[:, None] >> torch.arange(d, device=x.device)) & 1).to(x.dtype) * 2 - 1  # (2^d, d)
 
-    def log_prob(h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:       # sum over units of log p(h | a)
+    def log_prob(h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:  # sum over units of log p(h | a)
         return torch.nn.functional.logsigmoid(h * a / temperature).sum(-1)  # p(+1) = s(a), p(-1) = s(-a)
 
-    lp1 = log_prob(patterns[:, None, :], (x @ w1.T)[None])                # (P1, n)
+    lp1 = log_prob(patterns[:, None, :], (x @ w1.T)[None])  # (P1, n)
     lp2 = log_prob(patterns[None, :, None, :], (patterns @ w2.T)[:, None, None, :])  # (P1, P2, 1)
     losses = ((patterns @ w3.T)[:, None, :] - y[None]).square().mean(-1)  # (P2, n)
-    weights = torch.exp(lp1[:, None, :] + lp2)                            # (P1, P2, n)
+    weights = torch.exp(lp1[:, None, :] + lp2)  # (P1, P2, n)
     return (weights * losses[None]).sum((0, 1)).mean()

@@ -52,22 +52,37 @@ class SmallCNN(nn.Module):
     ``fmp_ratio`` (Graham's sqrt(2) by default); smaller inputs are a UserError naming the pool.
     """
 
-    def __init__(self, in_shape, num_classes: int, width: int = 32, hidden: int = 128, batchnorm: bool = True,
-                 dropout: float = 0.0, dropconnect: float = 0.0, pool: str = "max", init: str = "default",
-                 fmp_ratio: float = FMP_RATIO):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        width: int = 32,
+        hidden: int = 128,
+        batchnorm: bool = True,
+        dropout: float = 0.0,
+        dropconnect: float = 0.0,
+        pool: str = "max",
+        init: str = "default",
+        fmp_ratio: float = FMP_RATIO,
+    ):
         super().__init__()
         check_fmp_ratio(fmp_ratio)
         names = ["features.1 (pool 1)", "features.3 (pool 2)"]  # their paths in self.features
         pools = [pool_layer(pool, fmp_ratio, name) for name in names]
         check_pooled_sizes(in_shape, zip(names, pools))
         self.features = nn.Sequential(
-            conv_block(in_shape[0], width, batchnorm), pools[0],
-            conv_block(width, 2 * width, batchnorm), pools[1],
+            conv_block(in_shape[0], width, batchnorm),
+            pools[0],
+            conv_block(width, 2 * width, batchnorm),
+            pools[1],
             nn.AdaptiveAvgPool2d(4),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), linear(2 * width * 16, hidden, dropconnect=dropconnect), nn.ReLU(inplace=True),
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            linear(2 * width * 16, hidden, dropconnect=dropconnect),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            nn.Linear(hidden, num_classes),
         )
         initialize(self, init)
 

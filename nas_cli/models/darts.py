@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from omegaconf import Container, OmegaConf
 from torch import nn
 
-from nas_cli.engine.losses import AuxiliaryLogits
 from nas_cli.errors import UserError
+from nas_cli.models.darts_ops import build_cells, make_op, preprocess, stem
+from nas_cli.models.genotype import Genotype
 from nas_cli.models.layers import check_prob, drop_path
-from nas_cli.nas.darts.genotype import Genotype
-from nas_cli.nas.darts.ops import build_cells, make_op, preprocess, stem
+from nas_cli.models.outputs import AuxiliaryLogits
 
 
 class Cell(nn.Module):
@@ -64,9 +64,16 @@ class AuxiliaryHead(nn.Module):
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=False), AuxiliaryPool(),
-            nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True), nn.Flatten())
+            nn.ReLU(inplace=False),
+            AuxiliaryPool(),
+            nn.Conv2d(channels, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+        )
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,15 +83,19 @@ class AuxiliaryHead(nn.Module):
 def read_genotype(genotype) -> Genotype:
     """``model.genotype``: a file, a search run folder, a published cell's name, or a dict written inline."""
     if genotype is None:
-        raise UserError("model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts) "
-                        "or a published cell: DARTS_V1, DARTS_V2, PC_DARTS")
+        raise UserError(
+            "model=darts needs model.genotype=PATH (a genotype.json from nas-cli search-darts) "
+            "or a published cell: DARTS_V1, DARTS_V2, PC_DARTS"
+        )
     if isinstance(genotype, Container):
         genotype = OmegaConf.to_container(genotype, resolve=True)
     if isinstance(genotype, dict):
         return Genotype.from_dict(genotype)
     if not isinstance(genotype, (str, Path)):
-        raise UserError(f"model.genotype={genotype}: use a genotype.json, a search run folder, DARTS_V1, DARTS_V2 "
-                        f"or PC_DARTS, or a dict with 'normal' and 'reduce'")
+        raise UserError(
+            f"model.genotype={genotype}: use a genotype.json, a search run folder, DARTS_V1, DARTS_V2 "
+            f"or PC_DARTS, or a dict with 'normal' and 'reduce'"
+        )
     return Genotype.load(genotype)
 
 
@@ -93,16 +104,25 @@ class DARTSNetwork(nn.Module):
 
     Args:
         genotype: a ``genotype.json`` (or the search run folder holding one), a dict, or a published
-            cell by name (``DARTS_V1``, ``DARTS_V2``, ``PC_DARTS``: see ``nas_cli.nas.darts.genotype``).
+            cell by name (``DARTS_V1``, ``DARTS_V2``, ``PC_DARTS``: see ``nas_cli.models.genotype``).
         drop_path: the final probability of dropping an op's path (every op but an identity skip); the
             trainer raises it linearly from 0 over the epochs through ``set_epoch`` (as is without a trainer).
         auxiliary: an auxiliary head after the second reduction; in training the model then
             returns ``AuxiliaryLogits`` and the loss adds ``auxiliary_weight`` times its cross-entropy.
     """
 
-    def __init__(self, in_shape, num_classes: int, genotype, layers: int = 8, init_channels: int = 16,
-                 drop_path: float = 0.0, auxiliary: bool = False, auxiliary_weight: float = 0.4,
-                 stem_multiplier: int = 3):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        genotype,
+        layers: int = 8,
+        init_channels: int = 16,
+        drop_path: float = 0.0,
+        auxiliary: bool = False,
+        auxiliary_weight: float = 0.4,
+        stem_multiplier: int = 3,
+    ):
         super().__init__()
         g = self.genotype = read_genotype(genotype)
         if len(in_shape) != 3:

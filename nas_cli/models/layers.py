@@ -84,8 +84,10 @@ def check_fmp_ratio(ratio: float) -> float:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise UserError(f"model.fmp_ratio={ratio} must be in (1, 2) (sqrt(2) ~ 1.414 is Graham's default; "
-                        f"for a ratio of 2 use model.pool=max)")
+        raise UserError(
+            f"model.fmp_ratio={ratio} must be in (1, 2) (sqrt(2) ~ 1.414 is Graham's default; "
+            f"for a ratio of 2 use model.pool=max)"
+        )
     return float(ratio)
 
 
@@ -126,7 +128,7 @@ def max_over_regions(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Te
     full = list(x.shape)
     full[dim] = m * width
     gathered = x.gather(dim, index.reshape(shape).expand(full))
-    split = full[:dim] + [m, width] + full[dim + 1:]
+    split = full[:dim] + [m, width] + full[dim + 1 :]
     return gathered.reshape(split).amax(dim=dim + 1)
 
 
@@ -150,8 +152,10 @@ class FractionalMaxPool(nn.Module):
         """Output (height, width); a UserError naming the layer if a side would vanish."""
         out = (fmp_output_size(h, self.ratio), fmp_output_size(w, self.ratio))
         if min(out) < 1:
-            raise UserError(f"{self.name}: a {h}x{w} input is too small for fractional max-pooling with "
-                            f"model.fmp_ratio={self.ratio:g} (each side must be >= 2); use larger inputs")
+            raise UserError(
+                f"{self.name}: a {h}x{w} input is too small for fractional max-pooling with "
+                f"model.fmp_ratio={self.ratio:g} (each side must be >= 2); use larger inputs"
+            )
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,17 @@ class MLP(nn.Sequential):
     """``depth`` hidden layers of ``width`` units: Linear (DropConnect if ``dropconnect`` > 0),
     optional BatchNorm, ReLU, optional dropout; then a plain linear classifier."""
 
-    def __init__(self, in_shape, num_classes: int, width: int = 256, depth: int = 2, dropout: float = 0.0,
-                 dropconnect: float = 0.0, batchnorm: bool = False, init: str = "default"):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        width: int = 256,
+        depth: int = 2,
+        dropout: float = 0.0,
+        dropconnect: float = 0.0,
+        batchnorm: bool = False,
+        init: str = "default",
+    ):
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(in_shape)
         for _ in range(depth):

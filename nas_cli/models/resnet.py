@@ -42,8 +42,17 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """``drop_path`` is the last block's drop probability; block l of L drops with ``drop_path * l / L``."""
 
-    def __init__(self, in_shape, num_classes: int, width: int = 64, blocks=(2, 2, 2, 2), batchnorm: bool = True,
-                 dropout: float = 0.0, drop_path: float = 0.0, init: str = "default"):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        width: int = 64,
+        blocks=(2, 2, 2, 2),
+        batchnorm: bool = True,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        init: str = "default",
+    ):
         super().__init__()
         if len(in_shape) != 3 or min(in_shape[1:]) < 8:
             raise ValueError(f"ResNet needs images of at least 8x8, got input shape {tuple(in_shape)}")
@@ -55,22 +64,45 @@ class ResNet(nn.Module):
             stage = []
             for j in range(n):
                 index += 1  # linear decay rule: deeper blocks are dropped more often
-                stage.append(BasicBlock(cin if j == 0 else cout, cout, stride=(1 if i == 0 or j else 2),
-                                        batchnorm=batchnorm, drop_path=drop_path * index / total))
+                stage.append(
+                    BasicBlock(
+                        cin if j == 0 else cout,
+                        cout,
+                        stride=(1 if i == 0 or j else 2),
+                        batchnorm=batchnorm,
+                        drop_path=drop_path * index / total,
+                    )
+                )
             stages.append(nn.Sequential(*stage))
             cin = cout
         self.stages = nn.Sequential(*stages)
         # Dropout shares slot 1 with Flatten so the classifier keeps its state-dict key (head.2)
         drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Sequential(nn.Flatten(), drop),
-                                  nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Sequential(nn.Flatten(), drop), nn.Linear(cin, num_classes)
+        )
         initialize(self, init)
 
     def forward(self, x):
         return self.head(self.stages(self.stem(x)))
 
 
-def resnet18(in_shape, num_classes: int, width: int = 64, batchnorm: bool = True, dropout: float = 0.0,
-             drop_path: float = 0.0, init: str = "default") -> ResNet:
-    return ResNet(in_shape, num_classes, width, blocks=(2, 2, 2, 2), batchnorm=batchnorm, dropout=dropout,
-                  drop_path=drop_path, init=init)
+def resnet18(
+    in_shape,
+    num_classes: int,
+    width: int = 64,
+    batchnorm: bool = True,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+    init: str = "default",
+) -> ResNet:
+    return ResNet(
+        in_shape,
+        num_classes,
+        width,
+        blocks=(2, 2, 2, 2),
+        batchnorm=batchnorm,
+        dropout=dropout,
+        drop_path=drop_path,
+        init=init,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import Container, OmegaConf
 
-from nas_cli.nas.arch import ArchNet, load_arch
+from nas_cli.models.arch import ArchNet, load_arch
 
 
 class RLChild(ArchNet):

@@ -26,8 +26,9 @@ from nas_cli.models.init import initialize
 
 
 class XNORBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, activation: dict, act_scale: bool = False,
-                 clamp_weights: bool = False):
+    def __init__(
+        self, cin: int, cout: int, stride: int, activation: dict, act_scale: bool = False, clamp_weights: bool = False
+    ):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = XNORConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, clamp_weights=clamp_weights)
@@ -54,21 +55,40 @@ class XNORBlock(nn.Module):
 class XNORResNet(nn.Module):
     """Full-precision stem -> 4 stages of 2 binary blocks -> BatchNorm, ReLU, pooling -> full-precision linear."""
 
-    def __init__(self, in_shape, num_classes: int, width: int = 64, ste: str = "clipped", k: float = 2.0,
-                 beta: float = 5.0, blocks=(2, 2, 2, 2), init: str = "default", act_scale: bool = False,
-                 clamp_weights: bool = True):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        width: int = 64,
+        ste: str = "clipped",
+        k: float = 2.0,
+        beta: float = 5.0,
+        blocks=(2, 2, 2, 2),
+        init: str = "default",
+        act_scale: bool = False,
+        clamp_weights: bool = True,
+    ):
         super().__init__()
         if len(in_shape) != 3 or min(in_shape[1:]) < 8:
             raise ValueError(f"XNOR-ResNet needs images of at least 8x8, got input shape {tuple(in_shape)}")
         activation = {"ste": ste, "k": k, "beta": beta}
         BinaryActivation(**activation)  # validate the STE name before building anything
-        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         stages, cin = [], width
         for i, n in enumerate(blocks):
             cout = width * 2**i
-            stages.append(nn.Sequential(*[XNORBlock(cin if j == 0 else cout, cout, 1 if i == 0 or j else 2,
-                                                    activation, act_scale, clamp_weights) for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[
+                        XNORBlock(
+                            cin if j == 0 else cout, cout, 1 if i == 0 or j else 2, activation, act_scale, clamp_weights
+                        )
+                        for j in range(n)
+                    ]
+                )
+            )
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.post = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True))
@@ -79,7 +99,15 @@ class XNORResNet(nn.Module):
         return self.head(self.post(self.stages(self.stem(x))))
 
 
-def xnor_resnet18(in_shape, num_classes: int, width: int = 64, ste: str = "clipped", k: float = 2.0,
-                  beta: float = 5.0, init: str = "default", act_scale: bool = False,
-                  clamp_weights: bool = True) -> XNORResNet:
+def xnor_resnet18(
+    in_shape,
+    num_classes: int,
+    width: int = 64,
+    ste: str = "clipped",
+    k: float = 2.0,
+    beta: float = 5.0,
+    init: str = "default",
+    act_scale: bool = False,
+    clamp_weights: bool = True,
+) -> XNORResNet:
     return XNORResNet(in_shape, num_classes, width, ste, k, beta, (2, 2, 2, 2), init, act_scale, clamp_weights)

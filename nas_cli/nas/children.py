@@ -62,7 +62,7 @@ def child_score(val_accs: list[float], score: str = "best", last: int | None = N
     """A child's score from its per-epoch validation accuracies: the best (of the last ``last``) or the final."""
     if not val_accs:
         return 0.0
-    window = val_accs[-int(last):] if last else val_accs
+    window = val_accs[-int(last) :] if last else val_accs
     return float(max(window) if score == "best" else window[-1])
 
 
@@ -85,8 +85,9 @@ def load_data(data_config: dict, child: ChildOptions, seed: int):
     return instantiate(data_config, seed=seed, **overrides)
 
 
-def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule: Schedule | None, device,
-                folder: Path, seed: int) -> float:
+def train_child(
+    arch: list[dict], data, child: ChildOptions, optimizer, schedule: Schedule | None, device, folder: Path, seed: int
+) -> float:
     """The score of ``arch`` (``child_score`` of its per-epoch validation accuracies) after ``child.epochs``
     epochs of training (a run in ``folder``)."""
     seed_everything(seed)
@@ -96,8 +97,15 @@ def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule
     trainer = Trainer(epochs=child.epochs, checkpoint=False, device=device, progress=False)
     run = Run(folder, "train", seed=seed, device=device, headline=HEADLINE)
     with _quiet_engine():
-        summary = trainer.fit(model, optimizer(params=model.parameters()), data.train, data.val, run=run,
-                              schedule=copy.deepcopy(schedule), generator=data.generator)
+        summary = trainer.fit(
+            model,
+            optimizer(params=model.parameters()),
+            data.train,
+            data.val,
+            run=run,
+            schedule=copy.deepcopy(schedule),
+            generator=data.generator,
+        )
     if summary["status"] != "ok":
         return 0.0  # a diverged child scores nothing
     return child_score([float(r["val_acc"]) for r in run.record.rows], child.score, child.score_epochs)
@@ -106,8 +114,9 @@ def train_child(arch: list[dict], data, child: ChildOptions, optimizer, schedule
 _WORKER: dict = {}
 
 
-def _init_worker(data_config: dict, child: ChildOptions, optimizer, schedule, seed: int, device: str, counter,
-                 stop) -> None:
+def _init_worker(
+    data_config: dict, child: ChildOptions, optimizer, schedule, seed: int, device: str, counter, stop
+) -> None:
     signals.follow(stop)
     torch.set_num_threads(1)
     with counter.get_lock():  # the worker's index: on several GPUs, one GPU per worker
@@ -116,8 +125,9 @@ def _init_worker(data_config: dict, child: ChildOptions, optimizer, schedule, se
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.device_count() > 1:
         dev = torch.device("cuda", index % torch.cuda.device_count())
-    _WORKER.update(data=load_data(data_config, child, seed), child=child, optimizer=optimizer, schedule=schedule,
-                   device=dev)
+    _WORKER.update(
+        data=load_data(data_config, child, seed), child=child, optimizer=optimizer, schedule=schedule, device=dev
+    )
 
 
 def _worker_train(arch: list[dict], folder: str, seed: int) -> tuple[float, float]:
@@ -140,9 +150,23 @@ class Evaluator:
         job_device: the ``device`` setting the jobs resolve themselves (a SLURM node's GPU); None: ``device``.
     """
 
-    def __init__(self, reward: str, synthetic: dict, run_dir: Path, device, data, data_config: dict, seed: int,
-                 child: ChildOptions, optimizer, schedule: Schedule | None, workers: int = 1,
-                 cache: dict | None = None, runner=None, job_device: str | None = None):
+    def __init__(
+        self,
+        reward: str,
+        synthetic: dict,
+        run_dir: Path,
+        device,
+        data,
+        data_config: dict,
+        seed: int,
+        child: ChildOptions,
+        optimizer,
+        schedule: Schedule | None,
+        workers: int = 1,
+        cache: dict | None = None,
+        runner=None,
+        job_device: str | None = None,
+    ):
         if reward not in REWARDS:
             raise UserError(f"reward={reward}: use accuracy or synthetic")
         if int(workers) < 1:
@@ -174,8 +198,11 @@ class Evaluator:
         elif self.kind == "synthetic":
             for k, (_, arch) in todo.items():
                 t0 = time.perf_counter()
-                fresh[k] = {"reward": self._score_synthetic(arch), "params": self.params(arch),
-                            "seconds": time.perf_counter() - t0}
+                fresh[k] = {
+                    "reward": self._score_synthetic(arch),
+                    "params": self.params(arch),
+                    "seconds": time.perf_counter() - t0,
+                }
         else:
             fresh = self._train_all(todo)
         results: dict[int, dict] = {}
@@ -194,12 +221,22 @@ class Evaluator:
         if self.workers == 1 or len(todo) == 1:
             for k, (step, arch) in todo.items():
                 t0 = time.perf_counter()
-                reward = train_child(arch, self.data, self.child, self.optimizer, self.schedule, self.device,
-                                     folder / str(step), self.seed + step)
+                reward = train_child(
+                    arch,
+                    self.data,
+                    self.child,
+                    self.optimizer,
+                    self.schedule,
+                    self.device,
+                    folder / str(step),
+                    self.seed + step,
+                )
                 out[k] = {"reward": reward, "params": self.params(arch), "seconds": time.perf_counter() - t0}
             return out
-        futures = {k: self._workers().submit(_worker_train, arch, str(folder / str(step)), self.seed + step)
-                   for k, (step, arch) in todo.items()}
+        futures = {
+            k: self._workers().submit(_worker_train, arch, str(folder / str(step)), self.seed + step)
+            for k, (step, arch) in todo.items()
+        }
         pending = set(futures.values())
         while pending:  # wait in short slices: a stop request is passed on to the workers at once
             _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
@@ -211,16 +248,9 @@ class Evaluator:
         return out
 
     def _submit_all(self, todo: dict[str, tuple[int, list[dict]]]) -> dict[str, dict]:
-        """New children as submitit jobs; results carry ``error`` where a job failed for good."""
-        from nas_cli.nas.executors import ChildJob
-
-        threads = self.runner.slurm.cpus_per_task if self.runner.kind != "debug" else None
-        jobs = {k: ChildJob(arch=arch, step=step, seed=self.seed, folder=str(self.run_dir / CHILDREN / str(step)),
-                            kind=self.kind, synthetic=self.synthetic, data_config=self.data_config,
-                            child=self.child, optimizer=self.optimizer, schedule=self.schedule,
-                            device=str(self.job_device or self.device), threads=threads)
-                for k, (step, arch) in todo.items()}
-        results = self.runner.run(jobs)
+        """New children as submitit jobs (the runner builds them from this evaluator); results carry ``error``
+        where a job failed for good."""
+        results = self.runner.evaluate(self, todo)
         return {k: {**res, "params": self.params(todo[k][1])} for k, res in results.items()}
 
     def _workers(self) -> ProcessPoolExecutor:
@@ -228,9 +258,20 @@ class Evaluator:
             context = get_context("spawn")
             self._stop = context.Event()
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.data_config, self.child, self.optimizer, self.schedule, self.seed, str(self.device),
-                          context.Value("i", 0), self._stop))
+                self.workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(
+                    self.data_config,
+                    self.child,
+                    self.optimizer,
+                    self.schedule,
+                    self.seed,
+                    str(self.device),
+                    context.Value("i", 0),
+                    self._stop,
+                ),
+            )
         return self._pool
 
     def close(self) -> None:

@@ -30,14 +30,15 @@ from typing import Any
 
 from nas_cli.errors import UserError
 from nas_cli.runs import signals
+from nas_cli.runs.files import CHILDREN
 from nas_cli.runs.record import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("inline", "local", "debug", "slurm")
-JOBS = "jobs"                                # submitit's pickles and logs, one set per job
-ARRIVED = Path(JOBS) / "results.json"        # results as they arrive: what a resumed round need not redo
-CHILD_ERROR = "error.txt"                    # in a child's folder: why its last attempt failed, one line
+JOBS = "jobs"  # submitit's pickles and logs, one set per job
+ARRIVED = Path(JOBS) / "results.json"  # results as they arrive: what a resumed round need not redo
+CHILD_ERROR = "error.txt"  # in a child's folder: why its last attempt failed, one line
 
 
 @dataclass
@@ -54,8 +55,11 @@ class SlurmOptions:
 
     def parameters(self, kind: str) -> dict[str, Any]:
         """submitit's ``update_parameters`` keywords for this executor kind."""
-        params: dict[str, Any] = {"timeout_min": int(self.timeout_min), "cpus_per_task": int(self.cpus_per_task),
-                                  "name": "nas-cli-child"}
+        params: dict[str, Any] = {
+            "timeout_min": int(self.timeout_min),
+            "cpus_per_task": int(self.cpus_per_task),
+            "name": "nas-cli-child",
+        }
         if kind in ("local", "slurm"):
             params["gpus_per_node"] = int(self.gpus_per_node)
         if kind == "slurm":
@@ -72,16 +76,16 @@ class ChildJob:
     """Everything one child job needs, picklable: what the in-process path holds in the Evaluator."""
 
     arch: list[dict]
-    step: int                  # the child's step: it trains with seed + step, in folder
-    seed: int                  # the search's seed
+    step: int  # the child's step: it trains with seed + step, in folder
+    seed: int  # the search's seed
     folder: str
-    kind: str                  # accuracy | synthetic
+    kind: str  # accuracy | synthetic
     synthetic: dict
     data_config: dict
-    child: Any                 # ChildOptions
-    optimizer: Any             # the optim group: optimizer(params=...)
+    child: Any  # ChildOptions
+    optimizer: Any  # the optim group: optimizer(params=...)
     schedule: Any
-    device: str                # resolved in the job: device=auto on a SLURM node means its GPU
+    device: str  # resolved in the job: device=auto on a SLURM node means its GPU
     threads: int | None = None
 
 
@@ -89,17 +93,27 @@ def run_child(job: ChildJob) -> float:
     """A submitit job: the reward of one child (module-level, so submitit can pickle it)."""
     import torch
 
-    from nas_cli.engine.device import resolve_device
     from nas_cli.nas.children import load_data, train_child
     from nas_cli.nas.synthetic import synthetic_reward
+    from nas_cli.runs.options import resolve_device
 
     if job.kind == "synthetic":
         return float(synthetic_reward(job.arch, **job.synthetic, seed=job.seed))
     if job.threads:
         torch.set_num_threads(int(job.threads))
     data = load_data(job.data_config, job.child, job.seed)  # the same data as the search's own
-    return float(train_child(job.arch, data, job.child, job.optimizer, job.schedule, resolve_device(job.device),
-                             Path(job.folder), job.seed + job.step))
+    return float(
+        train_child(
+            job.arch,
+            data,
+            job.child,
+            job.optimizer,
+            job.schedule,
+            resolve_device(job.device),
+            Path(job.folder),
+            job.seed + job.step,
+        )
+    )
 
 
 def run_job(job: ChildJob) -> float:
@@ -130,8 +144,9 @@ class JobRunner:
         poll_s: seconds between looks at the running jobs (a stop request is seen within one).
     """
 
-    def __init__(self, kind: str, run_dir: Path, slurm: SlurmOptions | None = None, retries: int = 0,
-                 poll_s: float = 1.0):
+    def __init__(
+        self, kind: str, run_dir: Path, slurm: SlurmOptions | None = None, retries: int = 0, poll_s: float = 1.0
+    ):
         if kind not in EXECUTORS or kind == "inline":
             raise UserError(f"search.executor={kind}: use inline, local, debug or slurm")
         if int(retries) < 0:
@@ -161,6 +176,30 @@ class JobRunner:
         arrived = self.arrived()
         arrived[str(step)] = {"key": k, **result}
         write_json(self.run_dir / ARRIVED, arrived)
+
+    def evaluate(self, evaluator, todo: dict[str, tuple[int, list[dict]]]) -> dict[str, dict]:
+        """The new children of a ``children.Evaluator`` (``todo``: key -> (step, arch)) as one job each,
+        trained in ``children/<step>/`` of its run folder: ``{key: {reward, seconds[, error]}}`` (``run``)."""
+        e = evaluator
+        threads = self.slurm.cpus_per_task if self.kind != "debug" else None
+        jobs = {
+            k: ChildJob(
+                arch=arch,
+                step=step,
+                seed=e.seed,
+                folder=str(e.run_dir / CHILDREN / str(step)),
+                kind=e.kind,
+                synthetic=e.synthetic,
+                data_config=e.data_config,
+                child=e.child,
+                optimizer=e.optimizer,
+                schedule=e.schedule,
+                device=str(e.job_device or e.device),
+                threads=threads,
+            )
+            for k, (step, arch) in todo.items()
+        }
+        return self.run(jobs)
 
     def run(self, jobs: dict[str, ChildJob]) -> dict[str, dict]:
         """Rewards of ``jobs`` (by architecture key): ``{key: {reward, seconds[, error]}}``.
@@ -192,12 +231,16 @@ class JobRunner:
                     else:  # any failure of a job (the child's exception, a lost node, a time limit) is the child's
                         text = failure(job, error)
                         if attempt <= self.retries:
-                            log.warning(f"child {job.step}: job {handle.job_id} failed ({text}); "
-                                        f"submitting it again ({attempt}/{self.retries})")
+                            log.warning(
+                                f"child {job.step}: job {handle.job_id} failed ({text}); "
+                                f"submitting it again ({attempt}/{self.retries})"
+                            )
                             running[k] = (self._submit(job), attempt + 1, t0)
                             continue
-                        log.error(f"child {job.step}: job {handle.job_id} failed after {attempt} attempt(s), "
-                                  f"reward 0.0: {text}")
+                        log.error(
+                            f"child {job.step}: job {handle.job_id} failed after {attempt} attempt(s), "
+                            f"reward 0.0: {text}"
+                        )
                         out[k] = {"reward": 0.0, "seconds": time.time() - t0, "error": text}
                     self._keep(job.step, k, out[k])
                 if running:
@@ -261,7 +304,7 @@ def _submitit_cause(error: BaseException) -> str:
     if name == "FailedJobError" and len(rules) >= 2 and rules[1] > rules[0] + 1:
         return lines[rules[1] - 1][:MAX_ERROR]  # "ValueError: Invalid learning rate: -1"
     if name == "UncompletedJobError" and rules:
-        head = " ".join(lines[:rules[0] - 1]) if rules[0] > 1 else lines[0]
-        stream = lines[rules[0] + 1:]
+        head = " ".join(lines[: rules[0] - 1]) if rules[0] > 1 else lines[0]
+        stream = lines[rules[0] + 1 :]
         return (f"{name}: {head}" + (f"; stderr ends: {stream[-1]}" if stream else ""))[:MAX_ERROR]
     return exception_line(error)

@@ -49,8 +49,16 @@ class ChildrenFailed(RuntimeError):
     """Every child of a search failed: there is no result to report (the cause is the children's)."""
 
 
-def search(controller: Controller, evaluator: Evaluator, run: Run, children: int, *, progress: bool,
-           trained: int | None, batch: int | None) -> dict:
+def search(
+    controller: Controller,
+    evaluator: Evaluator,
+    run: Run,
+    children: int,
+    *,
+    progress: bool,
+    trained: int | None,
+    batch: int | None,
+) -> dict:
     """Propose and score ``children`` architectures in ``run`` (or stop sooner, once ``trained`` distinct ones
     were trained: MetaQNN counts its budget in unique models), ``batch`` per round (None: the evaluator's
     workers); returns the run's summary."""
@@ -68,15 +76,19 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
     saved = run.load_checkpoint()
     if saved is not None:
         if saved.get("controller_name") != controller.name:
-            raise UserError(f"resume: {run.dir} was a controller={saved.get('controller_name')} search, "
-                            f"not controller={controller.name}")
+            raise UserError(
+                f"resume: {run.dir} was a controller={saved.get('controller_name')} search, "
+                f"not controller={controller.name}"
+            )
         controller.load_state_dict(saved["controller"])
         record.rows = list(saved["history"])
         evaluator.cache = json.loads(saved["cache"])
         record.write_metrics()
         log.info(f"resumed after child {len(record.rows)} of {children}")
-    log.info(f"search-rl: controller={controller.name} ({controller.space.kind} space), reward={evaluator.kind}, "
-             f"{children} children, {batch} a round, {_where(evaluator)}, {run.device}; run folder {run.dir}")
+    log.info(
+        f"search-rl: controller={controller.name} ({controller.space.kind} space), reward={evaluator.kind}, "
+        f"{children} children, {batch} a round, {_where(evaluator)}, {run.device}; run folder {run.dir}"
+    )
     run.figures = lambda: _figures(controller, evaluator, record.rows)
     try:
         with run, TrainingProgress(progress) as bar:
@@ -87,20 +99,37 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
                 proposals = [(step + i, controller.propose()) for i in range(size)]
                 for (s, arch), res in zip(proposals, evaluator.evaluate(proposals)):
                     controller.observe(arch, res["reward"])
-                    record.log({"step": s, "arch": describe(arch), "params": res["params"], "reward": res["reward"],
-                                "seconds": res["seconds"], "cache_hit": res["cache_hit"],
-                                "json": json.dumps(canonical(arch))}, write=False)
+                    record.log(
+                        {
+                            "step": s,
+                            "arch": describe(arch),
+                            "params": res["params"],
+                            "reward": res["reward"],
+                            "seconds": res["seconds"],
+                            "cache_hit": res["cache_hit"],
+                            "json": json.dumps(canonical(arch)),
+                        },
+                        write=False,
+                    )
                     best = max(r["reward"] for r in record.rows)
                     outcome = f"failed ({res['error']})" if "error" in res else f"reward {res['reward']:.4f}"
-                    log.info(f"child {s + 1}/{children}: {outcome} (best {best:.4f})"
-                             f"{' [cache]' if res['cache_hit'] else ''}  {describe(arch)}")
+                    log.info(
+                        f"child {s + 1}/{children}: {outcome} (best {best:.4f})"
+                        f"{' [cache]' if res['cache_hit'] else ''}  {describe(arch)}"
+                    )
                     bar.update(task, advance=1, info=f"best {best:.4f}", refresh=True)
                 record.write_metrics()
                 _write_best(run.dir, _succeeded(record.rows, evaluator.cache))
                 cache = json.dumps(evaluator.cache)
                 atomic_write(run.dir / CACHE, lambda tmp, text=cache: Path(tmp).write_text(text))
-                run.save_checkpoint({"controller_name": controller.name, "controller": controller.state_dict(),
-                                     "history": record.rows, "cache": cache})
+                run.save_checkpoint(
+                    {
+                        "controller_name": controller.name,
+                        "controller": controller.state_dict(),
+                        "history": record.rows,
+                        "cache": cache,
+                    }
+                )
                 if evaluator.runner is not None:
                     evaluator.runner.forget()  # this round is in the checkpoint now
                 run.stop_point()
@@ -108,9 +137,11 @@ def search(controller: Controller, evaluator: Evaluator, run: Run, children: int
     finally:
         evaluator.close()
     summary = run.summary
-    log.info(f"best reward {summary['best_reward']:.4f} after {summary['children']} children "
-             f"({summary['cache_hits']} cache hits): {summary['best_arch']}; "
-             f"retrain: nas-cli train model=rl_child model.arch={run.dir / BEST_ARCH}")
+    log.info(
+        f"best reward {summary['best_reward']:.4f} after {summary['children']} children "
+        f"({summary['cache_hits']} cache hits): {summary['best_arch']}; "
+        f"retrain: nas-cli train model=rl_child model.arch={run.dir / BEST_ARCH}"
+    )
     return summary
 
 
@@ -140,28 +171,46 @@ def _fail_if_none_succeeded(rows: list[dict], cache: dict[str, dict]) -> None:
         return
     first = min(rows, key=lambda r: r["step"])
     step, error = int(first["step"]), _error(first, cache)
-    raise ChildrenFailed(f"the search's only child (child {step}) failed: {error}" if len(rows) == 1
-                         else f"all {len(rows)} children failed; the first (child {step}): {error}")
+    raise ChildrenFailed(
+        f"the search's only child (child {step}) failed: {error}"
+        if len(rows) == 1
+        else f"all {len(rows)} children failed; the first (child {step}): {error}"
+    )
 
 
 def _write_best(run_dir: Path, rows: list[dict]) -> None:
     if not rows:  # no child has a score yet: no best to name
         return
     best = max(rows, key=lambda r: r["reward"])
-    write_json(run_dir / BEST_ARCH, {"arch": json.loads(best["json"]), "reward": best["reward"],
-                                     "params": int(best["params"]), "step": int(best["step"]), "string": best["arch"]})
+    write_json(
+        run_dir / BEST_ARCH,
+        {
+            "arch": json.loads(best["json"]),
+            "reward": best["reward"],
+            "params": int(best["params"]),
+            "step": int(best["step"]),
+            "string": best["arch"],
+        },
+    )
 
 
 def _figures(controller: Controller, evaluator: Evaluator, rows: list[dict]) -> dict:
     scored = _succeeded(rows, evaluator.cache)
     best = max(scored, key=lambda r: r["reward"]) if scored else None
     return {
-        "controller": controller.name, "space": controller.space.kind, "reward": evaluator.kind,
-        "children": len(rows), "trained": _fresh(rows),
+        "controller": controller.name,
+        "space": controller.space.kind,
+        "reward": evaluator.kind,
+        "children": len(rows),
+        "trained": _fresh(rows),
         "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
-        "failed_children": sum("error" in res for res in evaluator.cache.values()),  # jobs that failed for good (reward 0)
-        "best_reward": float(best["reward"]) if best else None, "best_arch": best["arch"] if best else None,
-        "best_step": int(best["step"]) if best else None, "best_params": int(best["params"]) if best else None,
+        "failed_children": sum(
+            "error" in res for res in evaluator.cache.values()
+        ),  # jobs that failed for good (reward 0)
+        "best_reward": float(best["reward"]) if best else None,
+        "best_arch": best["arch"] if best else None,
+        "best_step": int(best["step"]) if best else None,
+        "best_params": int(best["params"]) if best else None,
     }
 
 

@@ -22,15 +22,28 @@ class ZophSpace:
 
     kind = "zoph"
 
-    def __init__(self, layers: int = 4, filter_heights=(1, 3, 5, 7), filter_widths=(1, 3, 5, 7),
-                 stride_heights=(1,), stride_widths=(1,), filters=(24, 36, 48, 64), skip_p: float = 0.5,
-                 in_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        layers: int = 4,
+        filter_heights=(1, 3, 5, 7),
+        filter_widths=(1, 3, 5, 7),
+        stride_heights=(1,),
+        stride_widths=(1,),
+        filters=(24, 36, 48, 64),
+        skip_p: float = 0.5,
+        in_shape: tuple[int, ...] | None = None,
+    ):
         # in_shape: taken by every space (search-rl passes the data's); a Zoph architecture fits any input
         if int(layers) < 1:
             raise UserError(f"space.layers={layers}: use 1 or more")
         self.layers = int(layers)
-        self.choices = {"kh": list(filter_heights), "kw": list(filter_widths), "sh": list(stride_heights),
-                        "sw": list(stride_widths), "filters": list(filters)}
+        self.choices = {
+            "kh": list(filter_heights),
+            "kw": list(filter_widths),
+            "sh": list(stride_heights),
+            "sw": list(stride_widths),
+            "filters": list(filters),
+        }
         for name, values in self.choices.items():
             if not values:
                 raise UserError(f"space=zoph: the choice list for {name} is empty")
@@ -81,15 +94,27 @@ class MetaQNNSpace:
     at most ``max_fc`` FC layers, only FC or SM after one, and an FC layer no wider than the FC before it;
     conv and pool kernels below the side's bin (``kernel_limit=bin``, the reference code) or at most the
     side itself (``kernel_limit=side``, the paper's words); SM after GAP; at most ``max_depth`` layers
-    before SM, and never SM first (an empty network). A state is ``(type, depth, side, n_fc, params)`` with
+    before SM. SM is allowed from every state before it, the start included: the reference code's
+    ``enumerate_state`` adds the terminate action whenever ``terminate == 0`` (an empty architecture, the
+    classifier on the input alone). A state is ``(type, depth, side, n_fc, params)`` with
     the exact side, so pooling is exact; ``key`` buckets it for the Q-table, as the reference code does.
     """
 
     kind = "metaqnn"
 
-    def __init__(self, image_size: int | None = None, max_depth: int = 6, conv_filters=(16, 32, 64),
-                 conv_kernels=(1, 3, 5), pools=((5, 3), (3, 2), (2, 2)), fc_units=(32, 64, 128), max_fc: int = 2,
-                 size_bins=SIZE_BINS, kernel_limit: str = "bin", in_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        image_size: int | None = None,
+        max_depth: int = 6,
+        conv_filters=(16, 32, 64),
+        conv_kernels=(1, 3, 5),
+        pools=((5, 3), (3, 2), (2, 2)),
+        fc_units=(32, 64, 128),
+        max_fc: int = 2,
+        size_bins=SIZE_BINS,
+        kernel_limit: str = "bin",
+        in_shape: tuple[int, ...] | None = None,
+    ):
         if image_size is None:  # the side of the input images (1 for vectors)
             if in_shape is None:
                 raise UserError("MetaQNNSpace needs image_size or in_shape")
@@ -103,8 +128,11 @@ class MetaQNNSpace:
         self.fc = [int(u) for u in fc_units]
         self.max_fc = int(max_fc)
         self.size_bins = tuple(int(b) for b in size_bins)
-        if not self.size_bins or list(self.size_bins) != sorted(set(self.size_bins), reverse=True) \
-                or self.size_bins[-1] < 2:
+        if (
+            not self.size_bins
+            or list(self.size_bins) != sorted(set(self.size_bins), reverse=True)
+            or self.size_bins[-1] < 2
+        ):
             raise UserError(f"space.size_bins={list(size_bins)}: give the bins' lower edges, descending, above 1")
         if kernel_limit not in KERNEL_LIMITS:
             raise UserError(f"space.kernel_limit={kernel_limit}: use bin or side")
@@ -139,8 +167,7 @@ class MetaQNNSpace:
         if size_bucket(size, self.size_bins) < self.size_bins[0] and self.max_fc > 0:
             out += [(FC, (u,)) for u in self.fc]
         out.append((GAP, ()))
-        if kind != START:
-            out.append((SM, ()))
+        out.append((SM, ()))  # from the start too: the reference code terminates from any unterminated state
         return out
 
     def step(self, state: tuple, action: tuple) -> tuple:
@@ -158,8 +185,17 @@ class MetaQNNSpace:
             i = len(arch)
             inputs = [i - 1] if i else []
             if kind == CONV:
-                arch.append({"type": "conv", "filters": params[0], "kh": params[1], "kw": params[1], "sh": 1,
-                             "sw": 1, "inputs": inputs})
+                arch.append(
+                    {
+                        "type": "conv",
+                        "filters": params[0],
+                        "kh": params[1],
+                        "kw": params[1],
+                        "sh": 1,
+                        "sw": 1,
+                        "inputs": inputs,
+                    }
+                )
             elif kind == POOL:
                 arch.append({"type": "pool", "kernel": params[0], "stride": params[1], "inputs": inputs})
             elif kind == FC:
@@ -173,9 +209,15 @@ class MetaQNNSpace:
         out = []
         for layer in arch:
             t = layer["type"]
-            out.append((CONV, (layer["filters"], layer["kh"])) if t == "conv" else
-                       (POOL, (layer["kernel"], layer["stride"])) if t == "pool" else
-                       (FC, (layer["units"],)) if t == "fc" else (GAP, ()))
+            out.append(
+                (CONV, (layer["filters"], layer["kh"]))
+                if t == "conv"
+                else (POOL, (layer["kernel"], layer["stride"]))
+                if t == "pool"
+                else (FC, (layer["units"],))
+                if t == "fc"
+                else (GAP, ())
+            )
         return [*out, (SM, ())]
 
     def valid(self, actions: list[tuple]) -> bool:
@@ -214,7 +256,7 @@ class MetaQNNSpace:
             others = [p for p in pool if p != params]
             if not others:
                 continue
-            trial = [*actions[:i], (kind, others[int(rng.integers(len(others)))]), *actions[i + 1:]]
+            trial = [*actions[:i], (kind, others[int(rng.integers(len(others)))]), *actions[i + 1 :]]
             if self.valid(trial):
                 return self.to_arch(trial[:-1])
         i = int(rng.integers(len(actions)))

@@ -27,9 +27,20 @@ def _g(d: float) -> float:
     return math.exp(-d * d)
 
 
-def synthetic_reward(arch: list[dict], *, filters: float, kernel: float, stride: float, depth: float,
-                     skip_density: float, pools: float, fcs: float, weights: dict[str, float], noise: float,
-                     seed: int) -> float:
+def synthetic_reward(
+    arch: list[dict],
+    *,
+    filters: float,
+    kernel: float,
+    stride: float,
+    depth: float,
+    skip_density: float,
+    pools: float,
+    fcs: float,
+    weights: dict[str, float],
+    noise: float,
+    seed: int,
+) -> float:
     """The reward of ``arch`` under the ``synthetic`` block's targets and weights (one weight per term)."""
     arch = canonical(arch)
     convs = [layer for layer in arch if layer["type"] == "conv"]
@@ -37,8 +48,13 @@ def synthetic_reward(arch: list[dict], *, filters: float, kernel: float, stride:
     if convs:
         scores = []
         for layer in convs:
-            scores += [_g(math.log2(layer["filters"] / filters)), _g((layer["kh"] - kernel) / 2),
-                       _g((layer["kw"] - kernel) / 2), _g(layer["sh"] - stride), _g(layer["sw"] - stride)]
+            scores += [
+                _g(math.log2(layer["filters"] / filters)),
+                _g((layer["kh"] - kernel) / 2),
+                _g((layer["kw"] - kernel) / 2),
+                _g(layer["sh"] - stride),
+                _g(layer["sw"] - stride),
+            ]
         terms["conv"] = sum(scores) / len(scores)
     else:
         terms["conv"] = 0.0

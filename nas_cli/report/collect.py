@@ -24,7 +24,8 @@ def job_dirs(root: Path) -> list[Path]:
     behind, ignored. A record inside another job's folder (an ensemble member) belongs to that job.
     """
     found = {p.parent for p in root.rglob(SUMMARY)} | {
-        p.parent.parent for p in root.rglob(str(OVERRIDES)) if (p.parent.parent / METRICS).is_file()}
+        p.parent.parent for p in root.rglob(str(OVERRIDES)) if (p.parent.parent / METRICS).is_file()
+    }
     jobs = [d for d in found if not any(parent in found for parent in d.parents)]
     return sorted(jobs, key=lambda d: [_natural(part) for part in d.relative_to(root).parts])
 
@@ -68,8 +69,10 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
         root = root.parent
     jobs = job_dirs(root)
     if not jobs:
-        raise UserError(f"no runs under {root}: expected folders with {SUMMARY} (a folder with only {OVERRIDES.parent}/ "
-                        "holds a job that never started)")
+        raise UserError(
+            f"no runs under {root}: expected folders with {SUMMARY} (a folder with only {OVERRIDES.parent}/ "
+            "holds a job that never started)"
+        )
     rows, keys, headline = [], [], []
     for job in jobs:
         overrides = read_overrides(job)
@@ -82,9 +85,14 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
         if summary.get("averaged_epochs"):  # [first, last] (null before the first epoch): hashable, for the caption
             flat["averaged_epochs"] = tuple(summary["averaged_epochs"])
         # overrides last: the summary's ``seed`` (an int) must not split a key typed as "0" from its twins
-        rows.append({"job": str(job.relative_to(root)) if job != root else root.resolve().name,
-                     **flat, **overrides,
-                     "_metrics": str(job / METRICS)})
+        rows.append(
+            {
+                "job": str(job.relative_to(root)) if job != root else root.resolve().name,
+                **flat,
+                **overrides,
+                "_metrics": str(job / METRICS),
+            }
+        )
     headline = headline or HEADLINE
     for row in rows:
         if row.get("status") != "ok":

@@ -21,12 +21,14 @@ X_AXES = ("epoch", "iterations", "samples_seen")
 X_LABELS = {"epoch": "epoch", "iterations": "iteration (optimizer steps)", "samples_seen": "training samples seen"}
 LOSS_COLUMNS = ["train_loss", "val_loss"]
 # the middle panel: a job's score curve (solid) and its companion (dashed), the first pair its metrics have
-SCORES = [("val_acc", "train_acc", "accuracy (solid: val, dashed: train)"),
-          ("val_map50_nms", "val_map_nms", "val mAP with NMS (solid: @0.5, dashed: @[.5:.95])")]
+SCORES = [
+    ("val_acc", "train_acc", "accuracy (solid: val, dashed: train)"),
+    ("val_map50_nms", "val_map_nms", "val mAP with NMS (solid: @0.5, dashed: @[.5:.95])"),
+]
 
 
 def plot_path(out_dir: Path, x: str = "epoch") -> Path:
-    """``curves.png`` for epochs (as before there was a choice), ``curves_<x>.png`` for the others."""
+    """``curves.png`` for epochs (the x axis of most runs), ``curves_<x>.png`` for the others."""
     return out_dir / ("curves.png" if x == "epoch" else f"curves_{x}.png")
 
 
@@ -46,7 +48,7 @@ def learning_curves(frame: pd.DataFrame, labels: list[str], out: Path, x: str = 
             continue
         xs = metrics[x]
         style = {"marker": "o", "markersize": 3} if len(metrics) <= 30 else {}
-        line, = ax_loss.plot(xs, metrics["val_loss"], label=label, **style)
+        (line,) = ax_loss.plot(xs, metrics["val_loss"], label=label, **style)
         color = line.get_color()
         ax_loss.plot(xs, metrics["train_loss"], "--", color=color, alpha=0.7)
         solid, dashed, score_label = next(pair for pair in SCORES if set(pair[:2]) <= set(metrics.columns))
@@ -74,7 +76,8 @@ def learning_curves(frame: pd.DataFrame, labels: list[str], out: Path, x: str = 
     plt.close(fig)
     data = pd.concat(drawn, ignore_index=True)
     data[["job", "label", *[c for c in data.columns if c not in ("job", "label")]]].to_csv(
-        out.with_suffix(".csv"), index=False)
+        out.with_suffix(".csv"), index=False
+    )
     return out
 
 
@@ -91,8 +94,11 @@ def _curve(path: Path, x: str) -> pd.DataFrame | None:
     except pd.errors.EmptyDataError:
         return None
     needed = {"epoch", x, *LOSS_COLUMNS}
-    if metrics.empty or not needed <= set(metrics.columns) or not any(set(p[:2]) <= set(metrics.columns)
-                                                                      for p in SCORES):
+    if (
+        metrics.empty
+        or not needed <= set(metrics.columns)
+        or not any(set(p[:2]) <= set(metrics.columns) for p in SCORES)
+    ):
         return None  # not a training run (fuse-bn's rows are batch sizes), or one from before the column
     return metrics
 

@@ -6,10 +6,18 @@ import pandas as pd
 
 from nas_cli.errors import UserError
 
-NAMES = {"train_loss": "Training Loss", "train_acc": "Training Accuracy", "val_acc": "Validation Accuracy",
-         "test_acc": "Test Accuracy", "test_loss": "Test Loss", "ensemble_test_acc": "Ensemble Test Accuracy",
-         "val_map50_nms": "Val mAP@0.5 NMS", "val_map_nms": "Val mAP@[.5:.95] NMS",
-         "val_map50_softnms": "Val mAP@0.5 Soft-NMS", "val_map_softnms": "Val mAP@[.5:.95] Soft-NMS"}
+NAMES = {
+    "train_loss": "Training Loss",
+    "train_acc": "Training Accuracy",
+    "val_acc": "Validation Accuracy",
+    "test_acc": "Test Accuracy",
+    "test_loss": "Test Loss",
+    "ensemble_test_acc": "Ensemble Test Accuracy",
+    "val_map50_nms": "Val mAP@0.5 NMS",
+    "val_map_nms": "Val mAP@[.5:.95] NMS",
+    "val_map50_softnms": "Val mAP@0.5 Soft-NMS",
+    "val_map_softnms": "Val mAP@[.5:.95] Soft-NMS",
+}
 SEED = "seed"
 RUN = "Run"
 

@@ -77,12 +77,14 @@ def claim(folder: str | Path, *, resume: bool, how_to_resume: str | None = None)
         return folder
     who = holder(folder)
     if who is not None:
-        raise UserError(f"{folder} is in use by {who}: wait for it to end, or start a new run "
-                        "(leave out hydra.run.dir / resume)")
+        raise UserError(
+            f"{folder} is in use by {who}: wait for it to end, or start a new run (leave out hydra.run.dir / resume)"
+        )
     if not resume and (folder / SUMMARY).is_file():
         hint = how_to_resume or f"resume={folder}"
-        raise UserError(f"{folder} already holds a run: continue it with `{hint}`, "
-                        "or leave out hydra.run.dir for a new folder")
+        raise UserError(
+            f"{folder} already holds a run: continue it with `{hint}`, or leave out hydra.run.dir for a new folder"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:

@@ -125,8 +125,10 @@ def _sweep(command: str, config_name: str, args: list[str], resume: bool) -> Ite
         if busy is not None:
             raise UserError(f"{busy[0]} is in use by {busy[1]}: wait for it to end, or sweep into another folder")
         if jobs and not resume:
-            raise UserError(f"hydra.sweep.dir={sweep} already holds {len(jobs)} jobs: continue them with "
-                            f"`{resume_line}`, or leave out hydra.sweep.dir for a new folder")
+            raise UserError(
+                f"hydra.sweep.dir={sweep} already holds {len(jobs)} jobs: continue them with "
+                f"`{resume_line}`, or leave out hydra.sweep.dir for a new folder"
+            )
     resume_command = resume_line
     parallel = any(_key(a) == "hydra/launcher" for a in args)  # jobs in worker processes
     saved = os.environ.get(signals.SWEEP_PARENT)

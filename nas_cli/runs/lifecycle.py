@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from nas_cli.runs import folders, signals
+from nas_cli.runs import checkpoint, folders, signals
 from nas_cli.runs.files import CHECKPOINT
 from nas_cli.runs.record import RunRecord, read_summary, versions
 from nas_cli.runs.tracking import Tracker
@@ -57,9 +57,19 @@ class Run:
         tracker: where the record goes besides the folder (``logger=``); None: nowhere.
     """
 
-    def __init__(self, run_dir: str | Path, command: str, *, seed: int | None, device: torch.device | str,
-                 resume: bool = False, budget: dict | None = None, headline: list[str] | None = None,
-                 write: bool = True, tracker: Tracker | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        command: str,
+        *,
+        seed: int | None,
+        device: torch.device | str,
+        resume: bool = False,
+        budget: dict | None = None,
+        headline: list[str] | None = None,
+        write: bool = True,
+        tracker: Tracker | None = None,
+    ):
         self.dir = Path(run_dir)
         self.command, self.seed, self.device = command, seed, torch.device(device)
         self.resume, self.budget, self.headline = bool(resume), dict(budget or {}), list(headline or [])
@@ -88,8 +98,6 @@ class Run:
 
     def load_checkpoint(self, map_location="cpu") -> dict | None:
         """The run's checkpoint when resuming (None when starting afresh); a bad file is a UserError."""
-        from nas_cli.engine import checkpoint
-
         if not self.resume:
             return None
         path = self.dir / CHECKPOINT
@@ -107,8 +115,6 @@ class Run:
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``checkpoints/last.pt`` atomically, and refresh the running summary's wall time."""
-        from nas_cli.engine import checkpoint
-
         if self.record.write:
             checkpoint.save(self.dir / CHECKPOINT, state)
             self._write("running")
@@ -180,14 +186,21 @@ class Run:
         if error:
             summary["error"] = error
         summary.update({k: v for k, v in self._figures(status).items() if k not in RESERVED})
-        summary.update({
-            "headline": self.headline, "budget": self.budget,
-            "wall_time_s": wall, "device": str(self.device), "device_hours": wall / 3600.0,
-            "gpu_hours": wall / 3600.0 if gpu else 0.0, "seed": self.seed,
-            "resumes": int(prev.get("resumes", -1)) + 1 if prev else 0,
-            "started": prev.get("started") or self._started_at,
-            "host": socket.gethostname(), "pid": os.getpid(),  # a resume leaves a live run alone
-            "versions": versions(),
-        })
+        summary.update(
+            {
+                "headline": self.headline,
+                "budget": self.budget,
+                "wall_time_s": wall,
+                "device": str(self.device),
+                "device_hours": wall / 3600.0,
+                "gpu_hours": wall / 3600.0 if gpu else 0.0,
+                "seed": self.seed,
+                "resumes": int(prev.get("resumes", -1)) + 1 if prev else 0,
+                "started": prev.get("started") or self._started_at,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),  # a resume leaves a live run alone
+                "versions": versions(),
+            }
+        )
         self.summary = summary
         self.record.write_summary(summary)

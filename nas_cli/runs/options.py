@@ -29,6 +29,25 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The ``device`` key: ``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    import torch  # here: the command line reads the shared keys before it loads torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} asked for, but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device=mps asked for, but MPS is not available; use device=auto or device=cpu")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UserError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     run_dir: Path
@@ -44,8 +63,6 @@ class RunOptions:
     def from_config(cls, cfg) -> RunOptions:
         """Check the shared keys, apply ``threads``, resolve the device; the run folder is Hydra's."""
         from hydra.core.hydra_config import HydraConfig
-
-        from nas_cli.engine.device import resolve_device
 
         seed, threads, progress = cfg.seed, cfg.threads, cfg.progress
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -65,17 +82,34 @@ class RunOptions:
         logger, context = _logger(cfg, run_dir)
         return cls(run_dir, seed, resolve_device(str(cfg.device)), threads, progress, resume, logger, context)
 
-    def run(self, command: str, *, budget: dict | None = None, headline: list[str] | None = None,
-            run_dir: str | Path | None = None, seed: int | None = None, device: torch.device | str | None = None,
-            write: bool = True):
+    def run(
+        self,
+        command: str,
+        *,
+        budget: dict | None = None,
+        headline: list[str] | None = None,
+        run_dir: str | Path | None = None,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        write: bool = True,
+    ):
         """The command's run with these options (another folder, seed or device for an ensemble member)."""
         from nas_cli.runs import tracking
         from nas_cli.runs.lifecycle import Run
 
         run_dir = Path(run_dir or self.run_dir)
         tracker = tracking.make(self.logger, run_dir, self.tracking) if write else None
-        return Run(run_dir, command, seed=self.seed if seed is None else seed, device=device or self.device,
-                   resume=self.resume, budget=budget, headline=headline, write=write, tracker=tracker)
+        return Run(
+            run_dir,
+            command,
+            seed=self.seed if seed is None else seed,
+            device=device or self.device,
+            resume=self.resume,
+            budget=budget,
+            headline=headline,
+            write=write,
+            tracker=tracker,
+        )
 
 
 def _logger(cfg, run_dir: Path) -> tuple[dict | None, Any]:

@@ -44,8 +44,14 @@ def _disagreeing(folder: Path, given: list[str], budget_keys: set[str], first_on
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    checked = [o for o in given if "=" in o and not o.startswith("-")  # overrides, not Hydra's flags
-               and _key(o) not in RUNTIME_KEYS | budget_keys and not _key(o).startswith("hydra.")]
+    checked = [
+        o
+        for o in given
+        if "=" in o
+        and not o.startswith("-")  # overrides, not Hydra's flags
+        and _key(o) not in RUNTIME_KEYS | budget_keys
+        and not _key(o).startswith("hydra.")
+    ]
     if not checked:
         return []
     if not (folder / CONFIG).is_file():
@@ -79,8 +85,11 @@ def _latest_unfinished(command: str, given: list[str]) -> Path:
             candidates.append(folder)
     if not candidates:
         shown = " ".join(a for a in given if "=" in a and _key(a) not in RUNTIME_KEYS)
-        raise UserError(f"resume=true: no interrupted run (nor a failed one) under {runs}"
-                        + (f" with {shown}" if shown else "") + "; pass resume=RUN_FOLDER")
+        raise UserError(
+            f"resume=true: no interrupted run (nor a failed one) under {runs}"
+            + (f" with {shown}" if shown else "")
+            + "; pass resume=RUN_FOLDER"
+        )
     return max(candidates, key=lambda d: (d / SUMMARY).stat().st_mtime)
 
 
@@ -121,8 +130,10 @@ def resolve_resume(command: str, args: list[str]) -> list[str]:
         budget = set((read_summary(folder) or {}).get("budget") or {})
         changed = _disagreeing(folder, rest, budget)
         if changed:  # None (no saved config): the checkpoint decides
-            raise UserError(f"resume={value}: the run was made with other values of {', '.join(changed)}; a resumed "
-                            "run keeps its config: drop those overrides, or start a new run with them")
+            raise UserError(
+                f"resume={value}: the run was made with other values of {', '.join(changed)}; a resumed "
+                "run keeps its config: drop those overrides, or start a new run with them"
+            )
     saved = _saved_overrides(folder)
     given = {_key(a) for a in rest}
     replay = [o for o in saved if _key(o) not in given and _key(o) != "resume"]
@@ -147,8 +158,15 @@ def _saved_overrides(folder: Path) -> list[str]:
         raise UserError(f"{path}: expected a list of overrides (key=value)")
     for o in saved:
         key, value = _key(o), o.partition("=")[2]
-        if (key == "hydra" or key.startswith(("hydra.", "hydra/")) or any(part in _UNSAFE for part in key.split("."))
-                or any(word in value for word in _UNSAFE) or "${" in value):  # a dict value or a resolver call too
-            raise UserError(f"{path}: '{o}' picks code or Hydra's settings and is not replayed; "
-                            "nothing was run (give it yourself if you mean it)")
+        if (
+            key == "hydra"
+            or key.startswith(("hydra.", "hydra/"))
+            or any(part in _UNSAFE for part in key.split("."))
+            or any(word in value for word in _UNSAFE)
+            or "${" in value
+        ):  # a dict value or a resolver call too
+            raise UserError(
+                f"{path}: '{o}' picks code or Hydra's settings and is not replayed; "
+                "nothing was run (give it yourself if you mean it)"
+            )
     return saved

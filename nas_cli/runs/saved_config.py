@@ -80,13 +80,18 @@ def plain_value(cfg: DictConfig | dict, key: str, where: str, default: Any = Non
                 value = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as ex:
             first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-            why = (" (a saved config is read with its plain values and ${key} references only, no resolvers)"
-                   if isinstance(ex, UnsupportedInterpolationType) else "")
+            why = (
+                " (a saved config is read with its plain values and ${key} references only, no resolvers)"
+                if isinstance(ex, UnsupportedInterpolationType)
+                else ""
+            )
             raise UserError(f"{where}: {getattr(ex, 'full_key', None) or key}: {first}{why}; {REFUSED}") from None
     for dotted, text in _strings(value, key):
         if "${" in text:
-            raise UserError(f"{where}: {dotted}={text!r} would be resolved again when built: a saved config "
-                            f"holds no interpolation once resolved; {REFUSED}")
+            raise UserError(
+                f"{where}: {dotted}={text!r} would be resolved again when built: a saved config "
+                f"holds no interpolation once resolved; {REFUSED}"
+            )
     return value
 
 
@@ -107,8 +112,11 @@ def checked_node(cfg: DictConfig | dict, group: str, where: str) -> dict:
         allowed = places.get(dotted)
         if allowed is not None and _hashable(value) in allowed:
             continue
-        what = (f"one of nas-cli's own {group} targets" if dotted.rsplit(".", 1)[-1] == "_target_"
-                else f"a key nas-cli's own {group} configs use there")
+        what = (
+            f"one of nas-cli's own {group} targets"
+            if dotted.rsplit(".", 1)[-1] == "_target_"
+            else f"a key nas-cli's own {group} configs use there"
+        )
         raise UserError(f"{where}: {group}.{dotted}={_shown(value)} is not {what}; {REFUSED}")
     return node
 

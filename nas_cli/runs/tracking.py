@@ -41,8 +41,11 @@ ARTIFACTS = (SUMMARY, METRICS, ".hydra/config.yaml", ".hydra/overrides.yaml")  #
 # MLflow's HTTP client retries a failed call 7 times with doubling waits (about four minutes) and waits 120 s for
 # an answer: a server gone down would stall the run that long. The tracker's calls ask for seconds instead
 # (where the environment sets none of these), and stop tracking on the first failure.
-MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 PROBE_TIMEOUT_S = 3  # seconds for the one try, before a run, that its server answers (or $MLFLOW_HTTP_REQUEST_TIMEOUT)
 
 
@@ -74,8 +77,13 @@ def context_from_config(cfg, run_dir: Path) -> Context:
     except Exception:  # an interpolation that only resolves later: record it as written
         plain = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     params = dict(_flatten(plain))
-    params.update({group: str(choice) for group, choice in hydra.runtime.choices.items()
-                   if choice is not None and not group.startswith("hydra/")})
+    params.update(
+        {
+            group: str(choice)
+            for group, choice in hydra.runtime.choices.items()
+            if choice is not None and not group.startswith("hydra/")
+        }
+    )
     pairs = (o.split("=", 1) for o in hydra.overrides.task if "=" in o)
     overrides = {k.lstrip("+~"): v for k, v in pairs}
     parent = run_dir.parent.resolve()
@@ -123,8 +131,11 @@ def row_step(row: dict, index: int) -> int:
 
 def numeric(items) -> dict[str, float]:
     """The finite numbers among ``items`` (NaN and inf are gaps in a curve, not points)."""
-    return {str(k): float(v) for k, v in items
-            if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        str(k): float(v)
+        for k, v in items
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 class Tracker:
@@ -170,8 +181,9 @@ class Tracker:
                 self._stop(ex)
                 return
             # a store that cannot be reached or written: before anything is written
-            raise UserError(f"{type(self).__name__} could not start ({type(ex).__name__}: {reason(ex)}); "
-                            f"check the logger.* options") from ex
+            raise UserError(
+                f"{type(self).__name__} could not start ({type(ex).__name__}: {reason(ex)}); check the logger.* options"
+            ) from ex
         self.started = True
         Tracker._active.append(self)
         self._save_state()
@@ -180,8 +192,10 @@ class Tracker:
         """``metrics.csv`` was written with ``rows``: send those not sent yet (rows before start wait)."""
         if not self.started or self.failed or len(rows) <= self.sent:
             return
-        self._guard(self._send, [(row_step(row, i), numeric(row.items())) for i, row in
-                                 enumerate(rows[self.sent:], start=self.sent)])
+        self._guard(
+            self._send,
+            [(row_step(row, i), numeric(row.items())) for i, row in enumerate(rows[self.sent :], start=self.sent)],
+        )
         if not self.failed:  # rows that did not go out stay unsent: a resume sends them
             self.sent = len(rows)
             self._save_state()
@@ -230,8 +244,10 @@ class Tracker:
         while outer is not None:
             outer._failed = True
             outer = outer.parent
-        log.warning(f"{type(self).__name__}: tracking stopped ({type(ex).__name__}: {reason(ex)}); "
-                    f"the run goes on, and its record in {self.dir} is complete")
+        log.warning(
+            f"{type(self).__name__}: tracking stopped ({type(ex).__name__}: {reason(ex)}); "
+            f"the run goes on, and its record in {self.dir} is complete"
+        )
 
     def _load_state(self) -> dict:
         path = self.dir / STATE if self.dir is not None else None
@@ -257,8 +273,7 @@ class TensorBoardTracker(Tracker):
         log_dir: the event files' folder, inside the run folder.
     """
 
-    def __init__(self, run_dir: str | Path | None = None, context: Context | None = None,
-                 log_dir: str = "tensorboard"):
+    def __init__(self, run_dir: str | Path | None = None, context: Context | None = None, log_dir: str = "tensorboard"):
         super().__init__(run_dir, context)
         self.log_dir = log_dir
 
@@ -300,8 +315,13 @@ class MLflowTracker(Tracker):
         experiment: the experiment's name; null: the folder holding the run folder (a multirun's sweep folder).
     """
 
-    def __init__(self, run_dir: str | Path | None = None, context: Context | None = None,
-                 tracking_uri: str | None = None, experiment: str | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        context: Context | None = None,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+    ):
         super().__init__(run_dir, context)
         self.uri = store_uri(tracking_uri)
         self.experiment = experiment
@@ -329,8 +349,12 @@ class MLflowTracker(Tracker):
         if state.get("run_id") and state.get("tracking_uri") == self.uri and self._continue(state["run_id"]):
             return
         experiment = self.parent.experiment_id if self.parent else self._experiment_id()
-        tags = {"status": "running", "command": command, "run_dir": str(self.dir.resolve()),
-                "overrides": " ".join(f"{k}={v}" for k, v in self.context.overrides.items())}
+        tags = {
+            "status": "running",
+            "command": command,
+            "run_dir": str(self.dir.resolve()),
+            "overrides": " ".join(f"{k}={v}" for k, v in self.context.overrides.items()),
+        }
         if self.parent:
             tags["mlflow.parentRunId"] = self.parent.run_id
         name = self.dir.name if self.parent else self.context.name
@@ -370,7 +394,7 @@ class MLflowTracker(Tracker):
 
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]  # MLflow's length limits
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
     def _send(self, points) -> None:
         from mlflow.entities import Metric
@@ -378,7 +402,7 @@ class MLflowTracker(Tracker):
         now = int(time.time() * 1000)
         metrics = [Metric(metric_key(k), v, now, step) for step, values in points for k, v in values.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=True)
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
     def _end(self, summary: dict, status: str) -> None:
         figures = {f"final/{k}": v for k, v in numeric(summary.items()).items() if k not in NOT_FIGURES}
@@ -427,11 +451,14 @@ def probe(uri: str, option: str) -> None:
 
     timeout = int(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or PROBE_TIMEOUT_S)
     try:
-        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout,
-                     raise_on_status=False)
+        http_request(
+            get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout, raise_on_status=False
+        )
     except Exception as ex:
-        raise UserError(f"{option}: no tracking server answers there ({reason(ex)}); start it, name another, "
-                        f"or track into a local store (drop logger.tracking_uri) or not at all (logger=csv)") from ex
+        raise UserError(
+            f"{option}: no tracking server answers there ({reason(ex)}); start it, name another, "
+            f"or track into a local store (drop logger.tracking_uri) or not at all (logger=csv)"
+        ) from ex
 
 
 @contextlib.contextmanager

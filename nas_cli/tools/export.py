@@ -45,8 +45,9 @@ def require_onnx():
         import onnxruntime
         import onnxscript  # noqa: F401  the dynamo exporter translates through it
     except ImportError as ex:
-        raise UserError(f"export=onnx needs onnx, onnxscript and onnxruntime ({ex.name} is missing): "
-                        f"{INSTALL_HINT}") from ex
+        raise UserError(
+            f"export=onnx needs onnx, onnxscript and onnxruntime ({ex.name} is missing): {INSTALL_HINT}"
+        ) from ex
     return onnxruntime
 
 
@@ -89,13 +90,23 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int) -
     batch = torch.export.Dim("batch", min=1)
     try:
         with _quiet_exporter():
-            torch.onnx.export(cpu_model, (x,), tmp, input_names=[INPUT], output_names=[OUTPUT],
-                              opset_version=opset, dynamo=True, external_data=False,
-                              dynamic_shapes=({0: batch},), verbose=False)
+            torch.onnx.export(
+                cpu_model,
+                (x,),
+                tmp,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
     except Exception as ex:  # the exporter raises many types for an unsupported op
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
-        raise UserError(f"export=onnx failed ({type(ex).__name__}: {first[:200]}); "
-                        f"try export=torchscript or another export_opset") from ex
+        raise UserError(
+            f"export=onnx failed ({type(ex).__name__}: {first[:200]}); try export=torchscript or another export_opset"
+        ) from ex
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> None:

@@ -106,8 +106,11 @@ def fold(layer: nn.Module, bn: _BatchNorm, scale_warn: float = 1e3) -> tuple[nn.
     with torch.no_grad():
         w = layer.weight.detach().to(torch.float64)
         n_out = _out_channels(layer)
-        b = (layer.bias.detach().to(torch.float64) if layer.bias is not None
-             else torch.zeros(n_out, dtype=torch.float64, device=device))
+        b = (
+            layer.bias.detach().to(torch.float64)
+            if layer.bias is not None
+            else torch.zeros(n_out, dtype=torch.float64, device=device)
+        )
         mu = bn.running_mean.detach().to(device=device, dtype=torch.float64)
         var = bn.running_var.detach().to(device=device, dtype=torch.float64)
         if bn.affine:

@@ -33,8 +33,11 @@ class Controller:
         pass
 
     def state_dict(self) -> dict:
-        return {"rng": json.dumps(self.rng.bit_generator.state), "json": json.dumps(self.extra_state()),
-                **self.tensor_state()}
+        return {
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "json": json.dumps(self.extra_state()),
+            **self.tensor_state(),
+        }
 
     def tensor_state(self) -> dict:
         return {}

@@ -19,8 +19,9 @@ class Evolution(Controller):
         super().__init__(space, seed)
         self.population_size, self.sample_size = int(population), int(sample)
         if self.population_size < 2 or self.sample_size < 1:
-            raise UserError(f"controller.population={population}, controller.sample={sample}: "
-                            f"need population >= 2 and sample >= 1")
+            raise UserError(
+                f"controller.population={population}, controller.sample={sample}: need population >= 2 and sample >= 1"
+            )
         self.population: list[dict] = []  # {"arch", "reward"}, oldest first
         self.proposed = 0
 

@@ -24,8 +24,18 @@ from nas_cli.nas.controllers.base import Controller
 from nas_cli.nas.spaces import SM, MetaQNNSpace
 
 # Baker et al. (2017), Table 2: unique models trained at each epsilon (2,700 in all)
-PAPER_SCHEDULE = [[1.0, 1500], [0.9, 100], [0.8, 100], [0.7, 100], [0.6, 150], [0.5, 150], [0.4, 150],
-                  [0.3, 150], [0.2, 150], [0.1, 150]]
+PAPER_SCHEDULE = [
+    [1.0, 1500],
+    [0.9, 100],
+    [0.8, 100],
+    [0.7, 100],
+    [0.6, 150],
+    [0.5, 150],
+    [0.4, 150],
+    [0.3, 150],
+    [0.2, 150],
+    [0.1, 150],
+]
 
 
 def _tuple(x):
@@ -52,8 +62,17 @@ def scale_schedule(schedule, models: int | None) -> list[tuple[float, int]]:
 class MetaQNN(Controller):
     name = "metaqnn"
 
-    def __init__(self, space: MetaQNNSpace, seed: int = 0, schedule=None, schedule_models: int | None = None,
-                 alpha: float = 0.01, gamma: float = 1.0, q_init: float = 0.5, replay: int = 128):
+    def __init__(
+        self,
+        space: MetaQNNSpace,
+        seed: int = 0,
+        schedule=None,
+        schedule_models: int | None = None,
+        alpha: float = 0.01,
+        gamma: float = 1.0,
+        q_init: float = 0.5,
+        replay: int = 128,
+    ):
         if not isinstance(space, MetaQNNSpace):
             raise UserError("controller=metaqnn searches its own space: use space=metaqnn")
         super().__init__(space, seed)
@@ -127,4 +146,3 @@ class MetaQNN(Controller):
         self.q = {_tuple(s): {_tuple(a): v for a, v in row} for s, row in state["q"]}
         self.memory = [[[(a[0], tuple(a[1])) for a in actions], r] for actions, r in state["memory"]]
         self.seen = set(state["seen"])
-

@@ -73,10 +73,21 @@ def depth_at(schedule: dict | None, sampled: int, most: int) -> int:
 class Reinforce(Controller):
     name = "reinforce"
 
-    def __init__(self, space: ZophSpace, seed: int = 0, hidden: int = 35, lstm_layers: int = 2, lr: float = 0.01,
-                 baseline_decay: float = 0.8, entropy_weight: float = 1e-4, skip_penalty: float = 0.0,
-                 skip_target: float = 0.4, normalize: bool = True, reward_power: float = 3.0,
-                 depth_schedule: dict | None = None):
+    def __init__(
+        self,
+        space: ZophSpace,
+        seed: int = 0,
+        hidden: int = 35,
+        lstm_layers: int = 2,
+        lr: float = 0.01,
+        baseline_decay: float = 0.8,
+        entropy_weight: float = 1e-4,
+        skip_penalty: float = 0.0,
+        skip_target: float = 0.4,
+        normalize: bool = True,
+        reward_power: float = 3.0,
+        depth_schedule: dict | None = None,
+    ):
         if not isinstance(space, ZophSpace):
             raise UserError("controller=reinforce proposes in the Zoph space: use space=zoph")
         if int(hidden) < 1 or int(lstm_layers) < 1:
@@ -172,9 +183,12 @@ class Reinforce(Controller):
         self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
         if self.normalize and advantage != 0.0:
             sq = advantage * advantage
-            self.advantage_sq = sq if self.advantage_sq is None else (
-                self.baseline_decay * self.advantage_sq + (1 - self.baseline_decay) * sq)
-            advantage /= self.advantage_sq ** 0.5
+            self.advantage_sq = (
+                sq
+                if self.advantage_sq is None
+                else (self.baseline_decay * self.advantage_sq + (1 - self.baseline_decay) * sq)
+            )
+            advantage /= self.advantage_sq**0.5
         return advantage
 
     def observe(self, arch: list[dict], reward: float) -> None:
@@ -192,8 +206,11 @@ class Reinforce(Controller):
         self.baseline, self.advantage_sq, self.sampled = state["baseline"], state["advantage_sq"], state["sampled"]
 
     def tensor_state(self) -> dict:
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_tensor_state(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -207,8 +224,9 @@ def _check_depth_schedule(schedule: dict | None) -> dict | None:
     try:
         out = {k: int(schedule[k]) for k in ("start", "step", "every")}
     except (KeyError, TypeError, ValueError) as ex:
-        raise UserError("controller.depth_schedule: give {start: LAYERS, step: LAYERS, every: ARCHITECTURES} "
-                        "or null") from ex
+        raise UserError(
+            "controller.depth_schedule: give {start: LAYERS, step: LAYERS, every: ARCHITECTURES} or null"
+        ) from ex
     if out["start"] < 1 or out["step"] < 0 or out["every"] < 1:
         raise UserError(f"controller.depth_schedule={schedule}: need start >= 1, step >= 0, every >= 1")
     return out

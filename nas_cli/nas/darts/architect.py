@@ -39,9 +39,18 @@ Penalty = Callable[[torch.Tensor], torch.Tensor]  # (cross-entropy) -> loss with
 class Architect:
     """Adam on alpha (``model.arch``); ``weight_optimizer`` is the weights' SGD, read by ``unrolled="code"``."""
 
-    def __init__(self, model: nn.Module, order: str, lr: float = 3e-4, betas=(0.5, 0.999),
-                 weight_decay: float = 1e-3, objective: Penalty | None = None, reuse_train_grad: bool = False,
-                 unrolled: str = "code", weight_optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        order: str,
+        lr: float = 3e-4,
+        betas=(0.5, 0.999),
+        weight_decay: float = 1e-3,
+        objective: Penalty | None = None,
+        reuse_train_grad: bool = False,
+        unrolled: str = "code",
+        weight_optimizer: torch.optim.Optimizer | None = None,
+    ):
         if order not in ("first", "second"):
             raise UserError(f"arch.order={order}: use first or second")
         if reuse_train_grad and order != "second":
@@ -49,8 +58,10 @@ class Architect:
         if unrolled not in ("code", "paper"):
             raise UserError(f"arch.unrolled={unrolled}: use code (DARTS's reference code) or paper")
         if order == "second" and unrolled == "code" and not isinstance(weight_optimizer, torch.optim.SGD):
-            raise UserError("arch.unrolled=code unrolls the weights' SGD step (momentum, weight decay): "
-                            "use optim=sgd, or arch.unrolled=paper")
+            raise UserError(
+                "arch.unrolled=code unrolls the weights' SGD step (momentum, weight decay): "
+                "use optim=sgd, or arch.unrolled=paper"
+            )
         self.model, self.order, self.unrolled, self.weight_optimizer = model, order, unrolled, weight_optimizer
         self.reuse_train_grad = reuse_train_grad
         self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
@@ -79,8 +90,8 @@ class Architect:
         unrolled = dict(zip(names, self._unrolled_leaves(self.unrolled_weights(w, g_train, xi))))
         val = self._loss(x_val, y_val, unrolled)
         grads = torch.autograd.grad(val, [*self.params, *unrolled.values()], allow_unused=True)
-        d_alpha = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads[:len(self.params)])]
-        d_w = [torch.zeros_like(p) if g is None else g for p, g in zip(w, grads[len(self.params):])]
+        d_alpha = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads[: len(self.params)])]
+        d_w = [torch.zeros_like(p) if g is None else g for p, g in zip(w, grads[len(self.params) :])]
         hessian = self.hessian_vector(d_w, x_train, y_train, w)
         return [a - xi * h for a, h in zip(d_alpha, hessian)]
 
@@ -89,8 +100,9 @@ class Architect:
         in, so a compiled supernet under CUDA graphs sees its inputs at fixed addresses (no re-recording),
         and as ``nn.Parameter`` s, so its guards accept them in place of the weights (no second graph)."""
         with torch.no_grad():
-            if self._unrolled is None or any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
-                                             for a, b in zip(self._unrolled, steps)):
+            if self._unrolled is None or any(
+                a.shape != b.shape or a.dtype != b.dtype or a.device != b.device for a, b in zip(self._unrolled, steps)
+            ):
                 # Parameters, as the weights they stand in for: a compiled supernet then reuses its graph
                 self._unrolled = [nn.Parameter(torch.empty_like(u)) for u in steps]
             torch._foreach_copy_(self._unrolled, [u.detach() for u in steps])
@@ -134,8 +146,7 @@ class Architect:
         g_neg = torch.autograd.grad(F.cross_entropy(self.model(x), y), self.params, allow_unused=True)
         with torch.no_grad():
             torch._foreach_add_(list(w), step)
-        return [torch.zeros_like(p) if a is None else (a - b) / (2 * eps)
-                for p, a, b in zip(self.params, g_pos, g_neg)]
+        return [torch.zeros_like(p) if a is None else (a - b) / (2 * eps) for p, a, b in zip(self.params, g_pos, g_neg)]
 
     def weight_loss_from_unrolled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) for the weight step, from the unrolled step's pass (``reuse_train_grad``).
@@ -159,8 +170,9 @@ class Architect:
         self.optimizer.step()
 
 
-def exact_second_order(model: nn.Module, x_train, y_train, x_val, y_val, xi: float,
-                       unroll: Callable | None = None) -> list[torch.Tensor]:
+def exact_second_order(
+    model: nn.Module, x_train, y_train, x_val, y_val, xi: float, unroll: Callable | None = None
+) -> list[torch.Tensor]:
     """The second-order gradient by autograd through the unrolled step (create_graph): for tests.
 
     ``unroll(w, g, xi)`` gives w' (``Architect.unrolled_weights``); default the paper's w - xi g.

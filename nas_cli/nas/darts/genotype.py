@@ -1,167 +1,28 @@
-"""Derive a discrete cell from alpha and keep it as JSON.
+"""Derive a discrete cell from alpha (the genotype itself, and its checks, are ``nas_cli.models.genotype``).
 
 Each intermediate node keeps its two strongest incoming edges (strength: the edge's best
 non-``none`` softmax weight, times its edge-normalisation weight when there is one), each with
 its arg-max non-``none`` op. ``max_skip`` caps skip_connect in the normal cell: the weakest
 skips give way to their edge's next op (or edge) until at most ``max_skip`` remain.
-
-A genotype read from JSON is someone's data: it is checked whole when loaded, before any run
-starts, against the rules of quark0/darts' ``Cell``: node ``i`` (0-based) adds two ops, each on
-a state that already exists, ``states[0..i+1]`` (0 and 1 are the cell's inputs, ``2 + k`` the
-output of node ``k``); ops are DARTS ops other than ``none``; ``concat`` lists intermediate
-nodes (2..nodes+1), left out for all of them. A genotype of a search that did not end ``ok``
-(its folder's ``summary.json``) is refused: its alpha is not a result.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from nas_cli.errors import UserError
-from nas_cli.nas.darts.ops import PRIMITIVES
-from nas_cli.runs.files import GENOTYPE, GENOTYPES
-from nas_cli.runs.record import read_json, read_summary
+from nas_cli.models.genotype import PUBLISHED, Genotype
 
-OPS = [p for p in PRIMITIVES if p != "none"]  # what a derived cell's edge can hold: 'none' is no edge
+__all__ = ["PUBLISHED", "Genotype", "alpha_entropy", "chosen_edges", "derive"]
 
 
-@dataclass
-class Genotype:
-    normal: list[tuple[str, int]]  # (op, input state) pairs, two per node: inputs 0, 1 are the cell inputs
-    reduce: list[tuple[str, int]]
-    normal_concat: list[int] = field(default_factory=list)
-    reduce_concat: list[int] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        def cell(pairs):
-            return " ".join(f"{op}<{j}" for op, j in pairs)
-        return f"normal[{cell(self.normal)}] reduce[{cell(self.reduce)}]"
-
-    def skip_count(self, kind: str = "normal") -> int:
-        return sum(op == "skip_connect" for op, _ in getattr(self, kind))
-
-    def to_dict(self) -> dict:
-        return {k: [list(p) for p in v] if k in ("normal", "reduce") else list(v) for k, v in asdict(self).items()}
-
-    def save(self, path: str | Path) -> None:
-        from nas_cli.runs.record import atomic_write
-
-        text = json.dumps(self.to_dict(), indent=2)
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
-
-    @classmethod
-    def from_dict(cls, data, source: str = "model.genotype") -> Genotype:
-        """The genotype in ``data`` (a genotype.json's content), checked whole: a broken one is a one-line
-        ``UserError`` that names ``source`` (the file), the key and the rule it breaks."""
-        if not isinstance(data, dict) or "normal" not in data or "reduce" not in data:
-            raise UserError(f"{source}: not a DARTS genotype (needs 'normal' and 'reduce' lists of [op, input] "
-                            f"pairs)")
-        cells = {kind: _cell(data[kind], kind, source) for kind in ("normal", "reduce")}
-        return cls(normal=cells["normal"], reduce=cells["reduce"],
-                   normal_concat=_concat(data, "normal", len(cells["normal"]) // 2, source),
-                   reduce_concat=_concat(data, "reduce", len(cells["reduce"]) // 2, source))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Genotype:
-        """A genotype.json, a search run folder holding one, or a published cell's name (``PUBLISHED``)."""
-        if isinstance(path, str) and path.upper() in PUBLISHED:
-            return cls.from_dict(PUBLISHED[path.upper()].to_dict(), path.upper())
-        file = Path(path) / GENOTYPE if Path(path).is_dir() else Path(path)
-        _refuse_unfinished_search(path, file.parent)
-        return cls.from_dict(read_json(path, "model.genotype", GENOTYPE,
-                                       "a search run folder or its genotype.json, or one of "
-                                       + ", ".join(PUBLISHED)), f"model.genotype={file}")
-
-
-def _cell(pairs, kind: str, source: str) -> list[tuple[str, int]]:
-    """A cell's (op, input) pairs, two per node, each input a state that exists when the node runs."""
-    if not isinstance(pairs, list) or not pairs or len(pairs) % 2:
-        count = f"{len(pairs)} pairs" if isinstance(pairs, list) else f"a {type(pairs).__name__}"
-        raise UserError(f"{source}: {kind} has {count}: a cell is a list of [op, input] pairs, two per node "
-                        f"(at least one node)")
-    out = []
-    for k, pair in enumerate(pairs):
-        where = f"{source}: {kind}[{k}]"
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise UserError(f"{where} is {json.dumps(pair)}: each entry is an [op, input] pair")
-        op, j = pair
-        if op not in OPS:
-            raise UserError(f"{where}: '{op}' is not a DARTS op: use one of {', '.join(OPS)}")
-        node = k // 2
-        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j <= node + 1:
-            raise UserError(f"{where}: input {json.dumps(j)} is not a state node {node} can read: node i reads "
-                            f"0 or 1 (the cell's inputs) or 2..i+1 (an earlier node), so 0..{node + 1} here")
-        out.append((op, j))
-    return out
-
-
-def _concat(data: dict, kind: str, nodes: int, source: str) -> list[int]:
-    """The nodes a cell concatenates (2..nodes+1); left out (or null): all of them."""
-    name = f"{kind}_concat"
-    concat = data.get(name)
-    if concat is None:
-        return list(range(2, 2 + nodes))
-    rule = f"the intermediate nodes whose outputs the cell concatenates, 2..{nodes + 1} (leave it out for all)"
-    if not isinstance(concat, list) or not concat:
-        raise UserError(f"{source}: {name} is {json.dumps(concat)}: list {rule}")
-    for i in concat:
-        if isinstance(i, bool) or not isinstance(i, int) or not 2 <= i <= nodes + 1:
-            raise UserError(f"{source}: {name} holds {json.dumps(i)}: list {rule}")
-    return list(concat)
-
-
-def _refuse_unfinished_search(source, folder: Path) -> None:
-    """A genotype in a search-darts run folder is a result only if that search ended ``ok``."""
-    summary = read_summary(folder)
-    if not summary or summary.get("command") != "search-darts" or summary.get("status") == "ok":
-        return
-    status = summary.get("status")
-    error = " ".join(str(summary.get("error") or "see its log").split())[:200]
-    why = {"diverged": "diverged (a non-finite loss)", "failed": f"failed ({error})",
-           "interrupted": f"was interrupted: finish it with nas-cli search-darts resume={folder}",
-           "running": "has not finished (running, or killed)"}.get(status, f"ended {status}")
-    epochs = sorted((folder / GENOTYPES).glob("epoch_*.json"))
-    instead = f"retrain an epoch's ({epochs[-1]}, ...) or search again" if epochs else "search again"
-    raise UserError(f"model.genotype={source}: the search in {folder} {why}, so it has no genotype to retrain; "
-                    f"{instead}")
-
-
-def _published(normal: str, reduce: str) -> Genotype:
-    """A cell written as 'op<input op<input ...' (two pairs a node, the 4 nodes concatenated)."""
-    def pairs(text):
-        return [(op, int(j)) for op, j in (item.split("<") for item in text.split())]
-    return Genotype(pairs(normal), pairs(reduce), [2, 3, 4, 5], [2, 3, 4, 5])
-
-
-# The cells the papers retrain (from their reference code's genotypes.py), for `model.genotype=NAME`:
-# DARTS_V1 / DARTS_V2: Liu et al. 2019, first / second order (CIFAR-10 test error 3.00 / 2.76 %);
-# PC_DARTS: Xu et al. 2020 on CIFAR-10 (2.57 %).
-PUBLISHED = {
-    "DARTS_V1": _published(
-        "sep_conv_3x3<1 sep_conv_3x3<0 skip_connect<0 sep_conv_3x3<1 skip_connect<0 sep_conv_3x3<1 "
-        "sep_conv_3x3<0 skip_connect<2",
-        "max_pool_3x3<0 max_pool_3x3<1 skip_connect<2 max_pool_3x3<0 max_pool_3x3<0 skip_connect<2 "
-        "skip_connect<2 avg_pool_3x3<0"),
-    "DARTS_V2": _published(
-        "sep_conv_3x3<0 sep_conv_3x3<1 sep_conv_3x3<0 sep_conv_3x3<1 sep_conv_3x3<1 skip_connect<0 "
-        "skip_connect<0 dil_conv_3x3<2",
-        "max_pool_3x3<0 max_pool_3x3<1 skip_connect<2 max_pool_3x3<1 max_pool_3x3<0 skip_connect<2 "
-        "skip_connect<2 max_pool_3x3<1"),
-    "PC_DARTS": _published(
-        "sep_conv_3x3<1 skip_connect<0 sep_conv_3x3<0 dil_conv_3x3<1 sep_conv_5x5<0 sep_conv_3x3<1 "
-        "avg_pool_3x3<0 dil_conv_3x3<1",
-        "sep_conv_5x5<1 max_pool_3x3<0 sep_conv_5x5<1 sep_conv_5x5<2 sep_conv_3x3<0 sep_conv_3x3<3 "
-        "sep_conv_3x3<1 sep_conv_3x3<2"),
-}
-
-
-def _parse(weights: torch.Tensor, primitives: list[str], nodes: int, edge_weights=None,
-           banned: set[tuple[int, str]] = frozenset()) -> list[tuple[str, int, int, float]]:
+def _parse(
+    weights: torch.Tensor,
+    primitives: list[str],
+    nodes: int,
+    edge_weights=None,
+    banned: set[tuple[int, str]] = frozenset(),
+) -> list[tuple[str, int, int, float]]:
     """(op, input, edge index, strength) for each kept edge, two per node."""
     none = primitives.index("none") if "none" in primitives else None
     chosen, start = [], 0
@@ -187,15 +48,24 @@ def _parse(weights: torch.Tensor, primitives: list[str], nodes: int, edge_weight
     return chosen
 
 
-def derive(alpha_normal, alpha_reduce, primitives: list[str], nodes: int, max_skip: int | None = None,
-           beta_normal=None, beta_reduce=None) -> Genotype:
+def derive(
+    alpha_normal,
+    alpha_reduce,
+    primitives: list[str],
+    nodes: int,
+    max_skip: int | None = None,
+    beta_normal=None,
+    beta_reduce=None,
+) -> Genotype:
     """The discrete genotype of an architecture (alphas as logits; betas already normalised weights)."""
     wn = F.softmax(torch.as_tensor(alpha_normal).detach().float().cpu(), dim=-1)
     wr = F.softmax(torch.as_tensor(alpha_reduce).detach().float().cpu(), dim=-1)
     banned: set[tuple[int, str]] = set()
     normal = _parse(wn, primitives, nodes, beta_normal, banned)
     while max_skip is not None and sum(op == "skip_connect" for op, *_ in normal) > max_skip:
-        weakest = min((c for c in normal if c[0] == "skip_connect"), key=lambda c: float(wn[c[2], primitives.index(c[0])]))
+        weakest = min(
+            (c for c in normal if c[0] == "skip_connect"), key=lambda c: float(wn[c[2], primitives.index(c[0])])
+        )
         banned.add((weakest[2], "skip_connect"))
         normal = _parse(wn, primitives, nodes, beta_normal, banned)
     reduce = _parse(wr, primitives, nodes, beta_reduce)
@@ -207,7 +77,7 @@ def chosen_edges(genotype_cell: list[tuple[str, int]], nodes: int) -> list[tuple
     """(edge index, op) of a derived cell's pairs, in the supernet's edge order."""
     out, start = [], 0
     for i in range(nodes):
-        for op, j in genotype_cell[2 * i:2 * i + 2]:
+        for op, j in genotype_cell[2 * i : 2 * i + 2]:
             out.append((start + j, op))
         start += 2 + i
     return out

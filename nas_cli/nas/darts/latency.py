@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from nas_cli.engine.latency import median_latencies
 from nas_cli.errors import UserError
-from nas_cli.nas.darts.ops import make_op
+from nas_cli.models.darts_ops import make_op
 from nas_cli.runs.record import atomic_write, read_json
 
 
@@ -31,6 +31,7 @@ def edge_shapes(model, in_shape) -> list[tuple[bool, int, tuple[int, int, int, i
                 x = args[0]
                 c = x.shape[1] // mod.partial
                 shapes.append((_cell.reduction, _e, (c, x.shape[2], x.shape[3], mod.stride)))
+
             hooks.append(edge.register_forward_pre_hook(hook))
     was = model.training
     model.eval()
@@ -112,8 +113,12 @@ class LatencyTerm:
             p = torch.full_like(alpha, 1 / alpha.shape[1]) if uniform else F.softmax(alpha, dim=-1)
             edge = self.arch.edge_weights(reduction)
             per_edge = (p * lat).sum(-1)
-            total = total + (per_edge * edge * (edge.numel() / edge.sum()) if edge is not None and not uniform
-                             else per_edge).sum()
+            total = (
+                total
+                + (
+                    per_edge * edge * (edge.numel() / edge.sum()) if edge is not None and not uniform else per_edge
+                ).sum()
+            )
         return total
 
     def derived(self, genotype, nodes: int, primitives: list[str]) -> float:
@@ -133,4 +138,4 @@ class LatencyTerm:
         if self.form == "linear":
             return ce + self.weight * e / self.ref
         log_us = torch.log(e * 1e3).clamp_min(1e-6)  # a supernet under 1 us (never seen) stays defined
-        return ce * self.weight * log_us ** self.beta
+        return ce * self.weight * log_us**self.beta

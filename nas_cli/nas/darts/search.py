@@ -137,15 +137,27 @@ def split_train(loader, fraction: float, seed: int, drop_last: bool = False) -> 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_arch = max(1, int(round(n * fraction)))
     if drop_last and min(n - n_arch, n_arch) < loader.batch_size:
-        raise UserError(f"search.drop_last: a search loader holds {min(n - n_arch, n_arch)} images, fewer than "
-                        f"one batch of data.batch_size={loader.batch_size}: lower the batch size or drop_last=false")
+        raise UserError(
+            f"search.drop_last: a search loader holds {min(n - n_arch, n_arch)} images, fewer than "
+            f"one batch of data.batch_size={loader.batch_size}: lower the batch size or drop_last=false"
+        )
     mean = None if loader.mean is None else loader.mean.flatten()
     std = None if loader.std is None else loader.std.flatten()
-    return tuple(TensorLoader(loader.x[idx], loader.y[idx], loader.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed + 7919 * (k + 1)),
-                              mean=mean, std=std, augment=loader.augment, drop_last=drop_last,
-                              on_device=loader.on_device)
-                 for k, idx in enumerate((order[n_arch:], order[:n_arch])))
+    return tuple(
+        TensorLoader(
+            loader.x[idx],
+            loader.y[idx],
+            loader.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed + 7919 * (k + 1)),
+            mean=mean,
+            std=std,
+            augment=loader.augment,
+            drop_last=drop_last,
+            on_device=loader.on_device,
+        )
+        for k, idx in enumerate((order[n_arch:], order[:n_arch]))
+    )
 
 
 class BilevelStep:
@@ -153,8 +165,16 @@ class BilevelStep:
     architecture batch (from epoch ``warmup_epochs`` on), then the weight step's loss with alpha held
     constant. The epoch in progress is the supernet's (the engine sets it through ``set_epoch``)."""
 
-    def __init__(self, supernet, architect: Architect, arch_batches: BatchStream, optimizer, device,
-                 warmup_epochs: int = 0, cuda_graphs: bool = False):
+    def __init__(
+        self,
+        supernet,
+        architect: Architect,
+        arch_batches: BatchStream,
+        optimizer,
+        device,
+        warmup_epochs: int = 0,
+        cuda_graphs: bool = False,
+    ):
         self.supernet, self.architect, self.arch_batches = supernet, architect, arch_batches
         self.optimizer, self.device, self.warmup_epochs = optimizer, device, warmup_epochs
         self.cuda_graphs = cuda_graphs  # a supernet compiled under CUDA graphs: mark where each step begins
@@ -184,17 +204,32 @@ def latency_term(supernet, data: DataBundle, opts: LatencyOptions, run: Run) -> 
         raise UserError("the latency term is for supernet=darts only; leave latency.weight=0 with supernet=chain")
     shapes = lat.edge_shapes(supernet, data.in_shape)
     table_file = opts.table or (run.dir / LATENCY if run.resume and (run.dir / LATENCY).is_file() else None)
-    table = lat.load_table(table_file) if table_file else lat.measure(
-        shapes, supernet.primitives, run.device, opts.batch, opts.repeats)
+    table = (
+        lat.load_table(table_file)
+        if table_file
+        else lat.measure(shapes, supernet.primitives, run.device, opts.batch, opts.repeats)
+    )
     lat.save_table(run.dir / LATENCY, table, run.device)
-    return lat.LatencyTerm(supernet.arch, lat.edge_latency(shapes, supernet.primitives, table,
-                                                           num_edges(supernet.nodes)),
-                           opts.weight, opts.form, opts.beta)
+    return lat.LatencyTerm(
+        supernet.arch,
+        lat.edge_latency(shapes, supernet.primitives, table, num_edges(supernet.nodes)),
+        opts.weight,
+        opts.form,
+        opts.beta,
+    )
 
 
-def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Trainer,
-           optimizer: torch.optim.Optimizer, schedule: Schedule | None, run: Run, arch: ArchOptions,
-           latency: LatencyOptions, step_opts: StepOptions) -> dict:
+def search(
+    supernet: SearchNetwork | ChainNetwork,
+    data: DataBundle,
+    trainer: Trainer,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule | None,
+    run: Run,
+    arch: ArchOptions,
+    latency: LatencyOptions,
+    step_opts: StepOptions,
+) -> dict:
     """Search in ``run``: train the supernet's weights and alpha together; returns the run's summary."""
     chain = isinstance(supernet, ChainNetwork)
     if isinstance(optimizer, torch.optim.LBFGS):
@@ -211,9 +246,17 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
     place_loaders([w_loader, a_loader, data.val], run.device)
     term = latency_term(supernet, data, latency, run)  # measured before compiling (its shape hooks run eagerly)
     graphs = compile_supernet(supernet, step_opts, run.device) if step_opts.compile else False
-    architect = Architect(supernet, arch.order, arch.lr, tuple(arch.betas), arch.weight_decay, objective=term,
-                          reuse_train_grad=arch.reuse_train_grad, unrolled=arch.unrolled,
-                          weight_optimizer=optimizer)
+    architect = Architect(
+        supernet,
+        arch.order,
+        arch.lr,
+        tuple(arch.betas),
+        arch.weight_decay,
+        objective=term,
+        reuse_train_grad=arch.reuse_train_grad,
+        unrolled=arch.unrolled,
+        weight_optimizer=optimizer,
+    )
     arch_batches = BatchStream(a_loader, a_loader.generator)
     kinds = ((False, "chain"),) if chain else ((False, "normal"), (True, "reduce"))
     derived: dict = {}  # the genotype of the last epoch (the summary's, however the run ends)
@@ -243,26 +286,39 @@ def search(supernet: SearchNetwork | ChainNetwork, data: DataBundle, trainer: Tr
         last = rows[-1] if rows else {}
         # a resumed run: alpha as restored, if finite; the genotype of the last finite epoch otherwise
         genotype = derived.get("genotype") or (derive() if rows and _finite(supernet.arch) else None)
-        out = {"genotype": genotype.to_dict() if genotype else None,
-               "genotype_str": str(genotype) if genotype else None, "skip_count": last.get("skip_count")}
+        out = {
+            "genotype": genotype.to_dict() if genotype else None,
+            "genotype_str": str(genotype) if genotype else None,
+            "skip_count": last.get("skip_count"),
+        }
         if term is not None:
             out.update({k: last.get(k) for k in ("expected_latency_ms", "derived_latency_ms")})
         return out
 
-    log.info(f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
-             f"{type(supernet).__name__}, order {arch.order}"
-             f"{f' (unrolled as in the {arch.unrolled})' if arch.order == 'second' else ''}, "
-             f"alpha from epoch {int(arch.warmup_epochs) + 1}, "
-             f"{'compiled' if step_opts.compile else 'eager'}, "
-             f"on {data.name} {data.in_shape}, {run.device}; "
-             f"run folder {run.dir}")
+    log.info(
+        f"DARTS search: {sum(p.numel() for p in supernet.parameters()):,} weights, "
+        f"{type(supernet).__name__}, order {arch.order}"
+        f"{f' (unrolled as in the {arch.unrolled})' if arch.order == 'second' else ''}, "
+        f"alpha from epoch {int(arch.warmup_epochs) + 1}, "
+        f"{'compiled' if step_opts.compile else 'eager'}, "
+        f"on {data.name} {data.in_shape}, {run.device}; "
+        f"run folder {run.dir}"
+    )
     step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs), graphs)
     try:
-        summary = trainer.fit(supernet, optimizer, w_loader, data.val, run=run, schedule=schedule,
-                              generator=w_loader.generator, loss_fn=step,
-                              extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer,
-                                           "arch_batches": arch_batches},
-                              on_epoch_end=on_epoch_end, figures=figures)
+        summary = trainer.fit(
+            supernet,
+            optimizer,
+            w_loader,
+            data.val,
+            run=run,
+            schedule=schedule,
+            generator=w_loader.generator,
+            loss_fn=step,
+            extra_state={"arch": supernet.arch, "arch_optimizer": architect.optimizer, "arch_batches": arch_batches},
+            on_epoch_end=on_epoch_end,
+            figures=figures,
+        )
     finally:
         ended = run.summary["status"] if run.summary else None  # None: refused, or finished before: left alone
         if ended not in (None, "ok"):  # an extended search's earlier result is no longer its result

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_cli.errors import UserError
-from nas_cli.nas.darts.ops import (
+from nas_cli.models.darts_ops import (
     PRIMITIVES,
     build_cells,
     make_op,
@@ -61,7 +61,7 @@ class ArchParams(nn.Module):
         beta = self.beta_reduce if reduction else self.beta_normal
         parts, start = [], 0
         for i in range(self.nodes):
-            parts.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+            parts.append(F.softmax(beta[start : start + 2 + i], dim=-1))
             start += 2 + i
         return torch.cat(parts)
 
@@ -125,9 +125,18 @@ class SearchCell(nn.Module):
 class SearchNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3), global pooling, linear classifier."""
 
-    def __init__(self, in_shape, num_classes: int, init_channels: int = 16, layers: int = 8, nodes: int = 4,
-                 primitives: list[str] | None = None, stem_multiplier: int = 3, partial_channels: int = 1,
-                 edge_norm: bool = False):
+    def __init__(
+        self,
+        in_shape,
+        num_classes: int,
+        init_channels: int = 16,
+        layers: int = 8,
+        nodes: int = 4,
+        primitives: list[str] | None = None,
+        stem_multiplier: int = 3,
+        partial_channels: int = 1,
+        edge_norm: bool = False,
+    ):
         super().__init__()
         primitives = list(primitives or PRIMITIVES)
         unknown = [p for p in primitives if p not in PRIMITIVES]
@@ -144,9 +153,14 @@ class SearchNetwork(nn.Module):
         self.epoch = 0  # the epoch in progress (0-based), set by the engine: the arch warmup reads it
         self.stem = stem(in_shape[0], stem_multiplier * init_channels)
         self.cells, c_p = build_cells(
-            layers, init_channels, stem_multiplier,
+            layers,
+            init_channels,
+            stem_multiplier,
             lambda c_pp, c_p, c_curr, reduction, reduction_prev: (
-                SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, primitives, k), nodes * c_curr))
+                SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, primitives, k),
+                nodes * c_curr,
+            ),
+        )
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,8 +188,11 @@ class SearchNetwork(nn.Module):
         from nas_cli.nas.darts.genotype import derive
 
         arch = self.arch
-        edges = ((arch.edge_weights(False).detach().cpu(), arch.edge_weights(True).detach().cpu())
-                 if arch.edge_norm else (None, None))
+        edges = (
+            (arch.edge_weights(False).detach().cpu(), arch.edge_weights(True).detach().cpu())
+            if arch.edge_norm
+            else (None, None)
+        )
         return derive(arch.normal, arch.reduce, self.primitives, self.nodes, max_skip, *edges)
 
     def double(self):

@@ -59,7 +59,7 @@ class Slice(io.RawIOBase):
 
     def readinto(self, b) -> int:
         data = self.read(len(b))
-        b[:len(data)] = data
+        b[: len(data)] = data
         return len(data)
 
 
@@ -73,8 +73,14 @@ class Member:
 
 
 _REGULAR = (b"0", b"\0", b"7")
-_KINDS = {b"1": "a hard link", b"2": "a symbolic link", b"3": "a character device", b"4": "a block device",
-          b"6": "a fifo", b"S": "a sparse file"}
+_KINDS = {
+    b"1": "a hard link",
+    b"2": "a symbolic link",
+    b"3": "a character device",
+    b"4": "a block device",
+    b"6": "a fifo",
+    b"S": "a sparse file",
+}
 ZERO_BLOCK = bytes(BLOCK)
 
 
@@ -115,7 +121,7 @@ def _pax(data: bytes) -> dict[str, str]:
     while i < len(data):
         space = data.index(b" ", i)
         length = int(data[i:space])
-        key, _, value = data[space + 1:i + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : i + length - 1].partition(b"=")
         records[key.decode()] = value.decode("utf-8", "surrogateescape")
         i += length
     return records
@@ -174,8 +180,9 @@ def members(fileobj, archive: str) -> Iterator[Member]:
             pax = {}
         relative = safe_name(archive, name, kind, _text(block[157:257]))
         if data + length > size:
-            raise ArchiveError(f"{archive}: member {name!r} is truncated "
-                               f"({max(0, size - data):,} of {length:,} bytes present)")
+            raise ArchiveError(
+                f"{archive}: member {name!r} is truncated ({max(0, size - data):,} of {length:,} bytes present)"
+            )
         last = f"member {name!r}"
         if relative is not None:
             yield Member(relative, data, length)

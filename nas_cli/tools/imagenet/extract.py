@@ -44,8 +44,9 @@ def _disk_full(where: str) -> UserError:
     return UserError(f"disk full while writing {where}: free some space and re-run (finished classes are kept)")
 
 
-def extract_class(train_tar: str, offset: int, size: int, wnid: str, root: str,
-                  per_class: int | None, fix_images: bool) -> dict:
+def extract_class(
+    train_tar: str, offset: int, size: int, wnid: str, root: str, per_class: int | None, fix_images: bool
+) -> dict:
     """Write class ``wnid`` (the tar at ``offset`` in the train archive) to ``root/<wnid>/``."""
     root_path = Path(root)
     partial, final = partial_dir(root_path, wnid), root_path / wnid
@@ -85,8 +86,7 @@ def extract_class(train_tar: str, offset: int, size: int, wnid: str, root: str,
     return {"wnid": wnid, "files": files, "bytes": written, "fixed": [{"split": "train", **x} for x in fixed]}
 
 
-def extract_val_chunk(val_tar: str, jobs: list[tuple[str, int, int, str]], root: str,
-                      fix_images: bool) -> dict:
+def extract_val_chunk(val_tar: str, jobs: list[tuple[str, int, int, str]], root: str, fix_images: bool) -> dict:
     """Write validation images ``(name, offset, size, wnid)`` to ``root/<wnid>/<name>``."""
     archive = Path(val_tar).name
     root_path = Path(root)

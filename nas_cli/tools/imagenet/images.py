@@ -12,8 +12,7 @@ import io
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_SIGNATURES = {b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp", b"RIFF": "webp", b"II*\x00": "tiff",
-               b"MM\x00*": "tiff"}
+_SIGNATURES = {b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp", b"RIFF": "webp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
 
 
 def jpeg_components(data: bytes) -> int | None:
@@ -29,7 +28,7 @@ def jpeg_components(data: bytes) -> int | None:
         if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             i += 2
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if marker in _SOF:
             return data[i + 9] if i + 9 < n else None
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header

@@ -60,8 +60,9 @@ def from_devkit(path: str | Path) -> dict[str, str]:
     try:
         from scipy.io import loadmat
     except ImportError as ex:
-        raise UserError(f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy), "
-                        f"or pass labels=shipped") from ex
+        raise UserError(
+            f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy), or pass labels=shipped"
+        ) from ex
     meta = truth = None
     try:
         with tarfile.open(path, mode="r:*") as tf:

@@ -165,8 +165,11 @@ def _train_classes(train_tar: Path) -> list[ClassJob]:
 
 
 def _subset_key(opts: Options) -> dict:
-    return {"classes": opts.classes, "per_class": opts.per_class,
-            "subset_seed": opts.seed if opts.classes is not None else None}
+    return {
+        "classes": opts.classes,
+        "per_class": opts.per_class,
+        "subset_seed": opts.seed if opts.classes is not None else None,
+    }
 
 
 def plan(opts: Options) -> tuple[Plan, dict]:
@@ -175,8 +178,10 @@ def plan(opts: Options) -> tuple[Plan, dict]:
     state = _load_state(dst)
     key = _subset_key(opts)
     if "subset" in state and state["subset"] != key:
-        raise UserError(f"dst={opts.dst} was prepared with {_describe(state['subset'])}, not "
-                        f"{_describe(key)}: use another dst for another subset")
+        raise UserError(
+            f"dst={opts.dst} was prepared with {_describe(state['subset'])}, not "
+            f"{_describe(key)}: use another dst for another subset"
+        )
     p = Plan(src=src, dst=dst, splits=splits)
     jobs: list[ClassJob] = []
     if "train" in splits:
@@ -191,16 +196,17 @@ def plan(opts: Options) -> tuple[Plan, dict]:
         p.val_archive_files = len(val_members)
         unlabeled = [m.name for m in val_members if os.path.basename(m.name) not in label_map]
         if unlabeled:
-            raise UserError(f"{VAL_TAR}: no label for {unlabeled[0]!r}"
-                            f"{f' and {len(unlabeled) - 1} more' if len(unlabeled) > 1 else ''} "
-                            f"(labels from {p.label_source})")
+            raise UserError(
+                f"{VAL_TAR}: no label for {unlabeled[0]!r}"
+                f"{f' and {len(unlabeled) - 1} more' if len(unlabeled) > 1 else ''} "
+                f"(labels from {p.label_source})"
+            )
     # the subset's classes: chosen once, kept in the state so that every later run agrees
     if opts.classes is not None:
         if state.get("chosen"):
             p.chosen = list(state["chosen"])
             if not all(isinstance(w, str) and labels_mod.is_wnid(w) for w in p.chosen):
-                raise UserError(f"{dst / STATE}: its chosen classes are not all WNIDs: delete it to start {dst} "
-                                f"afresh")
+                raise UserError(f"{dst / STATE}: its chosen classes are not all WNIDs: delete it to start {dst} afresh")
         else:
             universe = p.train_wnids or sorted({label_map[os.path.basename(m.name)] for m in val_members})
             if opts.classes > len(universe):
@@ -257,13 +263,16 @@ def _check_outputs(p: Plan) -> None:
     folders = [f for j in p.train_todo for f in (train / j.wnid, partial_dir(train, j.wnid))]
     folders += [train / w for w in p.train_done]
     if "val" in p.splits and not p.val_done:
-        folders += [f for w in sorted({w for _, w in p.val_members}) for f in (p.dst / "val" / w,
-                                                                             p.dst / VAL_PARTIAL / w)]
+        folders += [
+            f for w in sorted({w for _, w in p.val_members}) for f in (p.dst / "val" / w, p.dst / VAL_PARTIAL / w)
+        ]
     for folder in folders:
         resolved = folder.resolve()
         if resolved == p.dst or not resolved.is_relative_to(p.dst):
-            raise UserError(f"dst={p.dst}: {folder.relative_to(p.dst)} would be written at {resolved}, outside "
-                            f"dst (a link inside it?): refused, nothing was written")
+            raise UserError(
+                f"dst={p.dst}: {folder.relative_to(p.dst)} would be written at {resolved}, outside "
+                f"dst (a link inside it?): refused, nothing was written"
+            )
 
 
 def _describe(key: dict) -> str:
@@ -283,13 +292,23 @@ class _Rate(ProgressColumn):
         files, written = task.fields.get("files", 0), task.fields.get("written", 0)
         if elapsed <= 0:
             return Text(f"{files:,} files", style="progress.data.speed")
-        return Text(f"{files:,} files  {files / elapsed:,.0f} files/s  {written / elapsed / 1e6:,.1f} MB/s",
-                    style="progress.data.speed")
+        return Text(
+            f"{files:,} files  {files / elapsed:,.0f} files/s  {written / elapsed / 1e6:,.1f} MB/s",
+            style="progress.data.speed",
+        )
 
 
 def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    _Rate(), TimeElapsedColumn(), console=console, disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        _Rate(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
 
 
 def _workers(n: int) -> int:
@@ -309,8 +328,9 @@ def _run_jobs(fn: Callable, jobs: list[tuple], workers: int, on_done: Callable[[
             signals.check()
         return
     context = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                               initializer=signals.ignore_in_worker)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=signals.ignore_in_worker
+    )
     futures = {pool.submit(fn, *job): job for job in jobs}
     error: BaseException | None = None
     recorded: set = set()
@@ -375,7 +395,7 @@ def _clean_leftovers(p: Plan, state: dict) -> list[str]:
 def _chunks(items: list, n: int) -> Iterable[list]:
     size = max(1, -(-len(items) // n))
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def prepare(opts: Options, console: Console | None = None) -> dict:
@@ -383,17 +403,30 @@ def prepare(opts: Options, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     start = time.perf_counter()
     p, state = plan(opts)
-    summary = {"status": "ok", "src": str(p.src), "dst": str(p.dst), "splits": list(p.splits),
-               "labels": p.label_source or None, "classes": len(p.chosen) if p.chosen is not None else None,
-               "per_class": opts.per_class}
+    summary = {
+        "status": "ok",
+        "src": str(p.src),
+        "dst": str(p.dst),
+        "splits": list(p.splits),
+        "labels": p.label_source or None,
+        "classes": len(p.chosen) if p.chosen is not None else None,
+        "per_class": opts.per_class,
+    }
     if opts.dry_run:
         print_plan(p, console)
-        return {**summary, "status": "dry_run", "train_classes_todo": len(p.train_todo),
-                "train_classes_done": len(p.train_done), "val_todo": 0 if p.val_done else len(p.val_members),
-                "bytes_needed": p.bytes_needed, "bytes_free": p.bytes_free}
+        return {
+            **summary,
+            "status": "dry_run",
+            "train_classes_todo": len(p.train_todo),
+            "train_classes_done": len(p.train_done),
+            "val_todo": 0 if p.val_done else len(p.val_members),
+            "bytes_needed": p.bytes_needed,
+            "bytes_free": p.bytes_free,
+        }
     if p.bytes_needed > p.bytes_free:
-        raise UserError(f"dst={opts.dst}: needs about {p.bytes_needed / 1e9:,.1f} GB, only "
-                        f"{p.bytes_free / 1e9:,.1f} GB free there")
+        raise UserError(
+            f"dst={opts.dst}: needs about {p.bytes_needed / 1e9:,.1f} GB, only {p.bytes_free / 1e9:,.1f} GB free there"
+        )
     p.dst.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(p, state)
     _save_state(p.dst, state)
@@ -407,8 +440,11 @@ def prepare(opts: Options, console: Console | None = None) -> dict:
             by_wnid = {j.wnid: j for j in p.train_todo}
 
             def train_done(job: tuple, result: dict) -> None:
-                state["train"][result["wnid"]] = {"files": result["files"], "bytes": result["bytes"],
-                                                  "fix_checked": bool(opts.fix_images)}
+                state["train"][result["wnid"]] = {
+                    "files": result["files"],
+                    "bytes": result["bytes"],
+                    "fix_checked": bool(opts.fix_images),
+                }
                 state["fixed"] += result["fixed"]
                 _save_state(p.dst, state, lazy=True)
                 written["files"] += result["files"]
@@ -416,11 +452,20 @@ def prepare(opts: Options, console: Console | None = None) -> dict:
                 fixed.extend(result["fixed"])
                 for item in result["fixed"]:
                     bar.console.log(f"fixed train/{result['wnid']}/{item['file']} (was {item['was']})")
-                bar.update(task, advance=by_wnid[result["wnid"]].size,
-                           files=written["files"], written=written["bytes"])
+                bar.update(task, advance=by_wnid[result["wnid"]].size, files=written["files"], written=written["bytes"])
 
-            jobs = [(str(p.src / TRAIN_TAR), j.offset, j.size, j.wnid, str(p.dst / "train"),
-                     opts.per_class, bool(opts.fix_images)) for j in p.train_todo]
+            jobs = [
+                (
+                    str(p.src / TRAIN_TAR),
+                    j.offset,
+                    j.size,
+                    j.wnid,
+                    str(p.dst / "train"),
+                    opts.per_class,
+                    bool(opts.fix_images),
+                )
+                for j in p.train_todo
+            ]
             try:
                 _run_jobs(extract_class, jobs, workers, train_done)
             finally:  # whatever happened, the classes finished so far are recorded
@@ -431,17 +476,24 @@ def prepare(opts: Options, console: Console | None = None) -> dict:
             _fix_finished(p, state, workers, bar, fixed)
     wall = time.perf_counter() - start
     train_files = sum(state["train"].get(w, {}).get("files", 0) for w in _train_set(p))
-    summary.update({
-        "train_classes": len(_train_set(p)) if "train" in p.splits else None,
-        "train_images": train_files if "train" in p.splits else None,
-        "val_images": (state["val"] or {}).get("files") if "val" in p.splits else None,
-        "classes_extracted": len(p.train_todo), "classes_already_done": len(p.train_done),
-        "val_extracted": "val" in p.splits and not p.val_done,
-        "files_written": written["files"], "bytes_written": written["bytes"],
-        "images_fixed": len(fixed), "fixed": fixed,
-        "wall_time_s": wall, "files_per_s": written["files"] / wall if wall else None,
-        "mb_per_s": written["bytes"] / 1e6 / wall if wall else None, "workers": workers,
-    })
+    summary.update(
+        {
+            "train_classes": len(_train_set(p)) if "train" in p.splits else None,
+            "train_images": train_files if "train" in p.splits else None,
+            "val_images": (state["val"] or {}).get("files") if "val" in p.splits else None,
+            "classes_extracted": len(p.train_todo),
+            "classes_already_done": len(p.train_done),
+            "val_extracted": "val" in p.splits and not p.val_done,
+            "files_written": written["files"],
+            "bytes_written": written["bytes"],
+            "images_fixed": len(fixed),
+            "fixed": fixed,
+            "wall_time_s": wall,
+            "files_per_s": written["files"] / wall if wall else None,
+            "mb_per_s": written["bytes"] / 1e6 / wall if wall else None,
+            "workers": workers,
+        }
+    )
     if opts.verify:
         rows, mismatches = verify(p, state)
         print_verify(rows, mismatches, console)
@@ -455,8 +507,9 @@ def _train_set(p: Plan) -> list[str]:
     return p.chosen if p.chosen is not None else p.train_wnids
 
 
-def _extract_val(p: Plan, state: dict, opts: Options, workers: int, bar: Progress,
-                 written: dict, fixed: list[dict]) -> None:
+def _extract_val(
+    p: Plan, state: dict, opts: Options, workers: int, bar: Progress, written: dict, fixed: list[dict]
+) -> None:
     partial = p.dst / VAL_PARTIAL
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -472,12 +525,20 @@ def _extract_val(p: Plan, state: dict, opts: Options, workers: int, bar: Progres
         fixed.extend(result["fixed"])
         for item in result["fixed"]:
             bar.console.log(f"fixed val/{item['file']} (was {item['was']})")
-        bar.update(task, advance=sum(size for _, _, size, _ in job[1]),
-                   files=val_written["files"], written=val_written["bytes"])
+        bar.update(
+            task,
+            advance=sum(size for _, _, size, _ in job[1]),
+            files=val_written["files"],
+            written=val_written["bytes"],
+        )
 
     try:
-        _run_jobs(extract_val_chunk, [(str(p.src / VAL_TAR), c, str(partial), bool(opts.fix_images))
-                                      for c in chunks], workers, chunk_done)
+        _run_jobs(
+            extract_val_chunk,
+            [(str(p.src / VAL_TAR), c, str(partial), bool(opts.fix_images)) for c in chunks],
+            workers,
+            chunk_done,
+        )
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -485,9 +546,12 @@ def _extract_val(p: Plan, state: dict, opts: Options, workers: int, bar: Progres
         (partial / wnid).mkdir(exist_ok=True)
     os.rename(partial, p.dst / "val")
     val_fixed = [x for x in fixed if x["split"] == "val"]
-    state["val"] = {"files": val_written["files"], "bytes": val_written["bytes"],
-                    "per_class": dict(sorted(Counter(w for _, w in p.val_members).items())),
-                    "fix_checked": bool(opts.fix_images)}
+    state["val"] = {
+        "files": val_written["files"],
+        "bytes": val_written["bytes"],
+        "per_class": dict(sorted(Counter(w for _, w in p.val_members).items())),
+        "fix_checked": bool(opts.fix_images),
+    }
     state["fixed"] += val_fixed
     _save_state(p.dst, state)
     written["files"] += val_written["files"]
@@ -498,8 +562,7 @@ def _fix_finished(p: Plan, state: dict, workers: int, bar: Progress, fixed: list
     """fix_images=true on folders extracted earlier without it: inspect them in place."""
     jobs = []
     if "train" in p.splits:
-        jobs += [(str(p.dst / "train" / w), "train") for w in p.train_done
-                 if not state["train"][w].get("fix_checked")]
+        jobs += [(str(p.dst / "train" / w), "train") for w in p.train_done if not state["train"][w].get("fix_checked")]
     val_unchecked = "val" in p.splits and state.get("val") and not state["val"].get("fix_checked")
     if val_unchecked:
         jobs += [(str(d), "val") for d in sorted((p.dst / "val").iterdir()) if d.is_dir()]
@@ -542,16 +605,21 @@ def verify(p: Plan, state: dict) -> tuple[list[dict], list[str]]:
     rows: list[dict] = []
     mismatches: list[str] = []
     whole = p.chosen is None and state.get("subset", {}).get("per_class") is None
-    full = {"train": whole and len(p.train_wnids) == OFFICIAL["classes"],  # the real archives: their numbers too
-            "val": whole and p.val_archive_files == OFFICIAL["val"]}
+    full = {
+        "train": whole and len(p.train_wnids) == OFFICIAL["classes"],  # the real archives: their numbers too
+        "val": whole and p.val_archive_files == OFFICIAL["val"],
+    }
     for split in p.splits:
         root = p.dst / split
         if split == "train":
             expected = {w: state["train"].get(w, {}).get("files") for w in _train_set(p)}
         else:
             expected = dict(Counter(w for _, w in p.val_members))
-        found = {d.name: _count(d) for d in root.iterdir()
-                 if d.is_dir() and not d.name.startswith(".")} if root.is_dir() else {}
+        found = (
+            {d.name: _count(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+            if root.is_dir()
+            else {}
+        )
         for wnid, want in sorted(expected.items()):
             got = found.get(wnid, -1)
             if got < 0:
@@ -564,8 +632,15 @@ def verify(p: Plan, state: dict) -> tuple[list[dict], list[str]]:
             mismatches.append(f"{split}/{extra}: a class folder that is not in the archive")
         total = sum(max(v, 0) for v in found.values())
         want_total = sum(v or 0 for v in expected.values())
-        rows.append({"split": split, "classes": len(found), "expected_classes": len(expected),
-                     "images": total, "expected_images": want_total})
+        rows.append(
+            {
+                "split": split,
+                "classes": len(found),
+                "expected_classes": len(expected),
+                "images": total,
+                "expected_images": want_total,
+            }
+        )
         if full[split]:
             official = OFFICIAL[split]
             if len(found) != OFFICIAL["classes"]:
@@ -575,8 +650,10 @@ def verify(p: Plan, state: dict) -> tuple[list[dict], list[str]]:
             if split == "val":
                 odd = [w for w, n in found.items() if n != OFFICIAL["val_per_class"]]
                 if odd:
-                    mismatches.append(f"val: {len(odd)} classes without {OFFICIAL['val_per_class']} images "
-                                      f"(e.g. {odd[0]}: {found[odd[0]]})")
+                    mismatches.append(
+                        f"val: {len(odd)} classes without {OFFICIAL['val_per_class']} images "
+                        f"(e.g. {odd[0]}: {found[odd[0]]})"
+                    )
     if "train" in p.splits and "val" in p.splits and (p.dst / "train").is_dir() and (p.dst / "val").is_dir():
         train_set = {d.name for d in (p.dst / "train").iterdir() if d.is_dir() and not d.name.startswith(".")}
         val_set = {d.name for d in (p.dst / "val").iterdir() if d.is_dir()}
@@ -591,11 +668,18 @@ def print_plan(p: Plan, console: Console) -> None:
     table.add_column("what", overflow="fold")
     if "train" in p.splits:
         subset = f" (subset: {len(p.chosen)} of {len(p.train_wnids)})" if p.chosen is not None else ""
-        table.add_row("train", f"{len(p.train_todo)} classes to extract, {len(p.train_done)} already done{subset}: "
-                               f"{sum(j.size for j in p.train_todo) / 1e9:,.2f} GB of class archives")
+        table.add_row(
+            "train",
+            f"{len(p.train_todo)} classes to extract, {len(p.train_done)} already done{subset}: "
+            f"{sum(j.size for j in p.train_todo) / 1e9:,.2f} GB of class archives",
+        )
     if "val" in p.splits:
-        table.add_row("val", "already done" if p.val_done else
-                      f"{len(p.val_members):,} of {p.val_archive_files:,} images into class folders")
+        table.add_row(
+            "val",
+            "already done"
+            if p.val_done
+            else f"{len(p.val_members):,} of {p.val_archive_files:,} images into class folders",
+        )
         table.add_row("labels", p.label_source)
     table.add_row("disk", f"needs about {p.bytes_needed / 1e9:,.2f} GB, {p.bytes_free / 1e9:,.1f} GB free")
     console.print(table)
@@ -606,8 +690,13 @@ def print_verify(rows: list[dict], mismatches: list[str], console: Console) -> N
     for col in ("split", "classes", "expected classes", "images", "expected images"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for r in rows:
-        table.add_row(r["split"], f"{r['classes']:,}", f"{r['expected_classes']:,}",
-                      f"{r['images']:,}", f"{r['expected_images']:,}")
+        table.add_row(
+            r["split"],
+            f"{r['classes']:,}",
+            f"{r['expected_classes']:,}",
+            f"{r['images']:,}",
+            f"{r['expected_images']:,}",
+        )
     console.print(table)
     for line in mismatches[:50]:
         console.print(Text.assemble(("mismatch", "bold red"), f": {line}"))

@@ -5,14 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PRIMITIVES = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-              "dil_conv_3x3", "dil_conv_5x5"]
+PRIMITIVES = [
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
 
 
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
-        super().__init__(nn.ReLU(inplace=False), nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
-                         nn.BatchNorm2d(c_out, affine=affine))
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
 
 
 class DilConv(nn.Sequential):
@@ -20,15 +31,18 @@ class DilConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine))
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
 
 
 class SepConv(nn.Sequential):
     """Two stacked depthwise-separable convolutions (the first one strided)."""
 
     def __init__(self, c_in, c_out, kernel, stride, padding, affine=True):
-        super().__init__(DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
-                         DilConv(c_in, c_out, kernel, 1, padding, 1, affine))
+        super().__init__(
+            DilConv(c_in, c_in, kernel, stride, padding, 1, affine), DilConv(c_in, c_out, kernel, 1, padding, 1, affine)
+        )
 
 
 class Zero(nn.Module):
@@ -37,7 +51,7 @@ class Zero(nn.Module):
         self.stride = stride
 
     def forward(self, x):
-        x = x if self.stride == 1 else x[:, :, ::self.stride, ::self.stride]
+        x = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
         return x * 0.0
 
 
@@ -59,8 +73,7 @@ class FactorizedReduce(nn.Module):
 
 
 def _pool(kind: str, c: int, stride: int, affine: bool, bn: bool) -> nn.Module:
-    pool = (nn.MaxPool2d(3, stride, 1) if kind == "max"
-            else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+    pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
     return nn.Sequential(pool, nn.BatchNorm2d(c, affine=False)) if bn else pool
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read back with ``weights_only=True``."""
+"""The run folder's checkpoint file format: written atomically, read back with ``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as ex:  # torch raises many types for a damaged file
-        raise UserError(f"cannot read checkpoint {path}: the file is damaged or not a checkpoint "
-                        f"({type(ex).__name__})") from ex
+        raise UserError(
+            f"cannot read checkpoint {path}: the file is damaged or not a checkpoint ({type(ex).__name__})"
+        ) from ex
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a nas-cli checkpoint (no '{FORMAT}' marker)")
     return state
