@@ -22,7 +22,7 @@ install: $(BIN)/nas-cli  ## create .venv and install nas-cli with its dev extras
 test: install  ## the whole test suite (CPU, includes slow tests)
 	$(BIN)/python -m pytest
 
-test-fast: install  ## the suite without the slow tests
+test-fast: install  ## the inner loop (under 3 min): the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
 
 smoke: install  ## one tiny run of every command (prep-imagenet needs the archives: see tests/test_prep_imagenet.py)

@@ -12,8 +12,8 @@ from nas_cli.cli import HYDRA_COMMANDS, app
 
 
 def test_show_completion_prints_a_script_for_nas_cli(tmp_path):
-    """In a process of its own: Click's completion reads the program's name and environment, which other tests
-    in this process change."""
+    """In a process of its own, with Typer's switch that takes the shell from the command line instead of
+    detecting the parent process's (under make or CI that is sh, which Typer does not complete)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -24,7 +24,7 @@ def test_show_completion_prints_a_script_for_nas_cli(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, "HOME": str(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

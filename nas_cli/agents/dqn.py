@@ -314,7 +314,6 @@ def train(
             loop.load_state_dict(saved["loop"], device)
             draws.load_state_dict(saved["draws"])
             sampler.set_state(saved["sampler"])
-            record.rows = list(saved["history"])
             record.write_metrics()
         start_episodes(envs, loop, seed, saved)
         run.figures = lambda: _figures(loop, env, threshold, run)
@@ -372,7 +371,6 @@ def _steps(
                 "envs": getattr(envs, "state_dict", lambda: None)(),
                 "draws": draws.state_dict(),
                 "sampler": sampler.get_state(),
-                "history": record.rows,
             }
         )
 

@@ -364,14 +364,13 @@ def train(ga: GA, env: EnvSpec, run: Run, *, generations: int, workers: int = 1,
             )
         state.load_state_dict(saved["state"])
         generator.set_state(saved["generator"])
-        record.rows = list(saved["history"])
         record.write_metrics()
     evaluator = Evaluator(layout, env, ga.backend, workers)
     this = Evolution(ga, env, run, evaluator, layout)
 
     def save() -> None:
         record.write_metrics()
-        run.save_checkpoint({"state": state.state_dict(), "generator": generator.get_state(), "history": record.rows})
+        run.save_checkpoint({"state": state.state_dict(), "generator": generator.get_state()})
 
     run.figures = lambda: _figures(state, env, this.threshold, layout)
     try:

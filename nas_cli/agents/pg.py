@@ -465,7 +465,6 @@ def train(
         if saved is not None:
             agent.load_state_dict(saved["agent"])
             loop.load_state_dict(saved["loop"])
-            record.rows = list(saved["history"])
             record.write_metrics()
         start_episodes(envs, loop, seed, saved)
         threshold = env.solved_at()
@@ -520,7 +519,6 @@ def _updates(
                 "agent": agent.state_dict(),
                 "loop": loop.state_dict(),
                 "envs": getattr(envs, "state_dict", lambda: None)(),
-                "history": record.rows,
             }
         )
 

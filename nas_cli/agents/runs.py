@@ -18,7 +18,7 @@ from torch import nn
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
-from nas_cli.runs.files import BEST
+from nas_cli.runs.files import BEST, EVAL_RETURNS
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.options import RunOptions
 
@@ -79,3 +79,26 @@ def return_stats(prefix: str, returns: np.ndarray) -> dict:
         f"{prefix}_min": float(returns.min()),
         f"{prefix}_max": float(returns.max()),
     }
+
+
+def play_saved(command: str, opts: RunOptions, env: EnvSpec, path: Path, play, headline: list[str], **figures) -> dict:
+    """``mode=eval``: a saved agent's returns as a run of its own. ``play(seed)`` plays the episodes and gives each
+    kind of return (``{"eval_return": ..., "eval_return_sampled": ...}``); ``returns.txt`` holds them, one column
+    a kind, and the summary their statistics. Evaluation seeds sit apart from training's."""
+    run = opts.run(command, headline=headline)
+    with run:
+        found = {name: np.asarray(r, dtype=float) for name, r in play(opts.seed + 20_000).items()}
+        names = [name.removeprefix("eval_return").lstrip("_") or "return" for name in found]
+        header = " ".join(names) if len(found) > 1 else ""
+        np.savetxt(run.dir / EVAL_RETURNS, np.stack(list(found.values()), 1), header=header, fmt="%.10g")
+        first = next(iter(found.values()))
+        stats = {k: v for name, r in found.items() for k, v in return_stats(name, r).items()}
+        run.figures = lambda: {
+            "mode": "eval",
+            "source": str(path),
+            "env": env.id,
+            "episodes": len(first),
+            **figures,
+            **stats,
+        }
+    return run.summary

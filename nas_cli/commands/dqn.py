@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nas_cli.agents.dqn import DQN, HEADLINE, train
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.plots import returns_plot
-from nas_cli.agents.runs import load_weights, return_stats, source_file, start
+from nas_cli.agents.runs import load_weights, play_saved, source_file, start
 from nas_cli.runs import checkpoint
-from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
+from nas_cli.runs.files import METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -59,21 +58,13 @@ def evaluate_saved(
     agent.build(envs.single_observation_space.shape, int(envs.single_action_space.n), opts.device)
     envs.close()
     load_weights(agent.q, checkpoint.load(path, map_location=opts.device), "q", path)
-    run = opts.run(COMMAND, headline=EVAL_HEADLINE)
-    with run:
-        returns = greedy_returns(agent.q.eval(), env, episodes, opts.seed + 20_000, opts.device, epsilon)
-        np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {
-            "mode": "eval",
-            "source": str(path),
-            "env": env.id,
-            "episodes": len(returns),
-            "epsilon": epsilon,
-            **return_stats("eval_return", returns),
-        }
-    summary = run.summary
+
+    def play(seed: int) -> dict:
+        return {"eval_return": greedy_returns(agent.q.eval(), env, episodes, seed, opts.device, epsilon)}
+
+    summary = play_saved(COMMAND, opts, env, path, play, EVAL_HEADLINE, epsilon=epsilon)
     log.info(
-        f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} ± {summary['eval_return_std']:.1f}"
-        f" (min {returns.min():.0f}, max {returns.max():.0f})"
+        f"{summary['episodes']} greedy episodes of {path}: return {summary['eval_return_mean']:.1f} ± "
+        f"{summary['eval_return_std']:.1f} (min {summary['eval_return_min']:.0f}, max {summary['eval_return_max']:.0f})"
     )
     return summary

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from omegaconf import DictConfig
 
 from nas_cli.agents.envs import EnvSpec, greedy_returns
 from nas_cli.agents.ga import GA, HEADLINE, train
 from nas_cli.agents.population import PolicyLayout, check_env
-from nas_cli.agents.runs import load_weights, return_stats, source_file, start
+from nas_cli.agents.runs import load_weights, play_saved, source_file, start
 from nas_cli.errors import UserError
 from nas_cli.runs import checkpoint
-from nas_cli.runs.files import EVAL_RETURNS
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -45,19 +43,16 @@ def evaluate_saved(ga: GA, env: EnvSpec, opts: RunOptions, source: str | None, e
     net = PolicyLayout(*check_env(env), state.get("hidden", ga.hidden)).network()
     load_weights(net, state, "model", path)
     net = net.to(opts.device).eval()
-    run = opts.run(COMMAND, headline=EVAL_HEADLINE)
-    with run:
-        returns = greedy_returns(net, env, episodes, opts.seed + 20_000, opts.device)
-        np.savetxt(run.dir / EVAL_RETURNS, returns)
-        run.figures = lambda: {
-            "mode": "eval",
-            "source": str(path),
-            "env": env.id,
-            "episodes": len(returns),
-            **return_stats("eval_return", returns),
-        }
-    log.info(
-        f"{len(returns)} greedy episodes of {path}: return {returns.mean():.1f} "
-        f"(min {returns.min():.0f}, max {returns.max():.0f})"
+    summary = play_saved(
+        COMMAND,
+        opts,
+        env,
+        path,
+        lambda seed: {"eval_return": greedy_returns(net, env, episodes, seed, opts.device)},
+        EVAL_HEADLINE,
     )
-    return run.summary
+    log.info(
+        f"{summary['episodes']} greedy episodes of {path}: return {summary['eval_return_mean']:.1f} "
+        f"(min {summary['eval_return_min']:.0f}, max {summary['eval_return_max']:.0f})"
+    )
+    return summary

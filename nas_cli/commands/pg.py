@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.pg import HEADLINE, PolicyGradient, evaluate, train
 from nas_cli.agents.plots import returns_plot
-from nas_cli.agents.runs import load_weights, return_stats, source_file, start
+from nas_cli.agents.runs import load_weights, play_saved, source_file, start
 from nas_cli.runs import checkpoint
-from nas_cli.runs.files import EVAL_RETURNS, METRICS, RETURNS_PLOT
+from nas_cli.runs.files import METRICS, RETURNS_PLOT
 from nas_cli.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -53,21 +52,15 @@ def evaluate_saved(agent: PolicyGradient, env: EnvSpec, opts: RunOptions, source
     agent.build(envs.single_observation_space, envs.single_action_space, opts.device)
     envs.close()
     load_weights(agent.net, checkpoint.load(path, map_location=opts.device), "net", path)
-    run = opts.run(COMMAND, headline=EVAL_HEADLINE)
-    with run:
-        greedy, sampled = evaluate(agent, env, episodes, opts.seed + 20_000)
-        np.savetxt(run.dir / EVAL_RETURNS, np.stack([greedy, sampled], 1), header="greedy sampled", fmt="%g")
-        run.figures = lambda: {
-            "mode": "eval",
-            "source": str(path),
-            "env": env.id,
-            "episodes": len(greedy),
-            **return_stats("eval_return", greedy),
-            **return_stats("eval_return_sampled", sampled),
-        }
-    summary = run.summary
+
+    def play(seed: int) -> dict:
+        greedy, sampled = evaluate(agent, env, episodes, seed)
+        return {"eval_return": greedy, "eval_return_sampled": sampled}
+
+    summary = play_saved(COMMAND, opts, env, path, play, EVAL_HEADLINE)
     log.info(
-        f"{len(greedy)} episodes of {path}: return {greedy.mean():.1f} ± {summary['eval_return_std']:.1f} "
-        f"with the most likely action, {sampled.mean():.1f} ± {summary['eval_return_sampled_std']:.1f} sampled"
+        f"{summary['episodes']} episodes of {path}: return {summary['eval_return_mean']:.1f} ± "
+        f"{summary['eval_return_std']:.1f} with the most likely action, {summary['eval_return_sampled_mean']:.1f} ± "
+        f"{summary['eval_return_sampled_std']:.1f} sampled"
     )
     return summary

@@ -636,7 +636,6 @@ class Trainer:
                 "early_stop": fit.early_stop.state_dict(),
                 "best": fit.best.state_dict(),
                 "rng": rng,
-                "history": fit.record.rows,
                 "steps": fit.step_losses,
             }
         )
@@ -664,7 +663,6 @@ class Trainer:
             fit.snapshots.append(snapshot.eval())
         fit.early_stop.load_state_dict(state.get("early_stop") or {})
         fit.best.load_state_dict(state.get("best") or {})
-        fit.record.rows = list(state["history"])
         fit.step_losses = list(state.get("steps", []))
         fit.epoch = int(state["epoch"])
         if state.get("tally"):  # stopped mid-epoch: replay the pass up to the batch, then its randomness

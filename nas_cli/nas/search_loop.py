@@ -81,7 +81,6 @@ def search(
                 f"not controller={controller.name}"
             )
         controller.load_state_dict(saved["controller"])
-        record.rows = list(saved["history"])
         evaluator.cache = json.loads(saved["cache"])
         record.write_metrics()
         log.info(f"resumed after child {len(record.rows)} of {children}")
@@ -126,7 +125,6 @@ def search(
                     {
                         "controller_name": controller.name,
                         "controller": controller.state_dict(),
-                        "history": record.rows,
                         "cache": cache,
                     }
                 )

@@ -104,7 +104,10 @@ class Run:
         if not path.is_file():
             log.info(f"resume: no checkpoint in {self.dir}, starting from the beginning")
             return None
-        return checkpoint.load(path, map_location=map_location)
+        saved = checkpoint.load(path, map_location=map_location)
+        if "history" in saved:  # the rows up to the checkpoint: rows written after it are dropped at the next write
+            self.record.rows = list(saved["history"])
+        return saved
 
     # -- while it runs ----------------------------------------------------------------------
     @property
@@ -114,9 +117,10 @@ class Run:
         return before + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``checkpoints/last.pt`` atomically, and refresh the running summary's wall time."""
+        """Write ``checkpoints/last.pt`` atomically, with the metrics rows so far (``load_checkpoint`` puts them
+        back), and refresh the running summary's wall time."""
         if self.record.write:
-            checkpoint.save(self.dir / CHECKPOINT, state)
+            checkpoint.save(self.dir / CHECKPOINT, {**state, "history": self.record.rows})
             self._write("running")
 
     def stop_point(self, save: Callable[[], None] | None = None) -> None:
