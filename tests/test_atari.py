@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task
+from helpers import compose_task
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -8,7 +8,7 @@ run folder is left behind.
 from __future__ import annotations
 
 import pytest
-from conftest import in_process as nas_cli
+from helpers import in_process as nas_cli
 
 TINY_TRAIN = ["data=synthetic", "data.shape=[1,8,8]", "data.n_train=64", "data.n_val=16"]
 

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import TINY, cli, summary
+from helpers import TINY, cli, summary
 
 SMALL = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=2"]
 

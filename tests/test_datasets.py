@@ -257,7 +257,7 @@ def test_missing_files_are_one_line_errors_naming_them(tmp_path, name, write, ex
 
 
 def test_cli_missing_svhn_folder_exits_2_with_one_line(tmp_path, capsys):
-    from conftest import in_process
+    from helpers import in_process
 
     code = in_process("train", "data=svhn", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 2

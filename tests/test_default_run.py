@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import cli, summary
+from helpers import cli, summary
 
 
 @pytest.mark.slow

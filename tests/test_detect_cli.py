@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import in_process
+from helpers import in_process
 from PIL import Image
 
 from nas_cli.data.shapes import save_images, shapes

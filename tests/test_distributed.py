@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TIMING, cli, summary
+from helpers import TIMING, cli, summary
 
 from nas_cli.engine.trainer import DIST_STOP_EVERY
 

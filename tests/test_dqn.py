@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TableNet, cli, summary
+from helpers import TableNet, cli, summary
 
 from nas_cli.agents.dqn import DQN, td_loss, train
 from nas_cli.agents.envs import EnvSpec, make_envs

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TIMING
 
 from nas_cli.engine.losses import cross_entropy
 from nas_cli.engine.trainer import Trainer
 from nas_cli.errors import UserError
 from nas_cli.runs import checkpoint, signals
-from tests.conftest import TIMING
 
 # a val_loss curve we control: with min_delta 0.05 only epochs 1 and 2 improve (0.78 and 0.76 miss 0.75)
 SCRIPT = [1.0, 0.8, 0.78, 0.9, 0.76, 0.5, 0.4, 0.3]

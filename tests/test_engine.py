@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import TIMING, metrics, summary
+from helpers import TIMING, metrics, summary
 
 from nas_cli.engine.trainer import Trainer
 from nas_cli.runs import checkpoint

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import in_process
+from helpers import in_process
 from hydra.utils import instantiate
 from test_prep_imagenet import WNIDS, build_src, val_names, write_devkit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, cli, summary
+from helpers import TINY, cli, summary
 
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.runs import checkpoint

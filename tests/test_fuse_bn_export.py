@@ -10,7 +10,7 @@ import textwrap
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task
+from helpers import compose_task
 from torch import nn
 
 from nas_cli.commands import fuse_bn as command

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task
+from helpers import compose_task
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 

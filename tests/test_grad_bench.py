@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_task
+from helpers import compose_task
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.gradients import estimators as est

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMALL_CLI, summary
-from conftest import in_process as nas_cli  # the real command line in this process
+from helpers import SMALL_CLI, summary
+from helpers import in_process as nas_cli  # the real command line in this process
 
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.signals import Interrupted

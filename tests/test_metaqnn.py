@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_task, summary
+from helpers import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.nas.arch import key

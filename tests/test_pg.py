@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TableNet, cli, compose_task, in_process, summary
+from helpers import TableNet, cli, compose_task, in_process, summary
 
 from nas_cli.agents.envs import EnvSpec
 from nas_cli.agents.pg import Loop, PolicyGradient, Rollout, collect, gae, returns_to_go, train

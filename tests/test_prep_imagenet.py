@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import cli, summary
+from helpers import cli, summary
 from PIL import Image
 
 from nas_cli.errors import UserError

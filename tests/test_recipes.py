@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TIMING, metrics, summary
+from helpers import TIMING, metrics, summary
 
 from nas_cli.data.embedded import digits
 from nas_cli.data.synthetic import synthetic

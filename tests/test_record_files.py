@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import SMALL_CLI, in_process, metrics, summary
+from helpers import SMALL_CLI, in_process, metrics, summary
 
 from nas_cli.errors import UserError
 from nas_cli.runs import tracking

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task, in_process, summary
+from helpers import compose_task, in_process, summary
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError

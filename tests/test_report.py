@@ -6,7 +6,7 @@ import statistics
 
 import pandas as pd
 import pytest
-from conftest import fake_job
+from helpers import fake_job
 
 from nas_cli.commands import report
 from nas_cli.errors import UserError

@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import SMALL_CLI, summary
-from conftest import in_process as nas_cli
+from helpers import SMALL_CLI, summary
+from helpers import in_process as nas_cli
 
 from nas_cli.errors import UserError
 from nas_cli.runs import folders

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import SMALL_CLI as SMALL
-from conftest import cli, summary
+from helpers import SMALL_CLI as SMALL
+from helpers import cli, summary
 
 
 @pytest.mark.slow

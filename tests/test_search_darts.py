@@ -8,7 +8,7 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task
+from helpers import compose_task
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_task, summary
+from helpers import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 

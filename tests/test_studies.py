@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import cli, compose_train
+from helpers import cli, compose_train
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 

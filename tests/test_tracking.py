@@ -8,7 +8,7 @@ import math
 import sys
 
 import pytest
-from conftest import compose_task, metrics, summary
+from helpers import compose_task, metrics, summary
 from hydra.core.global_hydra import GlobalHydra
 
 pytest.importorskip("mlflow")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cli
+from helpers import cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
