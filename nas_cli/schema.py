@@ -166,7 +166,7 @@ def _num(x: float) -> str:
 # -- reading a file ----------------------------------------------------------------------------------------
 
 
-def parse_rule(text: str, default: Any = None) -> tuple[Alternative, ...]:
+def parse_rule(text: str) -> tuple[Alternative, ...]:
     """The alternatives of a rule's text (without its braces)."""
     alternatives = []
     for part in _split_top(text, "|"):
@@ -290,7 +290,7 @@ def read_file(path: Path) -> FileSchema:
             end = _closing(comment)
             rule_text, comment = comment[1:end], comment[end + 1 :].strip()
             try:
-                alternatives = parse_rule(rule_text, default)
+                alternatives = parse_rule(rule_text)
             except ValueError as ex:
                 raise ValueError(f"{path}: {dotted}: {ex}") from None
         else:

@@ -149,8 +149,6 @@ class Run:
         _open -= 1
         error = None
         stopped = isinstance(ex, KeyboardInterrupt)
-        if stopped:
-            signals.no_hard_stop()  # the record comes first
         if ex is None:
             status = self.status
         elif stopped:
