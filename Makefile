@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# `mlflow ui` lives in an environment of its own: its server needs SQLAlchemy 2, the optuna extra's storage 1.4
+UI_VENV := .venv-mlflow-ui
 SMOKE  := outputs/smoke
 QUIET  := progress=false threads=1
 
@@ -17,7 +19,14 @@ $(BIN)/nas-cli: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-install: $(BIN)/nas-cli  ## create .venv and install nas-cli with its dev extras
+$(UI_VENV)/bin/mlflow: $(BIN)/nas-cli
+	$(PYTHON) -m venv $(UI_VENV)
+	$(UI_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(UI_VENV)/bin/python -m pip install --quiet \
+		"mlflow==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("mlflow-skinny"))')"
+	@touch $@
+
+install: $(BIN)/nas-cli $(UI_VENV)/bin/mlflow  ## create .venv (nas-cli, its dev extras) and .venv-mlflow-ui (`mlflow ui`)
 
 test: install  ## the whole test suite (CPU, includes slow tests)
 	$(BIN)/python -m pytest
@@ -83,11 +92,12 @@ $(CLEANRL)/bin/python:
 config-docs: install  ## CONFIG.md: every key of every shipped config, from the YAML (a test keeps it current)
 	$(BIN)/python -m nas_cli.schema > CONFIG.md
 
-lint: install  ## ruff: the lint rules and the formatting (CI runs it before the tests)
+lint: install  ## ruff's rules and formatting, and mypy's type check (CI runs them before the tests)
 	$(BIN)/ruff check nas_cli tests bench
 	$(BIN)/ruff format --check nas_cli tests bench
+	$(BIN)/mypy
 
 clean:  ## remove the venv, caches and run outputs
-	rm -rf $(VENV) $(CLEANRL) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UI_VENV) $(CLEANRL) build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -21,7 +21,7 @@ from torch.fx.experimental.optimization import fuse as fx_fuse
 from nas_cli.engine.latency import median_latencies
 from nas_cli.models.mlp import MLP
 from nas_cli.models.resnet import resnet18
-from nas_cli.tools.fuse_bn import fuse_bn
+from nas_cli.tools.fuse_bn.fold import fuse_bn
 
 
 def count_bn(model: nn.Module) -> int:

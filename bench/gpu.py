@@ -141,7 +141,7 @@ def fuse_rows(quick: bool) -> list[tuple]:
 
     from nas_cli.engine.device import full_precision
     from nas_cli.engine.latency import median_latencies
-    from nas_cli.tools.fuse_bn import fuse_bn
+    from nas_cli.tools.fuse_bn.fold import fuse_bn
 
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nas_cli.hydra_bridge import config_dir
-from nas_cli.nas.search_loop import run_in_memory
-from nas_cli.nas.synthetic import synthetic_reward
+from nas_cli.nas.rl.search import run_in_memory
+from nas_cli.nas.rl.synthetic import synthetic_reward
 
 IN_SHAPE = (1, 8, 8)  # digits
 RUNS = [

@@ -7,6 +7,7 @@ Hydra commands take Hydra's own syntax after the command name: overrides
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -22,7 +23,7 @@ app = typer.Typer(
 )
 
 # Hand every token to Hydra untouched, --help included.
-HYDRA_COMMAND = {
+HYDRA_COMMAND: dict[str, Any] = {
     "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
     "add_help_option": False,
 }

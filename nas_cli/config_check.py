@@ -95,7 +95,9 @@ def _compose(command: str, config_name: str, job: list[str]) -> tuple[dict, dict
     """The job's config (resolved, plain containers, without ``hydra``) and its group choices."""
     from hydra import compose
     from hydra.errors import ConfigCompositionException
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
+
+    from nas_cli.config_values import as_dict
 
     try:
         cfg = compose(config_name, overrides=job, return_hydra_config=True)
@@ -108,11 +110,11 @@ def _compose(command: str, config_name: str, job: list[str]) -> tuple[dict, dict
         config, choices = _compose(command, config_name, rest)
         keys = list(schema.rules_for(config_name, choices))
         raise UserError(_no_such_key(command, key, keys)) from None
-    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()}
+    choices = {k: v for k, v in as_dict(cfg.hydra.runtime.choices, resolve=False).items()}
     with open_dict(cfg):
         del cfg["hydra"]
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = as_dict(cfg, resolve=True)
     except Exception as ex:  # an interpolation that names nothing: say where
         raise UserError(f"{getattr(ex, 'full_key', '') or 'config'}: {str(ex).splitlines()[0]}") from None
     return config, choices

@@ -85,7 +85,8 @@ def one_line(ex: BaseException) -> str:
     """Condense an exception (and what caused it) into one readable line."""
     from omegaconf.errors import MissingMandatoryValue
 
-    chain, cur = [], ex
+    chain: list[BaseException] = []
+    cur: BaseException | None = ex
     while cur is not None and cur not in chain:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
@@ -179,7 +180,7 @@ def _stopped_job(ex: BaseException):
     """The ``JobStopped`` behind a sweep's failure (a job in a worker process was interrupted), or None."""
     from nas_cli.runs.signals import JobStopped
 
-    cur = ex
+    cur: BaseException | None = ex
     while cur is not None:
         if isinstance(cur, JobStopped):
             return cur
@@ -208,9 +209,8 @@ def run(command: str, task: Callable | str, config_name: str, args: list[str]) -
 
         args = _for_this_process(resolve_resume(config_name, args))  # run folders are named after the config
         check_command_line(command, config_name, args, unknown_option)  # the schema: before any folder, log or torch
-        if isinstance(task, str):
-            task = importlib.import_module(task).task
-        main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
+        fn: Callable = importlib.import_module(task).task if isinstance(task, str) else task
+        main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(fn)
         with _folder(command, config_name, args) as args:
             with _argv([f"nas-cli {command}", *args]), _hydra_raises(), _quiet_single_run_errors(args):
                 main()
@@ -241,9 +241,9 @@ def command_help(config_name: str, overrides: list[str]) -> str:
     and its footer (examples). Composes the config with Hydra; imports neither torch nor the command."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     from nas_cli import schema
+    from nas_cli.config_values import as_dict
 
     overrides = [o for o in overrides if not o.startswith("-")]
     command = config_name.replace("_", "-")  # primary configs are named after their commands
@@ -253,9 +253,9 @@ def command_help(config_name: str, overrides: list[str]) -> str:
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
-    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    choices = as_dict(cfg.hydra.runtime.choices, resolve=False)
     header, footer = cfg.hydra.help.header, cfg.hydra.help.footer
-    config = OmegaConf.to_container(cfg, resolve=False)  # interpolations as written: ${...}, ??? for a must-give
+    config = as_dict(cfg, resolve=False)  # interpolations as written: ${...}, ??? for a must-give
     config.pop("hydra", None)
     followers = _following_groups(config_name)
     listing, chosen = [], []
@@ -499,7 +499,7 @@ def _is_user_error(ex: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    cur = ex
+    cur: BaseException | None = ex
     while cur is not None:
         if isinstance(cur, (UserError, HydraException, OmegaConfBaseException)):
             return True

@@ -63,6 +63,7 @@ class Alternative:
         if self.kind == "null":
             return value is None
         if self.kind == "literal":
+            assert self.literal is not None  # parse_rule always gives a literal alternative its word
             if ":N" in self.literal:  # cuda:N: any whole number in N's place
                 return (
                     isinstance(value, str)

@@ -66,14 +66,14 @@ def sgd_with_momentum(net, lr=0.025, momentum=0.9, wd=3e-4):
 def captured_unrolled(architect, xt, yt, xv, yv, xi):
     """The weights w' the architect evaluates L_val at inside its second-order gradient."""
     seen = {}
-    real = architect._loss
+    real = architect.loss
 
     def spy(x, y, weights=None):
         if weights is not None:
             seen.update({k: v.detach().clone() for k, v in weights.items()})
         return real(x, y, weights)
 
-    architect._loss = spy
+    architect.loss = spy
     grads = architect.alpha_grads(xt, yt, xv, yv, xi)
     return seen, grads
 
@@ -300,6 +300,12 @@ def test_darts_search_preset(tmp_path, monkeypatch):
     cfg = compose_task("search_darts", tmp_path / "c", ["experiment=darts_search_cifar10"])
     assert (cfg.supernet.layers, cfg.supernet.init_channels, cfg.data.batch_size, cfg.trainer.epochs) == (8, 16, 64, 50)
     assert (cfg.data.val_size, cfg.arch.fraction, cfg.arch.unrolled, cfg.sched.every) == (0, 0.5, "code", "epoch")
+    assert (cfg.arch.lr, cfg.arch.lr_schedule, cfg.arch.betas, cfg.arch.weight_decay) == (
+        3e-4,
+        "constant",
+        [0.5, 0.999],
+        1e-3,
+    )
     from nas_cli.commands import search_darts
 
     built = []

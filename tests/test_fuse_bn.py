@@ -15,7 +15,7 @@ from nas_cli.errors import UserError
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.models.mlp import MLP
 from nas_cli.models.resnet import resnet18
-from nas_cli.tools.fuse_bn import FuseReport, fold, fuse_bn
+from nas_cli.tools.fuse_bn.fold import FuseReport, fold, fuse_bn
 
 
 def randomize_bn(bn: _BatchNorm, gen: torch.Generator, negative: bool = True, zero_var: bool = False) -> None:

@@ -8,7 +8,7 @@ from helpers import TINY, cli, summary
 
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.runs import checkpoint
-from nas_cli.tools.fuse_bn import fuse_bn
+from nas_cli.tools.fuse_bn.fold import fuse_bn
 
 
 @pytest.fixture(scope="module")

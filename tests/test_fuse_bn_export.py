@@ -17,7 +17,8 @@ from nas_cli.commands import fuse_bn as command
 from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.tools import export as exporter
-from nas_cli.tools.fuse_bn import fuse_bn
+from nas_cli.tools.fuse_bn import recipe
+from nas_cli.tools.fuse_bn.fold import fuse_bn
 
 ARGS = [  # resnet18 unless a test swaps the source for the tiny net
     "source=torchvision:resnet18",
@@ -43,7 +44,7 @@ def _tiny_net() -> nn.Module:
         nn.Linear(8, 5),
         nn.BatchNorm1d(5),
     )
-    command.randomize_bn_stats(net, seed=1)
+    recipe.randomize_bn_stats(net, seed=1)
     return net.eval()
 
 
@@ -98,7 +99,7 @@ def tiny_source(monkeypatch):
     """fuse-bn's source replaced by the tiny net and 4 seeded inputs (the command path, without resnet's cost)."""
     torch.manual_seed(0)
     net, inputs = _tiny_net(), torch.randn(4, 3, 16, 16)
-    monkeypatch.setattr(command, "load_source", lambda source, batch, seed: (net, inputs, "tiny"))
+    monkeypatch.setattr(recipe, "load_source", lambda source, batch, seed: (net, inputs, "tiny"))
     return net
 
 
@@ -135,8 +136,8 @@ def test_fuse_bn_export_onnx_of_resnet18(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, 32, 32)
     seed_everything(0)  # the task's seed=0 draws the same random weights and BN statistics
-    model, _, _ = command.load_source(
-        command.Source("torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)), 1, seed=0
+    model, _, _ = recipe.load_source(
+        recipe.Source("torchvision:resnet18", num_classes=10, input_shape=(3, 32, 32)), 1, seed=0
     )
     with torch.no_grad():
         expected = model.eval()(x)

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "": 0,
     "errors": 0,
     "config_files": 0,
+    "config_values": 0,
     "resolvers": 0,
     # 1: the run folder: its files, record, checkpoints, lifecycle, locks, the shared keys
     "runs": 1,
@@ -117,14 +118,14 @@ def test_the_scan_sees_every_kind_of_import():
     assert "nas_cli.runs.resume" in hydra_bridge  # imported inside a function
     source = (
         "from . import folders\nfrom .files import SUMMARY\nfrom .. import errors\n"
-        "def f():\n    import nas_cli.engine.trainer\n    from nas_cli.nas import search_loop\n"
+        "def f():\n    import nas_cli.engine.trainer\n    from nas_cli.nas.rl import search\n"
     )
     assert {t for t, _ in _imports("nas_cli.runs.some_module", source)} == {
         "nas_cli.runs.folders",
         "nas_cli.runs.files",
         "nas_cli.errors",
         "nas_cli.engine.trainer",
-        "nas_cli.nas.search_loop",
+        "nas_cli.nas.rl.search",
     }
     assert {t for t, _ in _imports("nas_cli.runs", "from . import record\n", is_package=True)} == {
         "nas_cli.runs.record"

@@ -79,8 +79,8 @@ COMMANDS = {
     "pg": (PG, "nas_cli.agents.pg.PolicyGradient.update", 40),
     "ga": (GA, "nas_cli.agents.ga.Evolution.generation", 2),
     "detect": (DETECT, "nas_cli.engine.trainer.Trainer._backward_step", 5),
-    "search-rl": (["reward=synthetic", "search.children=6"], "nas_cli.nas.children.Evaluator._score_synthetic", 3),
-    "fuse-bn": (FUSE_BN, "nas_cli.commands.fuse_bn.median_latencies", 2),
+    "search-rl": (["reward=synthetic", "search.children=6"], "nas_cli.nas.rl.children.Evaluator._score_synthetic", 3),
+    "fuse-bn": (FUSE_BN, "nas_cli.tools.fuse_bn.recipe.median_latencies", 2),
     "grad-bench": (GRAD_BENCH, "nas_cli.gradients.protocol.gradients", 2),
     "prep-imagenet": (["workers=1"], "nas_cli.tools.imagenet.prepare.extract_class", 2),
 }

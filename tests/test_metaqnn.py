@@ -10,9 +10,9 @@ import torch
 from helpers import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
 
-from nas_cli.nas.arch import key
-from nas_cli.nas.controllers.metaqnn import PAPER_SCHEDULE, MetaQNN, scale_schedule
-from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, size_bucket
+from nas_cli.nas.rl.arch import key
+from nas_cli.nas.rl.controllers.metaqnn import PAPER_SCHEDULE, MetaQNN, scale_schedule
+from nas_cli.nas.rl.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, size_bucket
 
 # The paper's CIFAR-10 choices (Table 1), one filter count to keep the table short
 PAPER_SPACE = dict(
@@ -194,7 +194,7 @@ def test_best_and_final_scores_from_a_real_child(tmp_path: Path):
     from omegaconf import OmegaConf
 
     from nas_cli.hydra_bridge import config_dir
-    from nas_cli.nas.children import ChildOptions, load_data, train_child
+    from nas_cli.nas.rl.children import ChildOptions, load_data, train_child
 
     data_config = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "digits.yaml"))
     arch = [{"type": "fc", "units": 32, "inputs": []}]

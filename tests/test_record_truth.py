@@ -16,9 +16,9 @@ from helpers import compose_task, in_process, summary
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError
-from nas_cli.nas import executors
-from nas_cli.nas.arch import load_arch
 from nas_cli.nas.darts.genotype import PUBLISHED, Genotype
+from nas_cli.nas.rl import executors
+from nas_cli.nas.rl.arch import load_arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

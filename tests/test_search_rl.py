@@ -17,12 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from nas_cli.hydra_bridge import config_dir
-from nas_cli.nas import children as evaluate_module
-from nas_cli.nas.arch import ArchNet, key, load_arch, pool_size
-from nas_cli.nas.children import ChildOptions, Evaluator
-from nas_cli.nas.controllers.metaqnn import MetaQNN
-from nas_cli.nas.controllers.reinforce import Reinforce
-from nas_cli.nas.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace
+from nas_cli.nas.rl import children as evaluate_module
+from nas_cli.nas.rl.arch import ArchNet, key, load_arch, pool_size
+from nas_cli.nas.rl.children import ChildOptions, Evaluator
+from nas_cli.nas.rl.controllers.metaqnn import MetaQNN
+from nas_cli.nas.rl.controllers.reinforce import Reinforce
+from nas_cli.nas.rl.spaces import CONV, FC, GAP, POOL, SM, MetaQNNSpace, ZophSpace
 from nas_cli.runs.signals import Interrupted
 
 SYNTH = ["reward=synthetic", "device=cpu"]
@@ -405,7 +405,7 @@ def test_depth_schedule_grows_the_sampled_children_at_the_configured_counts():
 
 
 def test_zoph_reward_is_the_max_of_the_last_5_epochs_cubed():
-    from nas_cli.nas.children import child_score
+    from nas_cli.nas.rl.children import child_score
 
     accs = [0.9, 0.5, 0.6, 0.7, 0.65, 0.62]  # per-epoch validation accuracies; the 0.9 is 6 epochs back
     assert child_score(accs, "best", 5) == 0.7 and child_score(accs, "best") == 0.9
@@ -423,7 +423,7 @@ def test_zoph_reward_is_the_max_of_the_last_5_epochs_cubed():
 def test_tournament_samples_with_replacement():
     """Population [0.1, 0.2, 0.3], tournaments of 2: drawn with replacement (Real et al., Algorithm 1) the
     worst wins only when drawn twice, 1/9 of the time; without replacement it could never win."""
-    from nas_cli.nas.controllers.evolution import Evolution
+    from nas_cli.nas.rl.controllers.evolution import Evolution
 
     agent = Evolution(ZophSpace(layers=1), seed=0, population=3, sample=2)
     agent.population = [{"arch": [i], "reward": r} for i, r in enumerate([0.1, 0.2, 0.3])]
@@ -438,7 +438,7 @@ def test_tournament_samples_with_replacement():
 def test_metaqnn_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_task):
     from hydra.utils import instantiate
 
-    from nas_cli.nas.controllers.metaqnn import PAPER_SCHEDULE
+    from nas_cli.nas.rl.controllers.metaqnn import PAPER_SCHEDULE
 
     cfg = compose_search(tmp_path / "c", ["experiment=metaqnn_cifar10"])
     space = instantiate(cfg.space, in_shape=(3, 32, 32))

@@ -18,12 +18,12 @@ from omegaconf import OmegaConf
 
 from nas_cli.errors import UserError
 from nas_cli.hydra_bridge import config_dir
-from nas_cli.nas import children as children_module
-from nas_cli.nas import executors
-from nas_cli.nas.children import ChildOptions, Evaluator
-from nas_cli.nas.executors import JobRunner
-from nas_cli.nas.search_loop import ChildrenFailed
-from nas_cli.nas.spaces import ZophSpace
+from nas_cli.nas.rl import children as children_module
+from nas_cli.nas.rl import executors
+from nas_cli.nas.rl.children import ChildOptions, Evaluator
+from nas_cli.nas.rl.executors import JobRunner
+from nas_cli.nas.rl.search import ChildrenFailed
+from nas_cli.nas.rl.spaces import ZophSpace
 from nas_cli.runs.signals import Interrupted
 
 # tiny REINFORCE searches with the synthetic reward; one torch thread (a shared 2-core CPU)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import compose_task, metrics, summary
@@ -179,13 +180,14 @@ def test_row_steps_and_metric_keys():
 
 
 def _server_python() -> str | None:
-    """The interpreter that serves ``mlflow ui``: this one, or NAS_CLI_MLFLOW_PYTHON (the python of a separate
-    environment that holds the full ``mlflow`` package, as README's tracking paragraph sets up). None when it
-    lacks the server (mlflow-skinny has no Flask)."""
+    """The interpreter that serves ``mlflow ui``: NAS_CLI_MLFLOW_PYTHON, else the one of ``.venv-mlflow-ui`` (the
+    environment `make install` makes for the full ``mlflow`` package), else this one. None when it lacks the
+    server (mlflow-skinny has no Flask)."""
     import os
     import subprocess
 
-    python = os.environ.get("NAS_CLI_MLFLOW_PYTHON", sys.executable)
+    made = Path(__file__).resolve().parent.parent / ".venv-mlflow-ui" / "bin" / "python"
+    python = os.environ.get("NAS_CLI_MLFLOW_PYTHON", str(made) if made.exists() else sys.executable)
     probe = "import importlib.util as u; raise SystemExit(not (u.find_spec('flask') and u.find_spec('mlflow')))"
     try:
         found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0

@@ -22,9 +22,9 @@ import inspect
 import json
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, greedy_returns, start_episodes
+from nas_cli.agents.loop import Rows, after_evaluation, diverged, finished, load_weights
 from nas_cli.agents.networks import NumpyGreedy, QNetwork
 from nas_cli.agents.replay import Batch, ReplayBuffer
-from nas_cli.agents.runs import diverged
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.engine.schedules import Schedule
 from nas_cli.errors import UserError
 from nas_cli.runs import checkpoint
-from nas_cli.runs.files import BEST
 from nas_cli.runs.lifecycle import Run
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class DQN:
         double: bool = False,
         dueling: bool = False,
         aggregation: str = "mean",
-        hidden: list[int] = (256, 256),
+        hidden: Sequence[int] = (256, 256),
         gamma: float = 0.99,
         buffer_size: int = 100_000,
         batch_size: int = 64,
@@ -169,10 +168,22 @@ class DQN:
             raise UserError("optim=lbfgs needs a fixed data set to re-evaluate: dqn takes adam, sgd, rmsprop, ...")
         fused = "fused" in inspect.signature(kind).parameters
         self.optimizer = optimizer(self.q.parameters(), **({"fused": True} if fused else {}))
-        self.scheduler = None
-        self.params, self.target_params = list(self.q.parameters()), list(self.target.parameters())
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.params: list[torch.Tensor] = list(self.q.parameters())
+        self.target_params: list[torch.Tensor] = list(self.target.parameters())
         self.greedy = NumpyGreedy.of(self.q) or self._torch_greedy
         return self
+
+    def load_player(
+        self, path: Path, env: EnvSpec, device: torch.device, episodes: int, epsilon: float = 0.0
+    ) -> Callable[[int], dict]:
+        """``mode=eval``: the Q-network saved at ``path`` (``best.pt`` or a checkpoint), as ``play(seed)``:
+        ``episodes`` greedy (``epsilon``-greedy) games."""
+        envs = env.make(num_envs=1, asynchronous=False)
+        self.build(envs.single_observation_space.shape, int(envs.single_action_space.n), device)
+        envs.close()
+        load_weights(self.q, checkpoint.load(path, map_location=device), "q", path)
+        return lambda seed: {"eval_return": greedy_returns(self.q.eval(), env, episodes, seed, device, epsilon)}
 
     def epsilon(self, step: int, total_steps: int) -> float:
         span = max(1.0, self.exploration_fraction * total_steps)
@@ -190,7 +201,7 @@ class DQN:
         greedy = self.greedy(obs)
         return np.where(explore, actions, greedy) if explore.any() else greedy
 
-    def update(self, batch: Batch) -> tuple[float, float]:
+    def update(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         loss, q = td_loss(self.q, self.target, batch, self.gamma, self.double, self.loss)
         for p in self.params:  # Optimizer.zero_grad costs more than this loop on small nets
             p.grad = None
@@ -251,6 +262,7 @@ class Loop:
         self.ended[:], self.ep_return[:], self.ep_length[:] = False, 0.0, 0
 
     def state_dict(self) -> dict:
+        assert self.obs is not None  # start_episodes has set it before any checkpoint
         return {
             "step": self.step,
             "episodes": self.episodes,
@@ -296,6 +308,7 @@ def train(
         return done
     envs = env.make()
     obs_shape, num_actions = envs.single_observation_space.shape, int(envs.single_action_space.n)
+    assert run.seed is not None  # RunOptions.run gives every run it opens a seed
     threshold, device, seed, n = env.solved_at(), run.device, int(run.seed), env.num_envs
     agent.build(obs_shape, num_actions, device, optimizer)
     agent.schedule(schedule, total_steps)
@@ -337,7 +350,7 @@ def train(
             )
     finally:
         envs.close()
-    return run.summary
+    return finished(run)
 
 
 def _steps(
@@ -358,6 +371,7 @@ def _steps(
     log_every: int,
     eval_epsilon: float = 0.0,
 ) -> None:
+    assert run.seed is not None  # RunOptions.run gives every run it opens a seed
     record, device, seed, n = run.record, run.device, int(run.seed), env.num_envs
     recent = deque((r for r, _ in loop.episodes[-100:]), maxlen=100)
 
@@ -375,7 +389,8 @@ def _steps(
         )
 
     task = bar.add_task("steps", total=total_steps, completed=loop.step, info="")
-    tick = last_write = time.perf_counter()
+    rows = Rows(run, loop)
+    assert loop.obs is not None  # start_episodes has set it
     while loop.step < total_steps:
         epsilon = agent.epsilon(loop.step, total_steps)
         actions = agent.act(loop.obs, epsilon, draws)
@@ -421,13 +436,7 @@ def _steps(
                 score = float(
                     greedy_returns(agent.q, env, eval_episodes, seed + 10_000 + step, device, eval_epsilon).mean()
                 )
-                stop = diverged(run, f"step {step}", {"eval_return": score})
-                if score > loop.best_eval and not stop:
-                    loop.best_eval, loop.best_step = score, step
-                    checkpoint.save(run.dir / BEST, {"model": agent.q.state_dict()})
-                if loop.solved_step is None and threshold is not None and score >= threshold and not stop:
-                    loop.solved_step = step
-            now = time.perf_counter()
+                stop = after_evaluation(run, loop, step, {"eval_return": score}, agent.q, threshold)
             row = {
                 "step": step,
                 "episodes": len(loop.episodes),
@@ -437,13 +446,9 @@ def _steps(
                 "q_mean": math.nan if q_mean is None else q_mean,
                 "epsilon": epsilon,
                 "eval_return": score if evaluated else math.nan,
-                "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9),
             }
-            # the table is rewritten whole (atomically): at evaluations and every 10 s, not every row
-            write = evaluated or now - last_write > 10.0
-            record.log(row, write=write)
-            last_write = now if write else last_write
-            loop.losses, loop.q, tick, loop.last_logged = [], [], now, step
+            rows.log(row, evaluated)
+            loop.losses, loop.q = [], []
             bar.update(task, completed=step, info=f"return {row['return']:.1f}", refresh=True)
             if stop:  # the rows so far stay; the checkpoint stays the last finite one
                 break

@@ -133,7 +133,7 @@ class FireReset(gym.Wrapper):
 
     @staticmethod
     def needed(env: gym.Env) -> bool:
-        meanings = getattr(env.unwrapped, "get_action_meanings", lambda: [])()
+        meanings: list[str] = getattr(env.unwrapped, "get_action_meanings", lambda: [])()
         return len(meanings) >= 3 and meanings[1] == "FIRE"
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -165,7 +165,7 @@ def env_state(env) -> list[dict] | None:
         return None
     layers = []
     for layer in _layers(env):
-        saved = {}
+        saved: dict[str, object] = {}
         for name, value in vars(layer).items():
             if isinstance(value, np.random.Generator):
                 saved[name] = {"rng": json.dumps(value.bit_generator.state)}
@@ -203,7 +203,8 @@ def load_env_state(env, layers: list[dict]) -> None:
                 )
             if isinstance(value, dict) and "rng" in value and isinstance(current, (np.random.Generator, type(None))):
                 state = json.loads(value["rng"])
-                make = BIT_GENERATORS.get(state.get("bit_generator")) if isinstance(state, dict) else None
+                kind = state.get("bit_generator") if isinstance(state, dict) else None
+                make = BIT_GENERATORS.get(kind) if isinstance(kind, str) else None
                 if make is None:
                     raise UserError(f"the checkpoint's environment state names an unknown bit generator for {name}")
                 rng = np.random.Generator(make())

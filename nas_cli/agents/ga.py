@@ -37,15 +37,17 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from nas_cli.agents import population as pop
-from nas_cli.agents.envs import EnvSpec
+from nas_cli.agents.envs import EnvSpec, greedy_returns
+from nas_cli.agents.loop import diverged, load_weights
 from nas_cli.agents.plots import fitness_plot
-from nas_cli.agents.runs import diverged
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
 from nas_cli.runs import checkpoint, signals
@@ -90,7 +92,7 @@ class GA:
         elite_episodes: int = 30,
         elite_in_population: bool = True,
         crossover: float = 0.0,
-        hidden: list[int] = (64,),
+        hidden: Sequence[int] = (64,),
         backend: str = "auto",
         test_episodes: int = 200,
     ):
@@ -102,6 +104,15 @@ class GA:
         self.elite_in_population, self.crossover = bool(elite_in_population), float(crossover)
         self.hidden, self.backend = list(hidden), backend
         self._check()
+
+    def load_player(self, path: Path, env: EnvSpec, device: torch.device, episodes: int) -> Callable[[int], dict]:
+        """``mode=eval``: the individual saved at ``path`` (a run's ``best.pt``), as ``play(seed)``:
+        ``episodes`` greedy games."""
+        state = checkpoint.load(path, map_location="cpu")
+        net = pop.PolicyLayout(*pop.check_env(env), state.get("hidden", self.hidden)).network()
+        load_weights(net, state, "model", path)
+        net = net.to(device).eval()
+        return lambda seed: {"eval_return": greedy_returns(net, env, episodes, seed, device)}
 
     def _check(self) -> None:
         if self.population < 2:
@@ -242,8 +253,10 @@ class State:
         self.elite_index: int | None = None  # where the elite sits in ``members`` (None: not a member)
         self.evaluations = 0  # episodes played, re-evaluations included
         self.env_steps = 0  # environment steps of those episodes
-        self.best_fitness, self.best_generation = -math.inf, None  # the best elite_test_return so far
-        self.solved_generation, self.solved_steps = None, None
+        self.best_fitness = -math.inf  # the best elite_test_return so far, and the generation it came from
+        self.best_generation: int | None = None
+        self.solved_generation: int | None = None
+        self.solved_steps: int | None = None
 
     def state_dict(self) -> dict:
         return {k: v for k, v in vars(self).items()}
@@ -262,6 +275,7 @@ class Evolution:
 
     def generation(self, state: State, generator: torch.Generator) -> dict:
         """Evaluate ``state.members``, pick the elite, record, breed the next population."""
+        assert self.run.seed is not None  # RunOptions.run gives every run it opens a seed
         ga, seed, g = self.ga, int(self.run.seed), state.generation
         tick = time.perf_counter()
         members = state.members.to(self.run.device)
@@ -351,6 +365,7 @@ def train(ga: GA, env: EnvSpec, run: Run, *, generations: int, workers: int = 1,
     if done is not None:
         return done
     layout = pop.PolicyLayout(*pop.check_env(env), ga.hidden)
+    assert run.seed is not None  # RunOptions.run gives every run it opens a seed
     generator = torch.Generator().manual_seed(int(run.seed))
     state = State(layout.init(ga.population, generator))
     record = run.record
@@ -392,7 +407,13 @@ def train(ga: GA, env: EnvSpec, run: Run, *, generations: int, workers: int = 1,
     finally:
         evaluator.close()
     fitness_plot(run.dir / "metrics.csv", run.dir / FITNESS_PLOT, this.threshold)
-    return run.summary
+    summary = run.summary
+    assert summary is not None  # leaving ``with run`` has written it
+    log.info(
+        f"best elite {summary.get('best_eval_return')} at generation {summary.get('best_generation')}; "
+        f"solved at generation {summary.get('solved_generation')} ({summary.get('solved_steps')} steps)"
+    )
+    return summary
 
 
 def _figures(state: State, env: EnvSpec, threshold, layout: pop.PolicyLayout) -> dict:

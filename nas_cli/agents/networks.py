@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class QNetwork(nn.Module):
         self,
         obs_shape: tuple[int, ...],
         num_actions: int,
-        hidden: list[int] = (120, 84),
+        hidden: Sequence[int] = (120, 84),
         dueling: bool = False,
         aggregation: str = "mean",
         dueling_rescale: bool = False,
@@ -150,7 +151,7 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 def mlp(
-    features: int, hidden: list[int], outputs: int, activation: str = "tanh", out_gain: float = 1.0
+    features: int, hidden: Sequence[int], outputs: int, activation: str = "tanh", out_gain: float = 1.0
 ) -> nn.Sequential:
     """``features -> hidden... -> outputs`` with orthogonal weights and zero biases, as SB3's actor-critic
     initialises them: gain sqrt(2) in the hidden layers, ``out_gain`` at the output (0.01 for the policy, so
@@ -182,7 +183,7 @@ class ActorCritic(nn.Module):
     def __init__(
         self,
         obs_shape: tuple[int, ...],
-        hidden: list[int] = (64, 64),
+        hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         num_actions: int | None = None,
         action_dim: int | None = None,
@@ -192,7 +193,9 @@ class ActorCritic(nn.Module):
         if (num_actions is None) == (action_dim is None):
             raise ValueError("give num_actions (discrete) or action_dim (continuous)")
         self.continuous = action_dim is not None
-        outputs = action_dim if self.continuous else num_actions
+        outputs = action_dim if action_dim is not None else num_actions
+        assert outputs is not None  # exactly one of the two is given (checked above)
+        self.trunk: nn.Module
         if len(obs_shape) == 3:  # stacked uint8 frames
             self.trunk = nature_trunk(obs_shape[0])
             with torch.no_grad():
@@ -213,6 +216,7 @@ class ActorCritic(nn.Module):
         out = self.policy(h)
         if not self.continuous:
             return torch.distributions.Categorical(logits=out)
+        assert self.log_std is not None  # a continuous head has one
         return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:

@@ -27,20 +27,21 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from nas_cli.agents.envs import EnvSpec, episode_figures, game_over, policy_returns, start_episodes
+from nas_cli.agents.loop import Rows, after_evaluation, diverged, finished, load_weights
 from nas_cli.agents.networks import ACTIVATIONS, ActorCritic, mlp
-from nas_cli.agents.runs import diverged
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
 from nas_cli.runs import checkpoint
-from nas_cli.runs.files import BEST
 from nas_cli.runs.lifecycle import Run
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SharedTrunkActorCritic(ActorCritic):
     def __init__(
         self,
         obs_shape: tuple[int, ...],
-        hidden: list[int] = (512,),
+        hidden: Sequence[int] = (512,),
         num_actions: int | None = None,
         action_dim: int | None = None,
         log_std_init: float = 0.0,
@@ -109,16 +110,19 @@ class SharedTrunkActorCritic(ActorCritic):
         super().__init__(
             obs_shape, [], "relu", num_actions=num_actions, action_dim=action_dim, log_std_init=log_std_init
         )
-        layers, features = list(self.trunk), self.policy[0].in_features  # the convolutions, flattened
+        head = cast(nn.Linear, self.policy[0])  # mlp(features, [], ...) is a single Linear
+        convolutions = cast(nn.Sequential, self.trunk)  # image stacks: nature_trunk, flattened at its end
+        layers, features = list(convolutions), head.in_features
         for width in hidden:
             layers += [nn.Linear(features, width), nn.ReLU()]
             features = width
         for m in layers:
             if isinstance(m, (nn.Conv2d, nn.Linear)):
+                assert m.bias is not None  # nature_trunk's convolutions and these Linears all have one
                 nn.init.orthogonal_(m.weight, math.sqrt(2))
                 nn.init.zeros_(m.bias)
         self.trunk = nn.Sequential(*layers)
-        outputs = self.policy[0].out_features
+        outputs = head.out_features
         self.policy = mlp(features, [], outputs, out_gain=0.01)
         self.value = mlp(features, [], 1, out_gain=1.0)
 
@@ -170,7 +174,7 @@ class PolicyGradient:
     def __init__(
         self,
         algo: str = "a2c",
-        hidden: list[int] = (64, 64),
+        hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         gamma: float = 0.99,
         n_steps: int | None = None,
@@ -208,6 +212,20 @@ class PolicyGradient:
         self.log_std_init = float(log_std_init)
         self.rms_prop_eps, self.lr_schedule = float(rms_prop_eps), lr_schedule
 
+    def load_player(self, path: Path, env: EnvSpec, device: torch.device, episodes: int) -> Callable[[int], dict]:
+        """``mode=eval``: the actor-critic saved at ``path`` (``best.pt`` or a checkpoint), as ``play(seed)``:
+        ``episodes`` games with the most likely action, then the same starts with sampled actions."""
+        envs = env.make(num_envs=1, asynchronous=False)
+        self.build(envs.single_observation_space, envs.single_action_space, device)
+        envs.close()
+        load_weights(self.net, checkpoint.load(path, map_location=device), "net", path)
+
+        def play(seed: int) -> dict:
+            greedy, sampled = evaluate(self, env, episodes, seed)
+            return {"eval_return": greedy, "eval_return_sampled": sampled}
+
+        return play
+
     def build(
         self,
         observation_space,
@@ -227,6 +245,7 @@ class PolicyGradient:
             self.low, self.high = action_space.low, action_space.high
         else:
             raise UserError(f"pg takes discrete or 1-D continuous (Box) actions, not {action_space}")
+        net: ActorCritic
         if len(observation_space.shape) == 3:  # image stacks: SB3's CnnPolicy, one shared trunk
             net = SharedTrunkActorCritic(
                 observation_space.shape, self.hidden, log_std_init=self.log_std_init, **actions
@@ -241,7 +260,9 @@ class PolicyGradient:
             raise UserError("optim=lbfgs needs a fixed data set to re-evaluate: pg takes adam, rmsprop, sgd, ...")
         # one fused kernel, or one foreach op, for all parameters: a dozen small ops each costs more here
         accepts = inspect.signature(kind).parameters
-        fast = {"fused": True} if "fused" in accepts else {"foreach": True} if "foreach" in accepts else {}
+        fast: dict[str, object] = (
+            {"fused": True} if "fused" in accepts else {"foreach": True} if "foreach" in accepts else {}
+        )
         named = getattr(optimizer, "keywords", {})
         if isinstance(kind, type) and issubclass(kind, torch.optim.RMSprop) and "eps" not in named:
             fast["eps"] = self.rms_prop_eps  # SB3's A2C: RMSprop(alpha=0.99, eps=1e-5)
@@ -257,6 +278,7 @@ class PolicyGradient:
         """Actions sampled from pi(.|s) with the agent's own generator (saved in checkpoints)."""
         out = self.net.policy(self.net.features(torch.as_tensor(obs, device=self.device)))
         if self.net.continuous:
+            assert self.net.log_std is not None  # a continuous head has one
             noise = torch.randn(out.shape, generator=self.sampler, device=self.device)
             return (out + noise * self.net.log_std.exp()).cpu().numpy()
         return torch.multinomial(out.softmax(-1), 1, generator=self.sampler).squeeze(1).cpu().numpy()
@@ -276,6 +298,7 @@ class PolicyGradient:
                 return self.env_actions(self.net.most_likely(obs_t).cpu().numpy())
             out = self.net.policy(self.net.features(obs_t))
             if self.net.continuous:
+                assert self.net.log_std is not None  # a continuous head has one
                 noise = torch.randn(out.shape, generator=generator, device=self.device)
                 return self.env_actions((out + noise * self.net.log_std.exp()).cpu().numpy())
             return torch.multinomial(out.softmax(-1), 1, generator=generator).squeeze(1).cpu().numpy()
@@ -387,7 +410,7 @@ class Loop:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value.numpy() if isinstance(value, torch.Tensor) else value)
-        self.episodes = [tuple(e) for e in self.episodes]
+        self.episodes = [(r, n) for r, n in self.episodes]  # a checkpoint may hold them as lists
 
 
 def collect(agent: PolicyGradient, envs, loop: Loop, recent: deque, clip_rewards: bool = False) -> Rollout:
@@ -397,10 +420,13 @@ def collect(agent: PolicyGradient, envs, loop: Loop, recent: deque, clip_rewards
     from a reset afterwards. ``clip_rewards``: the rollout learns from sign(r) (env.clip_rewards, Atari), the
     logged returns stay the game's own."""
     n = len(loop.ended)
-    share = None if agent.n_steps is not None else agent.episodes // n
+    n_steps = agent.n_steps
+    share = None if n_steps is not None else agent.episodes // n
     finished = np.zeros(n, dtype=int)
+    rewards: list[np.ndarray]  # and the other rows: one of each per step
     obs, actions, rewards, terminated, ended, valid = [], [], [], [], [], []
-    while (len(rewards) < agent.n_steps) if share is None else (finished < share).any():
+    assert loop.obs is not None  # start_episodes has set it before the first rollout
+    while (len(rewards) < n_steps) if n_steps is not None else (finished < share).any():
         a = agent.act(loop.obs)
         next_obs, r, term, trunc, info = envs.step(agent.env_actions(a))
         real = ~loop.ended  # the step after an episode's end is its reset, not a transition
@@ -455,6 +481,7 @@ def train(
             f"agent.episodes={agent.episodes} does not share out over env.num_envs={env.num_envs}: use a multiple of it"
         )
     envs = env.make()
+    assert run.seed is not None  # RunOptions.run gives every run it opens a seed
     seed = int(run.seed)
     agent.build(envs.single_observation_space, envs.single_action_space, run.device, optimizer)
     agent.sampler.manual_seed(seed)
@@ -485,7 +512,7 @@ def train(
             )
     finally:
         envs.close()
-    return run.summary
+    return finished(run)
 
 
 def evaluate(agent: PolicyGradient, env: EnvSpec, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -509,6 +536,7 @@ def _updates(
     eval_episodes: int,
     log_every: int,
 ) -> None:
+    assert run.seed is not None  # RunOptions.run gives every run it opens a seed
     record, seed = run.record, int(run.seed)
     recent = deque((r for r, _ in loop.episodes[-100:]), maxlen=100)
 
@@ -523,7 +551,7 @@ def _updates(
         )
 
     task = bar.add_task("steps", total=total_steps, completed=loop.step, info="")
-    tick = last_write = time.perf_counter()
+    rows = Rows(run, loop)
     while loop.step < total_steps:
         batch = collect(agent, envs, loop, recent, env.clip_rewards)
         agent.set_progress(1.0 - loop.step / total_steps)  # as SB3: the progress after the rollout
@@ -546,16 +574,9 @@ def _updates(
             score, score_sampled = float(greedy.mean()), float(sampled.mean())
             loop.eval_seconds += time.perf_counter() - started
             loop.next_eval = (step // eval_every + 1) * eval_every
-            stop = diverged(run, f"step {step}", {"eval_return": score, "eval_return_sampled": score_sampled})
-            if score > loop.best_eval and not stop:
-                loop.best_eval, loop.best_step = score, step
-                checkpoint.save(run.dir / BEST, {"model": agent.net.state_dict()})
-            if threshold is not None and loop.solved_step is None and score >= threshold and not stop:
-                loop.solved_step = step
-            if threshold is not None and loop.solved_step_sampled is None and score_sampled >= threshold and not stop:
-                loop.solved_step_sampled = step
+            scores = {"eval_return": score, "eval_return_sampled": score_sampled}
+            stop = after_evaluation(run, loop, step, scores, agent.net, threshold)
         if step - loop.last_logged >= log_every or evaluated or stop:
-            now = time.perf_counter()
             row = {
                 "step": step,
                 "episodes": len(loop.episodes),
@@ -564,13 +585,9 @@ def _updates(
                 **{k: float(np.mean(v)) if v else math.nan for k, v in loop.window.items()},
                 "eval_return": score if evaluated else math.nan,
                 "eval_return_sampled": score_sampled if evaluated else math.nan,
-                "steps_per_s": (step - loop.last_logged) / max(now - tick, 1e-9),
             }
-            write = evaluated or now - last_write > 10.0  # the table is rewritten whole: not at every row
-            record.log(row, write=write)
-            last_write = now if write else last_write
+            rows.log(row, evaluated)
             loop.window = {k: [] for k in loop.window}
-            tick, loop.last_logged = now, step
             bar.update(task, completed=min(step, total_steps), info=f"return {row['return']:.1f}", refresh=True)
             if evaluated and not stop:
                 log.info(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -94,11 +95,10 @@ def check_env(env: EnvSpec) -> tuple[int, int]:
             f"env.id={env.id}: ga evolves greedy policies over discrete actions, this one has "
             f"{type(act_space).__name__} actions"
         )
-    if len(obs_space.shape) != 1 or env.atari or env.frame_stack > 1:
-        raise UserError(
-            f"env.id={env.id}: ga evolves MLP policies, for vector observations (this one is {obs_space.shape})"
-        )
-    return int(obs_space.shape[0]), int(act_space.n)
+    shape = obs_space.shape  # None for spaces of no fixed shape (Graph, Sequence): not vectors either
+    if shape is None or len(shape) != 1 or env.atari or env.frame_stack > 1:
+        raise UserError(f"env.id={env.id}: ga evolves MLP policies, for vector observations (this one is {shape})")
+    return int(shape[0]), int(act_space.n)
 
 
 class Episodes:
@@ -120,8 +120,10 @@ class Episodes:
                 f"agent.backend=numpy: {env.id} has no numpy vector implementation in gymnasium (use auto or python)"
             )
         if self.backend == "numpy":
-            self.vec = gym.make_vec(env.id, num_envs=n, vectorization_mode="vector_entry_point").unwrapped
-            self.one = gym.make_vec(env.id, num_envs=1, vectorization_mode="vector_entry_point").unwrapped
+            # the environment's own numpy class (e.g. CartPoleVectorEnv): beyond VectorEnv's interface it
+            # keeps ``state``, the array each copy's start is written into
+            self.vec: Any = gym.make_vec(env.id, num_envs=n, vectorization_mode="vector_entry_point").unwrapped
+            self.one: Any = gym.make_vec(env.id, num_envs=1, vectorization_mode="vector_entry_point").unwrapped
         else:
             self.envs = [env.make_one() for _ in range(n)]
         self.running = np.zeros(n, dtype=bool)

@@ -8,8 +8,9 @@ scratch with ``nas-cli train model=darts model.genotype=RUN/genotype.json``.
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nas_cli.config_values import as_dict
 from nas_cli.engine.device import seed_everything
 from nas_cli.nas.darts.search import (
     SEARCH_HEADLINE,
@@ -31,7 +32,7 @@ def task(cfg: DictConfig) -> dict:
     optimizer = instantiate(cfg.optim)(params=supernet.parameters())  # the weights; alpha has its own Adam
     trainer = instantiate(cfg.trainer, device=opts.device, progress=opts.progress)
     run = opts.run(COMMAND, budget={"trainer.epochs": trainer.epochs}, headline=SEARCH_HEADLINE)
-    arch = ArchOptions(**OmegaConf.to_container(cfg.arch, resolve=True))
-    latency = LatencyOptions(**OmegaConf.to_container(cfg.latency, resolve=True))
-    step = StepOptions(**OmegaConf.to_container(cfg.search, resolve=True))
+    arch = ArchOptions(**as_dict(cfg.arch))
+    latency = LatencyOptions(**as_dict(cfg.latency))
+    step = StepOptions(**as_dict(cfg.search))
     return search(supernet, data, trainer, optimizer, instantiate(cfg.sched), run, arch, latency, step)

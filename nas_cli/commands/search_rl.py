@@ -6,18 +6,19 @@ validation accuracy (``child.score``: the best or the final epoch's) is the cont
 ``reinforce`` (Zoph & Le 2017), ``metaqnn``
 (Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph`` or ``metaqnn``).
 ``search.executor``: where children train: ``inline`` (this process or ``search.workers`` processes) or as
-submitit jobs (``local``, ``debug``, ``slurm``), ``search.batch`` a round (``nas_cli/nas/executors.py``).
+submitit jobs (``local``, ``debug``, ``slurm``), ``search.batch`` a round (``nas_cli/nas/rl/executors.py``).
 """
 
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nas_cli.config_values import as_dict
 from nas_cli.errors import UserError
-from nas_cli.nas.children import ChildOptions, Evaluator, load_data
-from nas_cli.nas.executors import EXECUTORS, JobRunner, SlurmOptions
-from nas_cli.nas.search_loop import HEADLINE, search
+from nas_cli.nas.rl.children import ChildOptions, Evaluator, load_data
+from nas_cli.nas.rl.executors import EXECUTORS, JobRunner, SlurmOptions
+from nas_cli.nas.rl.search import HEADLINE, search
 from nas_cli.runs.options import RunOptions
 
 COMMAND = "search-rl"
@@ -25,14 +26,14 @@ COMMAND = "search-rl"
 
 def task(cfg: DictConfig) -> dict:
     opts = RunOptions.from_config(cfg)
-    child = ChildOptions(**OmegaConf.to_container(cfg.child, resolve=True))
-    data_config = OmegaConf.to_container(cfg.data, resolve=True)
+    child = ChildOptions(**as_dict(cfg.child))
+    data_config = as_dict(cfg.data)
     data = load_data(data_config, child, opts.seed)
     space = instantiate(cfg.space, in_shape=data.in_shape, _convert_="all")
     controller = instantiate(cfg.controller, space=space, seed=opts.seed, _convert_="all")
     evaluator = Evaluator(
         str(cfg.reward),
-        OmegaConf.to_container(cfg.synthetic, resolve=True),
+        as_dict(cfg.synthetic),
         opts.run_dir,
         opts.device,
         data,
@@ -58,5 +59,5 @@ def _runner(cfg: DictConfig, opts: RunOptions) -> JobRunner | None:
         raise UserError(f"search.executor={kind}: use {' | '.join(EXECUTORS)}")
     if kind == "inline":
         return None
-    slurm = SlurmOptions(**OmegaConf.to_container(cfg.search.slurm, resolve=True))
+    slurm = SlurmOptions(**as_dict(cfg.search.slurm))
     return JobRunner(kind, opts.run_dir, slurm, retries=int(cfg.search.retries), poll_s=float(cfg.search.poll_s))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,13 @@ DEFAULTS: dict[str, object] = {
     "mixup_alpha": 0.0,
     "cutmix_alpha": 0.0,
 }
+
+
+class _Rand(TypedDict):
+    """The keywords of every random draw: where it comes from and where it lands."""
+
+    generator: torch.Generator | None
+    device: torch.device | None
 
 
 @dataclass
@@ -123,7 +131,7 @@ class Augment:
     ) -> Draws:
         """The random parameters of ``n`` images, drawn in one fixed order (the host path's order, so a
         seed gives the same augmentation whether the data sits on the host or on the device)."""
-        rand = {"generator": generator, "device": device}
+        rand: _Rand = {"generator": generator, "device": device}
         d = Draws()
         if self.resized_crop_scale is not None:
             d.boxes = random_boxes(n, height, width, self.resized_crop_scale, **rand)
@@ -150,6 +158,7 @@ class Augment:
         if d.flips is not None:
             x = torch.where(d.flips.view(-1, 1, 1, 1), x.flip(-1), x)
         if d.factors is not None:
+            assert d.order is not None  # drawn together with the factors
             x = jitter(x, d.factors, d.order, select=gather)
         if d.centres is not None:
             x = cutout(x, self.cutout, self.fill, centres=d.centres)
@@ -201,7 +210,7 @@ class Mixing:
         self, height: int, width: int, *, generator: torch.Generator | None = None, device: torch.device | None = None
     ) -> MixDraws:
         """The batch's parameters, in a fixed order: MixUp's lambda, CutMix's lambda, the choice, the centre."""
-        rand = {"generator": generator, "device": device}
+        rand: _Rand = {"generator": generator, "device": device}
         d = MixDraws()
         if self.mixup_alpha:
             d.mixup_lam = beta(self.mixup_alpha, **rand)
@@ -217,18 +226,22 @@ class Mixing:
         """Mix with the parameters ``d``: ``keep`` is the weight of each image's own pixels (lambda
         everywhere for MixUp, 0 inside the box and 1 outside for CutMix), ``lam`` its label's weight."""
         h, w = x.shape[-2:]
-        keep = lam = None
+        keep: torch.Tensor | None = None
+        lam: torch.Tensor | None = None
         if d.mixup_lam is not None:
             keep = lam = d.mixup_lam.to(x.device)
         if d.cutmix_lam is not None:
+            assert d.centre is not None  # drawn together with CutMix's lambda
             box = cutmix_box(d.cutmix_lam.to(x.device), (c.to(x.device) for c in d.centre), h, w)
             outside = ~box_mask(box, h, w)
             kept = 1 - (box[2] - box[0]) * (box[3] - box[1]) / (h * w)  # the area actually kept, as v2
             if d.cut is None:
                 keep, lam = outside.to(x.dtype), kept.float()
             else:
+                assert keep is not None and lam is not None  # the choice is drawn only with MixUp on too
                 cut = d.cut.to(x.device)
                 keep, lam = torch.where(cut, outside.to(x.dtype), keep), torch.where(cut, kept.float(), lam)
+        assert keep is not None and lam is not None, "neither MixUp nor CutMix is on"
         target = y.float() if y.is_floating_point() else F.one_hot(y, num_classes).float()
         mixed = x * keep + x.roll(1, 0) * (1 - keep)
         return mixed, target * lam + target.roll(1, 0) * (1 - lam)

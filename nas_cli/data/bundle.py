@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from nas_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from nas_cli.data.augment import Mixing
 
 
 class TensorLoader:
@@ -58,7 +62,7 @@ class TensorLoader:
         self.generator = generator
         self.drop_last = drop_last
         self.augment = augment
-        self.mixing = getattr(augment, "mixing", None)
+        self.mixing: Mixing | None = getattr(augment, "mixing", None)
         self.num_classes = num_classes
         if self.mixing is not None and num_classes is None:
             raise UserError(
@@ -127,9 +131,17 @@ class TensorLoader:
             else:
                 yield self._mix(self._augmented(self.x[idx], seed), self.y[idx], seed is not None)
 
+    def fixed_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``size`` examples as the model sees them, without augmentation: a batch that stays the
+        same every time it is asked for (a measurement's, not training's)."""
+        x = self.x[:size]
+        return self._normalized(x.float().div_(255) if x.dtype == torch.uint8 else x), self.y[:size]
+
     def _mix(self, x: torch.Tensor, y: torch.Tensor, on_device: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp/CutMix of the augmented batch, before normalization (mixing is linear: either order gives the
         same batch); on the device it continues the batch's generator, so a batch's index still fixes it."""
+        # called only when mixing is on, which __init__ allows only with num_classes
+        assert self.mixing is not None and self.num_classes is not None
         x, y = self.mixing(x, y, self.num_classes, generator=self._draws if on_device else None)
         return self._normalized(x), y
 
@@ -147,6 +159,7 @@ class TensorLoader:
         if self.augment is not None:
             batch = getattr(self.augment, "batch", None)
             if seed is not None and batch is not None:  # on the device: its own generator, seeded per batch
+                assert self._draws is not None  # a batch seed is drawn only when placed with augmentation
                 x = batch(x, generator=self._draws.manual_seed(seed))
             else:
                 x = batch(x) if batch is not None else torch.stack([self.augment(image) for image in x])
@@ -154,6 +167,7 @@ class TensorLoader:
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is not None:
+            assert self.std is not None  # given together with the mean
             x = (x - self.mean) / self.std
         return x
 
@@ -207,8 +221,11 @@ def shard_bundle(data: DataBundle, rank: int, world: int, seed: int) -> DataBund
             continue
         inner = getattr(loader, "loader", loader)  # a GPU-decoding wrapper holds its DataLoader
         if isinstance(inner, DataLoader):
-            sampler = DistributedSampler(inner.dataset, world, rank, shuffle=shuffle, seed=seed)
+            sampler: DistributedSampler[int] = DistributedSampler(
+                inner.dataset, world, rank, shuffle=shuffle, seed=seed
+            )
             workers = inner.num_workers
+            assert inner.batch_size is not None  # our DataLoaders batch by batch_size, never by a batch_sampler
             sharded = DataLoader(
                 inner.dataset,
                 batch_size=max(1, inner.batch_size // world),

@@ -180,7 +180,7 @@ def read_split(folder: Path, height: int, width: int) -> Split:
     for i, file in enumerate(files):
         images[i], factor = read_image(file, path, height, width)
         factors.append(factor)
-    rows = [[] for _ in entries]
+    rows: list[list[list[float]]] = [[] for _ in entries]
     for j, ann in enumerate(data["annotations"]):
         row = annotation_row(ann, j, path, index, position, factors, height, width)
         if row is not None:
@@ -241,7 +241,7 @@ def read_image(file: Path, listed_in: Path, height: int, width: int) -> tuple[to
         raise UserError(f"{file}: cannot read this image ({error})") from None
     factor = (width / image.width, height / image.height)
     if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), factor
 
 

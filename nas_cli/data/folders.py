@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -346,7 +347,7 @@ def imagefolder(
             train_ds = Subset(train_ds, stratified_cap(np.arange(len(train_ds)), targets, subset, 0))
     test_split = next((s for s in ("test", "val" if val_size else None) if s and (root_path / s).is_dir()), None)
     generator = torch.Generator().manual_seed(seed)
-    common = {
+    common: dict[str, Any] = {
         "batch_size": batch_size,
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),
@@ -359,10 +360,14 @@ def imagefolder(
     if mixing is not None and decode == "cuda":
         raise UserError("data.augment.mixup_alpha / cutmix_alpha need data.decode=cpu for image folders")
     # MixUp/CutMix mix each collated training batch (validation and test never)
-    train_collate = {"collate_fn": MixCollate(mixing, len(classes))} if mixing is not None else {}
-    train_loader = DataLoader(train_ds, shuffle=True, generator=generator, drop_last=False, **common, **train_collate)
-    val_loader = DataLoader(val_ds, shuffle=False, **common)
-    test_loader = DataLoader(folder(test_split), shuffle=False, **common) if test_split else None
+    train_collate: dict[str, Any] = {"collate_fn": MixCollate(mixing, len(classes))} if mixing is not None else {}
+    train_loader: DataLoader[Any] | gpu_decode.GpuDecoded = DataLoader(
+        train_ds, shuffle=True, generator=generator, drop_last=False, **common, **train_collate
+    )
+    val_loader: DataLoader[Any] | gpu_decode.GpuDecoded = DataLoader(val_ds, shuffle=False, **common)
+    test_loader: DataLoader[Any] | gpu_decode.GpuDecoded | None = (
+        DataLoader(folder(test_split), shuffle=False, **common) if test_split else None
+    )
     if decode == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
         batcher = gpu_decode.ImageBatcher(image_size, IMAGENET_MEAN, IMAGENET_STD, augmentation)

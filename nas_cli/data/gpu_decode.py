@@ -75,13 +75,12 @@ class ImageBatcher:
         from torchvision.transforms.v2 import functional as TF
 
         size = [self.size, self.size]
-        crop = self.augment is not None and self.augment.resized_crop_scale is not None
+        scale = self.augment.resized_crop_scale if self.augment is not None else None
         out = []
         for image in images:
-            if crop:
-                top, left, h, w = random_boxes(1, *image.shape[-2:], self.augment.resized_crop_scale, generator=host)[
-                    0
-                ].tolist()
+            if scale is not None:
+                height, width = image.shape[-2:]
+                top, left, h, w = random_boxes(1, height, width, scale, generator=host)[0].tolist()
                 out.append(TF.resized_crop(image, top, left, h, w, size, antialias=True))
             else:
                 resized = TF.resize(image, [round(self.size * 8 / 7)], antialias=True)

@@ -119,7 +119,9 @@ def _file(folder: Path, name: str) -> Path | None:
 
 def read_pair(folder: Path, images_name: str, labels_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, H, W) uint8 and labels (N,) int64 from an IDX image file and its label file."""
-    images, labels = read_idx(_file(folder, images_name)), read_idx(_file(folder, labels_name))
+    images_file, labels_file = _file(folder, images_name), _file(folder, labels_name)
+    assert images_file is not None and labels_file is not None  # find_folder chose a folder holding both
+    images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(
             f"{folder}: {images_name} holds shape {images.shape} and {labels_name} {labels.shape}; "

@@ -32,6 +32,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def shapes(
     ``k`` is the ``k``-th name given; None: all six, in ``CLASSES``'s order). ``seed`` orders the training batches.
     """
     names = check_classes(classes)
-    knobs = dict(
+    knobs: dict[str, Any] = dict(
         image_size=image_size,
         max_objects=max_objects,
         min_size=min_size,
@@ -231,6 +232,9 @@ def paint_objects(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Place and paint the objects of a chunk, one slot at a time across all images; return their targets."""
+    # ints, not Any: numpy's stubs take a draw of an Any size for a single scalar
+    n: int
+    size: int
     n, _, size, _ = canvas.shape
     counts = rng.integers(1, max_objects + 1, n)
     boxes = np.zeros((n, max_objects, 4), np.float64)  # tight boxes of the placed objects (xyxy)
@@ -326,7 +330,8 @@ def digit_masks(side: np.ndarray, cell: int, rng: np.random.Generator) -> np.nda
 
 def tight_boxes(masks: np.ndarray) -> np.ndarray:
     """The tight box (x1, y1, x2, y2) of each mask's pixels, pixel edges (x2 = last column + 1)."""
-    cols, rows = masks.any(1), masks.any(2)
+    # any() over one axis of 3-D masks is an array (numpy's stubs also allow a scalar: masks of unknown rank)
+    cols, rows = cast(np.ndarray, masks.any(1)), cast(np.ndarray, masks.any(2))
     width = masks.shape[2]
     return np.stack(
         [cols.argmax(1), rows.argmax(1), width - cols[:, ::-1].argmax(1), masks.shape[1] - rows[:, ::-1].argmax(1)], 1
@@ -403,7 +408,8 @@ def write_coco(root: str | os.PathLike, images: torch.Tensor, targets: torch.Ten
     root = Path(root)
     paths = save_images(images, root / "images")
     height, width = int(images.shape[2]), int(images.shape[3])
-    entries, annotations = [], []
+    entries: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, (path, rows) in enumerate(zip(paths, targets)):
         entries.append({"id": i + 1, "file_name": path.name, "width": width, "height": height})
         for cls, x1, y1, x2, y2 in rows[rows[:, 0] >= 0].tolist():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from nas_cli.data.augment import build_augment
@@ -9,7 +11,7 @@ from nas_cli.data.bundle import DataBundle, tensor_bundle
 
 
 def synthetic(
-    shape: list[int] = (1, 28, 28),
+    shape: Sequence[int] = (1, 28, 28),
     num_classes: int = 10,
     n_train: int = 1000,
     n_val: int = 200,

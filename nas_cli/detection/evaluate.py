@@ -129,7 +129,7 @@ class CocoMeanAP:
     COCOeval's default run, at a quarter of the work).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.images: list[tuple[np.ndarray, ...]] = []
 
     def update(self, found: list[dict[str, torch.Tensor]], truth: list[dict[str, torch.Tensor]]) -> None:
@@ -151,7 +151,9 @@ class CocoMeanAP:
 
     def coco_dicts(self) -> tuple[dict, dict]:
         """The ground truth and the detections as COCO datasets (image ids 1.., annotation ids 1..)."""
-        gts, dts, classes = [], [], set()
+        gts: list[dict] = []
+        dts: list[dict] = []
+        classes: set[int] = set()
         for image_id, (boxes, scores, labels, gt_boxes, gt_labels, crowd) in enumerate(self.images, 1):
             for box, label, is_crowd in zip(gt_boxes, gt_labels, crowd):
                 gts.append(_annotation(len(gts) + 1, image_id, box, int(label), iscrowd=int(bool(is_crowd))))

@@ -71,8 +71,9 @@ class Detector(nn.Module):
         self.box_out = nn.Conv2d(hw, 4, 1)
         self.obj_out = nn.Conv2d(hw, 1, 1)
         bias = -math.log((1 - PRIOR) / PRIOR)
-        nn.init.constant_(self.cls_out.bias, bias)
-        nn.init.constant_(self.obj_out.bias, bias)
+        for head in (self.cls_out, self.obj_out):
+            assert head.bias is not None  # made with one: nn.Conv2d's default
+            nn.init.constant_(head.bias, bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         c4 = self.stage4(self.stem(x))

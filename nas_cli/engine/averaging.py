@@ -37,7 +37,8 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float | str):
         self.decay = decay if decay == "polyak" else check_decay(decay)
         self.module = copy.deepcopy(model).eval()
-        self._params, self._buffers = list(self.module.parameters()), list(self.module.buffers())
+        self._params: list[torch.Tensor] = list(self.module.parameters())
+        self._buffers = list(self.module.buffers())
         for p in self._params:
             p.requires_grad_(False)
         self.updates = 0
@@ -46,7 +47,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         # polyak: avg_t = avg_{t-1} + (w_t - avg_{t-1}) / t; at t = 1 the weight is 1, so avg_1 = w_1
-        weight = 1.0 / self.updates if self.decay == "polyak" else 1.0 - self.decay
+        weight = 1.0 / self.updates if isinstance(self.decay, str) else 1.0 - self.decay  # a str is "polyak"
         torch._foreach_lerp_(self._params, [p.detach() for p in model.parameters()], weight)  # one call a step
         if self._buffers:
             torch._foreach_copy_(self._buffers, list(model.buffers()))
@@ -69,5 +70,5 @@ def ensemble_accuracy(models: Iterable[nn.Module], loader, device: torch.device)
         probs = torch.stack([m(x).softmax(dim=1) for m in models]).mean(0)
         correct += (probs.argmax(1) == y).sum()  # on the device: one sync at the end
         seen += len(y)
-    correct, seen = all_reduce_sum([correct.item(), seen], device)  # each process scored its shard
-    return correct / max(seen, 1)
+    total, count = all_reduce_sum([correct.item(), seen], device)  # each process scored its shard
+    return total / max(count, 1)

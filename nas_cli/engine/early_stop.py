@@ -98,6 +98,7 @@ class EarlyStopping:
 
     def reason(self) -> str:
         w = self.watch
+        assert w is not None  # only an active rule stops training, and only a stop has a reason
         return (
             f"{w.monitor} did not improve by more than {w.min_delta:g} for {self.patience} epochs "
             f"(best {w.best:.6g} at epoch {w.best_epoch})"

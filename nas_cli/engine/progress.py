@@ -10,6 +10,7 @@ small network on a GPU a third of its steps per second.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich import get_console
 from rich.progress import (
@@ -58,6 +59,6 @@ class TrainingProgress(Progress):
             self._ticks.clear()
             self.refresh()
 
-    def reset(self, task: TaskID, **kwargs) -> None:
-        self._ticks.pop(task, None)  # ticks of the previous pass no longer count
-        super().reset(task, **kwargs)
+    def reset(self, task_id: TaskID, **kwargs: Any) -> None:
+        self._ticks.pop(task_id, None)  # ticks of the previous pass no longer count
+        super().reset(task_id, **kwargs)

@@ -24,8 +24,9 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from rich import get_console
@@ -242,9 +243,8 @@ class Trainer:
         self.precision = effective_precision(self.device, precision)  # checked now, not after loading data
         self.score = "val_acc"  # fit's ``score``
         self.early_stop = early_stop if isinstance(early_stop, EarlyStopping) else EarlyStopping(**(early_stop or {}))
-        self.best = (
-            best if isinstance(best, BestCheckpoint) else BestCheckpoint(**({"monitor": None} | dict(best or {})))
-        )
+        off: dict[str, Any] = {"monitor": None}  # no best.pt unless asked for
+        self.best = best if isinstance(best, BestCheckpoint) else BestCheckpoint(**(off | dict(best or {})))
         set_determinism(self.device, deterministic)
 
     # -- one epoch -------------------------------------------------------------------------
@@ -329,9 +329,9 @@ class Trainer:
                 self._stop_point(run, fit, tally.loader_pass.taken)
         fit.tally = None
         fit.step_losses += self._global_step_losses(tally.loss_values(), tally.counts)
-        loss_total, penalty_total, correct_total, correct5, seen, parts = tally.sums()
+        loss_sum, penalty_sum, correct_sum, correct5, seen_here, parts = tally.sums()  # this process's share
         loss_total, penalty_total, correct_total, correct5_total, seen, *part_totals = all_reduce_sum(
-            [loss_total, penalty_total, correct_total, correct5 or 0, seen, *parts.values()], self.device
+            [loss_sum, penalty_sum, correct_sum, correct5 or 0, seen_here, *parts.values()], self.device
         )
         n = max(seen, 1)
         stats = {"train_loss": loss_total / n}
@@ -364,7 +364,7 @@ class Trainer:
         """Per-iteration training losses; under torchrun the mean over every process's share."""
         if not losses or not self.dist.enabled:
             return losses
-        summed = all_reduce_sum([v * c for v, c in zip(losses, counts)] + counts, self.device)
+        summed = all_reduce_sum([*(v * c for v, c in zip(losses, counts)), *counts], self.device)
         k = len(losses)
         return [a / b for a, b in zip(summed[:k], summed[k:])]
 
@@ -376,6 +376,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         correct5 = torch.zeros((), dtype=torch.long, device=self.device)
         part_sums: dict[str, torch.Tensor] = {}
+        seen: float  # a count, summed over processes as a float
         seen, classes, top5 = 0, True, False
         for x, y in loader:
             x, y = self._to_device(x, y)
@@ -468,7 +469,8 @@ class Trainer:
             model=model,
             optimizer=optimizer,
             schedule=schedule,
-            scheduler=schedule.build(optimizer, len(train_loader), self.epochs) if schedule else None,
+            # every loader has a length: TensorLoader, DataLoader, GpuDecoded
+            scheduler=schedule.build(optimizer, len(cast(Sized, train_loader)), self.epochs) if schedule else None,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"),
             generator=generator,
             regularizer=regularizer if regularizer is not None and regularizer.active else None,
@@ -499,6 +501,7 @@ class Trainer:
                 checkpoint.save(run.dir / WEIGHTS, {"model": model.state_dict()})
                 if fit.ema is not None:
                     checkpoint.save(run.dir / EMA_WEIGHTS, {"model": fit.ema.module.state_dict()})
+        assert run.summary is not None  # leaving the run wrote it
         if self.dist.main:
             self.print_summary(run.summary)
         return run.summary
@@ -561,6 +564,7 @@ class Trainer:
             if fit.schedule is not None:
                 fit.schedule.epoch_end(row)
             if fit.best.update(row) and self.dist.main:
+                assert fit.best.watch is not None  # only a watched monitor has a new best
                 checkpoint.save(
                     run.dir / BEST,
                     {
@@ -580,7 +584,8 @@ class Trainer:
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The module the loop calls: compiled and/or DistributedDataParallel around ``model``."""
-        net = torch.compile(model) if self.compile else model
+        # compiling a module gives a module (an OptimizedModule); torch's stubs say only "a callable"
+        net = cast(nn.Module, torch.compile(model)) if self.compile else model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -612,7 +617,7 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _save(self, run: Run, fit: FitState) -> None:
         """The checkpoint: between epochs, or mid-epoch (with the epoch's tally) at a stop signal."""
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, torch.Tensor | list[torch.Tensor]] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if fit.generator is not None:
@@ -690,7 +695,7 @@ class Trainer:
         rows = fit.record.rows
         last = rows[-1] if rows else {}
         n = min(self.last_n, len(rows))
-        summary = {
+        summary: dict[str, Any] = {
             "epochs": len(rows),
             "last_n": n,
             "averaged_epochs": [rows[-n]["epoch"], rows[-1]["epoch"]] if n else None,
@@ -731,8 +736,10 @@ class Trainer:
             *summary.get("headline", []),
         ]  # a command's own headline figures (detect: mAP)
         for key in dict.fromkeys(k for k in finals if k not in AVERAGED):
-            if isinstance(summary.get(key), float):
-                table.add_row(key, *([""] if first != last else []), f"{summary[key]:.4f}")
+            value = summary.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):  # counts too (skip_count)
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+                table.add_row(key, *([""] if first != last else []), shown)
         table.caption = f"{summary.get('epochs', 0)} epochs, {summary['wall_time_s']:.1f}s on {summary['device']}" + (
             f"; validation: {summary['val_split']}" if summary.get("val_split") else ""
         )

@@ -6,4 +6,5 @@
 ``natural_nes``: separable NES, natural-gradient steps of the mean and the spread of N(mu, sigma^2) per weight.
 ``protocol``: one step ``w <- w - lr g`` per estimator and learning rate, the best lr, the cosine to CDG.
 ``plots``: loss decrease vs lr, best loss decrease vs num_dim.
+``recipe``: ``nas-cli grad-bench`` as a run: the protocol's blocks, the tables and plots of its results.
 """

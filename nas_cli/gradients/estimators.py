@@ -37,6 +37,7 @@ def ste_gradient(
         raise UserError(f"ste={ste} is not one of {', '.join(STE_VARIANTS)}")
     w = theta.detach().clone().requires_grad_(True)
     problem.loss(w, x, y, ste, k, beta).backward()
+    assert w.grad is not None  # the loss depends on every weight
     return w.grad.detach()
 
 

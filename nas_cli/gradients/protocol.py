@@ -14,8 +14,9 @@ each estimator's best lr.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
+from functools import partial
 from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
@@ -305,7 +306,8 @@ def gradients(
             runs = [
                 (
                     f"nes_{m}",
-                    lambda m=m: est.nes_gradient(
+                    partial(
+                        est.nes_gradient,
                         f,
                         theta,
                         s.nes.sigma,
@@ -323,16 +325,24 @@ def gradients(
             runs = [
                 (
                     f"reinforce_{m}",
-                    lambda m=m, r=r: reinforce.reinforce_gradient(
-                        theta, x, y, m, r.baseline, r.temperature, seed=noise_seed, chunk_elements=s.chunk_elements
+                    partial(
+                        reinforce.reinforce_gradient,
+                        theta,
+                        x,
+                        y,
+                        m,
+                        r.baseline,
+                        r.temperature,
+                        seed=noise_seed,
+                        chunk_elements=s.chunk_elements,
                     ),
                 )
                 for m in r.population
             ]
         elif e == "cdg":
-            runs = [("cdg", lambda: est.cdg_gradient(f, theta, s.cdg.delta, coord_chunk=pop_chunk))]
+            runs = [("cdg", partial(est.cdg_gradient, f, theta, s.cdg.delta, coord_chunk=pop_chunk))]
         else:
-            runs = [(f"ste_{e}", lambda e=e: est.ste_gradient(theta, x, y, e, s.ste.k, s.ste.beta))]
+            runs = [(f"ste_{e}", partial(est.ste_gradient, theta, x, y, e, s.ste.k, s.ste.beta))]
         for name, compute in runs:
             g, seconds = _timed(compute, theta.device)
             out[name] = Estimate(g, seconds)
@@ -400,7 +410,7 @@ def run(
     device: torch.device,
     on_rows: Callable[[list[dict]], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
-    skip: set[tuple[int, int, int]] = frozenset(),
+    skip: Collection[tuple[int, int, int]] = frozenset(),
 ) -> list[dict]:
     """Every row of the protocol; ``on_rows`` sees each (num_dim, init, batch) block as it is done.
 

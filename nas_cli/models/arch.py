@@ -226,7 +226,7 @@ class ArchNet(nn.Module):
         parts = ([F.adaptive_avg_pool2d(_pad_cat(maps), 1).flatten(1)] if maps else []) + flat
         return torch.cat(parts, dim=1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x[:, :, None, None]
         outs: list[torch.Tensor] = []

@@ -142,7 +142,7 @@ class DARTSNetwork(nn.Module):
 
         self.cells, c_p = build_cells(layers, init_channels, stem_multiplier, make_cell)
         self.aux_at = 2 * layers // 3 if auxiliary else None  # the second reduction cell
-        self.auxiliary = AuxiliaryHead(widths[self.aux_at], num_classes) if auxiliary else None
+        self.auxiliary = AuxiliaryHead(widths[self.aux_at], num_classes) if self.aux_at is not None else None
         self.classifier = nn.Linear(c_p, num_classes)
 
     @staticmethod
@@ -160,6 +160,7 @@ class DARTSNetwork(nn.Module):
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_prob)
             if i == self.aux_at and self.training:
+                assert self.auxiliary is not None  # aux_at is set only with the head
                 aux = self.auxiliary(s1)
         logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
         return AuxiliaryLogits(logits, aux, self.auxiliary_weight) if aux is not None else logits

@@ -14,6 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from nas_cli.errors import UserError
 from nas_cli.models.darts_ops import PRIMITIVES
 from nas_cli.runs.files import GENOTYPE, GENOTYPES
@@ -79,6 +82,45 @@ class Genotype:
         )
 
 
+def random_genotype(
+    nodes: int, primitives: list[str], generator: np.random.Generator | torch.Generator | int
+) -> Genotype:
+    """A cell pair drawn uniformly from the DARTS space, as random search samples it (Li & Talwalkar 2019).
+
+    In each cell (normal, reduce), node ``i`` picks two distinct inputs uniformly among ``states[0..i+1]``
+    and, for each, an op uniformly among ``primitives`` other than ``none``; every intermediate node is
+    concatenated. ``generator``: a numpy or torch generator, or an int seed (a fresh numpy generator).
+    """
+    ops = [p for p in primitives if p != "none"]
+    if nodes < 1 or not ops:
+        raise ValueError(f"random_genotype needs nodes >= 1 and an op besides 'none' (nodes={nodes}, {primitives})")
+    if isinstance(generator, torch.Generator):
+        g = generator
+
+        def choose(n: int, k: int) -> list[int]:
+            return torch.randperm(n, generator=g)[:k].tolist()
+
+        def pick(n: int) -> int:
+            return int(torch.randint(n, (1,), generator=g).item())
+
+    else:
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+
+        def choose(n: int, k: int) -> list[int]:
+            return [int(j) for j in rng.choice(n, size=k, replace=False)]
+
+        def pick(n: int) -> int:
+            return int(rng.integers(n))
+
+    def cell() -> list[tuple[str, int]]:
+        # node i reads states 0..i+1: its two distinct inputs, then an op for each
+        return [(ops[pick(len(ops))], j) for i in range(nodes) for j in choose(i + 2, 2)]
+
+    concat = list(range(2, 2 + nodes))
+    normal = cell()
+    return Genotype(normal=normal, reduce=cell(), normal_concat=concat, reduce_concat=list(concat))
+
+
 def _cell(pairs, kind: str, source: str) -> list[tuple[str, int]]:
     """A cell's (op, input) pairs, two per node, each input a state that exists when the node runs."""
     if not isinstance(pairs, list) or not pairs or len(pairs) % 2:
@@ -124,7 +166,7 @@ def _refuse_unfinished_search(source, folder: Path) -> None:
     summary = read_summary(folder)
     if not summary or summary.get("command") != "search-darts" or summary.get("status") == "ok":
         return
-    status = summary.get("status")
+    status = str(summary.get("status"))
     error = " ".join(str(summary.get("error") or "see its log").split())[:200]
     why = {
         "diverged": "diverged (a non-finite loss)",

@@ -8,6 +8,8 @@ gradient of every hidden layer (a ReLU of 0 passes none), so only the classifier
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 from nas_cli.errors import UserError
@@ -37,10 +39,10 @@ def initialize(model: nn.Module, scheme: str = "default") -> nn.Module:
     return model
 
 
-def _init_weight(m: nn.Module, scheme: str) -> None:
+def _init_weight(m: nn.modules.conv._ConvNd | nn.Linear, scheme: str) -> None:
     if scheme == "kaiming":
         # fan_out for convs (He et al.'s choice for ResNets): keeps backward variance
-        mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
+        mode: Literal["fan_in", "fan_out"] = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
         nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
     elif scheme == "xavier":
         nn.init.xavier_uniform_(m.weight)

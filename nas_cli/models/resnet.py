@@ -29,7 +29,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = conv_bn(cin, cout, 3, stride, batchnorm)
         self.conv2, self.bn2 = conv_bn(cout, cout, 3, 1, batchnorm)
         self.drop_path = DropPath(drop_path)  # no parameters: state-dict keys are unchanged
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(*conv_bn(cin, cout, 1, stride, batchnorm))
 

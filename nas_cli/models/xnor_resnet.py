@@ -19,6 +19,8 @@ Two options follow the paper and its reference code (jiecaoyu/XNOR-Net-PyTorch),
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from nas_cli.models.binary import BinaryActivation, XNORConv2d
@@ -36,7 +38,7 @@ class XNORBlock(nn.Module):
         self.conv2 = XNORConv2d(cout, cout, 3, padding=1, bias=False, clamp_weights=clamp_weights)
         self.act = BinaryActivation(**activation)
         self.act_scale = bool(act_scale)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -71,7 +73,7 @@ class XNORResNet(nn.Module):
         super().__init__()
         if len(in_shape) != 3 or min(in_shape[1:]) < 8:
             raise ValueError(f"XNOR-ResNet needs images of at least 8x8, got input shape {tuple(in_shape)}")
-        activation = {"ste": ste, "k": k, "beta": beta}
+        activation: dict[str, Any] = {"ste": ste, "k": k, "beta": beta}
         BinaryActivation(**activation)  # validate the STE name before building anything
         self.stem = nn.Sequential(
             nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)

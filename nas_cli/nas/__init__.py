@@ -1,3 +1,2 @@
-"""Neural architecture search: DARTS (``darts/``) and search over discrete child networks
-(``search_loop``): ``controllers/`` propose from a ``spaces`` space, ``children`` trains and scores
-each one (``arch`` builds it)."""
+"""Neural architecture search: DARTS (``darts/``, a supernet's architecture learned by gradient) and search
+over discrete child networks (``rl/``, each child trained and scored)."""

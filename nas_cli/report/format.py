@@ -5,7 +5,10 @@ The one place tables become text (``report.md``, the terminal, grad-bench's ``be
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pandas as pd
+from rich.console import JustifyMethod
 from rich.table import Table
 
 
@@ -65,11 +68,20 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def to_rich(table: pd.DataFrame, title: str, caption: str = "") -> Table:
-    """A rich table of ``table``: text columns to the left, numbers to the right."""
+def to_rich(
+    table: pd.DataFrame,
+    title: str,
+    caption: str = "",
+    styles: Sequence[str | None] | None = None,
+    justify: Mapping[str, JustifyMethod] | None = None,
+) -> Table:
+    """A rich table of ``table``: text columns to the left, numbers to the right, unless ``justify`` names a
+    column's side (cells already formatted as text can still read as numbers); ``styles``: one rich style per
+    row (None: plain)."""
     out = Table(title=title, caption=caption or None)
+    sides = dict(justify or {})
     for col in table.columns:
-        out.add_column(str(col), justify="left" if table[col].dtype == object else "right")
-    for row in table.itertuples(index=False):
-        out.add_row(*(str(v) for v in row))
+        out.add_column(str(col), justify=sides.get(str(col), "left" if table[col].dtype == object else "right"))
+    for i, row in enumerate(table.itertuples(index=False)):
+        out.add_row(*(str(v) for v in row), style=styles[i] if styles is not None else None)
     return out

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from nas_cli.errors import UserError
 from nas_cli.runs.files import HYDRA, SUMMARY
@@ -147,7 +149,7 @@ class Transaction:
         self._sizes = {p: p.stat().st_size for p in self.folder.glob("*.log") if p.is_file()}
         return self
 
-    def __exit__(self, kind, ex, tb) -> bool:
+    def __exit__(self, kind, ex, tb) -> Literal[False]:
         key = self.folder.resolve()
         started = key in _started
         _started.discard(key)
@@ -155,6 +157,7 @@ class Transaction:
         if started:
             return False
         if self.created:
+            _close_logs_in(key)  # Hydra's job log there: a later write would recreate the removed folder or fail
             shutil.rmtree(self.folder, ignore_errors=True)
         else:
             self._restore()
@@ -177,3 +180,13 @@ class Transaction:
                 p.unlink()
             elif p.stat().st_size != self._sizes[p]:
                 os.truncate(p, self._sizes[p])
+
+
+def _close_logs_in(folder: Path) -> None:
+    """Close and detach the root logger's file handlers that write below ``folder``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        path = getattr(handler, "baseFilename", None)
+        if path is not None and Path(path).resolve().is_relative_to(folder):
+            root.removeHandler(handler)
+            handler.close()

@@ -112,14 +112,14 @@ def _sweep(command: str, config_name: str, args: list[str], resume: bool) -> Ite
     given = _value(args, "hydra.sweep.dir")
     created = given is None
     made = None
-    if created:
+    if given is None:
         made = _first_missing(OUTPUTS / config_name / "multiruns")
         sweep = folders.new_folder(OUTPUTS / config_name / "multiruns")
         args = [*args, f"hydra.sweep.dir={sweep}"]
     else:
         sweep = Path(given)
     resume_line = _sweep_resume_line(command, args, sweep)
-    if not created and "${" not in given and sweep.is_dir():
+    if given is not None and "${" not in given and sweep.is_dir():
         jobs = sorted(p.parent for p in sweep.glob(f"*/{SUMMARY}"))
         busy = next(((job, who) for job in jobs if (who := folders.holder(job)) is not None), None)
         if busy is not None:

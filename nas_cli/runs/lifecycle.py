@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -144,7 +145,7 @@ class Run:
         self._write("running")
         return self
 
-    def __exit__(self, kind, ex, tb) -> bool:
+    def __exit__(self, kind, ex, tb) -> Literal[False]:
         global _open
         _open -= 1
         error = None
@@ -161,6 +162,7 @@ class Run:
         try:
             with signals.finishing(stopped):  # however many signals arrive now, the record gets written
                 self._write(status, error)
+                assert self.summary is not None  # _write has just set it
                 self.tracker.finish(self.summary, self.record.rows, status)
         finally:
             self._signals.__exit__(kind, ex, tb)
@@ -184,7 +186,7 @@ class Run:
         wall = self.wall_time
         gpu = self.device.type == "cuda"
         prev = self.previous or {}
-        summary = {"status": status, "command": self.command}
+        summary: dict[str, Any] = {"status": status, "command": self.command}
         if error:
             summary["error"] = error
         summary.update({k: v for k, v in self._figures(status).items() if k not in RESERVED})

@@ -114,14 +114,13 @@ class RunOptions:
 
 def _logger(cfg, run_dir: Path) -> tuple[dict | None, Any]:
     """The ``logger`` node as a plain dict and the tracker's context; a tracker that cannot run fails here."""
-    from omegaconf import OmegaConf
-
+    from nas_cli.config_values import as_dict
     from nas_cli.runs import tracking
 
     tracking.upload_late_artifacts()  # the previous job's (a multirun's jobs share this process)
     node = cfg.get("logger")
     if node is None:
         return None, None
-    logger = OmegaConf.to_container(node, resolve=True)
+    logger = as_dict(node)
     tracking.check(logger)
     return logger, tracking.context_from_config(cfg, run_dir)

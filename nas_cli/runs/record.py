@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ class RunRecord:
         self.dir = Path(run_dir)
         self.rows: list[dict] = list(rows or [])
         self.write = write  # False on every process but rank 0 of a multi-process run
-        self.on_write = None  # called with the rows after each write of the table (the run's tracker)
+        # called with the rows after each write of the table (the run's tracker)
+        self.on_write: Callable[[list[dict]], None] | None = None
 
     def log(self, row: dict, write: bool = True) -> None:
         """Add a row; ``write=False`` keeps it in memory until the next write (for loops that log often)."""

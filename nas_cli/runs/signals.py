@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 PREEMPT_SIGNAL = signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"]  # submitit's warning
 STOP_SIGNALS = tuple(dict.fromkeys((signal.SIGINT, signal.SIGTERM, PREEMPT_SIGNAL)))
@@ -51,7 +52,7 @@ class Interrupted(_Stop, KeyboardInterrupt):
 
     def __init__(self, signum: int = signal.SIGINT, hard: bool = False):
         self.signum, self.hard = int(signum), hard
-        self.run_dir = None  # set by the run that recorded the interruption (for the resume hint)
+        self.run_dir: Path | None = None  # set by the run that recorded the interruption (for the resume hint)
         how = "a second" if hard else "at a safe point after"
         super().__init__(f"stopped {how} {self.name}")
 

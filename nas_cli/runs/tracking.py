@@ -29,7 +29,9 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import SupportsInt, cast
 
+from nas_cli.config_values import as_dict
 from nas_cli.errors import UserError
 from nas_cli.runs.files import METRICS, SUMMARY
 
@@ -115,7 +117,7 @@ def check(logger_cfg) -> None:
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    options = OmegaConf.to_container(logger_cfg, resolve=True) if OmegaConf.is_config(logger_cfg) else dict(logger_cfg)
+    options = as_dict(logger_cfg) if OmegaConf.is_config(logger_cfg) else dict(logger_cfg)
     cls = get_class(options.pop("_target_"))
     getattr(cls, "check", lambda **_: None)(**{k: v for k, v in options.items() if not k.startswith("_")})
 
@@ -125,7 +127,7 @@ def row_step(row: dict, index: int) -> int:
     for key in STEP_KEYS:
         value = row.get(key)
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-            return int(value)
+            return int(cast(SupportsInt, value))  # typeshed's numbers.Real declares no __int__; real numbers have one
     return index
 
 
@@ -158,6 +160,12 @@ class Tracker:
     @staticmethod
     def check(**options) -> None:
         """Refuse (``UserError``) a tracker with these ``logger.*`` options that cannot run; called before the run."""
+
+    @property
+    def folder(self) -> Path:
+        """The run folder: a tracker that writes anything is always made for one (``make``)."""
+        assert self.dir is not None
+        return self.dir
 
     @property
     def failed(self) -> bool:
@@ -280,7 +288,7 @@ class TensorBoardTracker(Tracker):
     def _open(self, state: dict, seed: int | None, command: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.dir / self.log_dir))
+        self.writer = SummaryWriter(log_dir=str(self.folder / self.log_dir))
 
     def _send(self, points) -> None:
         for step, values in points:
@@ -290,7 +298,7 @@ class TensorBoardTracker(Tracker):
 
     def _end(self, summary: dict, status: str) -> None:
         figures = {f"final/{k}": v for k, v in numeric(summary.items()).items() if k not in NOT_FIGURES}
-        hparams = dict(self.context.overrides) or {"run": self.dir.name}
+        hparams = dict(self.context.overrides) or {"run": self.folder.name}
         self.writer.add_hparams(hparams, figures, run_name=".")
         self.writer.close()
 
@@ -326,7 +334,14 @@ class MLflowTracker(Tracker):
         self.uri = store_uri(tracking_uri)
         self.experiment = experiment
         self.run_id: str | None = None
+        self.experiment_id: str  # set with the run, by _open
         self.uploaded: dict[str, float] = {}
+
+    @property
+    def active_run_id(self) -> str:
+        """The MLflow run's id, which ``_open`` sets before anything is sent."""
+        assert self.run_id is not None
+        return self.run_id
 
     @staticmethod
     def check(tracking_uri: str | None = None, **_) -> None:
@@ -348,16 +363,17 @@ class MLflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=self.uri)
         if state.get("run_id") and state.get("tracking_uri") == self.uri and self._continue(state["run_id"]):
             return
-        experiment = self.parent.experiment_id if self.parent else self._experiment_id()
+        parent = cast("MLflowTracker | None", self.parent)  # start() nests a tracker only in one of its own type
+        experiment = parent.experiment_id if parent else self._experiment_id()
         tags = {
             "status": "running",
             "command": command,
-            "run_dir": str(self.dir.resolve()),
+            "run_dir": str(self.folder.resolve()),
             "overrides": " ".join(f"{k}={v}" for k, v in self.context.overrides.items()),
         }
-        if self.parent:
-            tags["mlflow.parentRunId"] = self.parent.run_id
-        name = self.dir.name if self.parent else self.context.name
+        if parent:
+            tags["mlflow.parentRunId"] = parent.active_run_id
+        name = self.folder.name if parent else self.context.name
         self.experiment_id = experiment
         self.run_id = self.client.create_run(experiment, run_name=name, tags=tags).info.run_id
         self._params({**self.context.params, "seed": str(seed)})
@@ -394,7 +410,7 @@ class MLflowTracker(Tracker):
 
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]  # MLflow's length limits
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+            self.client.log_batch(self.active_run_id, params=items[i : i + 100], synchronous=True)
 
     def _send(self, points) -> None:
         from mlflow.entities import Metric
@@ -402,20 +418,21 @@ class MLflowTracker(Tracker):
         now = int(time.time() * 1000)
         metrics = [Metric(metric_key(k), v, now, step) for step, values in points for k, v in values.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000], synchronous=True)
+            self.client.log_batch(self.active_run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
     def _end(self, summary: dict, status: str) -> None:
         figures = {f"final/{k}": v for k, v in numeric(summary.items()).items() if k not in NOT_FIGURES}
         self._send([(0, figures)])
-        self.client.set_tag(self.run_id, "status", status)
+        self.client.set_tag(self.active_run_id, "status", status)
         self.upload()
-        self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FINISHED"))
+        self.client.set_terminated(self.active_run_id, MLFLOW_STATUS.get(status, "FINISHED"))
         _after_exit.append(self)  # some commands draw their plots after the run: upload those later
 
     def upload(self) -> None:
         """Upload the run folder's record files and plots that are new or changed since the last upload."""
-        for path in [*(self.dir / a for a in ARTIFACTS), *sorted(self.dir.glob("*.png"))]:
-            key = str(path.relative_to(self.dir))
+        folder = self.folder
+        for path in [*(folder / a for a in ARTIFACTS), *sorted(folder.glob("*.png"))]:
+            key = str(path.relative_to(folder))
             if path.is_file() and self.uploaded.get(key) != path.stat().st_mtime:
                 parent = str(Path(key).parent)
                 self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
@@ -532,6 +549,6 @@ def make(logger_cfg, run_dir: Path, context: Context | None) -> Tracker | None:
     from omegaconf import OmegaConf
 
     # called directly, not through hydra's instantiate, which would turn the Context into a config node
-    options = OmegaConf.to_container(logger_cfg, resolve=True) if OmegaConf.is_config(logger_cfg) else dict(logger_cfg)
+    options = as_dict(logger_cfg) if OmegaConf.is_config(logger_cfg) else dict(logger_cfg)
     cls = get_class(options.pop("_target_"))
     return cls(run_dir=run_dir, context=context, **{k: v for k, v in options.items() if not k.startswith("_")})

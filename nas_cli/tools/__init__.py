@@ -1,1 +1,2 @@
-"""Model tools: BatchNorm folding (``nas_cli.tools.fuse_bn``) and others."""
+"""Model and data tools: BatchNorm folding (``fuse_bn/``), ONNX / TorchScript export (``export``), the
+ILSVRC2012 archives as image folders (``imagenet/``)."""

@@ -25,6 +25,7 @@ forward-backward passes. DARTS recomputes it (at the updated alpha); alpha's ste
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -64,20 +65,22 @@ class Architect:
             )
         self.model, self.order, self.unrolled, self.weight_optimizer = model, order, unrolled, weight_optimizer
         self.reuse_train_grad = reuse_train_grad
-        self.unrolled_train = None  # (loss, logits, weights, their gradients) kept for the weight step
+        # (loss, logits, weights, their gradients) kept for the weight step
+        self.unrolled_train: tuple[torch.Tensor, torch.Tensor, tuple, tuple] | None = None
         self._unrolled: list[torch.Tensor] | None = None  # w' of the second-order step, reused step after step
-        self.params = list(model.arch.parameters())
+        self.params = list(cast(nn.Module, model.arch).parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.objective = objective or (lambda ce: ce)
 
-    def _loss(self, x, y, weights: dict | None = None) -> torch.Tensor:
+    def loss(self, x, y, weights: dict | None = None) -> torch.Tensor:
+        """alpha's objective on a batch: cross-entropy, with the latency term when there is one."""
         logits = self.model(x) if weights is None else functional_call(self.model, weights, (x,))
         return self.objective(F.cross_entropy(logits, y))
 
     def alpha_grads(self, x_train, y_train, x_val, y_val, xi: float | torch.Tensor) -> list[torch.Tensor]:
         """The architecture gradient this step applies (first or second order)."""
         if self.order == "first":  # alpha of a cell kind the supernet lacks (fewer than 3 cells) gets no gradient
-            grads = torch.autograd.grad(self._loss(x_val, y_val), self.params, allow_unused=True)
+            grads = torch.autograd.grad(self.loss(x_val, y_val), self.params, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         names, w = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
         # the unrolled weights w' (no graph through them: the Hessian term is by finite differences)
@@ -88,7 +91,7 @@ class Architect:
             # copies: a compiled supernet under CUDA graphs reuses its outputs' memory at its next replay
             self.unrolled_train = (train_loss.detach().clone(), logits.detach().clone(), w, g_train)
         unrolled = dict(zip(names, self._unrolled_leaves(self.unrolled_weights(w, g_train, xi))))
-        val = self._loss(x_val, y_val, unrolled)
+        val = self.loss(x_val, y_val, unrolled)
         grads = torch.autograd.grad(val, [*self.params, *unrolled.values()], allow_unused=True)
         d_alpha = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads[: len(self.params)])]
         d_w = [torch.zeros_like(p) if g is None else g for p, g in zip(w, grads[len(self.params) :])]
@@ -115,6 +118,7 @@ class Architect:
         """
         if self.unrolled == "paper":
             return [p if gi is None else p - xi * gi for p, gi in zip(w, g)]
+        assert self.weight_optimizer is not None  # checked in __init__: unrolled=code has the weights' SGD
         group_of = {p: group for group in self.weight_optimizer.param_groups for p in group["params"]}
         out = []
         for p, gi in zip(w, g):
@@ -155,9 +159,10 @@ class Architect:
         exactly the gradient g = grad_w L_train(w, alpha) already computed, so the engine's own backward,
         clipping and SGD step apply it without another pass through the network.
         """
+        assert self.unrolled_train is not None  # the bilevel step asks only after an unrolled step kept it
         loss, logits, w, g = self.unrolled_train
         self.unrolled_train = None
-        linear = sum((p * gi).sum() for p, gi in zip(w, g) if gi is not None)
+        linear = torch.stack([(p * gi).sum() for p, gi in zip(w, g) if gi is not None]).sum()
         return loss + (linear - linear.detach()), logits
 
     def step(self, x_train, y_train, x_val, y_val, xi: float | torch.Tensor) -> None:
@@ -177,7 +182,7 @@ def exact_second_order(
 
     ``unroll(w, g, xi)`` gives w' (``Architect.unrolled_weights``); default the paper's w - xi g.
     """
-    arch = list(model.arch.parameters())
+    arch = list(cast(nn.Module, model.arch).parameters())
     names, w = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     g = torch.autograd.grad(F.cross_entropy(model(x_train), y_train), w, create_graph=True, allow_unused=True)
     steps = unroll(w, g, xi) if unroll else [p if gi is None else p - xi * gi for p, gi in zip(w, g)]

@@ -43,6 +43,8 @@ class ChainArch(nn.Module):
 
 
 class ChainNetwork(nn.Module):
+    arch: ChainArch  # set with object.__setattr__ in __init__, so that nn.Module does not register it
+
     def __init__(self, in_shape, num_classes: int, slots: int, candidates: list[str]):
         super().__init__()
         if slots < 1 or not candidates:

@@ -8,6 +8,8 @@ skips give way to their edge's next op (or edge) until at most ``max_skip`` rema
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ def _parse(
     primitives: list[str],
     nodes: int,
     edge_weights=None,
-    banned: set[tuple[int, str]] = frozenset(),
+    banned: Container[tuple[int, str]] = frozenset(),
 ) -> list[tuple[str, int, int, float]]:
     """(op, input, edge index, strength) for each kept edge, two per node."""
     none = primitives.index("none") if "none" in primitives else None

@@ -107,7 +107,7 @@ class LatencyTerm:
             self.ref = float(self.expected(uniform=True))
 
     def expected(self, uniform: bool = False) -> torch.Tensor:
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for reduction, lat in self.lat.items():
             alpha = self.arch.alpha(reduction)
             p = torch.full_like(alpha, 1 / alpha.shape[1]) if uniform else F.softmax(alpha, dim=-1)
@@ -119,6 +119,7 @@ class LatencyTerm:
                     per_edge * edge * (edge.numel() / edge.sum()) if edge is not None and not uniform else per_edge
                 ).sum()
             )
+        assert isinstance(total, torch.Tensor)  # self.lat is never empty: edge_latency gives both cell kinds
         return total
 
     def derived(self, genotype, nodes: int, primitives: list[str]) -> float:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,17 +30,18 @@ from nas_cli.data.resumable import BatchStream
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.trainer import HEADLINE, Trainer
 from nas_cli.errors import UserError
+from nas_cli.nas.darts import diagnostics as diag
 from nas_cli.nas.darts import latency as lat
 from nas_cli.nas.darts.architect import Architect
 from nas_cli.nas.darts.chain import ChainNetwork
-from nas_cli.nas.darts.genotype import alpha_entropy
+from nas_cli.nas.darts.genotype import Genotype, alpha_entropy
 from nas_cli.nas.darts.plots import alpha_heatmaps
 from nas_cli.nas.darts.supernet import SearchNetwork, num_edges
 from nas_cli.runs.files import GENOTYPE, GENOTYPES, LATENCY
 from nas_cli.runs.lifecycle import Run
 
 log = logging.getLogger(__name__)
-SEARCH_HEADLINE = [*HEADLINE, "skip_count"]
+SEARCH_HEADLINE = [*HEADLINE, "alpha_entropy_drop", "argmax_changes_last3", "skip_count"]
 
 
 @dataclass
@@ -48,7 +51,11 @@ class ArchOptions:
 
     ``unrolled``: w' of the second-order step, ``code`` (quark0/darts, default: it produced the paper's
     Table 1) or ``paper`` (see ``nas_cli.nas.darts.architect``). ``warmup_epochs``: epochs of weight
-    steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0).
+    steps alone before alpha starts to move (PC-DARTS: 15; DARTS: 0). ``lr_schedule``: alpha's lr held
+    (``constant``, DARTS) or annealed (``cosine``, see ``lr_at``). ``hessian_every``: measure the
+    dominant eigenvalue of the architecture loss' Hessian every N epochs (0: never); ``hessian_stop``:
+    RobustDARTS' early stop on it, over windows of ``hessian_window`` measurements
+    (``nas_cli.nas.darts.diagnostics``).
     """
 
     order: str
@@ -61,6 +68,18 @@ class ArchOptions:
     weight_decay: float
     max_skip: int | None
     heatmap: bool
+    lr_schedule: str = "constant"
+    hessian_every: int = 0
+    hessian_stop: bool = False
+    hessian_window: int = 5
+
+    def lr_at(self, epoch: int, epochs: int) -> float:
+        """alpha's lr in ``epoch`` (0-based): ``constant`` (DARTS), or ``cosine`` from ``lr`` at the first epoch
+        that moves alpha towards 0 at the last, so the argmax that the cell is read from settles."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(epochs - self.warmup_epochs, 1)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
 
 
 @dataclass
@@ -143,7 +162,7 @@ def split_train(loader, fraction: float, seed: int, drop_last: bool = False) -> 
         )
     mean = None if loader.mean is None else loader.mean.flatten()
     std = None if loader.std is None else loader.std.flatten()
-    return tuple(
+    weights, arch = (
         TensorLoader(
             loader.x[idx],
             loader.y[idx],
@@ -158,6 +177,7 @@ def split_train(loader, fraction: float, seed: int, drop_last: bool = False) -> 
         )
         for k, idx in enumerate((order[n_arch:], order[:n_arch]))
     )
+    return weights, arch
 
 
 class BilevelStep:
@@ -174,15 +194,21 @@ class BilevelStep:
         device,
         warmup_epochs: int = 0,
         cuda_graphs: bool = False,
+        arch_lr: Callable[[int], float] | None = None,
     ):
         self.supernet, self.architect, self.arch_batches = supernet, architect, arch_batches
         self.optimizer, self.device, self.warmup_epochs = optimizer, device, warmup_epochs
         self.cuda_graphs = cuda_graphs  # a supernet compiled under CUDA graphs: mark where each step begins
+        self.arch_lr, self._lr_epoch = arch_lr, -1  # alpha's lr of an epoch (None: as the optimizer has it)
 
     def __call__(self, net, x, y):
         if self.cuda_graphs and net.training:
             torch.compiler.cudagraph_mark_step_begin()
         if net.training and self.supernet.epoch >= self.warmup_epochs:
+            if self.arch_lr is not None and self._lr_epoch != self.supernet.epoch:  # once an epoch, resumed too
+                self._lr_epoch = self.supernet.epoch
+                for group in self.architect.optimizer.param_groups:
+                    group["lr"] = self.arch_lr(self._lr_epoch)
             xa, ya = next(self.arch_batches)
             # xi, the unrolled step's size, is the weight lr of this very step
             self.architect.step(x, y, xa.to(self.device), ya.to(self.device), xi=self.optimizer.param_groups[0]["lr"])
@@ -240,8 +266,16 @@ def search(
         raise UserError(f"arch.warmup_epochs={arch.warmup_epochs} must be a whole number of epochs, 0 or more")
     if arch.warmup_epochs >= trainer.epochs:
         log.warning(f"arch.warmup_epochs={arch.warmup_epochs} >= trainer.epochs={trainer.epochs}: alpha never moves")
+    if arch.hessian_stop:
+        if not arch.hessian_every:
+            raise UserError("arch.hessian_stop=true stops on the Hessian's eigenvalue: give arch.hessian_every=N too")
+        if trainer.early_stop.active:
+            raise UserError("arch.hessian_stop and trainer.early_stop both stop the search: keep one")
+        trainer.early_stop = diag.HessianStop(arch.hessian_window)
+    if arch.hessian_every and step_opts.compile:
+        raise UserError("arch.hessian_every needs double backward, which torch.compile lacks: use search.compile=false")
     supernet.to(run.device)
-    w_loader, a_loader = split_train(data.train, arch.fraction, run.seed, step_opts.drops_last())
+    w_loader, a_loader = split_train(data.train, arch.fraction, run.seed or 0, step_opts.drops_last())
     # data.on_device: both parts and the validation data decided together (the engine places the rest)
     place_loaders([w_loader, a_loader, data.val], run.device)
     term = latency_term(supernet, data, latency, run)  # measured before compiling (its shape hooks run eagerly)
@@ -261,24 +295,48 @@ def search(
     kinds = ((False, "chain"),) if chain else ((False, "normal"), (True, "reduce"))
     derived: dict = {}  # the genotype of the last epoch (the summary's, however the run ends)
 
+    alphas: list[torch.Tensor] = (
+        [supernet.arch.normal] if isinstance(supernet, ChainNetwork) else [supernet.arch.normal, supernet.arch.reduce]
+    )
+    num_ops = int(alphas[0].shape[-1])
+    hessian_batch = a_loader.fixed_batch(a_loader.batch_size)
+
     def derive():
-        return supernet.derive() if chain else supernet.derive(arch.max_skip)
+        return supernet.derive() if isinstance(supernet, ChainNetwork) else supernet.derive(arch.max_skip)
 
     def on_epoch_end(row: dict) -> dict:
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             return {}  # diverged: the engine ends the search; the genotype of non-finite alpha means nothing
         genotype = derived["genotype"] = derive()
-        columns = {"alpha_entropy_normal": alpha_entropy(supernet.arch.normal)}
-        if not chain:
-            columns["alpha_entropy_reduce"] = alpha_entropy(supernet.arch.reduce)
-        columns.update({"skip_count": genotype.skip_count("normal"), "genotype": str(genotype)})
+        columns: dict[str, object] = {"alpha_entropy_normal": alpha_entropy(alphas[0])}
+        if len(alphas) > 1:
+            columns["alpha_entropy_reduce"] = alpha_entropy(alphas[1])
+        entropy = float(np.mean([alpha_entropy(a) for a in alphas]))
+        argmaxes = [r["alpha_argmax"] for r in run.record.rows if isinstance(r.get("alpha_argmax"), str)]
+        argmaxes.append(diag.argmax_string(alphas))
+        columns.update(
+            {
+                "alpha_entropy_drop": diag.entropy_drop(entropy, num_ops),
+                "alpha_argmax": argmaxes[-1],
+                "argmax_changes_last3": diag.argmax_changes(argmaxes, 3),
+                "skip_count": genotype.skip_count("normal"),
+            }
+        )
+        if isinstance(genotype, Genotype):
+            columns["param_free_share"] = diag.parameter_free_share([genotype.normal, genotype.reduce])
+        every = int(arch.hessian_every)
+        if every and row["epoch"] % every == 0 and row["epoch"] > arch.warmup_epochs:
+            columns["hessian_eigenvalue"] = hessian_eigenvalue(supernet, architect, hessian_batch, run)
+        columns["genotype"] = str(genotype)
         if term is not None:
             with torch.no_grad():
                 columns["expected_latency_ms"] = float(term.expected())
+            assert isinstance(supernet, SearchNetwork)  # latency_term refuses the chain
             columns["derived_latency_ms"] = term.derived(genotype, supernet.nodes, supernet.primitives)
         genotype.save(run.dir / GENOTYPES / f"epoch_{row['epoch']:03d}.json")
         if arch.heatmap:
-            alpha_heatmaps(supernet.arch, supernet.primitives if not chain else supernet.candidates, run.dir, kinds)
+            names = supernet.candidates if isinstance(supernet, ChainNetwork) else supernet.primitives
+            alpha_heatmaps(supernet.arch, names, run.dir, kinds)
         return columns
 
     def figures() -> dict:
@@ -289,7 +347,13 @@ def search(
         out = {
             "genotype": genotype.to_dict() if genotype else None,
             "genotype_str": str(genotype) if genotype else None,
-            "skip_count": last.get("skip_count"),
+            "arch_steps": arch_steps(rows, int(arch.warmup_epochs)),
+            "edges": sum(a.shape[0] for a in alphas),
+            **{
+                k: last.get(k)
+                for k in ("alpha_entropy_drop", "argmax_changes_last3", "skip_count", "param_free_share")
+                if k in last
+            },
         }
         if term is not None:
             out.update({k: last.get(k) for k in ("expected_latency_ms", "derived_latency_ms")})
@@ -304,7 +368,18 @@ def search(
         f"on {data.name} {data.in_shape}, {run.device}; "
         f"run folder {run.dir}"
     )
-    step = BilevelStep(supernet, architect, arch_batches, optimizer, run.device, int(arch.warmup_epochs), graphs)
+    if arch.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"arch.lr_schedule={arch.lr_schedule}: use constant or cosine")
+    step = BilevelStep(
+        supernet,
+        architect,
+        arch_batches,
+        optimizer,
+        run.device,
+        int(arch.warmup_epochs),
+        graphs,
+        arch_lr=lambda epoch: arch.lr_at(epoch, trainer.epochs),
+    )
     try:
         summary = trainer.fit(
             supernet,
@@ -324,12 +399,55 @@ def search(
         if ended not in (None, "ok"):  # an extended search's earlier result is no longer its result
             (run.dir / GENOTYPE).unlink(missing_ok=True)
     if ended == "ok":
-        (derived.get("genotype") or derive()).save(run.dir / GENOTYPE)
+        chosen = summary.get("hessian_chosen_epoch")  # RobustDARTS' stop: an earlier epoch's cell
+        if chosen is not None:
+            Genotype.load(run.dir / GENOTYPES / f"epoch_{chosen:03d}.json").save(run.dir / GENOTYPE)
+        else:
+            (derived.get("genotype") or derive()).save(run.dir / GENOTYPE)
+        searching(summary, num_ops, arch, trainer.epochs)
     elif ended is not None:
         folder = run.dir / GENOTYPES
         kept = f"; the genotype of each finite epoch is in {folder}" if folder.is_dir() else ""
         log.warning(f"the search ended {ended}: no {GENOTYPE}{kept}")
     return summary
+
+
+def arch_steps(rows: list[dict], warmup_epochs: int) -> int:
+    """alpha's steps so far: one a weight step, from the end of the warm-up on."""
+    if len(rows) <= warmup_epochs:
+        return 0
+    return int(rows[-1]["iterations"]) - (int(rows[warmup_epochs - 1]["iterations"]) if warmup_epochs else 0)
+
+
+def hessian_eigenvalue(supernet, architect: Architect, batch: tuple[torch.Tensor, torch.Tensor], run: Run) -> float:
+    """The dominant eigenvalue of the Hessian of alpha's objective with respect to alpha, on one fixed batch of
+    the architecture split. BatchNorm's running statistics are put back after (measuring must not train)."""
+    x, y = (t.to(run.device) for t in batch)
+    buffers = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
+    generator = torch.Generator().manual_seed((run.seed or 0) + supernet.epoch)
+    try:
+        return diag.dominant_eigenvalue(lambda: architect.loss(x, y), architect.params, generator=generator)
+    finally:
+        supernet.load_state_dict(buffers, strict=False)
+
+
+def searching(summary: dict, num_ops: int, arch: ArchOptions, epochs: int) -> None:
+    """One warning when alpha has barely left uniform (the derived cell is then decided by noise), and one when
+    the argmax that the cell is read from still changes on more than ``diag.SETTLED`` of the edges."""
+    drop, changes = summary.get("alpha_entropy_drop"), summary.get("argmax_changes_last3")
+    if drop is not None and drop < diag.SEARCHING:
+        log.warning(
+            f"alpha barely moved: its entropy fell {100 * drop:.2f}% of ln {num_ops} (uniform) in "
+            f"{summary.get('arch_steps')} architecture steps, so the derived cell is close to a random one; give "
+            f"alpha more or larger steps: arch.lr (now {arch.lr:g}), trainer.epochs ({epochs}), data.batch_size"
+        )
+    edges = summary.get("edges") or 0
+    if changes is not None and changes > diag.SETTLED * edges:
+        log.warning(
+            f"alpha's argmax is not settled: {changes} of {edges} edges changed it over the last 3 epochs, so the "
+            f"derived cell may change with more epochs; arch.lr_schedule=cosine (now {arch.lr_schedule}) lets it "
+            f"settle, trainer.epochs ({epochs}) gives it time"
+        )
 
 
 def _finite(arch) -> bool:

@@ -6,6 +6,9 @@ are the weights alone (what SGD trains) and ``network.arch`` the architecture (w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,6 +128,8 @@ class SearchCell(nn.Module):
 class SearchNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3), global pooling, linear classifier."""
 
+    arch: ArchParams  # set with object.__setattr__ in __init__, so that nn.Module does not register it
+
     def __init__(
         self,
         in_shape,
@@ -166,7 +171,7 @@ class SearchNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         cache = {}
-        for cell in self.cells:
+        for cell in cast("Iterable[SearchCell]", self.cells):  # build_cells filled it with make_cell's SearchCells
             if cell.reduction not in cache:
                 alpha, edge = self.arch.alpha(cell.reduction), self.arch.edge_weights(cell.reduction)
                 if self.detach_arch:
@@ -188,9 +193,10 @@ class SearchNetwork(nn.Module):
         from nas_cli.nas.darts.genotype import derive
 
         arch = self.arch
+        normal, reduce = arch.edge_weights(False), arch.edge_weights(True)  # None without edge_norm
         edges = (
-            (arch.edge_weights(False).detach().cpu(), arch.edge_weights(True).detach().cpu())
-            if arch.edge_norm
+            (normal.detach().cpu(), reduce.detach().cpu())
+            if normal is not None and reduce is not None
             else (None, None)
         )
         return derive(arch.normal, arch.reduce, self.primitives, self.nodes, max_skip, *edges)

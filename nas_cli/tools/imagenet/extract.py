@@ -11,6 +11,7 @@ import errno
 import os
 import posixpath
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from nas_cli.errors import UserError
@@ -58,6 +59,7 @@ def extract_class(
         partial.mkdir(parents=True)
         with open_raw(train_tar) as f:
             window = Slice(f, offset, size, name=archive)
+            members: Iterable[Member]
             if per_class is None:  # one pass, front to back: each image right after its header
                 members = iter_members(window, archive)
             else:  # the first per_class by name: all headers first

@@ -55,6 +55,12 @@ def shipped() -> dict[str, str]:
     return table
 
 
+def _member_bytes(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    fileobj = tf.extractfile(info)
+    assert fileobj is not None  # only regular members are read, and those always have a file object
+    return fileobj.read()
+
+
 def from_devkit(path: str | Path) -> dict[str, str]:
     """``file -> wnid`` from the devkit archive (reads ``meta.mat`` with scipy)."""
     try:
@@ -63,21 +69,23 @@ def from_devkit(path: str | Path) -> dict[str, str]:
         raise UserError(
             f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy), or pass labels=shipped"
         ) from ex
-    meta = truth = None
+    meta: bytes | None = None
+    truth: bytes | None = None
     try:
         with tarfile.open(path, mode="r:*") as tf:
             for info in tf:
                 if not info.isreg():
                     continue
                 if info.name.endswith(META):
-                    meta = tf.extractfile(info).read()
+                    meta = _member_bytes(tf, info)
                 elif info.name.endswith(GROUND_TRUTH):
-                    truth = tf.extractfile(info).read()
+                    truth = _member_bytes(tf, info)
     except (tarfile.TarError, OSError, EOFError) as ex:
         raise UserError(f"{path}: cannot read the devkit archive ({ex})") from None
-    for found, name in ((meta, META), (truth, GROUND_TRUTH)):
-        if found is None:
-            raise UserError(f"{path}: no {name} in the devkit archive")
+    if meta is None:
+        raise UserError(f"{path}: no {META} in the devkit archive")
+    if truth is None:
+        raise UserError(f"{path}: no {GROUND_TRUTH} in the devkit archive")
     try:
         synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         ids = [int(x) for x in synsets["ILSVRC2012_ID"].ravel()]

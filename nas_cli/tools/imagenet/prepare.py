@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
@@ -47,6 +48,7 @@ VAL_PARTIAL = ".val.partial"
 SPLITS = ("train", "val")
 OFFICIAL = {"classes": 1000, "train": 1_281_167, "val": 50_000, "val_per_class": 50}
 SUBSET_BYTES_PER_IMAGE = 1 << 20  # disk estimate for per_class subsets: 1 MB an image (ILSVRC averages 110 KB)
+R = TypeVar("R")  # what a job of _run_jobs returns
 
 
 @dataclass
@@ -315,7 +317,7 @@ def _workers(n: int) -> int:
     return n if n and n > 0 else max(1, min(os.cpu_count() or 1, 8))
 
 
-def _run_jobs(fn: Callable, jobs: list[tuple], workers: int, on_done: Callable[[tuple, dict], None]) -> None:
+def _run_jobs(fn: Callable[..., R], jobs: list[tuple], workers: int, on_done: Callable[[tuple, R], None]) -> None:
     """``fn(*job)`` for every job, ``on_done(job, result)`` in the parent as each finishes.
 
     The first failure stops new jobs; those already running finish and are recorded, then
@@ -403,7 +405,7 @@ def prepare(opts: Options, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     start = time.perf_counter()
     p, state = plan(opts)
-    summary = {
+    summary: dict[str, Any] = {
         "status": "ok",
         "src": str(p.src),
         "dst": str(p.dst),

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from nas_cli.nas.arch import canonical, key
+from nas_cli.nas.rl.arch import canonical, key
 
 
 def _g(d: float) -> float:

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from nas_cli.errors import UserError
-from nas_cli.nas.controllers.base import Controller
-from nas_cli.nas.spaces import TOKENS, ZophSpace
+from nas_cli.nas.rl.controllers.base import Controller
+from nas_cli.nas.rl.spaces import TOKENS, ZophSpace
 
 
 class _Policy(nn.Module):
@@ -144,7 +144,7 @@ class Reinforce(Controller):
                 n_links += i
             anchors.append(p.w_prev(h))
             x = p.after_anchor
-            layer = {"type": "conv"}
+            layer: dict[str, object] = {"type": "conv"}
             for tok in TOKENS:
                 h, state = p.step(x, state)
                 log_probs = torch.log_softmax(p.heads[tok](h), dim=1)[0]

@@ -19,9 +19,9 @@ the terminating transition and 0 elsewhere. Q starts at ``q_init``.
 from __future__ import annotations
 
 from nas_cli.errors import UserError
-from nas_cli.nas.arch import key
-from nas_cli.nas.controllers.base import Controller
-from nas_cli.nas.spaces import SM, MetaQNNSpace
+from nas_cli.nas.rl.arch import key
+from nas_cli.nas.rl.controllers.base import Controller
+from nas_cli.nas.rl.spaces import SM, MetaQNNSpace
 
 # Baker et al. (2017), Table 2: unique models trained at each epsilon (2,700 in all)
 PAPER_SCHEDULE = [

@@ -18,7 +18,7 @@ Run folder:
 ``search.batch`` children are proposed per round (null: ``search.workers``), all before any is
 observed, so the controller's path depends on the batch, not on where the children train:
 ``search.executor=inline`` (this process, or ``search.workers`` processes) and ``local|debug|slurm``
-(submitit jobs, ``nas_cli/nas/executors.py``) give the same history for the same seed and batch.
+(submitit jobs, ``nas_cli/nas/rl/executors.py``) give the same history for the same seed and batch.
 
 The end of each batch of children is the safe point: SIGINT/SIGTERM during a batch stop its
 children at their next training batch, and a resumed search trains them again from the same
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from nas_cli.engine.progress import TrainingProgress
 from nas_cli.errors import UserError
-from nas_cli.nas.arch import canonical, describe, key
-from nas_cli.nas.children import Evaluator
-from nas_cli.nas.controllers.base import Controller
+from nas_cli.nas.rl.arch import canonical, describe, key
+from nas_cli.nas.rl.children import Evaluator
+from nas_cli.nas.rl.controllers.base import Controller
 from nas_cli.runs.files import BEST_ARCH, CACHE
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.record import atomic_write, write_json
@@ -135,6 +135,7 @@ def search(
     finally:
         evaluator.close()
     summary = run.summary
+    assert summary is not None  # leaving ``with run`` has written it
     log.info(
         f"best reward {summary['best_reward']:.4f} after {summary['children']} children "
         f"({summary['cache_hits']} cache hits): {summary['best_arch']}; "

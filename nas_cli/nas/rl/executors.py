@@ -93,8 +93,8 @@ def run_child(job: ChildJob) -> float:
     """A submitit job: the reward of one child (module-level, so submitit can pickle it)."""
     import torch
 
-    from nas_cli.nas.children import load_data, train_child
-    from nas_cli.nas.synthetic import synthetic_reward
+    from nas_cli.nas.rl.children import load_data, train_child
+    from nas_cli.nas.rl.synthetic import synthetic_reward
     from nas_cli.runs.options import resolve_device
 
     if job.kind == "synthetic":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nas_cli.nas.controllers.base import Controller
+from nas_cli.nas.rl.controllers.base import Controller
 
 
 class RandomSearch(Controller):

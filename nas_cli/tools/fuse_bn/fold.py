@@ -17,11 +17,13 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import torch
 import torch.fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from nas_cli.errors import UserError
 
@@ -59,26 +61,28 @@ class FuseReport:
         return len({p.bn for p in self.fused} - {s.bn for s in self.skipped})
 
 
-def _kind(layer: nn.Module) -> str | None:
-    if isinstance(layer, _CONV):
-        return "conv"
+def _foldable(layer: nn.Module) -> TypeGuard[nn.Linear | _ConvNd]:
+    """A layer a BatchNorm can fold into: a convolution (1d to 3d, transposed or not) or a linear layer."""
+    return isinstance(layer, (*_CONV, *_CONV_T, nn.Linear))
+
+
+def _kind(layer: nn.Module) -> str:
+    """The kind of a layer ``_foldable`` accepts: conv, conv_transpose or linear."""
     if isinstance(layer, _CONV_T):
         return "conv_transpose"
-    if isinstance(layer, nn.Linear):
-        return "linear"
-    return None
+    return "linear" if isinstance(layer, nn.Linear) else "conv"
 
 
-def _out_channels(layer: nn.Module) -> int:
+def _out_channels(layer: nn.Linear | _ConvNd) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _pair_problem(layer: nn.Module, bn: nn.Module) -> str | None:
     """Why ``layer -> bn`` cannot be folded, or None when it can."""
-    kind = _kind(layer)
-    if kind is None:
+    if not _foldable(layer):
         return f"input is not a foldable layer ({type(layer).__name__})"
-    if kind == "linear":
+    expected: type[_BatchNorm]
+    if isinstance(layer, nn.Linear):
         expected = nn.BatchNorm1d
     else:
         expected = _BN_BY_DIM[len(layer.kernel_size)]
@@ -101,7 +105,8 @@ def fold(layer: nn.Module, bn: _BatchNorm, scale_warn: float = 1e3) -> tuple[nn.
     problem = _pair_problem(layer, bn)
     if problem is not None:
         raise UserError(f"cannot fold {type(layer).__name__} -> {type(bn).__name__}: {problem}")
-    kind = _kind(layer)
+    # what _pair_problem has just checked, stated for the type checker
+    assert _foldable(layer) and bn.running_mean is not None and bn.running_var is not None
     dtype, device = layer.weight.dtype, layer.weight.device
     with torch.no_grad():
         w = layer.weight.detach().to(torch.float64)
@@ -120,7 +125,7 @@ def fold(layer: nn.Module, bn: _BatchNorm, scale_warn: float = 1e3) -> tuple[nn.
             gamma = torch.ones_like(mu)
             beta = torch.zeros_like(mu)
         s = gamma / torch.sqrt(var + bn.eps)
-        if kind == "conv_transpose":
+        if isinstance(layer, _CONV_T):
             # weight is (in, out/groups, *k); output channel g*(out/groups) + j lives at group g, dim 1 index j
             g = layer.groups
             grouped = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
@@ -156,10 +161,11 @@ def _fuse_fx(gm: torch.fx.GraphModule, all_bns: list[str], scale_warn: float) ->
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
             continue
         bn = modules[node.target]
+        bn_name = str(node.target)  # a call_module node's target is the module's qualified name
         inp = node.args[0] if node.args else node.kwargs.get("input")
-        layer_name = inp.target if isinstance(inp, torch.fx.Node) and inp.op == "call_module" else ""
+        layer_name = str(inp.target) if isinstance(inp, torch.fx.Node) and inp.op == "call_module" else ""
 
-        def skip(reason: str, layer_name: str = layer_name, bn_name: str = node.target) -> None:
+        def skip(reason: str, layer_name: str = layer_name, bn_name: str = bn_name) -> None:
             report.skipped.append(SkippedPair(layer_name, bn_name, reason))
 
         if bn.running_mean is None or bn.running_var is None:
@@ -187,7 +193,7 @@ def _fuse_fx(gm: torch.fx.GraphModule, all_bns: list[str], scale_warn: float) ->
         node.replace_all_uses_with(inp)
         gm.graph.erase_node(node)
         fused_bn_targets.add(node.target)
-        report.fused.append(FusedPair(layer_name, node.target, _kind(layer), large))
+        report.fused.append(FusedPair(layer_name, bn_name, _kind(layer), large))
 
     still_called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for target in fused_bn_targets - still_called:
@@ -210,7 +216,7 @@ def _fuse_module_order(model: nn.Module, all_bns: list[str], scale_warn: float) 
             continue
         children = list(seq.named_children())
         for (layer_key, layer), (bn_key, bn) in zip(children, children[1:]):
-            if not isinstance(bn, _BatchNorm) or _kind(layer) is None or id(bn) in handled:
+            if not isinstance(bn, _BatchNorm) or not _foldable(layer) or id(bn) in handled:
                 continue
             prefix = f"{seq_name}." if seq_name else ""
             layer_name, bn_name = prefix + layer_key, prefix + bn_key

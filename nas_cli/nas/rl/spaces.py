@@ -7,10 +7,12 @@ MetaQNN in its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from nas_cli.errors import UserError
-from nas_cli.nas.arch import pool_size
+from nas_cli.nas.rl.arch import pool_size
 
 TOKENS = ("kh", "kw", "sh", "sw", "filters")  # Zoph & Le's per-layer predictions, in order
 
@@ -161,7 +163,7 @@ class MetaQNNSpace:
         if kind == FC:  # FC -> FC: no wider than this one, and at most max_fc in all
             narrower = [(FC, (u,)) for u in self.fc if u <= params[0]] if n_fc < self.max_fc else []
             return [*narrower, (SM, ())]
-        out = [(CONV, c) for c in self.conv if self._fits(c[1], size)]
+        out: list[tuple] = [(CONV, c) for c in self.conv if self._fits(c[1], size)]
         if kind == CONV:
             out += [(POOL, p) for p in self.pools if self._fits(p[0], size)]
         if size_bucket(size, self.size_bins) < self.size_bins[0] and self.max_fc > 0:
@@ -180,7 +182,7 @@ class MetaQNNSpace:
         return (kind, depth + (kind != SM), size, n_fc + (kind == FC), tuple(params))
 
     def to_arch(self, actions: list[tuple]) -> list[dict]:
-        arch = []
+        arch: list[dict] = []
         for kind, params in actions:
             i = len(arch)
             inputs = [i - 1] if i else []
@@ -228,7 +230,7 @@ class MetaQNNSpace:
             state = self.step(state, a)
         return state[0] == SM
 
-    def walk(self, rng: np.random.Generator, prefix: list[tuple] = ()) -> list[tuple]:
+    def walk(self, rng: np.random.Generator, prefix: Sequence[tuple] = ()) -> list[tuple]:
         """Uniformly random allowed actions until SM (after ``prefix``)."""
         state, actions = self.start(), []
         for a in prefix:
@@ -252,7 +254,8 @@ class MetaQNNSpace:
         for _ in range(10 if rng.random() < 0.5 else 0):
             i = int(rng.integers(len(actions)))
             kind, params = actions[i]
-            pool = {CONV: self.conv, POOL: self.pools, FC: [(u,) for u in self.fc]}.get(kind, [])
+            choices: dict[str, list[tuple]] = {CONV: self.conv, POOL: self.pools, FC: [(u,) for u in self.fc]}
+            pool = choices.get(kind, [])
             others = [p for p in pool if p != params]
             if not others:
                 continue

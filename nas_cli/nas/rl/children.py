@@ -4,7 +4,7 @@ Each trained child is a run of its own in ``children/<step>/`` (no checkpoints, 
 trained with the ``optim`` / ``sched`` groups like any network. ``workers=N`` trains up to N
 children at once in separate processes (spawned, one torch thread each), each loading the data
 once; they ignore SIGINT/SIGTERM and stop at their next batch when the search is asked to stop.
-With a ``runner`` (``search.executor=local|debug|slurm``, ``nas_cli/nas/executors.py``) each new child is a
+With a ``runner`` (``search.executor=local|debug|slurm``, ``nas_cli/nas/rl/executors.py``) each new child is a
 submitit job instead, synthetic ones included, trained by the same ``train_child``.
 """
 
@@ -17,6 +17,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import torch
@@ -26,8 +27,8 @@ from nas_cli.engine.device import seed_everything
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.trainer import HEADLINE, Trainer
 from nas_cli.errors import UserError
-from nas_cli.nas.arch import ArchNet, key, param_count
-from nas_cli.nas.synthetic import synthetic_reward
+from nas_cli.nas.rl.arch import ArchNet, key, param_count
+from nas_cli.nas.rl.synthetic import synthetic_reward
 from nas_cli.runs import signals
 from nas_cli.runs.files import CHILDREN
 from nas_cli.runs.lifecycle import Run
@@ -176,7 +177,7 @@ class Evaluator:
         self.optimizer, self.schedule, self.workers = optimizer, schedule, int(workers)
         self.cache: dict[str, dict] = dict(cache or {})
         self._pool: ProcessPoolExecutor | None = None
-        self._stop = None
+        self._stop: Event | None = None  # made with the pool: tells its workers to stop
         self.runner, self.job_device = runner, job_device
 
     def params(self, arch: list[dict]) -> int:
@@ -238,6 +239,7 @@ class Evaluator:
             for k, (step, arch) in todo.items()
         }
         pending = set(futures.values())
+        assert self._stop is not None  # _workers() has made it with the pool
         while pending:  # wait in short slices: a stop request is passed on to the workers at once
             _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             if signals.requested() is not None:

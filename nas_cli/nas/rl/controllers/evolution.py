@@ -9,7 +9,7 @@ duplicates), and the oldest member (not the worst) dies.
 from __future__ import annotations
 
 from nas_cli.errors import UserError
-from nas_cli.nas.controllers.base import Controller
+from nas_cli.nas.rl.controllers.base import Controller
 
 
 class Evolution(Controller):
