@@ -50,6 +50,10 @@ smoke: install  ## one tiny run of every command (prep-imagenet needs the archiv
 	$(BIN)/nas-cli train model=darts model.genotype=$(SMOKE)/search_darts/genotype.json data=digits \
 		trainer.epochs=1 data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/darts_retrain
 	$(BIN)/nas-cli search-rl search.children=4 child.epochs=1 child.subset=100 $(QUIET) hydra.run.dir=$(SMOKE)/search_rl
+	$(BIN)/nas-cli search-rl reward=shared space=enas_macro enas.epochs=1 enas.controller_steps=5 enas.final_samples=2 \
+		data.subset=200 $(QUIET) hydra.run.dir=$(SMOKE)/search_rl_shared
+	$(BIN)/nas-cli search-rl reward=proxy proxy.name=naswot controller=evolution search.children=8 $(QUIET) \
+		hydra.run.dir=$(SMOKE)/search_rl_proxy
 	$(BIN)/nas-cli detect data.n_train=300 data.n_val=50 trainer.epochs=2 $(QUIET) hydra.run.dir=$(SMOKE)/detect
 	$(BIN)/python -c "from nas_cli.data.shapes import shapes, save_images; d = shapes(n_train=1, n_val=4); \
 		save_images((next(iter(d.val))[0] * d.val.std + d.val.mean).clamp(0, 1).mul(255).byte(), '$(SMOKE)/images')"
@@ -70,8 +74,10 @@ bench: install bench-env  ## side-by-side benchmarks (print ratios)
 	$(BIN)/python bench/fuse_bn.py
 	$(BIN)/python bench/prep_imagenet.py
 	$(BIN)/python bench/darts_search.py
+	$(BIN)/python bench/darts_vs_random.py
 	$(BIN)/python bench/detect.py
 	$(BIN)/python bench/rl_search.py
+	$(BIN)/python bench/cheap_search.py
 	$(BIN)/python bench/dqn_cartpole.py
 	$(BIN)/python bench/dqn_speed.py
 	$(BIN)/python bench/pg_cartpole.py

@@ -111,6 +111,7 @@ def tiny_search(one_thread):
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow
 def test_a_still_alpha_is_reported_and_the_columns_are_recorded(tmp_path, tiny_search, caplog):
     """arch.lr so small that alpha stays uniform: the summary says how little it moved and one warning names the
     keys to change; every epoch records the entropy drop, the argmax and the share of parameter-free ops."""
@@ -127,6 +128,7 @@ def test_a_still_alpha_is_reported_and_the_columns_are_recorded(tmp_path, tiny_s
     assert len(warnings) == 1 and "arch.lr (now 1e-09)" in warnings[0] and "trainer.epochs (4)" in warnings[0]
 
 
+@pytest.mark.slow
 def test_hessian_eigenvalue_is_logged_and_leaves_the_network_as_it_was(tmp_path, tiny_search, monkeypatch):
     from nas_cli.nas.darts import search
 
@@ -148,6 +150,7 @@ def test_hessian_eigenvalue_is_logged_and_leaves_the_network_as_it_was(tmp_path,
     assert rows["hessian_eigenvalue"].dropna().tolist() == pytest.approx(measured) and len(measured) == 1
 
 
+@pytest.mark.slow
 def test_hessian_stop_ends_the_search_and_keeps_the_earlier_epochs_cell(tmp_path, tiny_search, monkeypatch):
     """The eigenvalues 1, 1, 3: with window 1, epoch 3 has 1 / 3 < 0.75, so the search stops there and its result is
     the cell of epoch 2, the measurement a window before."""

@@ -292,6 +292,34 @@ def test_each_controller_searches_synthetic(tmp_path, search_task, controller):
     assert ArchNet(load_arch(tmp_path / "best_arch.json"), (1, 8, 8), 10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.parametrize(
+    "proxy,controller",
+    [("naswot", "reinforce"), ("snip", "metaqnn"), ("jacob_cov", "evolution"), ("synflow", "random")],
+)
+def test_proxy_reward_scores_untrained_children(tmp_path, search_task, proxy, controller):
+    from nas_cli.nas.rl import proxies
+
+    s = search_task(
+        tmp_path, f"controller={controller}", "reward=proxy", f"proxy.name={proxy}", "search.children=4", "device=cpu"
+    )
+    assert s["status"] == "ok" and s["children"] == 4
+    assert (tmp_path / "best_arch.json").is_file() and not (tmp_path / "children").exists()  # nothing trained
+    # each row's reward: the proxy of the child as training would build it (seed + step), on the search's minibatch
+    data_config = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "digits.yaml"))
+    data = evaluate_module.load_data(data_config, ChildOptions(), 0)
+    x, y = proxies.minibatch(data.train, 64, 0)
+    cache = json.loads((tmp_path / "cache.json").read_text())
+    for row in pd.read_csv(tmp_path / "metrics.csv").itertuples():
+        if row.cache_hit:
+            continue
+        arch = json.loads(row.json)
+        score = proxies.PROXIES[proxy](evaluate_module.build_child(arch, data, "cpu", row.step), x, y)
+        if np.isfinite(score):
+            assert row.reward == pytest.approx(score, rel=1e-9)
+        else:  # undefined for this child: a failed child at the proxy's floor
+            assert row.reward == proxies.floor(proxy, 64) and "error" in cache[key(arch)]
+
+
 @pytest.mark.parametrize("controller", ["reinforce", "metaqnn", "evolution"])
 def test_resumed_search_continues_the_same_history(tmp_path, search_task, monkeypatch, controller):
     search_task(tmp_path / "whole", f"controller={controller}", *SYNTH, "search.children=12")

@@ -5,7 +5,14 @@ earlier layers whose outputs it reads):
 
 - ``conv``: ``filters``, ``kh``, ``kw`` (filter height/width), ``sh``, ``sw`` (stride height/width);
   "same" padding, then BatchNorm and ReLU;
-- ``pool``: ``kernel``, ``stride`` (max pooling; a kernel larger than its input shrinks to it);
+- ``sep``: ``filters``, ``kh``, ``kw``: a depthwise-separable convolution (Chollet 2017), as in ENAS's
+  search spaces (Pham et al. 2018): a depthwise ``kh x kw`` convolution (one filter per input channel,
+  "same" padding, stride 1), then a pointwise 1x1 convolution to ``filters``, BatchNorm and ReLU;
+- ``pool``: ``kernel``, ``stride``, and two optional keys: ``mode`` (``max``, the default, or ``avg``) and
+  ``padding`` (``valid``, the default: no padding, a last partial window kept; or ``same``: padded, as
+  TensorFlow's "SAME", to ``ceil(side / stride)``, the padding never counted in an average). A kernel
+  larger than its input shrinks to it. A key at its default is left out of the canonical description,
+  so pool layers written before these keys existed keep their description (and cache key);
 - ``fc``: ``units`` (flatten, linear, ReLU);
 - ``gap``: global average pooling.
 
@@ -35,8 +42,16 @@ from nas_cli.errors import UserError
 from nas_cli.runs.files import BEST_ARCH
 from nas_cli.runs.record import read_json
 
-TYPES = ("conv", "pool", "fc", "gap")
-SIZES = {"conv": ("filters", "kh", "kw", "sh", "sw"), "pool": ("kernel", "stride"), "fc": ("units",), "gap": ()}
+TYPES = ("conv", "sep", "pool", "fc", "gap")
+SIZES = {
+    "conv": ("filters", "kh", "kw", "sh", "sw"),
+    "sep": ("filters", "kh", "kw"),
+    "pool": ("kernel", "stride"),
+    "fc": ("units",),
+    "gap": (),
+}
+# a layer type's word-valued keys: their choices, the first being the default (left out of the canonical form)
+OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {"pool": {"mode": ("max", "avg"), "padding": ("valid", "same")}}
 
 
 def canonical(arch: list[dict]) -> list[dict]:
@@ -51,12 +66,19 @@ def canonical(arch: list[dict]) -> list[dict]:
             raise UserError(f"architecture layer {i}: inputs {inputs} must be earlier layers (0..{i - 1})")
         keys = SIZES[kind]
         try:
-            entry = {"type": kind, **{k: int(layer[k]) for k in keys}, "inputs": inputs}
+            sizes = {k: int(layer[k]) for k in keys}
         except KeyError as ex:
             raise UserError(f"architecture layer {i} ({kind}) needs '{ex.args[0]}'") from ex
-        if any(entry[k] < 1 for k in keys):
-            raise UserError(f"architecture layer {i}: sizes must be positive ({entry})")
-        out.append(entry)
+        if any(v < 1 for v in sizes.values()):
+            raise UserError(f"architecture layer {i}: sizes must be positive ({sizes})")
+        options = {}
+        for name, choices in OPTIONS.get(kind, {}).items():
+            value = layer.get(name, choices[0])
+            if value not in choices:
+                raise UserError(f"architecture layer {i}: {name} '{value}' is not one of {', '.join(choices)}")
+            if value != choices[0]:  # a default is left out: older descriptions keep their form
+                options[name] = value
+        out.append({"type": kind, **sizes, **options, "inputs": inputs})
     return out
 
 
@@ -66,14 +88,18 @@ def key(arch: list[dict]) -> str:
 
 
 def describe(arch: list[dict]) -> str:
-    """A short human-readable string, e.g. ``C3x3/1x1:36<- | C5x5/1x1:24<0 | P3/2 | FC64 | GAP``."""
+    """A short human-readable string, e.g. ``C3x3/1x1:36<- | C5x5/1x1:24<0 | P3/2 | FC64 | GAP``; a separable
+    conv reads ``S5x5:36``, an average pool ``AP3/1``, a same-padded pool ``P3/1(same)``."""
     parts = []
     for i, layer in enumerate(canonical(arch)):
         t = layer["type"]
         if t == "conv":
             s = f"C{layer['kh']}x{layer['kw']}/{layer['sh']}x{layer['sw']}:{layer['filters']}"
+        elif t == "sep":
+            s = f"S{layer['kh']}x{layer['kw']}:{layer['filters']}"
         elif t == "pool":
-            s = f"P{layer['kernel']}/{layer['stride']}"
+            s = f"{'A' if layer.get('mode') == 'avg' else ''}P{layer['kernel']}/{layer['stride']}"
+            s += "(same)" if layer.get("padding") == "same" else ""
         elif t == "fc":
             s = f"FC{layer['units']}"
         else:
@@ -119,6 +145,11 @@ def check_layers(layers, where: str = "model.arch", prefix: str = "") -> None:
                 raise UserError(f"{at}: a {kind} layer needs '{name}' ({', '.join(SIZES[kind])})")
             if not _whole(layer[name]) or layer[name] < 1:
                 raise UserError(f"{at}.{name} is {json.dumps(layer[name])}: a size is a whole number, 1 or more")
+        for name, choices in OPTIONS.get(kind, {}).items():
+            if name in layer and layer[name] not in choices:
+                raise UserError(
+                    f"{at}.{name} is {json.dumps(layer[name])}: use {' or '.join(choices)} (default {choices[0]})"
+                )
         inputs = layer.get("inputs", [])
         if not isinstance(inputs, (list, tuple)) or not all(_whole(j) and 0 <= j < i for j in inputs):
             rule = (
@@ -146,20 +177,77 @@ def _as_map(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 4 else t.flatten(1)[:, :, None, None]
 
 
+def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of a side ``n`` (before, after): the output has ``ceil(n / s)`` places."""
+    total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
 class _Pool(nn.Module):
-    def __init__(self, kernel: int, stride: int):
+    """Max or average pooling, ``valid`` (a last partial window kept: ceil mode) or ``same``-padded."""
+
+    def __init__(self, kernel: int, stride: int, mode: str = "max", padding: str = "valid"):
         super().__init__()
-        self.kernel, self.stride = kernel, stride
+        self.kernel, self.stride, self.mode, self.padding = kernel, stride, mode, padding
 
     def forward(self, x):
         kh, kw = min(self.kernel, x.shape[2]), min(self.kernel, x.shape[3])
-        return F.max_pool2d(x, (kh, kw), self.stride, ceil_mode=True)
+        if self.padding == "valid":
+            pool = F.max_pool2d if self.mode == "max" else F.avg_pool2d
+            return pool(x, (kh, kw), self.stride, ceil_mode=True)
+        (top, bottom), (left, right) = _same_pad(x.shape[2], kh, self.stride), _same_pad(x.shape[3], kw, self.stride)
+        pad = (left, right, top, bottom)
+        if self.mode == "max":  # padded with -inf: a window's maximum is over the image alone
+            return F.max_pool2d(F.pad(x, pad, value=-math.inf), (kh, kw), self.stride)
+        # the mean over each window's image part: window sums over zero padding, divided by the image count
+        ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+        return F.avg_pool2d(F.pad(x, pad), (kh, kw), self.stride) / F.avg_pool2d(ones, (kh, kw), self.stride)
 
 
-def pool_size(n: int, kernel: int, stride: int) -> int:
+def pool_size(n: int, kernel: int, stride: int, padding: str = "valid") -> int:
     """The side a pool layer leaves (the same arithmetic as the child's pooling)."""
+    if padding == "same":
+        return math.ceil(n / stride)
     k = min(kernel, n)
     return max(1, math.ceil((n - k) / stride) + 1)
+
+
+def build_layer(layer: dict, channels: int) -> nn.Module:
+    """The module of one (canonical) layer reading ``channels`` input channels (features, for ``fc``): the
+    child's, and the weight-shared search's (``nas_cli/nas/rl/shared.py``) for the same operation."""
+    t = layer["type"]
+    if t == "conv":
+        return nn.Sequential(
+            nn.Conv2d(
+                channels,
+                layer["filters"],
+                (layer["kh"], layer["kw"]),
+                (layer["sh"], layer["sw"]),
+                padding=(layer["kh"] // 2, layer["kw"] // 2),
+                bias=False,
+            ),
+            nn.BatchNorm2d(layer["filters"]),
+            nn.ReLU(inplace=True),
+        )
+    if t == "sep":  # depthwise (one filter per channel), then pointwise
+        return nn.Sequential(
+            nn.Conv2d(
+                channels,
+                channels,
+                (layer["kh"], layer["kw"]),
+                padding=(layer["kh"] // 2, layer["kw"] // 2),
+                groups=channels,
+                bias=False,
+            ),
+            nn.Conv2d(channels, layer["filters"], 1, bias=False),
+            nn.BatchNorm2d(layer["filters"]),
+            nn.ReLU(inplace=True),
+        )
+    if t == "pool":
+        return _Pool(layer["kernel"], layer["stride"], layer.get("mode", "max"), layer.get("padding", "valid"))
+    if t == "fc":
+        return nn.Sequential(nn.Linear(channels, layer["units"]), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 class ArchNet(nn.Module):
@@ -198,25 +286,7 @@ class ArchNet(nn.Module):
 
     @staticmethod
     def _make(layer: dict, x: torch.Tensor) -> nn.Module:
-        t = layer["type"]
-        if t == "conv":
-            return nn.Sequential(
-                nn.Conv2d(
-                    x.shape[1],
-                    layer["filters"],
-                    (layer["kh"], layer["kw"]),
-                    (layer["sh"], layer["sw"]),
-                    padding=(layer["kh"] // 2, layer["kw"] // 2),
-                    bias=False,
-                ),
-                nn.BatchNorm2d(layer["filters"]),
-                nn.ReLU(inplace=True),
-            )
-        if t == "pool":
-            return _Pool(layer["kernel"], layer["stride"])
-        if t == "fc":
-            return nn.Sequential(nn.Linear(x.shape[1], layer["units"]), nn.ReLU(inplace=True))
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return build_layer(layer, x.shape[1])
 
     def _head_features(self, image: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
         if not outs:  # softmax as the first layer (MetaQNN allows it): the classifier reads the input itself

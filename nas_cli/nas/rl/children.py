@@ -6,6 +6,11 @@ children at once in separate processes (spawned, one torch thread each), each lo
 once; they ignore SIGINT/SIGTERM and stop at their next batch when the search is asked to stop.
 With a ``runner`` (``search.executor=local|debug|slurm``, ``nas_cli/nas/rl/executors.py``) each new child is a
 submitit job instead, synthetic ones included, trained by the same ``train_child``.
+
+``reward=proxy`` trains no child: a zero-cost proxy (``nas_cli/nas/rl/proxies.py``) scores it at the
+initialisation training would start from (``build_child``), on one training minibatch drawn once per search
+with the search's seed; in this process whatever the executor (one forward and backward pass costs less
+than a job's start).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -27,13 +33,14 @@ from nas_cli.engine.device import seed_everything
 from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.trainer import HEADLINE, Trainer
 from nas_cli.errors import UserError
+from nas_cli.nas.rl import proxies
 from nas_cli.nas.rl.arch import ArchNet, key, param_count
 from nas_cli.nas.rl.synthetic import synthetic_reward
 from nas_cli.runs import signals
 from nas_cli.runs.files import CHILDREN
 from nas_cli.runs.lifecycle import Run
 
-REWARDS = ("accuracy", "synthetic")
+REWARDS = ("accuracy", "synthetic", "proxy")
 SCORES = ("best", "final")
 
 
@@ -86,15 +93,21 @@ def load_data(data_config: dict, child: ChildOptions, seed: int):
     return instantiate(data_config, seed=seed, **overrides)
 
 
+def build_child(arch: list[dict], data, device, seed: int) -> ArchNet:
+    """The child network of ``arch`` at its initialisation for ``seed``: what training starts from and what a
+    proxy scores."""
+    seed_everything(seed)
+    return ArchNet(arch, data.in_shape, data.num_classes).to(device)
+
+
 def train_child(
     arch: list[dict], data, child: ChildOptions, optimizer, schedule: Schedule | None, device, folder: Path, seed: int
 ) -> float:
     """The score of ``arch`` (``child_score`` of its per-epoch validation accuracies) after ``child.epochs``
     epochs of training (a run in ``folder``)."""
-    seed_everything(seed)
+    model = build_child(arch, data, device, seed)  # before its optimizer's state
     if data.generator is not None:
         data.generator.manual_seed(seed)
-    model = ArchNet(arch, data.in_shape, data.num_classes).to(device)  # before its optimizer's state
     trainer = Trainer(epochs=child.epochs, checkpoint=False, device=device, progress=False)
     run = Run(folder, "train", seed=seed, device=device, headline=HEADLINE)
     with _quiet_engine():
@@ -139,16 +152,17 @@ def _worker_train(arch: list[dict], folder: str, seed: int) -> tuple[float, floa
 
 
 class Evaluator:
-    """Rewards for architectures, cached by ``arch.key``; trained (``accuracy``) or ``synthetic``.
+    """Rewards for architectures, cached by ``arch.key``; trained (``accuracy``), ``synthetic`` or ``proxy``.
 
     Args:
-        reward: accuracy | synthetic.  synthetic: the synthetic reward's settings.
+        reward: accuracy | synthetic | proxy.  synthetic: the synthetic reward's settings.
         run_dir: the search's run folder (children go to ``children/<step>``).
         data: the children's data; ``data_config``: the config it was built from (workers rebuild it).
         optimizer: a callable ``optimizer(params=...)`` (the ``optim`` group); ``schedule``: the ``sched`` group.
         cache: rewards already known (a resumed search's).
         runner: a ``JobRunner``: new children are submitit jobs (None: this process and its workers).
         job_device: the ``device`` setting the jobs resolve themselves (a SLURM node's GPU); None: ``device``.
+        proxy: reward=proxy's ``name`` (a ``proxies.PROXIES`` key) and ``batch`` (the minibatch's size).
     """
 
     def __init__(
@@ -167,9 +181,10 @@ class Evaluator:
         cache: dict | None = None,
         runner=None,
         job_device: str | None = None,
+        proxy: dict | None = None,
     ):
         if reward not in REWARDS:
-            raise UserError(f"reward={reward}: use accuracy or synthetic")
+            raise UserError(f"reward={reward}: use {' | '.join(REWARDS)}")
         if int(workers) < 1:
             raise UserError(f"search.workers={workers}: use 1 or more")
         self.kind, self.synthetic, self.run_dir, self.device = reward, dict(synthetic), Path(run_dir), device
@@ -179,12 +194,44 @@ class Evaluator:
         self._pool: ProcessPoolExecutor | None = None
         self._stop: Event | None = None  # made with the pool: tells its workers to stop
         self.runner, self.job_device = runner, job_device
+        self.proxy = {"name": "synflow", "batch": 64, **(proxy or {})}
+        if reward == "proxy":
+            proxies.check_proxy(str(self.proxy["name"]))
+            if int(self.proxy["batch"]) < 1:
+                raise UserError(f"proxy.batch={self.proxy['batch']}: use 1 or more")
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None  # reward=proxy's minibatch, drawn once
 
     def params(self, arch: list[dict]) -> int:
         return param_count(arch, self.data.in_shape, self.data.num_classes)
 
     def _score_synthetic(self, arch: list[dict]) -> float:
         return synthetic_reward(arch, **self.synthetic, seed=self.seed)
+
+    def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """reward=proxy's minibatch: the same for every child of the search (its seed), on the children's device."""
+        if self._batch is None:
+            x, y = proxies.minibatch(self.data.train, int(self.proxy["batch"]), self.seed)
+            self._batch = x.to(self.device), y.to(self.device)
+        return self._batch
+
+    def _score_proxy(self, arch: list[dict], step: int) -> float:
+        """The proxy's score of the child of ``step`` at the initialisation its training would start from."""
+        x, y = self.proxy_batch()
+        net = build_child(arch, self.data, self.device, self.seed + step)
+        return proxies.PROXIES[str(self.proxy["name"])](net, x, y)
+
+    def _proxy_result(self, arch: list[dict], step: int) -> dict:
+        """A child's result under reward=proxy. A score that is no finite number (naswot's -inf, jacob_cov's nan)
+        fails the child: it gets the proxy's ``floor`` (at or below every finite score; -inf or nan would derail
+        the controllers' arithmetic), is no candidate for the best, and the cache keeps why."""
+        t0 = time.perf_counter()
+        score = self._score_proxy(arch, step)
+        result: dict = {"reward": score, "params": self.params(arch), "seconds": time.perf_counter() - t0}
+        if not math.isfinite(score):
+            name = str(self.proxy["name"])
+            result["reward"] = proxies.floor(name, len(self.proxy_batch()[0]))
+            result["error"] = f"proxy {name} is {score} for this child: scored {result['reward']:.6g}, its lowest value"
+        return result
 
     def evaluate(self, batch: list[tuple[int, list[dict]]]) -> list[dict]:
         """``batch``: (step, arch) pairs. Returns per pair: reward, params, seconds, cache_hit."""
@@ -194,7 +241,9 @@ class Evaluator:
             if k not in self.cache and k not in todo:
                 todo[k] = (step, arch)
         fresh: dict[str, dict] = {}
-        if self.runner is not None:
+        if self.kind == "proxy":  # in this process, whatever the executor: no training to hand out
+            fresh = {k: self._proxy_result(arch, step) for k, (step, arch) in todo.items()}
+        elif self.runner is not None:
             fresh = self._submit_all(todo)
         elif self.kind == "synthetic":
             for k, (_, arch) in todo.items():

@@ -1,8 +1,10 @@
-"""The two search spaces: Zoph & Le's conv layers with anchor-point skips, and MetaQNN's layer chains.
+"""The search spaces: Zoph & Le's conv layers with anchor-point skips, MetaQNN's layer chains, and ENAS's
+macro space.
 
-Both produce the shared architecture description (``arch.py``). Random search and regularized
-evolution work on either (``space=zoph|metaqnn``); REINFORCE proposes in the Zoph space and
-MetaQNN in its own.
+All produce the shared architecture description (``arch.py``). Random search and regularized
+evolution work on any (``space=zoph|metaqnn|enas_macro``); REINFORCE proposes in the Zoph space,
+MetaQNN in its own, and ENAS's weight-shared search (``reward=shared``, ``nas_cli/nas/rl/enas.py``)
+in the macro space.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nas_cli.errors import UserError
-from nas_cli.nas.rl.arch import pool_size
+from nas_cli.nas.rl.arch import canonical, pool_size
 
 TOKENS = ("kh", "kw", "sh", "sw", "filters")  # Zoph & Le's per-layer predictions, in order
 
@@ -264,3 +266,144 @@ class MetaQNNSpace:
                 return self.to_arch(trial[:-1])
         i = int(rng.integers(len(actions)))
         return self.to_arch(self.walk(rng, actions[:i])[:-1])
+
+
+# ENAS's macro operations, in the reference code's branch order (melodyguan/enas general_child.py: 0 conv 3x3,
+# 1 separable 3x3, 2 conv 5x5, 3 separable 5x5, 4 average pool, 5 max pool), so op indices read the same
+ENAS_OPS = ("conv3x3", "sep3x3", "conv5x5", "sep5x5", "avgpool3x3", "maxpool3x3")
+
+
+def enas_op_layer(op: str, width: int) -> dict:
+    """The ``arch.py`` layer (without inputs) of one macro operation: stride 1, same padding, ``width`` out."""
+    if op not in ENAS_OPS:
+        raise UserError(f"space=enas_macro: operation '{op}' is not one of {', '.join(ENAS_OPS)}")
+    k = int(op[-1])
+    if op.startswith("conv"):
+        return {"type": "conv", "filters": width, "kh": k, "kw": k, "sh": 1, "sw": 1}
+    if op.startswith("sep"):
+        return {"type": "sep", "filters": width, "kh": k, "kw": k}
+    mode = {"mode": "avg"} if op.startswith("avg") else {}  # max is the pool's default
+    return {"type": "pool", "kernel": k, "stride": 1, **mode, "padding": "same"}
+
+
+def _op_key(layer: dict) -> tuple:
+    """A layer as an operation: everything but its inputs."""
+    return tuple((k, v) for k, v in layer.items() if k != "inputs")
+
+
+class EnasMacroSpace:
+    """ENAS's macro search space (Pham et al. 2018, Section 2.3): a stem, then ``layers`` layers of ``width``
+    channels, each one operation of ``ops`` (3x3 and 5x5 convolutions, 3x3 and 5x5 depthwise-separable
+    convolutions, 3x3 max and average pooling; stride 1, same padding) applied to the layer before it, and
+    skip connections from any subset of the earlier layers.
+
+    A choice (what the controller samples, ``reward=shared`` searches) is a list of ``{"op": NAME,
+    "skips": [j, ...]}``, one per layer; ``to_arch`` writes it as an ``arch.py`` architecture:
+
+    - the stem: a 3x3 conv of ``width`` filters on the image (conv, BatchNorm, ReLU; the reference code's);
+    - layer i: its operation reading layer i-1's output (the stem's for layer 0);
+    - with skips: a 1x1 conv of ``width`` filters (conv, BatchNorm, ReLU) reading the concatenation of the
+      skipped layers' outputs and the operation's: ``arch.py`` concatenates a layer's inputs, and the
+      reference code's child of a fixed architecture (``_fixed_layer``) concatenates the skipped layers with
+      the operation's output and applies a 1x1 conv the same way. (Its weight-shared search sums them
+      instead; ``shared.py`` computes the concatenation, so the network scored during the search is the
+      one that ``model=rl_child`` retrains.) A layer without skips is its operation alone;
+    - the classifier: global average pooling of the last layer and one linear layer.
+
+    The paper's network also halves the resolution twice (factorized reductions after layers 4 and 8 of 12);
+    this space keeps every layer at the input's resolution.
+    """
+
+    kind = "enas_macro"
+
+    def __init__(
+        self,
+        layers: int = 6,
+        width: int = 16,
+        ops=ENAS_OPS,
+        skip_p: float = 0.4,
+        in_shape: tuple[int, ...] | None = None,
+    ):
+        # in_shape: taken by every space (search-rl passes the data's); a macro architecture fits any image
+        if int(layers) < 1:
+            raise UserError(f"space.layers={layers}: use 1 or more")
+        if int(width) < 1:
+            raise UserError(f"space.width={width}: use 1 or more")
+        ops = list(ops)
+        if not ops or len(set(ops)) != len(ops):
+            raise UserError(f"space.ops={ops}: give one or more distinct operations of {', '.join(ENAS_OPS)}")
+        for op in ops:
+            enas_op_layer(op, 1)  # a UserError naming an unknown one
+        self.layers, self.width, self.skip_p = int(layers), int(width), float(skip_p)
+        self.choices = {"op": ops}
+
+    # -- choices and their architecture -------------------------------------------------------------
+    def sample_choice(self, rng: np.random.Generator) -> list[dict]:
+        """A uniformly random operation per layer; each skip present with probability ``skip_p``."""
+        ops = self.choices["op"]
+        return [
+            {"op": ops[int(rng.integers(len(ops)))], "skips": [j for j in range(i) if rng.random() < self.skip_p]}
+            for i in range(self.layers)
+        ]
+
+    def to_arch(self, choice: list[dict]) -> list[dict]:
+        """The ``arch.py`` architecture of a choice (see the class docstring)."""
+        self.check(choice)
+        w = self.width
+        arch: list[dict] = [{"type": "conv", "filters": w, "kh": 3, "kw": 3, "sh": 1, "sw": 1, "inputs": []}]
+        outs: list[int] = []  # where each layer's output is in ``arch``
+        for i, layer in enumerate(choice):
+            arch.append({**enas_op_layer(layer["op"], w), "inputs": [outs[-1] if i else 0]})
+            if layer["skips"]:
+                merged = sorted([outs[j] for j in layer["skips"]] + [len(arch) - 1])
+                arch.append({"type": "conv", "filters": w, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "inputs": merged})
+            outs.append(len(arch) - 1)
+        return canonical(arch)
+
+    def from_arch(self, arch: list[dict]) -> list[dict]:
+        """The choice an architecture of this space came from (the inverse of ``to_arch``)."""
+        arch = canonical(arch)
+        ops = {_op_key(enas_op_layer(op, self.width)): op for op in self.choices["op"]}
+        choice: list[dict] = []
+        outs: list[int] = []
+        i = 1
+        while i < len(arch):
+            layer = arch[i]
+            op = ops.get(_op_key(layer))
+            if op is None or layer["inputs"] != [outs[-1] if outs else 0]:
+                raise UserError(f"layer {i} ({layer}) is not a {self.kind} operation reading the layer before it")
+            skips: list[int] = []
+            nxt = arch[i + 1] if i + 1 < len(arch) else None
+            if nxt is not None and nxt["type"] == "conv" and (nxt["kh"], nxt["kw"]) == (1, 1):  # no op is 1x1
+                skips = [outs.index(j) for j in nxt["inputs"] if j != i]
+                i += 1
+            choice.append({"op": op, "skips": skips})
+            outs.append(i)
+            i += 1
+        self.check(choice)
+        return choice
+
+    def check(self, choice: list[dict]) -> None:
+        if len(choice) != self.layers:
+            raise UserError(f"space=enas_macro: {len(choice)} layers, not space.layers={self.layers}")
+        for i, layer in enumerate(choice):
+            if layer["op"] not in self.choices["op"]:
+                raise UserError(f"layer {i}: operation '{layer['op']}' is not among space.ops {self.choices['op']}")
+            if any(not 0 <= j < i for j in layer["skips"]) or len(set(layer["skips"])) != len(layer["skips"]):
+                raise UserError(f"layer {i}: skips {layer['skips']} must be distinct earlier layers (0..{i - 1})")
+
+    # -- the interface every space has (random search, evolution) ----------------------------------------
+    def sample(self, rng: np.random.Generator) -> list[dict]:
+        return self.to_arch(self.sample_choice(rng))
+
+    def mutate(self, arch: list[dict], rng: np.random.Generator) -> list[dict]:
+        """Change one layer's operation, or flip one skip connection."""
+        choice = self.from_arch(arch)
+        i = int(rng.integers(self.layers))
+        ops = self.choices["op"]
+        if i > 0 and (len(ops) == 1 or rng.random() < 0.3):
+            j = int(rng.integers(i))
+            choice[i]["skips"] = sorted(set(choice[i]["skips"]) ^ {j})
+        elif len(ops) > 1:
+            choice[i]["op"] = str(rng.choice([op for op in ops if op != choice[i]["op"]]))
+        return self.to_arch(choice)
