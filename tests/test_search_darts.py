@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 
 import pandas as pd
@@ -389,7 +390,7 @@ def test_drop_last_counts_only_the_images_trained_on(tmp_path, search_task):
 
 
 @pytest.mark.slow
-def test_compiled_search_matches_eager_search(tmp_path, search_task):
+def test_compiled_search_matches_eager_search(tmp_path, search_task, caplog):
     """search.compile=true (aot_eager: dynamo's and AOTAutograd's capture, the part that could change the
     results) through the whole command: the same metrics as the eager search, to float rounding."""
     small = [
@@ -402,11 +403,17 @@ def test_compiled_search_matches_eager_search(tmp_path, search_task):
     eager = search_task(tmp_path / "eager", *small)
     GlobalHydra.instance().clear()
     torch._dynamo.reset()
+    caplog.set_level(logging.INFO, logger="nas_cli.nas.darts.search")
     compiled = search_task(tmp_path / "compiled", *small, "search.compile=true", "search.backend=aot_eager")
     assert compiled["genotype"] == eager["genotype"]
+    assert any("the first epoch, compiling included, took" in r.message for r in caplog.records)
     a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("eager", "compiled"))
     for col in ("train_loss", "val_loss", "val_acc", "alpha_entropy_normal", "alpha_entropy_reduce"):
         assert abs(a[col] - b[col]).max() < 1e-5, col
     GlobalHydra.instance().clear()
     with pytest.raises(UserError, match="search.backend"):
         search_task(tmp_path / "bad", *small, "search.compile=true", "search.backend=tvm")
+    GlobalHydra.instance().clear()
+    with pytest.raises(UserError, match="search.compile=true on the CPU: inductor's C.. code generation"):
+        search_task(tmp_path / "slow", *small, "search.compile=true")  # inductor, the default backend
+    assert not (tmp_path / "slow" / "metrics.csv").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -272,6 +273,12 @@ def search(
         if trainer.early_stop.active:
             raise UserError("arch.hessian_stop and trainer.early_stop both stop the search: keep one")
         trainer.early_stop = diag.HessianStop(arch.hessian_window)
+    if step_opts.compile and step_opts.backend == "inductor" and run.device.type == "cpu":
+        raise UserError(
+            "search.compile=true on the CPU: inductor's C++ code generation for the supernet's backward graph takes "
+            "tens of minutes there (a 2-cell supernet did not finish its first epoch in 16); search eagerly "
+            "(search.compile=false), check the capture with search.backend=aot_eager, or compile on a GPU"
+        )
     if arch.hessian_every and step_opts.compile:
         raise UserError("arch.hessian_every needs double backward, which torch.compile lacks: use search.compile=false")
     supernet.to(run.device)
@@ -304,7 +311,11 @@ def search(
     def derive():
         return supernet.derive() if isinstance(supernet, ChainNetwork) else supernet.derive(arch.max_skip)
 
+    started = time.perf_counter()
+
     def on_epoch_end(row: dict) -> dict:
+        if step_opts.compile and row["epoch"] == 1:  # compilation happens in the first steps, forward and backward
+            log.info(f"search.compile: the first epoch, compiling included, took {time.perf_counter() - started:.1f} s")
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             return {}  # diverged: the engine ends the search; the genotype of non-finite alpha means nothing
         genotype = derived["genotype"] = derive()
