@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_train, tiny_except
+from helpers import compose_task, compose_train, tiny_except
 from hydra.core.global_hydra import GlobalHydra
 
 
@@ -17,6 +17,18 @@ def train_task():
 
     def run(run_dir: Path, *overrides: str) -> dict:
         return train.task(compose_train(run_dir, [*tiny_except(overrides), *overrides]))
+
+    yield run
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def search_rl_task():
+    """Call the search-rl task in-process: ``search_rl_task(run_dir, *overrides) -> summary``."""
+    from nas_cli.commands import search_rl
+
+    def run(run_dir: Path, *overrides: str) -> dict:
+        return search_rl.task(compose_task("search_rl", run_dir, list(overrides)))
 
     yield run
     GlobalHydra.instance().clear()

@@ -38,17 +38,6 @@ TINY = [
 TIMING = ["epoch_time_s", "samples_per_s"]
 
 
-@pytest.fixture
-def search_task():
-    from nas_cli.commands import search_rl
-
-    def run(run_dir: Path, *overrides: str) -> dict:
-        return search_rl.task(compose_task("search_rl", run_dir, list(overrides)))
-
-    yield run
-    GlobalHydra.instance().clear()
-
-
 # -- the space ----------------------------------------------------------------------------------------
 
 
@@ -192,10 +181,10 @@ def _best(run_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("phase", ["shared", "controller"])
-def test_a_stopped_search_resumes_to_the_same_result(tmp_path, search_task, monkeypatch, phase):
+def test_a_stopped_search_resumes_to_the_same_result(tmp_path, search_rl_task, monkeypatch, phase):
     """SIGTERM while the shared weights train (the engine stops after that minibatch, mid-epoch) or during the
     controller's steps (it stops once the epoch's checkpoint is written): the resumed search ends as the whole."""
-    whole = search_task(tmp_path / "whole", *TINY)
+    whole = search_rl_task(tmp_path / "whole", *TINY)
     assert whole["status"] == "ok" and whole["epochs"] == 2
     rows = _rows(tmp_path / "whole")
     assert list(rows["epoch"]) == [1, 2] and np.isnan(rows["best_reward"][0])
@@ -227,36 +216,36 @@ def test_a_stopped_search_resumes_to_the_same_result(tmp_path, search_task, monk
 
         monkeypatch.setattr(EnasController, "observe", observe)
     with pytest.raises(Interrupted):
-        search_task(tmp_path / "cut", *TINY)
+        search_rl_task(tmp_path / "cut", *TINY)
     assert summary(tmp_path / "cut")["status"] == "interrupted" and len(_rows(tmp_path / "cut")) == 1
     saved = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert (saved["tally"]["loader"]["taken"] if phase == "shared" else saved["tally"]) == (
         2 if phase == "shared" else None
     )
     monkeypatch.undo()
-    resumed = search_task(tmp_path / "cut", *TINY, "resume=true")
+    resumed = search_rl_task(tmp_path / "cut", *TINY, "resume=true")
     assert resumed["status"] == "ok" and resumed["resumes"] == 1
     pd.testing.assert_frame_equal(_rows(tmp_path / "cut"), rows)
     assert _best(tmp_path / "cut") == best
 
 
-def test_best_architecture_retrains_as_rl_child(tmp_path, search_task, train_task):
-    search_task(tmp_path / "search", *[o for o in TINY if not o.startswith("enas.epochs")], "enas.epochs=1")
+def test_best_architecture_retrains_as_rl_child(tmp_path, search_rl_task, train_task):
+    search_rl_task(tmp_path / "search", *[o for o in TINY if not o.startswith("enas.epochs")], "enas.epochs=1")
     t = train_task(tmp_path / "retrain", "model=rl_child", f"model.arch={tmp_path / 'search'}", "trainer.epochs=1")
     assert t["status"] == "ok"
 
 
-def test_shared_refuses_another_space_or_controller(tmp_path, search_task):
+def test_shared_refuses_another_space_or_controller(tmp_path, search_rl_task):
     with pytest.raises(UserError, match="space=enas_macro"):
-        search_task(tmp_path / "a", "reward=shared", "device=cpu", "progress=false")
+        search_rl_task(tmp_path / "a", "reward=shared", "device=cpu", "progress=false")
     with pytest.raises(UserError, match="controller"):
-        search_task(tmp_path / "b", *TINY, "controller=random")
+        search_rl_task(tmp_path / "b", *TINY, "controller=random")
 
 
 # -- the preset ------------------------------------------------------------------------------------------
 
 
-def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_task):
+def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_rl_task):
     from hydra.utils import instantiate
 
     cfg = compose_task("search_rl", tmp_path / "c", ["experiment=enas_macro_cifar10"])
@@ -271,7 +260,7 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
     assert (agent.skip_penalty, agent.skip_target, agent.entropy_weight) == (0.8, 0.4, 1e-4)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.05, 0.9, 2.5e-4, True)
     assert cfg.sched._target_.endswith(".Cosine") and cfg.sched.min_factor == 0.01
-    s = search_task(
+    s = search_rl_task(
         tmp_path / "run",
         "experiment=enas_macro_cifar10",
         "data=digits",

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_task, summary
-from hydra.core.global_hydra import GlobalHydra
+from helpers import summary
 from omegaconf import OmegaConf
 
 from nas_cli.errors import UserError
@@ -46,17 +45,6 @@ def _keep_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def search_task():
-    from nas_cli.commands import search_rl
-
-    def run(run_dir: Path, *overrides: str) -> dict:
-        return search_rl.task(compose_task("search_rl", run_dir, list(overrides)))
-
-    yield run
-    GlobalHydra.instance().clear()
-
-
 def _history(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=["seconds"])
 
@@ -77,11 +65,11 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_local_jobs_give_the_inline_history_and_controller_state(tmp_path, search_task):
+def test_local_jobs_give_the_inline_history_and_controller_state(tmp_path, search_rl_task):
     """Real processes (submitit.LocalExecutor): the same rewards, so the same REINFORCE update."""
     both = [*SYNTH, "search.children=2", "search.batch=2"]
-    inline = search_task(tmp_path / "inline", *both)
-    local = search_task(tmp_path / "local", *both, "search.executor=local", "search.slurm.cpus_per_task=1")
+    inline = search_rl_task(tmp_path / "inline", *both)
+    local = search_rl_task(tmp_path / "local", *both, "search.executor=local", "search.slurm.cpus_per_task=1")
     assert inline["status"] == local["status"] == "ok" and local["trained"] == 2
     pd.testing.assert_frame_equal(_history(tmp_path / "local"), _history(tmp_path / "inline"))
     _same_state(_controller(tmp_path / "local"), _controller(tmp_path / "inline"))
@@ -89,11 +77,11 @@ def test_local_jobs_give_the_inline_history_and_controller_state(tmp_path, searc
     assert len(list((tmp_path / "local" / "jobs").glob("*/*_result.pkl"))) == 2
 
 
-def test_batch_is_the_round_size_whatever_the_executor(tmp_path, search_task):
+def test_batch_is_the_round_size_whatever_the_executor(tmp_path, search_rl_task):
     """batch=3 over 5 children: rounds of 3 and 2; submitit's debug jobs give the inline history and controller."""
     both = [*SYNTH, "search.children=5", "search.batch=3"]
-    search_task(tmp_path / "inline", *both)
-    search_task(tmp_path / "debug", *both, "search.executor=debug")
+    search_rl_task(tmp_path / "inline", *both)
+    search_rl_task(tmp_path / "debug", *both, "search.executor=debug")
     pd.testing.assert_frame_equal(_history(tmp_path / "debug"), _history(tmp_path / "inline"))
     _same_state(_controller(tmp_path / "debug"), _controller(tmp_path / "inline"))
     steps = torch.load(tmp_path / "debug" / "checkpoints" / "last.pt", weights_only=True)["history"]
@@ -128,7 +116,7 @@ def test_debug_job_trains_the_child_like_the_inline_path(tmp_path):
     assert summary(tmp_path / "job" / "children" / "3")["epochs"] == 1  # the child's own run folder
 
 
-def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_task, monkeypatch):
+def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_rl_task, monkeypatch):
     calls: list[int] = []
     real = executors.run_child
 
@@ -139,11 +127,11 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
         return real(job)
 
     monkeypatch.setattr(executors, "run_child", flaky)
-    retried = search_task(
+    retried = search_rl_task(
         tmp_path / "retried", *SYNTH, "search.children=2", "search.batch=2", "search.executor=debug", "search.retries=1"
     )
     assert sorted(calls) == [0, 0, 1, 1] and retried["failed_children"] == 0
-    search_task(tmp_path / "inline", *SYNTH, "search.children=2", "search.batch=2")
+    search_rl_task(tmp_path / "inline", *SYNTH, "search.children=2", "search.batch=2")
     pd.testing.assert_frame_equal(_history(tmp_path / "retried"), _history(tmp_path / "inline"))
 
     def broken(job):
@@ -151,7 +139,7 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
 
     monkeypatch.setattr(executors, "run_child", broken)
     with pytest.raises(ChildrenFailed, match=r"all 2 children failed; the first \(child 0\): RuntimeError: node lost"):
-        search_task(
+        search_rl_task(
             tmp_path / "failed",
             *SYNTH,
             "search.children=2",
@@ -167,9 +155,9 @@ def test_failed_job_is_retried_then_scores_zero_with_its_error(tmp_path, search_
     assert not (tmp_path / "failed" / "best_arch.json").exists()
 
 
-def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, search_task, monkeypatch):
+def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, search_rl_task, monkeypatch):
     both = [*SYNTH, "search.children=4", "search.batch=2", "search.executor=debug"]
-    search_task(tmp_path / "whole", *both)
+    search_rl_task(tmp_path / "whole", *both)
     submitted: list[int] = []
     real_submit, real_keep = JobRunner._submit, JobRunner._keep
 
@@ -185,21 +173,21 @@ def test_resume_after_a_cut_round_resubmits_only_the_missing_children(tmp_path, 
     monkeypatch.setattr(JobRunner, "_submit", counting)
     monkeypatch.setattr(JobRunner, "_keep", cut)
     with pytest.raises(Interrupted):
-        search_task(tmp_path / "cut", *both)
+        search_rl_task(tmp_path / "cut", *both)
     assert (
         summary(tmp_path / "cut")["status"] == "interrupted" and len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 2
     )
     assert submitted == [0, 1, 2, 3]
     monkeypatch.setattr(JobRunner, "_keep", real_keep)
     submitted.clear()
-    s = search_task(tmp_path / "cut", *both, "resume=true")
+    s = search_rl_task(tmp_path / "cut", *both, "resume=true")
     assert submitted == [3]  # child 2's result had arrived: kept, not trained again
     assert s["status"] == "ok" and s["trained"] == 4 and s["cache_hits"] == 0
     pd.testing.assert_frame_equal(_history(tmp_path / "cut"), _history(tmp_path / "whole"))
     _same_state(_controller(tmp_path / "cut"), _controller(tmp_path / "whole"))
 
 
-def test_slurm_parameters_and_bad_settings(tmp_path, search_task):
+def test_slurm_parameters_and_bad_settings(tmp_path, search_rl_task):
     params = executors.SlurmOptions(
         partition="gpu", gpus_per_node=2, mem_gb=32, additional_parameters={"account": "abc"}
     ).parameters("slurm")
@@ -207,8 +195,8 @@ def test_slurm_parameters_and_bad_settings(tmp_path, search_task):
     assert params["slurm_additional_parameters"] == {"account": "abc"} and params["timeout_min"] == 60
     assert "slurm_partition" not in executors.SlurmOptions(partition="gpu").parameters("local")
     with pytest.raises(UserError, match="search.executor=cluster"):
-        search_task(tmp_path / "a", *SYNTH, "search.executor=cluster")
+        search_rl_task(tmp_path / "a", *SYNTH, "search.executor=cluster")
     with pytest.raises(UserError, match="search.retries=-1"):
-        search_task(tmp_path / "b", *SYNTH, "search.executor=debug", "search.retries=-1")
+        search_rl_task(tmp_path / "b", *SYNTH, "search.executor=debug", "search.retries=-1")
     with pytest.raises(UserError, match="search.batch=0"):
-        search_task(tmp_path / "c", *SYNTH, "search.batch=0")
+        search_rl_task(tmp_path / "c", *SYNTH, "search.batch=0")
