@@ -11,7 +11,7 @@ Measured in this process, one part after another, every run with ``threads=1`` (
 through their own ``task`` functions on their configs composed as ``nas-cli`` composes them:
 
 1. Proxy quality. N children (``--children``, default 60) drawn by ``controller=random`` (seed 0: the space's
-   own uniform sampling) from ``space=zoph``, and N from ``space=enas_macro`` where that space exists. Each is
+   own uniform sampling) from ``space=zoph``, and N from ``space=enas_macro``. Each is
    trained by search-rl's ``Evaluator`` with ``reward=accuracy`` (the default config: child.epochs, child.subset,
    optim, sched; its reward is child.score=best, the best validation accuracy over its epochs), child ``i`` from
    its seeded initialisation ``build_child(arch, data, device, seed + i)``, as a search trains its step ``i``;
@@ -27,16 +27,18 @@ through their own ``task`` functions on their configs composed as ``nas-cli`` co
    child after another) until its wall time, data loading included, reaches the proxy search's (at least one
    child; it may overrun by one child's training). Each search's best architecture is retrained from scratch by
    the default recipe (``nas-cli train model=rl_child model.arch=BEST data=digits``, ``--data``'s) with seeds 0, 1, 2.
-3. ENAS against training every child (only where ``reward=shared`` exists): the default ENAS run
-   (``search-rl reward=shared space=enas_macro``), and search-rl's ``reward=accuracy`` loop (``search`` of
-   ``nas_cli/nas/rl/search.py`` with the same Evaluator) driven by the same controller (ENAS's REINFORCE
-   controller with the config's ``enas.controller.*``) in the same space, its children trained as in part 1.
+3. ENAS against training every child: the default ENAS run (``search-rl reward=shared space=enas_macro``), and
+   search-rl's ``reward=accuracy`` loop (``search`` of ``nas_cli/nas/rl/search.py`` with the same Evaluator)
+   driven by the same controller (``controller=reinforce`` with the config's ``enas.controller.*``, as
+   ``reward=shared`` builds it) in the same space, its children trained as in part 1.
    The accuracy search gets as many children as make its training image-passes (children x child.epochs x
    child training images) equal ENAS's (enas.epochs x training images). Both best architectures are retrained
    as in part 2. Image-passes count the images sent forward through any network (a training pass also goes
    backward): ENAS's are epochs x (training images + the engine's validation pass) + epochs x controller
    steps x the validation minibatch + final samples x validation images; the accuracy search's are trained
-   children x child.epochs x (child training + child validation images).
+   children x child.epochs x (child training + child validation images). A last line projects (computes, does
+   not run) the cost of a trained child behind each reward ENAS's controller took (enas.epochs x
+   enas.controller_steps children), the comparison of the ENAS paper's "1000x less than NAS".
 
 Accuracy of a retrain is its ``final_val_acc`` (the held-out 20% of digits after the last epoch); sd is the sample
 standard deviation. Each search runs once (seed 0): differences between searches carry that seed's luck. On
@@ -64,23 +66,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from nas_cli.commands import search_rl, train
-from nas_cli.config_files import config_dir
 from nas_cli.config_values import as_dict
 from nas_cli.nas.rl import proxies
 from nas_cli.nas.rl.arch import describe, key
 from nas_cli.nas.rl.children import ChildOptions, Evaluator, build_child, load_data
 from nas_cli.nas.rl.controllers.random_search import RandomSearch
+from nas_cli.nas.rl.controllers.reinforce import Reinforce
 from nas_cli.nas.rl.search import search as rl_search
 from nas_cli.runs.options import RunOptions, resolve_device
-
-try:  # ENAS's macro space and reward=shared may not be there yet
-    from nas_cli.nas.rl.spaces import EnasMacroSpace
-except ImportError:
-    EnasMacroSpace = None
-try:
-    from nas_cli.nas.rl import enas
-except ImportError:
-    enas = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import compose_task  # noqa: E402  (the tests' composer: Hydra's runtime pointed at the run folder)
@@ -105,27 +98,6 @@ def examples(loader) -> int:
     """Images in one pass of a loader (in-memory ``TensorLoader``s: no pass is made)."""
     n = len(loader.y)
     return (n // loader.batch_size) * loader.batch_size if getattr(loader, "drop_last", False) else n
-
-
-def enas_macro_missing() -> str | None:
-    """Why space=enas_macro cannot be benchmarked here (None: it can)."""
-    if EnasMacroSpace is None:
-        return "nas_cli.nas.rl.spaces has no EnasMacroSpace"
-    if not (config_dir() / "space" / "enas_macro.yaml").is_file():
-        return "conf/space/enas_macro.yaml does not exist"
-    return None
-
-
-def shared_missing() -> str | None:
-    """Why reward=shared (ENAS) cannot be benchmarked here (None: it can)."""
-    if enas_macro_missing():
-        return enas_macro_missing()
-    if enas is None or not hasattr(search_rl, "_shared"):
-        return "nas_cli/nas/rl/enas.py or search-rl's reward=shared branch is missing"
-    text = (config_dir() / "search_rl.yaml").read_text()
-    if "shared" not in text or "\nenas:" not in text:
-        return "conf/search_rl.yaml has no reward=shared (no enas block)"
-    return None
 
 
 class Bench:
@@ -428,16 +400,7 @@ def enas_vs_trained(bench: Bench) -> dict:
     children = max(1, math.ceil(shared["passes"]["train"] / (child.epochs * child_train)))
     log(f"accuracy search: ENAS's controller, {children} trained children (ENAS's training image-passes)")
 
-    class TrainedChildren(enas.EnasController):
-        """ENAS's controller over architectures: search-rl's loop hands it layer lists, not choices."""
-
-        def propose(self) -> list[dict]:
-            return self.space.to_arch(super().propose())
-
-        def observe(self, arch: list[dict], reward: float) -> None:
-            super().observe(self.space.from_arch(arch), reward)
-
-    controller = TrainedChildren(space, seed=SEED, **as_dict(cfg.enas.controller))
+    controller = Reinforce(space, seed=SEED, **as_dict(cfg.enas.controller))  # ENAS's, as reward=shared builds it
     run_options = RunOptions.from_config(cfg)
     run = run_options.run("search-rl", budget={"search.children": children}, headline=["best_reward"])
     with bench.quiet():
@@ -457,6 +420,13 @@ def enas_vs_trained(bench: Bench) -> dict:
         "passes": {"train": trained * child.epochs * child_train, "validation": trained * child.epochs * child_val},
     }
     accuracy["passes"]["total"] = sum(accuracy["passes"].values())
+    # what the controller would cost with a trained child behind each of ENAS's rewards (computed, not run)
+    rewards = opts["epochs"] * opts["controller_steps"]
+    accuracy["per_reward_projection"] = {
+        "children": rewards,
+        "passes": rewards * child.epochs * (child_train + child_val),
+        "seconds": rewards * seconds / max(trained, 1),
+    }
     shared["retrain"] = bench.retrain(Path(shared["arch_file"]), bench.out / "enas" / "retrain")
     accuracy["retrain"] = bench.retrain(Path(accuracy["arch_file"]), folder / "retrain")
     return {"enas": shared, "accuracy": accuracy, "train_images": n_train, "val_images": n_val}
@@ -488,6 +458,12 @@ def print_enas(r: dict, bench: Bench) -> None:
     print(
         f"   accuracy gap (ENAS - trained children): {gap:+.4f}; image-passes, trained children / ENAS: {ratio:.2f}; "
         f"search time, trained children / ENAS: {a['seconds'] / e['seconds']:.2f}"
+    )
+    proj = a["per_reward_projection"]
+    print(
+        f"   projected, not run: one trained child per reward ENAS's controller took ({proj['children']:,} children) "
+        f"would cost {proj['passes']:,} image-passes ({proj['passes'] / e['passes']['total']:.1f}x ENAS's) and about "
+        f"{proj['seconds']:.0f} s at this search's rate"
     )
     p = e["passes"]
     print(
@@ -526,14 +502,9 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    quality = {"zoph": proxy_quality(bench, "zoph", n)}
-    print_quality(quality["zoph"])
-    missing = enas_macro_missing()
-    if missing is None:
-        quality["enas_macro"] = proxy_quality(bench, "enas_macro", n)
-        print_quality(quality["enas_macro"])
-    else:
-        print(f"\n1. proxy quality, enas_macro space: not available ({missing})")
+    quality = {space: proxy_quality(bench, space, n) for space in ("zoph", "enas_macro")}
+    for q in quality.values():
+        print_quality(q)
     record["proxy_quality"] = quality
     timings["1. proxy quality"] = time.perf_counter() - t
 
@@ -544,13 +515,8 @@ def main() -> None:
     timings["2. proxy vs random"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    missing = shared_missing()
-    if missing is None:
-        record["enas_vs_trained"] = enas_vs_trained(bench)
-        print_enas(record["enas_vs_trained"], bench)
-    else:
-        record["enas_vs_trained"] = {"available": False, "why": missing}
-        print(f"\n3. ENAS vs training every child: not available ({missing})")
+    record["enas_vs_trained"] = enas_vs_trained(bench)
+    print_enas(record["enas_vs_trained"], bench)
     timings["3. ENAS vs trained"] = time.perf_counter() - t
 
     timings["total"] = time.perf_counter() - began

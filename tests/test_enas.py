@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError
 from nas_cli.models.arch import ArchNet, check_layers, load_arch
-from nas_cli.nas.rl.enas import EnasController
+from nas_cli.nas.rl.controllers.reinforce import Reinforce
 from nas_cli.nas.rl.shared import SharedNet
 from nas_cli.nas.rl.spaces import ENAS_OPS, EnasMacroSpace
 from nas_cli.runs import checkpoint
@@ -99,8 +99,10 @@ def test_shared_network_computes_the_childs_own_network():
 
 # -- the controller ------------------------------------------------------------------------------------
 
+ENAS = {"baseline_decay": 0.99, "skip_penalty": 0.8, "normalize": False, "reward_power": 1, "init_range": 0.1}
 
-def explicit_log_prob(agent: EnasController, choice: list[dict]):
+
+def explicit_log_prob(agent: Reinforce, choice: list[dict]):
     """log p(choice), its entropy and mean skip KL, written out from the policy's weights (ENAS's sampler)."""
     p, ops = agent.policy, agent.space.choices["op"]
     c, temp = agent.tanh_constant, agent.temperature
@@ -145,15 +147,15 @@ def explicit_log_prob(agent: EnasController, choice: list[dict]):
 
 def test_controller_step_is_the_reinforce_gradient():
     space = EnasMacroSpace(layers=4, width=4)
-    agent = EnasController(space, seed=3, hidden=8, tanh_constant=2.5, temperature=5.0, entropy_weight=0.1)
-    choice = agent.propose()
+    agent = Reinforce(space, seed=3, hidden=8, tanh_constant=2.5, temperature=5.0, entropy_weight=0.1, **ENAS)
+    choice = agent.sample()
     logp, entropy, kl = explicit_log_prob(agent, choice)
-    assert float(logp.detach()) == pytest.approx(agent.log_prob(choice), abs=1e-5)
+    assert float(logp.detach()) == pytest.approx(agent.log_prob(space.to_arch(choice)), abs=1e-5)
     reward, baseline = 0.7, 0.4
     agent.baseline = baseline
     params = list(agent.policy.parameters())
     expected = torch.autograd.grad(-(reward - baseline) * logp - 0.1 * entropy + 0.8 * kl, params)
-    agent.observe(choice, reward)  # one Adam step; the gradient it took is left in .grad
+    agent.learn(choice, reward)  # one Adam step; the gradient it took is left in .grad
     for p, g in zip(params, expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     assert agent.baseline == pytest.approx(0.99 * baseline + 0.01 * reward)
@@ -161,11 +163,11 @@ def test_controller_step_is_the_reinforce_gradient():
 
 def test_controller_learns_to_prefer_a_rewarded_operation():
     space = EnasMacroSpace(layers=2, width=4, ops=["conv3x3", "maxpool3x3"])
-    agent = EnasController(space, seed=0, hidden=16, lr=0.05, skip_penalty=0.0, baseline_decay=0.9)
+    agent = Reinforce(space, seed=0, hidden=16, lr=0.05, baseline_decay=0.9, normalize=False, reward_power=1)
     for _ in range(150):
-        choice = agent.propose()
-        agent.observe(choice, sum(layer["op"] == "conv3x3" for layer in choice) / 2)
-    picks = [layer["op"] for _ in range(100) for layer in agent.propose()]
+        choice = agent.sample()
+        agent.learn(choice, sum(layer["op"] == "conv3x3" for layer in choice) / 2)
+    picks = [layer["op"] for _ in range(100) for layer in agent.sample()]
     assert picks.count("conv3x3") > 150
 
 
@@ -206,15 +208,15 @@ def test_a_stopped_search_resumes_to_the_same_result(tmp_path, search_rl_task, m
 
         monkeypatch.setattr(SharedNet, "forward", forward)
     else:
-        real_observe = EnasController.observe
+        real_learn = Reinforce.learn
 
-        def observe(self, choice, reward):
+        def learn(self, choice, reward):
             calls["n"] += 1
             if calls["n"] == 2:  # epoch 1's second controller step
                 signal.raise_signal(signal.SIGTERM)
-            return real_observe(self, choice, reward)
+            return real_learn(self, choice, reward)
 
-        monkeypatch.setattr(EnasController, "observe", observe)
+        monkeypatch.setattr(Reinforce, "learn", learn)
     with pytest.raises(Interrupted):
         search_rl_task(tmp_path / "cut", *TINY)
     assert summary(tmp_path / "cut")["status"] == "interrupted" and len(_rows(tmp_path / "cut")) == 1
@@ -250,7 +252,7 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
 
     cfg = compose_task("search_rl", tmp_path / "c", ["experiment=enas_macro_cifar10"])
     space = instantiate(cfg.space, _convert_="all")
-    agent = EnasController(space, seed=0, **cfg.enas.controller)
+    agent = Reinforce(space, seed=0, **cfg.enas.controller)
     GlobalHydra.instance().clear()
     assert cfg.reward == "shared" and cfg.data._target_.endswith(".cifar10") and cfg.data.batch_size == 128
     assert (space.layers, space.width, space.choices["op"]) == (12, 36, list(ENAS_OPS))
@@ -258,8 +260,12 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
     assert agent.policy.cells[0].hidden_size == 100 and agent.optimizer.param_groups[0]["lr"] == 3.5e-4
     assert (agent.tanh_constant, agent.temperature, agent.baseline_decay) == (2.5, 5.0, 0.99)
     assert (agent.skip_penalty, agent.skip_target, agent.entropy_weight) == (0.8, 0.4, 1e-4)
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.05, 0.9, 2.5e-4, True)
-    assert cfg.sched._target_.endswith(".Cosine") and cfg.sched.min_factor == 0.01
+    adam = agent.optimizer.param_groups[0]
+    assert (adam["betas"], adam["eps"]) == ((0.0, 0.999), 1e-3)
+    schedule = instantiate(cfg.sched)
+    assert (schedule.first_cycle, schedule.cycle_mult, schedule.every) == (10, 2, "epoch")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.05, 0.9, 5e-4, True)
+    assert cfg.optim.lr * schedule.min_factor == pytest.approx(5e-4)  # child_lr_min
     s = search_rl_task(
         tmp_path / "run",
         "experiment=enas_macro_cifar10",
@@ -276,3 +282,29 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
         "enas.final_samples=2",
     )
     assert s["status"] == "ok" and 0.0 <= s["best_reward"] <= 1.0
+
+
+def test_reinforce_searches_the_enas_space_with_trained_children(tmp_path, search_rl_task):
+    """controller=reinforce in space=enas_macro with reward=accuracy: ENAS's policy proposes architectures
+    that search-rl trains one by one, its depth schedule growing them, and the best retrains by its layers."""
+    agent = Reinforce(EnasMacroSpace(layers=6, width=4), seed=0, depth_schedule={"start": 2, "step": 2, "every": 3})
+    archs = [agent.propose() for _ in range(9)]
+    assert [len(agent.space.from_arch(a)) for a in archs] == [2, 2, 2, 4, 4, 4, 6, 6, 6]
+    for arch in archs:
+        check_layers(arch)
+        assert agent.log_prob(arch) < 0
+    out = search_rl_task(
+        tmp_path,
+        "space=enas_macro",
+        "space.layers=3",
+        "space.width=4",
+        "controller.depth_schedule=null",
+        "search.children=3",
+        "child.subset=60",
+        "child.epochs=1",
+        "device=cpu",
+        "progress=false",
+    )
+    assert out["status"] == "ok" and out["children"] == 3
+    best = load_arch(tmp_path)
+    assert len(EnasMacroSpace(layers=3, width=4).from_arch(best)) == 3

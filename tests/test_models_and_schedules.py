@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nas_cli.engine.schedules import Cosine, MultiStep, Schedule, Step
+from nas_cli.engine.schedules import Cosine, MultiStep, Schedule, Step, WarmRestarts
 from nas_cli.models.cnn import SmallCNN
 from nas_cli.models.mlp import MLP
 from nas_cli.models.resnet import resnet18
@@ -63,6 +63,22 @@ def test_cosine_matches_torch_per_epoch():
         opt.step()
         ref.step()
     assert ours == pytest.approx(theirs)
+
+
+@pytest.mark.parametrize("every, steps", [("epoch", 3), ("step", 3)])
+def test_warm_restarts_match_torchs_sgdr(every, steps):
+    """ENAS's 10 + 20 + 40 epochs, against torch's CosineAnnealingWarmRestarts given each step's epoch."""
+    epochs, base, low = 70, 0.05, 0.01
+    ours = lrs(WarmRestarts(first_cycle=10, cycle_mult=2, min_factor=low, every=every), epochs, steps=steps, base=base)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=2, eta_min=low * base)
+    theirs = []
+    for i in range(epochs * steps):
+        ref.step(i // steps if every == "epoch" else i / steps)
+        theirs.append(opt.param_groups[0]["lr"])
+    assert ours == pytest.approx(theirs)
+    restarts = [i // steps for i in range(1, epochs * steps) if ours[i] > ours[i - 1]]
+    assert restarts == [10, 30]  # the lr jumps back up where each cycle ends
 
 
 def test_step_multistep_and_warmup_follow_their_formulas():

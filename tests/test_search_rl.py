@@ -16,6 +16,7 @@ from helpers import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from nas_cli.errors import UserError
 from nas_cli.hydra_bridge import config_dir
 from nas_cli.nas.rl import children as evaluate_module
 from nas_cli.nas.rl.arch import ArchNet, key, load_arch, pool_size
@@ -222,6 +223,20 @@ def test_reinforce_advantage_against_hand_computation():
     assert expected_normed[1] == pytest.approx(1.0)  # the first non-zero advantage has unit size
 
 
+def test_squashed_logits_flatten_the_zoph_policy_to_uniform():
+    """A tiny tanh constant squashes every logit to ~0: each token is uniform over its choices and each skip a
+    fair coin, so log p(arch) is the sum of -log(choices) over tokens plus i log(1/2) for layer i's skips."""
+    space = ZophSpace(layers=3)
+    agent = Reinforce(space, seed=0, tanh_constant=1e-7, temperature=2.0)
+    arch = agent.propose()
+    tokens = sum(np.log(len(space.choices[t])) for t in ("kh", "kw", "sh", "sw", "filters"))
+    assert agent.log_prob(arch) == pytest.approx(-3 * tokens + (0 + 1 + 2) * np.log(0.5), abs=1e-4)
+    with pytest.raises(UserError, match="controller.temperature"):
+        Reinforce(space, temperature=0)
+    with pytest.raises(UserError, match="space=zoph or space=enas_macro"):
+        Reinforce(MetaQNNSpace(image_size=8))
+
+
 def test_reinforce_skip_penalty_pulls_density_to_target():
     agent = Reinforce(ZophSpace(layers=5), seed=0, lr=0.05, skip_penalty=1.0, skip_target=0.05)
     arch = agent.propose()
@@ -344,8 +359,6 @@ def test_resumed_search_continues_the_same_history(tmp_path, search_task, monkey
 
 
 def test_resume_refuses_another_controller(tmp_path, search_task):
-    from nas_cli.errors import UserError
-
     search_task(tmp_path, "controller=random", *SYNTH, "search.children=3")
     with pytest.raises(UserError, match="controller=random"):
         search_task(tmp_path, "controller=evolution", *SYNTH, "search.children=5", "resume=true")

@@ -3,8 +3,8 @@
 Each child is trained briefly by the one training engine (the ``optim`` / ``sched`` groups) and its
 validation accuracy (``child.score``: the best or the final epoch's) is the controller's reward (or
 ``reward=synthetic``: a fixed score, for comparing strategies in seconds). Controllers (``conf/controller/``):
-``reinforce`` (Zoph & Le 2017), ``metaqnn``
-(Baker et al. 2017), ``random``, ``evolution``; each searches a ``space`` (``zoph``, ``metaqnn`` or ``enas_macro``).
+``reinforce`` (Zoph & Le 2017; in ``zoph`` or ``enas_macro``), ``metaqnn`` (Baker et al. 2017), ``random``,
+``evolution``; each searches a ``space`` (``zoph``, ``metaqnn`` or ``enas_macro``).
 ``reward=shared`` is ENAS (Pham et al. 2018, ``nas_cli/nas/rl/enas.py``): no child trains on its own, every child
 of ``space=enas_macro`` is a path through one network whose weights they share.
 ``search.executor``: where children train: ``inline`` (this process or ``search.workers`` processes) or as
@@ -21,8 +21,10 @@ from nas_cli.engine.device import seed_everything
 from nas_cli.errors import UserError
 from nas_cli.nas.rl import enas
 from nas_cli.nas.rl.children import ChildOptions, Evaluator, load_data
+from nas_cli.nas.rl.controllers.reinforce import Reinforce
 from nas_cli.nas.rl.executors import EXECUTORS, JobRunner, SlurmOptions
 from nas_cli.nas.rl.search import HEADLINE, search
+from nas_cli.nas.rl.spaces import EnasMacroSpace
 from nas_cli.runs.options import RunOptions
 
 COMMAND = "search-rl"
@@ -80,7 +82,9 @@ def _shared(cfg: DictConfig) -> dict:
     options = enas.EnasOptions(**as_dict(cfg.enas))
     data = instantiate(cfg.data, seed=opts.seed)
     space = instantiate(cfg.space, in_shape=data.in_shape, _convert_="all")
-    controller = enas.EnasController(space, seed=opts.seed, **options.controller)
+    if not isinstance(space, EnasMacroSpace):
+        raise UserError(f"reward=shared searches ENAS's macro space: use space=enas_macro, not space={space.kind}")
+    controller = Reinforce(space, seed=opts.seed, **options.controller)
     net = enas.SharedNet(space, data.in_shape, data.num_classes).to(opts.device)
     optimizer = instantiate(cfg.optim)(params=net.parameters())
     run = opts.run(COMMAND, budget={"enas.epochs": options.epochs}, headline=enas.ENAS_HEADLINE)

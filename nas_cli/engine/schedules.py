@@ -118,6 +118,31 @@ class CyclicCosine(Schedule):
         return math.isclose(epoch / length, round(epoch / length)) and epoch > 0
 
 
+@dataclass
+class WarmRestarts(Schedule):
+    """SGDR (Loshchilov & Hutter 2017): cosine decay from the base lr to ``min_factor`` x base lr over a first
+    cycle of ``first_cycle`` epochs, restarted at the base lr with each cycle ``cycle_mult`` times as long as the
+    one before (ENAS: 10 and 2, so 10 + 20 + 40 + 80 + 160 = 310 epochs end at the bottom of a cycle). Unlike
+    ``CyclicCosine`` it keeps no snapshots."""
+
+    first_cycle: float = 10.0
+    cycle_mult: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if float(self.first_cycle) <= 0:
+            raise UserError(f"sched.first_cycle={self.first_cycle}: use a positive number of epochs")
+        if float(self.cycle_mult) < 1:
+            raise UserError(f"sched.cycle_mult={self.cycle_mult}: use 1 (equal cycles) or more")
+
+    def factor(self, epoch: float, epochs: int) -> float:
+        into, length = max(0.0, epoch - self.warmup_epochs), float(self.first_cycle)
+        while into >= length:  # a handful of cycles at most: each one is cycle_mult times the last
+            into -= length
+            length *= self.cycle_mult
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * into / length))
+
+
 class Plateau(Schedule):
     """Multiply the lr by ``factor`` when ``monitor`` has not improved for ``patience`` epochs.
 

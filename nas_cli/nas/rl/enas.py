@@ -15,11 +15,13 @@ After the last epoch ``enas.final_samples`` children are sampled, each scored on
 (the paper scores each on one minibatch), and the best is ``best_arch.json``, to be retrained from scratch
 (``nas-cli train model=rl_child model.arch=RUN``).
 
-The controller (``EnasController``) is Zoph & Le's REINFORCE controller (``controllers/reinforce.py``: its
-loss ``-(R - b) log p - entropy_weight * H + skip_penalty * KL``, its moving-average baseline) with ENAS's
-policy: per layer one LSTM step emits the operation, a second one the anchor whose attention over the
-earlier anchors gives each skip's probability; logits squashed as ``tanh_constant * tanh(logit /
-temperature)`` (the reference code ``melodyguan/enas``, ``general_controller.py``).
+The controller is ``controller=reinforce`` (``controllers/reinforce.py``: its loss ``-(R - b) log p -
+entropy_weight * H + skip_penalty * KL``, its moving-average baseline) with the ``enas.controller`` settings;
+in this space it samples from ENAS's policy (``controllers/policies.py``, ``EnasPolicy``): per layer one LSTM
+step emits the operation, a second one the anchor whose attention over the earlier anchors gives each skip's
+probability; logits squashed as ``tanh_constant * tanh(logit / temperature)`` (the reference code
+``melodyguan/enas``, ``general_controller.py``). The reference code's defaults for it
+(``scripts/cifar10_macro_search.sh`` and ``main.py``) are in ``conf/search_rl.yaml``'s ``enas.controller``.
 
 Run folder: ``metrics.csv`` (a row per search epoch: the engine's ``train_loss``, ``train_acc``, ``val_loss``,
 ``val_acc`` of the shared weights, and ``reward_mean``, ``controller_entropy``, ``baseline``, ``skip_rate``;
@@ -34,11 +36,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nas_cli.data.bundle import DataBundle, TensorLoader
 from nas_cli.data.resident import place_loaders
@@ -47,147 +47,14 @@ from nas_cli.engine.schedules import Schedule
 from nas_cli.engine.trainer import HEADLINE, Trainer
 from nas_cli.errors import UserError
 from nas_cli.nas.rl.arch import describe, param_count
-from nas_cli.nas.rl.controllers.base import Controller
-from nas_cli.nas.rl.controllers.reinforce import Reinforce, _Policy
+from nas_cli.nas.rl.controllers.reinforce import Reinforce
 from nas_cli.nas.rl.shared import SharedNet
-from nas_cli.nas.rl.spaces import EnasMacroSpace
 from nas_cli.runs.files import BEST_ARCH
 from nas_cli.runs.lifecycle import Run
 from nas_cli.runs.record import read_json, write_json
 
 log = logging.getLogger(__name__)
 ENAS_HEADLINE = [*HEADLINE, "reward_mean", "best_reward"]
-
-
-class _EnasPolicy(_Policy):
-    """ENAS's macro controller (reference code, ``GeneralController`` with ``search_whole_channels``): the Zoph
-    policy's stacked LSTM (``step``, ``zero_state``) with one operation head instead of five token heads."""
-
-    def __init__(self, num_ops: int, hidden: int, layers: int, init_range: float):
-        nn.Module.__init__(self)  # not the Zoph policy's parameters: its recurrence alone
-        self.cells = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
-        self.start = nn.Parameter(torch.zeros(1, hidden))  # g_emb: the first input, and layer 0's after its anchor
-        self.op_embed = nn.Embedding(num_ops, hidden)
-        self.head = nn.Linear(hidden, num_ops, bias=False)
-        self.w_prev = nn.Linear(hidden, hidden, bias=False)  # w_attn_1, on the earlier anchors
-        self.w_curr = nn.Linear(hidden, hidden, bias=False)  # w_attn_2, on this layer's
-        self.v = nn.Linear(hidden, 1, bias=False)
-        for p in self.parameters():
-            nn.init.uniform_(p, -init_range, init_range)  # the reference code: uniform in [-0.1, 0.1]
-
-
-class EnasController(Reinforce):
-    """REINFORCE over ENAS macro choices (``EnasMacroSpace``): ``propose`` gives a choice (a list of ``{"op",
-    "skips"}``), ``observe(choice, reward)`` takes one REINFORCE step exactly as ``Reinforce.observe``.
-
-    The reference code's defaults (``scripts/cifar10_macro_search.sh`` and ``main.py``): an LSTM of one layer
-    of 64 units (the paper: 100), Adam at lr 0.001 (the paper: 0.00035), baseline decay 0.99, entropy weight
-    1e-4, tanh constant 1.5, no temperature (the paper: 2.5 and 5), skip KL weight 0.8 towards a density
-    of 0.4. ENAS adds the entropy to the reward and the KL to the loss; this controller keeps Zoph & Le's
-    loss, in which both are terms of the loss. A skip's probability is ``sigmoid(2 s)``, ``s`` the squashed
-    attention score: the reference code's two-way softmax over ``(-s, s)``.
-    """
-
-    name = "enas"
-
-    def __init__(
-        self,
-        space: EnasMacroSpace,
-        seed: int = 0,
-        hidden: int = 64,
-        lstm_layers: int = 1,
-        lr: float = 0.001,
-        baseline_decay: float = 0.99,
-        entropy_weight: float = 1e-4,
-        skip_penalty: float = 0.8,
-        skip_target: float = 0.4,
-        normalize: bool = False,
-        reward_power: float = 1.0,
-        tanh_constant: float | None = 1.5,
-        temperature: float | None = None,
-        init_range: float = 0.1,
-    ):
-        if not isinstance(space, EnasMacroSpace):
-            raise UserError("reward=shared searches ENAS's macro space: use space=enas_macro")
-        if int(hidden) < 1 or int(lstm_layers) < 1:
-            raise UserError(f"enas.controller.hidden={hidden}, lstm_layers={lstm_layers}: use 1 or more")
-        if float(reward_power) <= 0:
-            raise UserError(f"enas.controller.reward_power={reward_power}: use a positive power")
-        for name, value in (("tanh_constant", tanh_constant), ("temperature", temperature)):
-            if value is not None and float(value) <= 0:
-                raise UserError(f"enas.controller.{name}={value}: use a positive number or null (off)")
-        Controller.__init__(self, space, seed)  # Reinforce's own checks are for the Zoph space
-        self.depth_schedule = None  # every child has all of the shared network's layers
-        self.reward_power = float(reward_power)
-        self.sampled = 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.policy = _EnasPolicy(len(space.choices["op"]), int(hidden), int(lstm_layers), float(init_range))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
-        self.baseline_decay, self.entropy_weight = float(baseline_decay), float(entropy_weight)
-        self.skip_penalty, self.skip_target = float(skip_penalty), float(skip_target)
-        self.normalize = bool(normalize)
-        self.tanh_constant = None if tanh_constant is None else float(tanh_constant)
-        self.temperature = None if temperature is None else float(temperature)
-        self.baseline: float | None = None
-        self.advantage_sq: float | None = None
-        self.last_entropy = 0.0  # the entropy of the last choice sampled or scored (for the record)
-
-    def squash(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature is not None:
-            logits = logits / self.temperature
-        if self.tanh_constant is not None:
-            logits = self.tanh_constant * torch.tanh(logits)
-        return logits
-
-    def run(self, arch: list[dict] | None = None, layers: int | None = None):
-        """Sample a choice (``arch=None``) or score a given one; returns (choice, log p, entropy, skip KL)."""
-        p, ops = cast(_EnasPolicy, self.policy), self.space.choices["op"]
-        layers = len(arch) if arch is not None else self.space.layers
-        state = p.zero_state()
-        x: torch.Tensor = p.start
-        anchors: list[torch.Tensor] = []  # w_prev h_j, for the attention
-        hiddens: list[torch.Tensor] = []  # h_j, averaged into the next input over the chosen skips
-        logp, entropy, kl, n_links = torch.zeros(()), torch.zeros(()), torch.zeros(()), 0
-        rho = min(max(self.skip_target, 1e-6), 1 - 1e-6)
-        out = []
-        for i in range(layers):
-            h, state = p.step(x, state)
-            log_probs = torch.log_softmax(self.squash(p.head(h)), dim=1)[0]
-            if arch is None:
-                idx = int(torch.multinomial(log_probs.detach().exp(), 1, generator=self.generator))
-            else:
-                try:
-                    idx = ops.index(arch[i]["op"])
-                except ValueError as ex:
-                    raise UserError(f"layer {i}: operation {arch[i]['op']} is not among space.ops {ops}") from ex
-            logp = logp + log_probs[idx]
-            entropy = entropy - (log_probs.exp() * log_probs).sum()
-            h, state = p.step(p.op_embed(torch.tensor([idx])), state)
-            skips: list[int] = []
-            if i > 0:
-                logits = 2 * self.squash(p.v(torch.tanh(torch.cat(anchors) + p.w_curr(h))).squeeze(1))  # (i,)
-                probs = torch.sigmoid(logits)
-                if arch is None:
-                    take = torch.rand(i, generator=self.generator) < probs.detach()
-                else:
-                    take = torch.tensor([j in arch[i]["skips"] for j in range(i)])
-                skips = [j for j in range(i) if take[j]]
-                t = take.float()
-                logp = logp + (t * F.logsigmoid(logits) + (1 - t) * F.logsigmoid(-logits)).sum()
-                q = probs.clamp(1e-6, 1 - 1e-6)
-                entropy = entropy - (q * q.log() + (1 - q) * (1 - q).log()).sum()
-                kl = kl + (q * (q / rho).log() + (1 - q) * ((1 - q) / (1 - rho)).log()).sum()
-                n_links += i
-                x = (t @ torch.cat(hiddens)).unsqueeze(0) / (1 + t.sum())  # the chosen anchors' mean
-            else:
-                x = p.start
-            anchors.append(p.w_prev(h))
-            hiddens.append(h)
-            out.append({"op": ops[idx], "skips": skips})
-        self.last_entropy = float(entropy.detach())
-        return out, logp, entropy, kl / max(n_links, 1)
 
 
 @dataclass
@@ -228,7 +95,7 @@ def _validation_stream(val: TensorLoader, batch_size: int, seed: int) -> BatchSt
 
 def search(
     net: SharedNet,
-    controller: EnasController,
+    controller: Reinforce,
     data: DataBundle,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule | None,
@@ -254,7 +121,7 @@ def search(
     result: dict = {}
 
     def sampled_child(model, x, y):  # the engine's loss: each minibatch a fresh child, in training and validation
-        logits = model(x, controller.propose())
+        logits = model(x, controller.sample())
         return F.cross_entropy(logits, y), logits
 
     def accuracy(choice: list[dict], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -266,10 +133,10 @@ def search(
         net.eval()
         for _ in range(opts.controller_steps):
             x, y = (t.to(run.device) for t in next(stream))
-            choice = controller.propose()
+            choice = controller.sample()
             entropies.append(controller.last_entropy)
             reward = float(accuracy(choice, x, y)) / len(y)
-            controller.observe(choice, reward)
+            controller.learn(choice, reward)
             rewards.append(reward)
             skips.append(sum(len(layer["skips"]) for layer in choice) / max(space.layers * (space.layers - 1) / 2, 1))
         return {
@@ -284,7 +151,7 @@ def search(
         net.eval()
         scored = []
         for _ in range(opts.final_samples):
-            choice = controller.propose()
+            choice = controller.sample()
             correct, seen = 0, 0
             for x, y in data.val:
                 x, y = x.to(run.device), y.to(run.device)

@@ -311,7 +311,8 @@ class EnasMacroSpace:
     - the classifier: global average pooling of the last layer and one linear layer.
 
     The paper's network also halves the resolution twice (factorized reductions after layers 4 and 8 of 12);
-    this space keeps every layer at the input's resolution.
+    this space keeps every layer at the input's resolution. ``controller.depth_schedule`` samples fewer layers
+    early in a search; ``layers`` is then the most.
     """
 
     kind = "enas_macro"
@@ -384,8 +385,8 @@ class EnasMacroSpace:
         return choice
 
     def check(self, choice: list[dict]) -> None:
-        if len(choice) != self.layers:
-            raise UserError(f"space=enas_macro: {len(choice)} layers, not space.layers={self.layers}")
+        if not 1 <= len(choice) <= self.layers:  # fewer: a child of controller.depth_schedule, still growing
+            raise UserError(f"space=enas_macro: {len(choice)} layers, not 1 to space.layers={self.layers}")
         for i, layer in enumerate(choice):
             if layer["op"] not in self.choices["op"]:
                 raise UserError(f"layer {i}: operation '{layer['op']}' is not among space.ops {self.choices['op']}")
@@ -399,7 +400,7 @@ class EnasMacroSpace:
     def mutate(self, arch: list[dict], rng: np.random.Generator) -> list[dict]:
         """Change one layer's operation, or flip one skip connection."""
         choice = self.from_arch(arch)
-        i = int(rng.integers(self.layers))
+        i = int(rng.integers(len(choice)))
         ops = self.choices["op"]
         if i > 0 and (len(ops) == 1 or rng.random() < 0.3):
             j = int(rng.integers(i))

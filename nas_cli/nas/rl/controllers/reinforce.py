@@ -1,10 +1,12 @@
 """``controller=reinforce``: an LSTM controller trained with REINFORCE, Zoph & Le (2017).
 
-Layer by layer a stacked LSTM (the paper's: two layers of 35 units; ``lstm_layers``, ``hidden``) emits
-filter height, filter width, stride height, stride width and number of filters, a softmax per token
-(shared by all layers, so the child can grow), each prediction embedded and fed back as the next
-input. Before each layer's tokens an anchor step gives the top hidden state ``h_i``; earlier layer j
-feeds layer i with probability ``sigmoid(v^T tanh(W_prev h_j + W_curr h_i))``.
+The policy (``policies.py``) depends on the space: in ``space=zoph`` Zoph & Le's stacked LSTM (the paper's:
+two layers of 35 units; ``lstm_layers``, ``hidden``) emits each layer's filter height and width, stride height
+and width and number of filters, after an anchor step that decides the layer's skips; in ``space=enas_macro``
+ENAS's (Pham et al. 2018) emits each layer's operation and then its skips. ``tanh_constant`` and ``temperature``
+squash the logits as ENAS does, ``c * tanh(logit / T)``; ``init_range`` starts the weights uniform in
+``[-r, r]`` (Zoph & Le: 0.08; ENAS: 0.1); Adam's ``betas`` and ``eps`` train them (ENAS's code: 0.0, 0.999 and
+1e-3).
 
 Depth schedule (``depth_schedule``): the children start with ``start`` layers and get ``step`` more
 after every ``every`` sampled architectures (the paper, on CIFAR-10: 6 layers, +2 every 1,600), at
@@ -20,7 +22,8 @@ with the advantage ``A = R - b``, ``b`` an exponential moving average of past re
 the first reward), and the KL between each sampled connection probability and the target density,
 averaged. With ``normalize`` the advantage is divided by the root of a moving average of past
 squared advantages, so the step size does not depend on the scale of the rewards (accuracies of
-similar children differ by hundredths; synthetic rewards by tenths).
+similar children differ by hundredths; synthetic rewards by tenths). ENAS adds the entropy to the
+reward and the KL to the loss; here both are terms of the loss.
 """
 
 from __future__ import annotations
@@ -28,39 +31,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from nas_cli.errors import UserError
 from nas_cli.nas.rl.controllers.base import Controller
-from nas_cli.nas.rl.spaces import TOKENS, ZophSpace
-
-
-class _Policy(nn.Module):
-    def __init__(self, space: ZophSpace, hidden: int, layers: int):
-        super().__init__()
-        self.cells = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
-        self.start = nn.Parameter(torch.zeros(1, hidden))
-        self.after_anchor = nn.Parameter(torch.zeros(1, hidden))
-        self.embed = nn.ModuleDict({t: nn.Embedding(len(space.choices[t]), hidden) for t in TOKENS})
-        self.heads = nn.ModuleDict({t: nn.Linear(hidden, len(space.choices[t])) for t in TOKENS})
-        self.w_prev = nn.Linear(hidden, hidden, bias=False)
-        self.w_curr = nn.Linear(hidden, hidden, bias=False)
-        self.v = nn.Linear(hidden, 1, bias=False)
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.08, 0.08)  # Zoph & Le: uniform in [-0.08, 0.08]
-
-    def step(self, x: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]]):
-        """One time step of the stacked LSTM: the top hidden state and every layer's new (h, c)."""
-        new = []
-        for cell, hc in zip(self.cells, state):
-            h, c = cell(x, hc)
-            new.append((h, c))
-            x = h
-        return x, new
-
-    def zero_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        zero = torch.zeros_like(self.start)
-        return [(zero, zero)] * len(self.cells)
+from nas_cli.nas.rl.controllers.policies import policy_for
 
 
 def depth_at(schedule: dict | None, sampled: int, most: int) -> int:
@@ -71,11 +45,14 @@ def depth_at(schedule: dict | None, sampled: int, most: int) -> int:
 
 
 class Reinforce(Controller):
+    """``propose`` / ``observe`` take architectures, as every controller's do; ``sample`` / ``learn`` take what the
+    policy samples (the ENAS space's choices, which ``reward=shared`` runs on its shared network)."""
+
     name = "reinforce"
 
     def __init__(
         self,
-        space: ZophSpace,
+        space,
         seed: int = 0,
         hidden: int = 35,
         lstm_layers: int = 2,
@@ -87,92 +64,73 @@ class Reinforce(Controller):
         normalize: bool = True,
         reward_power: float = 3.0,
         depth_schedule: dict | None = None,
+        tanh_constant: float | None = None,
+        temperature: float | None = None,
+        init_range: float = 0.08,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ):
-        if not isinstance(space, ZophSpace):
-            raise UserError("controller=reinforce proposes in the Zoph space: use space=zoph")
         if int(hidden) < 1 or int(lstm_layers) < 1:
             raise UserError(f"controller.hidden={hidden}, controller.lstm_layers={lstm_layers}: use 1 or more")
         if float(reward_power) <= 0:
             raise UserError(f"controller.reward_power={reward_power}: use a positive power (1: the score itself)")
+        for key, value in (("tanh_constant", tanh_constant), ("temperature", temperature)):
+            if value is not None and float(value) <= 0:
+                raise UserError(f"controller.{key}={value}: use a positive number or null (off)")
+        if float(init_range) <= 0:
+            raise UserError(f"controller.init_range={init_range}: use a positive range")
         super().__init__(space, seed)
         self.depth_schedule = _check_depth_schedule(depth_schedule)
         self.reward_power = float(reward_power)
         self.sampled = 0  # architectures sampled so far (the depth schedule's clock)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.policy = _Policy(space, int(hidden), int(lstm_layers))
+            self.policy = policy_for(space, int(hidden), int(lstm_layers), float(init_range))
         self.generator = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps)
+        )
         self.baseline_decay, self.entropy_weight = float(baseline_decay), float(entropy_weight)
         self.skip_penalty, self.skip_target = float(skip_penalty), float(skip_target)
         self.normalize = bool(normalize)
+        self.tanh_constant = None if tanh_constant is None else float(tanh_constant)
+        self.temperature = None if temperature is None else float(temperature)
         self.baseline: float | None = None
         self.advantage_sq: float | None = None  # moving average of squared advantages (normalize)
+        self.last_entropy = 0.0  # the entropy of the last sample drawn or scored (for the record)
 
     def depth(self) -> int:
         """Layers of the next sampled architecture (the depth schedule)."""
         return depth_at(self.depth_schedule, self.sampled, self.space.layers)
 
-    def run(self, arch: list[dict] | None = None, layers: int | None = None):
-        """Sample an architecture of ``layers`` layers (``arch=None``; default ``space.layers``) or score a
-        given one; returns (arch, log p, entropy, skip KL)."""
-        p = self.policy
-        space = self.space
-        layers = len(arch) if arch is not None else (space.layers if layers is None else int(layers))
-        state = p.zero_state()
-        x = p.start
-        anchors: list[torch.Tensor] = []
-        logp, entropy, kl, n_links = torch.zeros(()), torch.zeros(()), torch.zeros(()), 0
-        out = []
-        rho = min(max(self.skip_target, 1e-6), 1 - 1e-6)
-        for i in range(layers):
-            h, state = p.step(x, state)
-            inputs: list[int] = []
-            if i > 0:
-                logits = p.v(torch.tanh(torch.cat(anchors) + p.w_curr(h))).squeeze(1)  # (i,)
-                probs = torch.sigmoid(logits)
-                if arch is None:
-                    take = torch.rand(i, generator=self.generator) < probs.detach()
-                else:
-                    take = torch.tensor([j in arch[i]["inputs"] for j in range(i)])
-                inputs = [j for j in range(i) if take[j]]
-                t = take.float()
-                logp = logp + (t * nn.functional.logsigmoid(logits) + (1 - t) * nn.functional.logsigmoid(-logits)).sum()
-                q = probs.clamp(1e-6, 1 - 1e-6)
-                entropy = entropy - (q * q.log() + (1 - q) * (1 - q).log()).sum()
-                kl = kl + (q * (q / rho).log() + (1 - q) * ((1 - q) / (1 - rho)).log()).sum()
-                n_links += i
-            anchors.append(p.w_prev(h))
-            x = p.after_anchor
-            layer: dict[str, object] = {"type": "conv"}
-            for tok in TOKENS:
-                h, state = p.step(x, state)
-                log_probs = torch.log_softmax(p.heads[tok](h), dim=1)[0]
-                choices = space.choices[tok]
-                if arch is None:
-                    idx = int(torch.multinomial(log_probs.detach().exp(), 1, generator=self.generator))
-                else:
-                    try:
-                        idx = choices.index(arch[i][tok])
-                    except ValueError as ex:
-                        raise UserError(f"layer {i}: {tok}={arch[i][tok]} is not among the choices {choices}") from ex
-                logp = logp + log_probs[idx]
-                entropy = entropy - (log_probs.exp() * log_probs).sum()
-                layer[tok] = int(choices[idx])
-                x = p.embed[tok](torch.tensor([idx]))
-            layer["inputs"] = inputs
-            out.append(layer)
-        return out, logp, entropy, kl / max(n_links, 1)
+    def squash(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature is not None:
+            logits = logits / self.temperature
+        if self.tanh_constant is not None:
+            logits = self.tanh_constant * torch.tanh(logits)
+        return logits
 
-    def propose(self) -> list[dict]:
+    def run(self, sample: list[dict] | None = None, layers: int | None = None):
+        """Draw a sample of ``layers`` layers (``sample=None``; default ``space.layers``) or score a given one;
+        returns (sample, log p, entropy, mean skip KL)."""
+        layers = len(sample) if sample is not None else (self.space.layers if layers is None else int(layers))
+        out, logp, entropy, kl, links = self.policy.walk(sample, layers, self.generator, self.squash, self.skip_target)
+        self.last_entropy = float(entropy.detach())
+        return out, logp, entropy, kl / max(links, 1)
+
+    def sample(self) -> list[dict]:
+        """The policy's next sample (an architecture in space=zoph, a choice in space=enas_macro)."""
         layers = self.depth()
         self.sampled += 1
         with torch.no_grad():
             return self.run(layers=layers)[0]
 
+    def propose(self) -> list[dict]:
+        return self.policy.to_arch(self.sample())
+
     def log_prob(self, arch: list[dict]) -> float:
         with torch.no_grad():
-            return float(self.run(arch)[1])
+            return float(self.run(self.policy.from_arch(arch))[1])
 
     def advantage(self, reward: float) -> float:
         """``R - b`` (normalized if asked), then the moving averages take ``R`` in."""
@@ -192,8 +150,12 @@ class Reinforce(Controller):
         return advantage
 
     def observe(self, arch: list[dict], reward: float) -> None:
+        self.learn(self.policy.from_arch(arch), reward)
+
+    def learn(self, sample: list[dict], reward: float) -> None:
+        """One REINFORCE step on the policy's own sample."""
         advantage = self.advantage(math.copysign(abs(float(reward)) ** self.reward_power, reward))  # sign kept
-        _, logp, entropy, kl = self.run(arch)
+        _, logp, entropy, kl = self.run(sample)
         loss = -advantage * logp - self.entropy_weight * entropy + self.skip_penalty * kl
         self.optimizer.zero_grad()
         loss.backward()
