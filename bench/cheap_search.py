@@ -5,7 +5,9 @@ training every child of ``nas-cli search-rl``?
     .venv/bin/python bench/cheap_search.py --quick          # a smoke check of every part (under a minute)
     .venv/bin/python bench/cheap_search.py --data mnist5k   # 4,500 training images of 28x28 instead of 1,437 of
                                                             # 8x8: children, ENAS and retrains cost many times
-                                                            # more (--quick: 6x; the defaults: an hour or more)
+                                                            # more (--quick: 6x; the defaults: hours on 2 cores)
+    .venv/bin/python bench/cheap_search.py --data mnist5k --parts 23 --proxy snip --retrain-epochs 2 --threads 2
+                                                            # parts 2 and 3 alone, shorter retrains
 
 Measured in this process, one part after another, every run with ``threads=1`` (``--threads``); the commands run
 through their own ``task`` functions on their configs composed as ``nas-cli`` composes them:
@@ -103,12 +105,18 @@ def examples(loader) -> int:
 class Bench:
     """The overrides every run shares, the output folder, and running commands in this process."""
 
-    def __init__(self, out: Path, data: str, threads: int, quick: bool):
+    def __init__(self, out: Path, data: str, threads: int, quick: bool, retrain_epochs: int | None = None):
         self.out, self.data, self.threads, self.quick = out, data, threads, quick
         self.common = ["progress=false", f"threads={threads}", f"data={data}"]
         self.child = QUICK_CHILD if quick else []
         self.retrain_overrides = QUICK_RETRAIN if quick else []
+        if retrain_epochs is not None:
+            self.retrain_overrides = [*self.retrain_overrides, f"trainer.epochs={retrain_epochs}"]
         self.seeds = RETRAIN_SEEDS[:1] if quick else RETRAIN_SEEDS
+
+    def recipe(self) -> str:
+        extra = [o for o in self.retrain_overrides if o.startswith("trainer.epochs=")]
+        return "the default recipe" + (f" ({extra[-1]})" if extra else "")
 
     def compose(self, name: str, run_dir: Path, overrides: list[str]):
         """``name``'s config as its task receives it (Hydra's runtime pointed at ``run_dir``)."""
@@ -346,7 +354,7 @@ def print_proxy_vs_random(r: dict, bench: Bench) -> None:
     n = len(bench.seeds)
     print(
         f"\n2. proxy search (evolution, reward=proxy, {p['proxy']}) vs random search (trained children) at equal "
-        f"search wall time on zoph; best retrained by the default recipe, {n} seed(s)"
+        f"search wall time on zoph; best retrained by {bench.recipe()}, {n} seed(s)"
     )
     print(f"   {'method':<30} {'children':>8} {'search s':>8} {'retrain s':>9} {'val acc mean ± sd':>18}")
     for name, run in ((f"evolution + {p['proxy']}", p), ("random + trained children", q)):
@@ -437,7 +445,7 @@ def print_enas(r: dict, bench: Bench) -> None:
     n = len(bench.seeds)
     print(
         f"\n3. ENAS (reward=shared) vs training every child (reward=accuracy, ENAS's controller), enas_macro space; "
-        f"best retrained by the default recipe, {n} seed(s)"
+        f"best retrained by {bench.recipe()}, {n} seed(s)"
     )
     print(
         f"   {'method':<30} {'children':>8} {'search s':>8} {'retrain s':>9} {'image-passes':>12} {'(training)':>10} "
@@ -487,37 +495,53 @@ def main() -> None:
     parser.add_argument("--data", default="digits", choices=["digits", "mnist5k"], help="mnist5k: larger, slower")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every run (1: fastest here)")
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/bench/cheap_search/<time>)")
+    parser.add_argument("--parts", default="123", help="which parts to run, e.g. 23 (default: all three)")
+    parser.add_argument("--proxy", default=None, help="part 2's proxy when part 1 does not run (default: params)")
+    parser.add_argument(
+        "--retrain-epochs", type=int, default=None, help="epochs of every retrain (default: the train recipe's)"
+    )
     args = parser.parse_args()
     n = args.children if args.children is not None else (8 if args.quick else 60)
     proxy_children = args.proxy_children if args.proxy_children is not None else (20 if args.quick else 200)
     out = args.out or Path("outputs/bench/cheap_search") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(out, args.data, args.threads, args.quick)
+    bench = Bench(out, args.data, args.threads, args.quick, args.retrain_epochs)
     began = time.perf_counter()
     print(
         f"torch {torch.__version__}, threads {args.threads}, data={args.data}, out {out}"
         + (" (--quick)" if args.quick else "")
     )
-    record: dict = {"quick": args.quick, "data": args.data, "threads": args.threads, "seed": SEED}
+    record: dict = {
+        "quick": args.quick,
+        "data": args.data,
+        "threads": args.threads,
+        "seed": SEED,
+        "parts": args.parts,
+        "retrain_epochs": args.retrain_epochs,
+    }
     timings: dict[str, float] = {}
 
-    t = time.perf_counter()
-    quality = {space: proxy_quality(bench, space, n) for space in ("zoph", "enas_macro")}
-    for q in quality.values():
-        print_quality(q)
-    record["proxy_quality"] = quality
-    timings["1. proxy quality"] = time.perf_counter() - t
+    chosen = args.proxy or "params"
+    if "1" in args.parts:
+        t = time.perf_counter()
+        quality = {space: proxy_quality(bench, space, n) for space in ("zoph", "enas_macro")}
+        for q in quality.values():
+            print_quality(q)
+        record["proxy_quality"] = quality
+        chosen = args.proxy or best_proxy(quality["zoph"])
+        timings["1. proxy quality"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    chosen = best_proxy(quality["zoph"])
-    record["proxy_vs_random"] = proxy_vs_random(bench, chosen, proxy_children)
-    print_proxy_vs_random(record["proxy_vs_random"], bench)
-    timings["2. proxy vs random"] = time.perf_counter() - t
+    if "2" in args.parts:
+        t = time.perf_counter()
+        record["proxy_vs_random"] = proxy_vs_random(bench, chosen, proxy_children)
+        print_proxy_vs_random(record["proxy_vs_random"], bench)
+        timings["2. proxy vs random"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    record["enas_vs_trained"] = enas_vs_trained(bench)
-    print_enas(record["enas_vs_trained"], bench)
-    timings["3. ENAS vs trained"] = time.perf_counter() - t
+    if "3" in args.parts:
+        t = time.perf_counter()
+        record["enas_vs_trained"] = enas_vs_trained(bench)
+        print_enas(record["enas_vs_trained"], bench)
+        timings["3. ENAS vs trained"] = time.perf_counter() - t
 
     timings["total"] = time.perf_counter() - began
     record["timings_s"] = timings

@@ -15,7 +15,7 @@ from helpers import compose_task, summary
 from hydra.core.global_hydra import GlobalHydra
 
 from nas_cli.errors import UserError
-from nas_cli.models.arch import ArchNet, check_layers, load_arch
+from nas_cli.models.arch import ArchNet, FactorizedReduce, check_layers, load_arch
 from nas_cli.nas.rl.controllers.reinforce import Reinforce
 from nas_cli.nas.rl.shared import SharedNet
 from nas_cli.nas.rl.spaces import ENAS_OPS, EnasMacroSpace
@@ -41,8 +41,9 @@ TIMING = ["epoch_time_s", "samples_per_s"]
 # -- the space ----------------------------------------------------------------------------------------
 
 
-def test_samples_are_valid_architectures_that_build_and_read_back():
-    space = EnasMacroSpace(layers=4, width=4)
+@pytest.mark.parametrize("reductions", [[], [1]])
+def test_samples_are_valid_architectures_that_build_and_read_back(reductions):
+    space = EnasMacroSpace(layers=4, width=4, reductions=reductions)
     rng = np.random.default_rng(0)
     for n in range(30):
         choice = space.sample_choice(rng)
@@ -72,11 +73,45 @@ def test_a_choice_as_layers():
     with pytest.raises(UserError, match="earlier layers"):
         space.to_arch([{"op": "sep5x5", "skips": [0]}, *choice[1:]])
 
+    reducing = EnasMacroSpace(layers=3, width=6, reductions=[0])  # halve after layer 0: its output, read on
+    arch = reducing.to_arch(choice)
+    assert arch == [
+        {**conv, "kh": 3, "kw": 3, "inputs": []},
+        {"type": "sep", "filters": 6, "kh": 5, "kw": 5, "inputs": [0]},
+        {"type": "reduce", "filters": 6, "inputs": [1]},  # layer 0, halved: what layers 1 and 2 read
+        {"type": "pool", "kernel": 3, "stride": 1, "mode": "avg", "padding": "same", "inputs": [2]},
+        {**conv, "kh": 1, "kw": 1, "inputs": [2, 3]},
+        {**conv, "kh": 3, "kw": 3, "inputs": [4]},
+        {**conv, "kh": 1, "kw": 1, "inputs": [2, 4, 5]},
+    ]
+    assert reducing.from_arch(arch) == choice
+    with pytest.raises(UserError, match="not one of this enas_macro space"):
+        space.from_arch(arch)
+    with pytest.raises(UserError, match="not one of this enas_macro space"):
+        reducing.from_arch(space.to_arch(choice))
+    with pytest.raises(UserError, match="space.reductions"):
+        EnasMacroSpace(layers=3, reductions=[2])
 
-def test_shared_network_computes_the_childs_own_network():
+
+def test_factorized_reduction_takes_the_even_and_the_odd_pixels():
+    """With unit 1x1 weights and BatchNorm at its initial running statistics, the two halves are the input's
+    even-indexed pixels and its odd-indexed ones, the far edge of an odd side padded with zeros."""
+    layer = FactorizedReduce(1, 2).eval()
+    layer.even.weight.data.fill_(1.0)
+    assert layer.odd is not None
+    layer.odd.weight.data.fill_(1.0)
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    out = layer(x) * (1 + layer.bn.eps) ** 0.5
+    torch.testing.assert_close(out[0, 0], x[0, 0, ::2, ::2])
+    odd = torch.tensor([[6.0, 8.0, 0.0], [16.0, 18.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(out[0, 1], odd)
+
+
+@pytest.mark.parametrize("reductions", [[], [0, 2]])
+def test_shared_network_computes_the_childs_own_network(reductions):
     """With the shared weights copied into it, the child that arch.py builds gives the very same outputs."""
     torch.manual_seed(0)
-    space = EnasMacroSpace(layers=4, width=4)
+    space = EnasMacroSpace(layers=4, width=4, reductions=reductions)
     net = SharedNet(space, (1, 8, 8), 10).train()
     rng = np.random.default_rng(3)
     x = torch.randn(5, 1, 8, 8)
@@ -93,6 +128,9 @@ def test_shared_network_computes_the_childs_own_network():
                 blocks = [*sorted(layer["skips"]), i]
                 conv.weight.data = torch.cat([net.merge[i].weight[:, b * w : (b + 1) * w] for b in blocks], 1)
                 bn.load_state_dict(net.merge_bn[i].state_dict(), strict=False)
+            for j in space.reduced_after(choice, i):
+                next(modules).load_state_dict(net.reduce[f"{i}_{j}"].state_dict(), strict=False)
+        assert next(modules, None) is None
         child.classifier.load_state_dict(net.classifier.state_dict())
         torch.testing.assert_close(child(x), net(x, choice), rtol=0, atol=1e-6)
 
@@ -247,7 +285,7 @@ def test_shared_refuses_another_space_or_controller(tmp_path, search_rl_task):
 # -- the preset ------------------------------------------------------------------------------------------
 
 
-def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_rl_task):
+def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, search_rl_task, train_task):
     from hydra.utils import instantiate
 
     cfg = compose_task("search_rl", tmp_path / "c", ["experiment=enas_macro_cifar10"])
@@ -255,7 +293,7 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
     agent = Reinforce(space, seed=0, **cfg.enas.controller)
     GlobalHydra.instance().clear()
     assert cfg.reward == "shared" and cfg.data._target_.endswith(".cifar10") and cfg.data.batch_size == 128
-    assert (space.layers, space.width, space.choices["op"]) == (12, 36, list(ENAS_OPS))
+    assert (space.layers, space.width, space.choices["op"], space.reductions) == (12, 36, list(ENAS_OPS), [3, 7])
     assert (cfg.enas.epochs, cfg.enas.controller_steps, cfg.enas.grad_clip) == (310, 2000, 5.0)
     assert agent.policy.cells[0].hidden_size == 100 and agent.optimizer.param_groups[0]["lr"] == 3.5e-4
     assert (agent.tanh_constant, agent.temperature, agent.baseline_decay) == (2.5, 5.0, 0.99)
@@ -276,12 +314,16 @@ def test_enas_macro_cifar10_preset_carries_the_paper_and_runs_small(tmp_path, se
         "device=cpu",
         "progress=false",
         "space.layers=2",
+        "space.reductions=[0]",
         "space.width=4",
         "enas.epochs=1",
         "enas.controller_steps=2",
         "enas.final_samples=2",
     )
     assert s["status"] == "ok" and 0.0 <= s["best_reward"] <= 1.0
+    assert [layer["type"] for layer in load_arch(tmp_path / "run")].count("reduce") >= 1  # halved after layer 0
+    t = train_task(tmp_path / "retrain", "model=rl_child", f"model.arch={tmp_path / 'run'}", "trainer.epochs=1")
+    assert t["status"] == "ok"
 
 
 def test_reinforce_searches_the_enas_space_with_trained_children(tmp_path, search_rl_task):

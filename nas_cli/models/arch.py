@@ -13,6 +13,9 @@ earlier layers whose outputs it reads):
   TensorFlow's "SAME", to ``ceil(side / stride)``, the padding never counted in an average). A kernel
   larger than its input shrinks to it. A key at its default is left out of the canonical description,
   so pool layers written before these keys existed keep their description (and cache key);
+- ``reduce``: ``filters``: ENAS's factorized reduction (Pham et al. 2018), halving the height and width: two
+  1x1 convolutions of stride 2, one on the input and one on the input shifted by a pixel, each giving half of
+  the ``filters``, concatenated, then BatchNorm;
 - ``fc``: ``units`` (flatten, linear, ReLU);
 - ``gap``: global average pooling.
 
@@ -42,11 +45,12 @@ from nas_cli.errors import UserError
 from nas_cli.runs.files import BEST_ARCH
 from nas_cli.runs.record import read_json
 
-TYPES = ("conv", "sep", "pool", "fc", "gap")
+TYPES = ("conv", "sep", "pool", "reduce", "fc", "gap")
 SIZES = {
     "conv": ("filters", "kh", "kw", "sh", "sw"),
     "sep": ("filters", "kh", "kw"),
     "pool": ("kernel", "stride"),
+    "reduce": ("filters",),
     "fc": ("units",),
     "gap": (),
 }
@@ -89,7 +93,8 @@ def key(arch: list[dict]) -> str:
 
 def describe(arch: list[dict]) -> str:
     """A short human-readable string, e.g. ``C3x3/1x1:36<- | C5x5/1x1:24<0 | P3/2 | FC64 | GAP``; a separable
-    conv reads ``S5x5:36``, an average pool ``AP3/1``, a same-padded pool ``P3/1(same)``."""
+    conv reads ``S5x5:36``, an average pool ``AP3/1``, a same-padded pool ``P3/1(same)``, a factorized
+    reduction ``R:36``."""
     parts = []
     for i, layer in enumerate(canonical(arch)):
         t = layer["type"]
@@ -100,6 +105,8 @@ def describe(arch: list[dict]) -> str:
         elif t == "pool":
             s = f"{'A' if layer.get('mode') == 'avg' else ''}P{layer['kernel']}/{layer['stride']}"
             s += "(same)" if layer.get("padding") == "same" else ""
+        elif t == "reduce":
+            s = f"R:{layer['filters']}"
         elif t == "fc":
             s = f"FC{layer['units']}"
         else:
@@ -204,6 +211,24 @@ class _Pool(nn.Module):
         return F.avg_pool2d(F.pad(x, pad), (kh, kw), self.stride) / F.avg_pool2d(ones, (kh, kw), self.stride)
 
 
+class FactorizedReduce(nn.Module):
+    """Half the height and width at ``filters`` channels (ENAS's reference code, ``_factorized_reduction``):
+    1x1 convolutions of stride 2 on the even pixels and on the odd ones (the input shifted by one, zero-padded
+    at the far edge), concatenated, then BatchNorm. Both halves have ``ceil(side / 2)`` places."""
+
+    def __init__(self, channels: int, filters: int):
+        super().__init__()
+        self.even = nn.Conv2d(channels, (filters + 1) // 2, 1, bias=False)
+        self.odd = nn.Conv2d(channels, filters // 2, 1, bias=False) if filters > 1 else None
+        self.bn = nn.BatchNorm2d(filters)
+
+    def forward(self, x):
+        paths = [self.even(x[:, :, ::2, ::2])]
+        if self.odd is not None:
+            paths.append(self.odd(F.pad(x, (0, 1, 0, 1))[:, :, 1::2, 1::2]))
+        return self.bn(torch.cat(paths, dim=1))
+
+
 def pool_size(n: int, kernel: int, stride: int, padding: str = "valid") -> int:
     """The side a pool layer leaves (the same arithmetic as the child's pooling)."""
     if padding == "same":
@@ -245,6 +270,8 @@ def build_layer(layer: dict, channels: int) -> nn.Module:
         )
     if t == "pool":
         return _Pool(layer["kernel"], layer["stride"], layer.get("mode", "max"), layer.get("padding", "valid"))
+    if t == "reduce":
+        return FactorizedReduce(channels, layer["filters"])
     if t == "fc":
         return nn.Sequential(nn.Linear(channels, layer["units"]), nn.ReLU(inplace=True))
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -7,7 +7,9 @@ operation of each layer and, where it has skips, the merge conv on the concatena
 outputs and the operation's, with the weight blocks of exactly those inputs. That is the 1x1 conv over a
 concatenation that ``EnasMacroSpace.to_arch`` writes for the child, so the network scored during the search
 and the one ``model=rl_child`` retrains compute the same function (the reference code's search sums the
-skips instead, and its retraining concatenates them). The stem and the classifier are shared by all.
+skips instead, and its retraining concatenates them). The stem and the classifier are shared by all, and so
+is a factorized reduction per (reduction, earlier layer) pair (``space.reductions``: ``reduce[f"{i}_{j}"]``
+halves layer j's output after layer i).
 
 BatchNorm here always normalizes with the batch's own statistics, in evaluation too: running averages would
 mix the activations of every child sampled so far and fit none of them, and a child's score would depend on
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_cli.models.arch import build_layer
+from nas_cli.models.arch import FactorizedReduce, build_layer
 from nas_cli.nas.rl.spaces import EnasMacroSpace, enas_op_layer
 
 
@@ -53,6 +55,9 @@ class SharedNet(nn.Module):
         # layer i's merge reads up to i earlier layers and its operation: blocks 0..i-1, then block i
         self.merge = nn.ModuleList(nn.Conv2d(w * (i + 1), w, 1, bias=False) for i in range(space.layers))
         self.merge_bn = nn.ModuleList(_batch_statistics(nn.BatchNorm2d(w)) for _ in range(space.layers))
+        self.reduce = nn.ModuleDict(
+            {f"{i}_{j}": _batch_statistics(FactorizedReduce(w, w)) for i in space.reductions for j in range(i + 1)}
+        )
         self.classifier = nn.Linear(w, num_classes)
 
     def forward(self, x: torch.Tensor, choice: list[dict]) -> torch.Tensor:
@@ -70,5 +75,7 @@ class SharedNet(nn.Module):
                 weight = torch.cat([merge[:, b * w : (b + 1) * w] for b in blocks], dim=1)
                 y = F.relu(self.merge_bn[i](F.conv2d(torch.cat([*(outs[j] for j in skips), y], dim=1), weight)))
             outs.append(y)
-            h = y
+            for j in self.space.reduced_after(choice, i):
+                outs[j] = self.reduce[f"{i}_{j}"](outs[j])
+            h = outs[i]
         return self.classifier(F.adaptive_avg_pool2d(h, 1).flatten(1))

@@ -308,11 +308,14 @@ class EnasMacroSpace:
       the operation's output and applies a 1x1 conv the same way. (Its weight-shared search sums them
       instead; ``shared.py`` computes the concatenation, so the network scored during the search is the
       one that ``model=rl_child`` retrains.) A layer without skips is its operation alone;
+    - after each layer of ``reductions`` (0-based; the paper halves the resolution after its 4th and 8th of
+      12 layers: ``[3, 7]``) but the last: a factorized reduction (``arch.py``'s ``reduce``, ``width``
+      filters) of every output that a later layer still reads, that layer's and each later skip's source,
+      as the reference code reduces every earlier layer there (``pool_at_``; the reductions of outputs no
+      later layer reads change nothing);
     - the classifier: global average pooling of the last layer and one linear layer.
 
-    The paper's network also halves the resolution twice (factorized reductions after layers 4 and 8 of 12);
-    this space keeps every layer at the input's resolution. ``controller.depth_schedule`` samples fewer layers
-    early in a search; ``layers`` is then the most.
+    ``controller.depth_schedule`` samples fewer layers early in a search; ``layers`` is then the most.
     """
 
     kind = "enas_macro"
@@ -323,6 +326,7 @@ class EnasMacroSpace:
         width: int = 16,
         ops=ENAS_OPS,
         skip_p: float = 0.4,
+        reductions=(),
         in_shape: tuple[int, ...] | None = None,
     ):
         # in_shape: taken by every space (search-rl passes the data's); a macro architecture fits any image
@@ -335,7 +339,14 @@ class EnasMacroSpace:
             raise UserError(f"space.ops={ops}: give one or more distinct operations of {', '.join(ENAS_OPS)}")
         for op in ops:
             enas_op_layer(op, 1)  # a UserError naming an unknown one
+        reductions = sorted({int(r) for r in reductions})
+        if any(not 0 <= r < int(layers) - 1 for r in reductions):
+            raise UserError(
+                f"space.reductions={reductions}: layers after which to halve the resolution, 0 to "
+                f"{int(layers) - 2} (the layer before the classifier has nothing after it to reduce for)"
+            )
         self.layers, self.width, self.skip_p = int(layers), int(width), float(skip_p)
+        self.reductions = reductions
         self.choices = {"op": ops}
 
     # -- choices and their architecture -------------------------------------------------------------
@@ -359,7 +370,18 @@ class EnasMacroSpace:
                 merged = sorted([outs[j] for j in layer["skips"]] + [len(arch) - 1])
                 arch.append({"type": "conv", "filters": w, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "inputs": merged})
             outs.append(len(arch) - 1)
+            for j in self.reduced_after(choice, i):
+                arch.append({"type": "reduce", "filters": w, "inputs": [outs[j]]})
+                outs[j] = len(arch) - 1
         return canonical(arch)
+
+    def reduced_after(self, choice: list[dict], i: int) -> list[int]:
+        """The layers whose outputs are halved after layer ``i`` (none unless ``i`` is a reduction and not the
+        last layer): ``i`` itself, which the next layer reads, and every earlier layer a later one skips from."""
+        if i not in self.reductions or i + 1 >= len(choice):
+            return []
+        later = {j for layer in choice[i + 1 :] for j in layer["skips"]}
+        return [j for j in range(i + 1) if j == i or j in later]
 
     def from_arch(self, arch: list[dict]) -> list[dict]:
         """The choice an architecture of this space came from (the inverse of ``to_arch``)."""
@@ -381,7 +403,14 @@ class EnasMacroSpace:
             choice.append({"op": op, "skips": skips})
             outs.append(i)
             i += 1
+            while i < len(arch) and arch[i]["type"] == "reduce" and arch[i]["inputs"][0] in outs:
+                outs[outs.index(arch[i]["inputs"][0])] = i  # that layer's output, halved
+                i += 1
         self.check(choice)
+        if self.to_arch(choice) != arch:  # reductions where this space has none, or missing where it has
+            raise UserError(
+                f"the architecture is not one of this {self.kind} space (space.reductions={self.reductions})"
+            )
         return choice
 
     def check(self, choice: list[dict]) -> None:
