@@ -383,7 +383,7 @@ def test_a_genotype_without_concat_concatenates_every_node_and_published_cells_l
             [{"type": "gap"}, {"type": "fc", "units": 8, "inputs": [1]}],
             "arch[1].inputs is [1]: layer 1 reads earlier layers, 0..0 ([]: the image)",
         ),
-        ([{"type": "deconv"}], "arch[0].type 'deconv' is not a layer type: use conv, sep, pool, fc, gap"),
+        ([{"type": "deconv"}], "arch[0].type 'deconv' is not a layer type: use conv, sep, pool, reduce, fc, gap"),
         ([{"type": "pool", "kernel": 2}], "arch[0]: a pool layer needs 'stride' (kernel, stride)"),
         ([{"type": "fc", "units": 0}], "arch[0].units is 0: a size is a whole number, 1 or more"),
         ([], "arch is not a non-empty list of layers"),
