@@ -114,9 +114,11 @@ class Bench:
             self.retrain_overrides = [*self.retrain_overrides, f"trainer.epochs={retrain_epochs}"]
         self.seeds = RETRAIN_SEEDS[:1] if quick else RETRAIN_SEEDS
 
-    def recipe(self) -> str:
+    def retrained(self) -> str:
+        """How the tables' best architectures were retrained."""
         extra = [o for o in self.retrain_overrides if o.startswith("trainer.epochs=")]
-        return "the default recipe" + (f" ({extra[-1]})" if extra else "")
+        recipe = "the default recipe" + (f" ({extra[-1]})" if extra else "")
+        return f"best retrained by {recipe}, {len(self.seeds)} seed(s)"
 
     def compose(self, name: str, run_dir: Path, overrides: list[str]):
         """``name``'s config as its task receives it (Hydra's runtime pointed at ``run_dir``)."""
@@ -351,10 +353,9 @@ def proxy_vs_random(bench: Bench, proxy: str, children: int) -> dict:
 
 def print_proxy_vs_random(r: dict, bench: Bench) -> None:
     p, q = r["proxy_search"], r["random_search"]
-    n = len(bench.seeds)
     print(
         f"\n2. proxy search (evolution, reward=proxy, {p['proxy']}) vs random search (trained children) at equal "
-        f"search wall time on zoph; best retrained by {bench.recipe()}, {n} seed(s)"
+        f"search wall time on zoph; {bench.retrained()}"
     )
     print(f"   {'method':<30} {'children':>8} {'search s':>8} {'retrain s':>9} {'val acc mean ± sd':>18}")
     for name, run in ((f"evolution + {p['proxy']}", p), ("random + trained children", q)):
@@ -442,10 +443,9 @@ def enas_vs_trained(bench: Bench) -> dict:
 
 def print_enas(r: dict, bench: Bench) -> None:
     e, a = r["enas"], r["accuracy"]
-    n = len(bench.seeds)
     print(
         f"\n3. ENAS (reward=shared) vs training every child (reward=accuracy, ENAS's controller), enas_macro space; "
-        f"best retrained by {bench.recipe()}, {n} seed(s)"
+        f"{bench.retrained()}"
     )
     print(
         f"   {'method':<30} {'children':>8} {'search s':>8} {'retrain s':>9} {'image-passes':>12} {'(training)':>10} "
